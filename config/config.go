@@ -1,0 +1,332 @@
+// Package config is examlab's configuration, loaded the same way in every
+// role: defaults, then EXAMLAB_* environment variables, then flags, then
+// Validate.
+package config
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Runtimes a session's lab can run on.
+const (
+	RuntimeDocker = "docker"
+	RuntimeNomad  = "nomad"
+)
+
+// Config is every role's settings. Field comments name the environment
+// variable and the default.
+type Config struct {
+	// StateDir holds sessions/ (shared storage in a cluster). EXAMLAB_STATE_DIR, ./var.
+	StateDir string
+	// Listen is the API's address. EXAMLAB_LISTEN, 127.0.0.1:8080.
+	Listen string
+	// RelayListen is the relay's address when it runs alone. EXAMLAB_RELAY_LISTEN, 127.0.0.1:8081.
+	RelayListen string
+	// PublicURL is how browsers reach the API; WebSocket Origins must match
+	// it or AllowedOrigins. EXAMLAB_PUBLIC_URL, http://{Listen}.
+	PublicURL string
+	// AllowedOrigins are extra Origins accepted on WebSockets. EXAMLAB_ALLOWED_ORIGINS (comma separated).
+	AllowedOrigins []string
+	// CookieSecure marks the session cookie Secure (behind HTTPS). EXAMLAB_COOKIE_SECURE, false.
+	CookieSecure bool
+
+	// Redis is host:port or unix:///path. EXAMLAB_REDIS, 127.0.0.1:6379.
+	Redis         string
+	RedisPassword string // EXAMLAB_REDIS_PASSWORD
+	RedisDB       int    // EXAMLAB_REDIS_DB, 0
+	RedisPrefix   string // EXAMLAB_REDIS_PREFIX, examlab:
+
+	// AdminToken authenticates admins. EXAMLAB_ADMIN_TOKEN; if empty, one is
+	// generated on first run and kept in {StateDir}/admin-token.
+	AdminToken string
+
+	// ExamFile is the exam definition; empty means the shipped default. EXAMLAB_EXAM.
+	ExamFile string
+
+	// Runtime is docker or nomad. EXAMLAB_RUNTIME, docker.
+	Runtime string
+	// DockerHost is the Engine API endpoint. DOCKER_HOST, unix:///var/run/docker.sock.
+	DockerHost string
+	// SubnetPool is where per-session networks get their subnets.
+	// EXAMLAB_SUBNET_POOL, 10.213.0.0/16; EXAMLAB_SUBNET_PREFIX, 26.
+	SubnetPool   string
+	SubnetPrefix int
+
+	// Nomad settings beyond what the Nomad api package reads itself
+	// (NOMAD_ADDR, NOMAD_TOKEN, NOMAD_REGION, NOMAD_NAMESPACE, NOMAD_CACERT…).
+	NomadDatacenters []string // EXAMLAB_NOMAD_DATACENTERS, dc1
+	// NomadLabnet is the examlab binary's path on Nomad clients, run by the
+	// job's prestart task to create the session network. EXAMLAB_NOMAD_LABNET, /usr/local/bin/examlab.
+	NomadLabnet string
+
+	// WorkerConcurrency is how many tasks one worker runs at once. EXAMLAB_WORKER_CONCURRENCY, 8.
+	WorkerConcurrency int
+	// ProvisionTimeout bounds one provision attempt. EXAMLAB_PROVISION_TIMEOUT, 5m.
+	ProvisionTimeout time.Duration
+
+	// MaxTerminals per session, MaxMessageBytes per WebSocket frame and
+	// TerminalIdle before an idle terminal is closed.
+	// EXAMLAB_MAX_TERMINALS 16, EXAMLAB_MAX_MESSAGE_BYTES 65536, EXAMLAB_TERMINAL_IDLE 30m.
+	MaxTerminals    int
+	MaxMessageBytes int
+	TerminalIdle    time.Duration
+
+	// MaxAnswerBytes bounds one answer. EXAMLAB_MAX_ANSWER_BYTES, 65536.
+	MaxAnswerBytes int
+
+	// RetentionDays deletes archived sessions older than this; 0 keeps
+	// everything. EXAMLAB_RETENTION_DAYS, 0. EXAMLAB_RETENTION_DRY_RUN logs
+	// what would go without deleting.
+	RetentionDays   int
+	RetentionDryRun bool
+
+	// Sweep intervals. EXAMLAB_EXPIRE_EVERY 15s, EXAMLAB_REAP_EVERY 1m.
+	ExpireEvery time.Duration
+	ReapEvery   time.Duration
+}
+
+// Default returns the configuration with every default filled in.
+func Default() Config {
+	return Config{
+		StateDir:          "./var",
+		Listen:            "127.0.0.1:8080",
+		RelayListen:       "127.0.0.1:8081",
+		Redis:             "127.0.0.1:6379",
+		RedisPrefix:       "examlab:",
+		Runtime:           RuntimeDocker,
+		DockerHost:        "unix:///var/run/docker.sock",
+		SubnetPool:        "10.213.0.0/16",
+		SubnetPrefix:      26,
+		NomadDatacenters:  []string{"dc1"},
+		NomadLabnet:       "/usr/local/bin/examlab",
+		WorkerConcurrency: 8,
+		ProvisionTimeout:  5 * time.Minute,
+		MaxTerminals:      16,
+		MaxMessageBytes:   64 << 10,
+		TerminalIdle:      30 * time.Minute,
+		MaxAnswerBytes:    64 << 10,
+		ExpireEvery:       15 * time.Second,
+		ReapEvery:         time.Minute,
+	}
+}
+
+// FromEnv overlays the variables getenv reports (os.Getenv in main).
+func (c *Config) FromEnv(getenv func(string) string) error {
+	str := func(name string, dst *string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	var errs []error
+	num := func(name string, dst *int) {
+		if v := getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a number", name, v))
+				return
+			}
+			*dst = n
+		}
+	}
+	dur := func(name string, dst *time.Duration) {
+		if v := getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a duration", name, v))
+				return
+			}
+			*dst = d
+		}
+	}
+	boolean := func(name string, dst *bool) {
+		if v := getenv(name); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a boolean", name, v))
+				return
+			}
+			*dst = b
+		}
+	}
+	list := func(name string, dst *[]string) {
+		if v := getenv(name); v != "" {
+			*dst = splitList(v)
+		}
+	}
+	str("EXAMLAB_STATE_DIR", &c.StateDir)
+	str("EXAMLAB_LISTEN", &c.Listen)
+	str("EXAMLAB_RELAY_LISTEN", &c.RelayListen)
+	str("EXAMLAB_PUBLIC_URL", &c.PublicURL)
+	list("EXAMLAB_ALLOWED_ORIGINS", &c.AllowedOrigins)
+	boolean("EXAMLAB_COOKIE_SECURE", &c.CookieSecure)
+	str("EXAMLAB_REDIS", &c.Redis)
+	str("EXAMLAB_REDIS_PASSWORD", &c.RedisPassword)
+	num("EXAMLAB_REDIS_DB", &c.RedisDB)
+	str("EXAMLAB_REDIS_PREFIX", &c.RedisPrefix)
+	str("EXAMLAB_ADMIN_TOKEN", &c.AdminToken)
+	str("EXAMLAB_EXAM", &c.ExamFile)
+	str("EXAMLAB_RUNTIME", &c.Runtime)
+	str("DOCKER_HOST", &c.DockerHost)
+	str("EXAMLAB_SUBNET_POOL", &c.SubnetPool)
+	num("EXAMLAB_SUBNET_PREFIX", &c.SubnetPrefix)
+	list("EXAMLAB_NOMAD_DATACENTERS", &c.NomadDatacenters)
+	str("EXAMLAB_NOMAD_LABNET", &c.NomadLabnet)
+	num("EXAMLAB_WORKER_CONCURRENCY", &c.WorkerConcurrency)
+	dur("EXAMLAB_PROVISION_TIMEOUT", &c.ProvisionTimeout)
+	num("EXAMLAB_MAX_TERMINALS", &c.MaxTerminals)
+	num("EXAMLAB_MAX_MESSAGE_BYTES", &c.MaxMessageBytes)
+	dur("EXAMLAB_TERMINAL_IDLE", &c.TerminalIdle)
+	num("EXAMLAB_MAX_ANSWER_BYTES", &c.MaxAnswerBytes)
+	num("EXAMLAB_RETENTION_DAYS", &c.RetentionDays)
+	boolean("EXAMLAB_RETENTION_DRY_RUN", &c.RetentionDryRun)
+	dur("EXAMLAB_EXPIRE_EVERY", &c.ExpireEvery)
+	dur("EXAMLAB_REAP_EVERY", &c.ReapEvery)
+	return errors.Join(errs...)
+}
+
+// RegisterFlags binds the most used settings to fs; flags win over the
+// environment because they are parsed after FromEnv.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "state directory (shared storage in a cluster)")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "API listen address")
+	fs.StringVar(&c.RelayListen, "relay-listen", c.RelayListen, "relay listen address when run alone")
+	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "URL browsers use to reach the API")
+	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis address: host:port or unix:///path")
+	fs.StringVar(&c.ExamFile, "exam", c.ExamFile, "exam definition file (default: the shipped exam)")
+	fs.StringVar(&c.Runtime, "runtime", c.Runtime, "lab runtime: docker or nomad")
+	fs.StringVar(&c.SubnetPool, "subnet-pool", c.SubnetPool, "pool for per-session subnets")
+	fs.IntVar(&c.SubnetPrefix, "subnet-prefix", c.SubnetPrefix, "prefix length of each session subnet")
+	fs.IntVar(&c.WorkerConcurrency, "concurrency", c.WorkerConcurrency, "tasks one worker runs at once")
+	fs.IntVar(&c.RetentionDays, "retention-days", c.RetentionDays, "delete archived sessions older than this (0: keep)")
+	fs.BoolVar(&c.RetentionDryRun, "retention-dry-run", c.RetentionDryRun, "report what retention would delete, delete nothing")
+}
+
+// Validate checks every setting and fills the derived ones.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.StateDir == "" {
+		bad("state dir: required")
+	}
+	for name, addr := range map[string]string{"listen": c.Listen, "relay listen": c.RelayListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("%s: %q: %v", name, addr, err)
+		}
+	}
+	if c.PublicURL == "" {
+		host, port, _ := net.SplitHostPort(c.Listen)
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			host = "localhost"
+		}
+		c.PublicURL = "http://" + net.JoinHostPort(host, port)
+	}
+	if !strings.HasPrefix(c.PublicURL, "http://") && !strings.HasPrefix(c.PublicURL, "https://") {
+		bad("public url: %q must start with http:// or https://", c.PublicURL)
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if c.Redis == "" {
+		bad("redis: required")
+	}
+	switch c.Runtime {
+	case RuntimeDocker, RuntimeNomad:
+	default:
+		bad("runtime: %q must be %s or %s", c.Runtime, RuntimeDocker, RuntimeNomad)
+	}
+	if p, err := netip.ParsePrefix(c.SubnetPool); err != nil {
+		bad("subnet pool: %q: %v", c.SubnetPool, err)
+	} else if c.SubnetPrefix < p.Bits() || c.SubnetPrefix > 28 {
+		bad("subnet prefix: /%d must be between the pool's /%d and /28", c.SubnetPrefix, p.Bits())
+	}
+	if c.WorkerConcurrency < 1 || c.WorkerConcurrency > 256 {
+		bad("worker concurrency: %d must be 1..256", c.WorkerConcurrency)
+	}
+	if c.MaxTerminals < 1 {
+		bad("max terminals: %d must be at least 1", c.MaxTerminals)
+	}
+	if c.MaxMessageBytes < 1024 {
+		bad("max message bytes: %d must be at least 1024", c.MaxMessageBytes)
+	}
+	if c.MaxAnswerBytes < 256 || c.MaxAnswerBytes > 8<<20 {
+		bad("max answer bytes: %d must be 256..8388608", c.MaxAnswerBytes)
+	}
+	if c.RetentionDays < 0 {
+		bad("retention days: %d must not be negative", c.RetentionDays)
+	}
+	if c.ProvisionTimeout < 10*time.Second {
+		bad("provision timeout: %s is too short", c.ProvisionTimeout)
+	}
+	if c.ExpireEvery < time.Second || c.ReapEvery < time.Second {
+		bad("sweep intervals must be at least 1s")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		bad("admin token: must be at least 16 characters")
+	}
+	return errors.Join(errs...)
+}
+
+// Origins are the Origins a WebSocket may come from.
+func (c *Config) Origins() []string {
+	out := []string{c.PublicURL}
+	out = append(out, c.AllowedOrigins...)
+	return out
+}
+
+// EnsureAdminToken returns the configured admin token, or the one kept in
+// the state directory, creating it on first run. created reports a new one.
+func (c *Config) EnsureAdminToken() (token string, path string, created bool, err error) {
+	path = filepath.Join(c.StateDir, "admin-token")
+	if c.AdminToken != "" {
+		return c.AdminToken, "", false, nil
+	}
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		c.AdminToken = strings.TrimSpace(string(b))
+		return c.AdminToken, path, false, nil
+	}
+	if err := os.MkdirAll(c.StateDir, 0o750); err != nil {
+		return "", path, false, fmt.Errorf("create state dir: %w", err)
+	}
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", path, false, err
+	}
+	tok := hex.EncodeToString(b)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// Another role created it first; use theirs.
+		c.AdminToken = ""
+		return c.EnsureAdminToken()
+	}
+	if err != nil {
+		return "", path, false, fmt.Errorf("write admin token: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		return "", path, false, fmt.Errorf("write admin token: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return "", path, false, err
+	}
+	c.AdminToken = tok
+	return tok, path, true, nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

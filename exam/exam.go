@@ -1,0 +1,328 @@
+// Package exam loads and validates exam definitions: the tasks a candidate
+// answers, the lab topology they work in, and how long they have.
+package exam
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ErrInvalid wraps every validation failure; the message names the field.
+var ErrInvalid = errors.New("invalid exam")
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Task kinds an exam may declare.
+const (
+	KindText    = "text"    // free-form prose answer
+	KindCommand = "command" // a command or config snippet
+	KindChoice  = "choice"  // one of Options
+)
+
+// Exam is one exam definition as loaded from its YAML file.
+type Exam struct {
+	ID       string   `yaml:"id" json:"id"`
+	Title    string   `yaml:"title" json:"title"`
+	Duration Duration `yaml:"duration" json:"duration"`
+	Tasks    []Task   `yaml:"tasks" json:"tasks"`
+	Topology Topology `yaml:"topology" json:"topology"`
+}
+
+// Task is one question of the exam.
+type Task struct {
+	ID      string   `yaml:"id" json:"id"`
+	Title   string   `yaml:"title" json:"title"`
+	Prompt  string   `yaml:"prompt" json:"prompt"`
+	Kind    string   `yaml:"kind" json:"kind"`
+	Options []string `yaml:"options,omitempty" json:"options,omitempty"`
+	Points  int      `yaml:"points,omitempty" json:"points,omitempty"`
+}
+
+// Topology is the lab every candidate of this exam gets.
+type Topology struct {
+	// Image is the default node image; a node may override it.
+	Image string `yaml:"image" json:"image"`
+	// Defaults apply to every node that leaves a field unset.
+	Defaults NodeDefaults `yaml:"defaults" json:"defaults"`
+	Nodes    []Node       `yaml:"nodes" json:"nodes"`
+}
+
+// NodeDefaults are the per-node settings a topology sets once.
+type NodeDefaults struct {
+	Limits       Limits   `yaml:"limits" json:"limits"`
+	Capabilities []string `yaml:"capabilities" json:"capabilities"`
+}
+
+// Node is one container of the lab. Name is its hostname and the name its
+// peers resolve; Role says what part it plays (branch, gateway, hub…).
+type Node struct {
+	Name         string            `yaml:"name" json:"name"`
+	Role         string            `yaml:"role" json:"role"`
+	Image        string            `yaml:"image,omitempty" json:"image,omitempty"`
+	Limits       Limits            `yaml:"limits,omitempty" json:"limits"`
+	Capabilities []string          `yaml:"capabilities,omitempty" json:"capabilities,omitempty"`
+	Sysctls      map[string]string `yaml:"sysctls,omitempty" json:"sysctls,omitempty"`
+}
+
+// Limits bound what one node may use.
+type Limits struct {
+	MemoryMB int     `yaml:"memory_mb,omitempty" json:"memory_mb"`
+	CPUs     float64 `yaml:"cpus,omitempty" json:"cpus"`
+	Pids     int     `yaml:"pids,omitempty" json:"pids"`
+}
+
+// Duration is a time.Duration that reads "90m" or "2h" from YAML and JSON.
+type Duration struct{ time.Duration }
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("parse duration %q: %w", s, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes the duration as its string form.
+func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
+
+// allowedCaps is what an exam may grant a node. Anything that reaches the
+// host (SYS_ADMIN, SYS_MODULE, NET_BROADCAST across namespaces…) is refused.
+var allowedCaps = map[string]bool{
+	"CHOWN": true, "DAC_OVERRIDE": true, "FOWNER": true, "FSETID": true,
+	"KILL": true, "SETGID": true, "SETUID": true, "SETPCAP": false,
+	"NET_BIND_SERVICE": true, "NET_RAW": true, "NET_ADMIN": true,
+	"SYS_CHROOT": true, "AUDIT_WRITE": true, "MKNOD": false,
+}
+
+// AllowedCapabilities lists the capabilities an exam may grant, sorted.
+func AllowedCapabilities() []string {
+	var out []string
+	for c, ok := range allowedCaps {
+		if ok {
+			out = append(out, c)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+var (
+	idPattern     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+	nodePattern   = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
+	sysctlPattern = regexp.MustCompile(`^net\.[a-z0-9_.]+$`)
+)
+
+// ValidTaskID reports whether id is a well-formed task id. Task ids become
+// file names, so the pattern admits no path separators or dots.
+func ValidTaskID(id string) bool { return idPattern.MatchString(id) }
+
+// Default returns the exam shipped with examlab: the eight-node lab
+// tokyo, osaka, kyoto, g1..g4 and phoenix.
+func Default() *Exam {
+	e, err := Parse(defaultYAML)
+	if err != nil {
+		panic(fmt.Sprintf("embedded default exam: %v", err))
+	}
+	return e
+}
+
+// Load reads and validates an exam file.
+func Load(path string) (*Exam, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read exam %s: %w", path, err)
+	}
+	e, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("exam %s: %w", path, err)
+	}
+	return e, nil
+}
+
+// Parse decodes YAML strictly (unknown fields are errors), fills defaults
+// and validates.
+func Parse(b []byte) (*Exam, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var e Exam
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	e.applyDefaults()
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+func (e *Exam) applyDefaults() {
+	for i := range e.Topology.Nodes {
+		n := &e.Topology.Nodes[i]
+		if n.Image == "" {
+			n.Image = e.Topology.Image
+		}
+		d := e.Topology.Defaults
+		if n.Limits.MemoryMB == 0 {
+			n.Limits.MemoryMB = d.Limits.MemoryMB
+		}
+		if n.Limits.CPUs == 0 {
+			n.Limits.CPUs = d.Limits.CPUs
+		}
+		if n.Limits.Pids == 0 {
+			n.Limits.Pids = d.Limits.Pids
+		}
+		n.Capabilities = mergeCaps(d.Capabilities, n.Capabilities)
+	}
+}
+
+func mergeCaps(a, b []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, c := range append(append([]string{}, a...), b...) {
+		c = strings.ToUpper(strings.TrimPrefix(strings.ToUpper(c), "CAP_"))
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func invalid(field, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, args...))
+}
+
+// Validate checks every field and names the first bad one in its error.
+func (e *Exam) Validate() error {
+	if !idPattern.MatchString(e.ID) {
+		return invalid("id", "must match %s, got %q", idPattern, e.ID)
+	}
+	if strings.TrimSpace(e.Title) == "" {
+		return invalid("title", "is required")
+	}
+	if e.Duration.Duration < time.Minute || e.Duration.Duration > 24*time.Hour {
+		return invalid("duration", "must be between 1m and 24h, got %s", e.Duration.Duration)
+	}
+	if len(e.Tasks) == 0 {
+		return invalid("tasks", "at least one task is required")
+	}
+	taskIDs := map[string]bool{}
+	for i, t := range e.Tasks {
+		f := fmt.Sprintf("tasks[%d]", i)
+		if !ValidTaskID(t.ID) {
+			return invalid(f+".id", "must match %s, got %q", idPattern, t.ID)
+		}
+		if taskIDs[t.ID] {
+			return invalid(f+".id", "duplicate task id %q", t.ID)
+		}
+		taskIDs[t.ID] = true
+		if strings.TrimSpace(t.Title) == "" {
+			return invalid(f+".title", "is required")
+		}
+		if strings.TrimSpace(t.Prompt) == "" {
+			return invalid(f+".prompt", "is required")
+		}
+		switch t.Kind {
+		case KindText, KindCommand:
+			if len(t.Options) > 0 {
+				return invalid(f+".options", "only kind %q takes options", KindChoice)
+			}
+		case KindChoice:
+			if len(t.Options) < 2 {
+				return invalid(f+".options", "kind %q needs at least two options", KindChoice)
+			}
+		default:
+			return invalid(f+".kind", "must be one of %s, %s, %s; got %q", KindText, KindCommand, KindChoice, t.Kind)
+		}
+	}
+	nodes := e.Topology.Nodes
+	if len(nodes) == 0 {
+		return invalid("topology.nodes", "at least one node is required")
+	}
+	if len(nodes) > 32 {
+		return invalid("topology.nodes", "at most 32 nodes, got %d", len(nodes))
+	}
+	names := map[string]bool{}
+	for i, n := range nodes {
+		f := fmt.Sprintf("topology.nodes[%d]", i)
+		if !nodePattern.MatchString(n.Name) {
+			return invalid(f+".name", "must match %s, got %q", nodePattern, n.Name)
+		}
+		if names[n.Name] {
+			return invalid(f+".name", "duplicate node name %q", n.Name)
+		}
+		names[n.Name] = true
+		if strings.TrimSpace(n.Role) == "" {
+			return invalid(f+".role", "is required")
+		}
+		if n.Image == "" {
+			return invalid(f+".image", "is required (or set topology.image)")
+		}
+		if n.Limits.MemoryMB < 16 || n.Limits.MemoryMB > 16384 {
+			return invalid(f+".limits.memory_mb", "must be between 16 and 16384, got %d", n.Limits.MemoryMB)
+		}
+		if n.Limits.CPUs <= 0 || n.Limits.CPUs > 16 {
+			return invalid(f+".limits.cpus", "must be in (0, 16], got %g", n.Limits.CPUs)
+		}
+		if n.Limits.Pids < 16 || n.Limits.Pids > 65536 {
+			return invalid(f+".limits.pids", "must be between 16 and 65536, got %d", n.Limits.Pids)
+		}
+		for _, c := range n.Capabilities {
+			if !allowedCaps[c] {
+				return invalid(f+".capabilities", "%q is not allowed (allowed: %s)", c, strings.Join(AllowedCapabilities(), ", "))
+			}
+		}
+		for k := range n.Sysctls {
+			if !sysctlPattern.MatchString(k) {
+				return invalid(f+".sysctls", "%q is not a namespaced net.* sysctl", k)
+			}
+		}
+	}
+	return nil
+}
+
+// Task returns the task with the given id.
+func (e *Exam) Task(id string) (Task, bool) {
+	for _, t := range e.Tasks {
+		if t.ID == id {
+			return t, true
+		}
+	}
+	return Task{}, false
+}
+
+// Node returns the node with the given name.
+func (e *Exam) Node(name string) (Node, bool) {
+	for _, n := range e.Topology.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// NodeNames lists the lab's node names in topology order.
+func (e *Exam) NodeNames() []string {
+	out := make([]string, len(e.Topology.Nodes))
+	for i, n := range e.Topology.Nodes {
+		out[i] = n.Name
+	}
+	return out
+}

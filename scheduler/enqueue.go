@@ -1,0 +1,77 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hibiken/asynq"
+)
+
+// Enqueuer puts lifecycle tasks on the queue. Enqueueing an operation that
+// is already queued, running or recently done is not an error: the task ID
+// makes the request idempotent.
+type Enqueuer struct {
+	client *asynq.Client
+}
+
+// NewEnqueuer wraps an asynq client.
+func NewEnqueuer(c *asynq.Client) *Enqueuer { return &Enqueuer{client: c} }
+
+// Enqueue submits t; a task-ID conflict means it is already queued and is
+// reported as queued=false with no error.
+func (e *Enqueuer) Enqueue(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (queued bool, err error) {
+	_, err = e.client.EnqueueContext(ctx, t, opts...)
+	if errors.Is(err, asynq.ErrTaskIDConflict) || errors.Is(err, asynq.ErrDuplicateTask) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("enqueue %s: %w", t.Type(), err)
+	}
+	return true, nil
+}
+
+// Provision enqueues the provision of a session's lab.
+func (e *Enqueuer) Provision(ctx context.Context, sessionID string) (bool, error) {
+	t, err := NewProvisionTask(sessionID)
+	if err != nil {
+		return false, err
+	}
+	return e.Enqueue(ctx, t)
+}
+
+// Archive enqueues the archive (and, after it, cleanup) of a session.
+func (e *Enqueuer) Archive(ctx context.Context, sessionID, reason string) (bool, error) {
+	t, err := NewArchiveTask(sessionID, reason)
+	if err != nil {
+		return false, err
+	}
+	return e.Enqueue(ctx, t)
+}
+
+// Cleanup enqueues removal of a session's lab.
+func (e *Enqueuer) Cleanup(ctx context.Context, sessionID, reason string) (bool, error) {
+	t, err := NewCleanupTask(sessionID, reason)
+	if err != nil {
+		return false, err
+	}
+	return e.Enqueue(ctx, t)
+}
+
+// Snapshot enqueues an admin snapshot of a live lab.
+func (e *Enqueuer) Snapshot(ctx context.Context, sessionID, nonce string) (bool, error) {
+	t, err := NewSnapshotTask(sessionID, nonce)
+	if err != nil {
+		return false, err
+	}
+	return e.Enqueue(ctx, t)
+}
+
+// ResetNode enqueues the replacement of one node.
+func (e *Enqueuer) ResetNode(ctx context.Context, sessionID, node, nonce string) (bool, error) {
+	t, err := NewResetNodeTask(sessionID, node, nonce)
+	if err != nil {
+		return false, err
+	}
+	return e.Enqueue(ctx, t)
+}

@@ -1,0 +1,131 @@
+package scheduler
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// Task types. One per lifecycle operation on a session, plus the periodic
+// sweeps that keep the platform honest.
+const (
+	TypeProvision = "session:provision"
+	TypeArchive   = "session:archive"
+	TypeCleanup   = "session:cleanup"
+	TypeSnapshot  = "session:snapshot" // admin snapshot of a live lab; the lab stays
+	TypeResetNode = "session:reset-node"
+	TypeExpire    = "sweep:expire" // periodic: submit sessions past their deadline
+	TypeReap      = "sweep:reap"   // periodic: remove labs whose session is gone
+	TypeRetention = "sweep:retention"
+)
+
+// Queues, by urgency: a candidate waits on provision; archive and cleanup
+// can trail; sweeps are background.
+const (
+	QueueCritical = "critical"
+	QueueDefault  = "default"
+	QueueLow      = "low"
+)
+
+// Queues is the weighting workers serve the queues with.
+var Queues = map[string]int{QueueCritical: 6, QueueDefault: 3, QueueLow: 1}
+
+// SessionPayload names the session a lifecycle task acts on.
+type SessionPayload struct {
+	SessionID string `json:"session_id"`
+	// Reason says why the task was enqueued (submit, deadline, admin…).
+	Reason string `json:"reason,omitempty"`
+	// Node is set for node-scoped tasks (reset-node).
+	Node string `json:"node,omitempty"`
+	// Nonce distinguishes repeatable operations (admin snapshots, resets)
+	// so that each request gets its own task ID.
+	Nonce string `json:"nonce,omitempty"`
+}
+
+// ParseSessionPayload decodes and checks a lifecycle payload. A payload
+// that cannot be decoded will never succeed, so the error skips retries.
+func ParseSessionPayload(t *asynq.Task) (SessionPayload, error) {
+	var p SessionPayload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil {
+		return p, fmt.Errorf("decode %s payload: %v: %w", t.Type(), err, asynq.SkipRetry)
+	}
+	if p.SessionID == "" {
+		return p, fmt.Errorf("decode %s payload: no session id: %w", t.Type(), asynq.SkipRetry)
+	}
+	return p, nil
+}
+
+// TaskID is the idempotent id of an operation on a session: enqueueing the
+// same (session, operation) twice yields asynq.ErrTaskIDConflict.
+func TaskID(op, sessionID string, extra ...string) string {
+	id := op + ":" + sessionID
+	for _, e := range extra {
+		if e != "" {
+			id += ":" + e
+		}
+	}
+	return id
+}
+
+// retention keeps completed task ids long enough that a duplicate request
+// arriving later is still recognised as done.
+const retention = 24 * time.Hour
+
+func newSessionTask(typ, queue string, p SessionPayload, maxRetry int, timeout time.Duration, extra ...string) (*asynq.Task, error) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s payload: %w", typ, err)
+	}
+	return asynq.NewTask(typ, b,
+		asynq.TaskID(TaskID(typ, p.SessionID, extra...)),
+		asynq.Queue(queue),
+		asynq.MaxRetry(maxRetry),
+		asynq.Timeout(timeout),
+		asynq.Retention(retention),
+	), nil
+}
+
+// NewProvisionTask brings a session's lab up.
+func NewProvisionTask(sessionID string) (*asynq.Task, error) {
+	return newSessionTask(TypeProvision, QueueCritical, SessionPayload{SessionID: sessionID}, 8, 10*time.Minute)
+}
+
+// NewArchiveTask snapshots a submitted session's lab, then chains cleanup.
+func NewArchiveTask(sessionID, reason string) (*asynq.Task, error) {
+	return newSessionTask(TypeArchive, QueueDefault, SessionPayload{SessionID: sessionID, Reason: reason}, 12, 30*time.Minute)
+}
+
+// NewCleanupTask removes a session's lab. The session record stays.
+func NewCleanupTask(sessionID, reason string) (*asynq.Task, error) {
+	return newSessionTask(TypeCleanup, QueueDefault, SessionPayload{SessionID: sessionID, Reason: reason}, 12, 5*time.Minute)
+}
+
+// NewSnapshotTask archives a live lab on an admin's request; each request
+// carries its own nonce so two snapshots a minute apart both run.
+func NewSnapshotTask(sessionID, nonce string) (*asynq.Task, error) {
+	return newSessionTask(TypeSnapshot, QueueDefault, SessionPayload{SessionID: sessionID, Reason: "admin", Nonce: nonce}, 5, 30*time.Minute, nonce)
+}
+
+// NewResetNodeTask replaces one node of a live lab with a fresh container.
+func NewResetNodeTask(sessionID, node, nonce string) (*asynq.Task, error) {
+	return newSessionTask(TypeResetNode, QueueCritical, SessionPayload{SessionID: sessionID, Node: node, Nonce: nonce}, 5, 5*time.Minute, node, nonce)
+}
+
+// NewExpireTask, NewReapTask and NewRetentionTask are the periodic sweeps.
+// They carry no session; their task ids come from the scheduler's cron
+// entries so that several schedulers do not double-enqueue.
+func NewExpireTask() *asynq.Task {
+	return asynq.NewTask(TypeExpire, nil, asynq.Queue(QueueLow), asynq.MaxRetry(1), asynq.Timeout(5*time.Minute))
+}
+
+// NewReapTask finds and removes labs whose session is gone.
+func NewReapTask() *asynq.Task {
+	return asynq.NewTask(TypeReap, nil, asynq.Queue(QueueLow), asynq.MaxRetry(1), asynq.Timeout(10*time.Minute))
+}
+
+// NewRetentionTask deletes archived sessions older than the retention policy.
+func NewRetentionTask() *asynq.Task {
+	return asynq.NewTask(TypeRetention, nil, asynq.Queue(QueueLow), asynq.MaxRetry(1), asynq.Timeout(30*time.Minute))
+}

@@ -1,0 +1,408 @@
+// Package store keeps session records: the files on shared storage are
+// the record (metadata, answers, terminal logs, snapshots, audit), written
+// atomically; Redis holds the live index for fast lookup and listing and
+// can be rebuilt from the files at any time.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/scheduler"
+)
+
+// Errors the store returns; api/ maps them to status codes.
+var (
+	ErrNotFound     = errors.New("session not found")
+	ErrBadID        = errors.New("malformed id")
+	ErrTooLarge     = errors.New("too large")
+	ErrLocked       = errors.New("session is busy, try again")
+	ErrClosed       = errors.New("session no longer accepts changes")
+	ErrUnauthorized = errors.New("unknown or expired token")
+)
+
+// Session is one candidate's exam session: metadata.json.
+type Session struct {
+	ID        string          `json:"id"`
+	Short     string          `json:"short"`
+	Email     string          `json:"email"`
+	ExamID    string          `json:"exam_id"`
+	Runtime   string          `json:"runtime"`
+	Status    scheduler.State `json:"status"`
+	CreatedAt time.Time       `json:"created_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
+	// StartedAt is when the candidate pressed start; the deadline counts
+	// from it.
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	ReadyAt     time.Time `json:"ready_at,omitzero"`
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
+	CompletedAt time.Time `json:"completed_at,omitzero"`
+	Deadline    time.Time `json:"deadline,omitzero"`
+	// DurationSeconds is the exam's time allowance, extendable by admins.
+	DurationSeconds int64 `json:"duration_seconds"`
+	// SubmitReason: candidate, deadline, admin.
+	SubmitReason string            `json:"submit_reason,omitempty"`
+	Nodes        []lab.NodeStatus  `json:"nodes"`
+	Error        string            `json:"error,omitempty"`
+	Attempts     int               `json:"provision_attempts,omitempty"`
+	RuntimeInfo  map[string]string `json:"runtime_info,omitempty"`
+	// TokenHashes are sha256 of the candidate's bearer tokens; the tokens
+	// themselves are never stored.
+	TokenHashes []string `json:"token_hashes,omitempty"`
+	Version     int64    `json:"version"`
+}
+
+// Options configures a Store. Zero values mean the documented defaults.
+type Options struct {
+	// Dir is the state directory on shared storage; sessions live in
+	// Dir/sessions/{id}. Required.
+	Dir string
+	// Redis is the index. Required.
+	Redis redis.UniversalClient
+	// Prefix namespaces every Redis key; default "examlab:".
+	Prefix string
+	// LockTTL bounds how long a crashed writer can hold a session; default 30s.
+	LockTTL time.Duration
+	// MaxAnswerBytes bounds one answer's value; default 64 KiB.
+	MaxAnswerBytes int
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Store reads and writes session records.
+type Store struct {
+	dir     string
+	rdb     redis.UniversalClient
+	prefix  string
+	lockTTL time.Duration
+	maxAns  int
+	now     func() time.Time
+}
+
+// New opens the store rooted at o.Dir.
+func New(o Options) (*Store, error) {
+	if o.Dir == "" {
+		return nil, errors.New("open store: no state directory")
+	}
+	if o.Redis == nil {
+		return nil, errors.New("open store: no redis client")
+	}
+	if o.Prefix == "" {
+		o.Prefix = "examlab:"
+	}
+	if o.LockTTL == 0 {
+		o.LockTTL = 30 * time.Second
+	}
+	if o.MaxAnswerBytes == 0 {
+		o.MaxAnswerBytes = 64 << 10
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "sessions"), 0o750); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return &Store{dir: dir, rdb: o.Redis, prefix: o.Prefix, lockTTL: o.LockTTL, maxAns: o.MaxAnswerBytes, now: o.Now}, nil
+}
+
+// Redis returns the index client, for callers that share it (health checks).
+func (s *Store) Redis() redis.UniversalClient { return s.rdb }
+
+// MaxAnswerBytes is the largest answer value accepted.
+func (s *Store) MaxAnswerBytes() int { return s.maxAns }
+
+func (s *Store) key(parts ...string) string { return s.prefix + strings.Join(parts, ":") }
+
+// SessionDir is sessions/{id}. The id is validated so the path can never
+// leave the sessions folder.
+func (s *Store) SessionDir(id string) (string, error) {
+	if !jobspecs.ValidSessionID(id) {
+		return "", fmt.Errorf("session %q: %w", id, ErrBadID)
+	}
+	return filepath.Join(s.dir, "sessions", id), nil
+}
+
+// Path joins name under the session's folder and refuses anything that
+// would resolve outside it.
+func (s *Store) Path(id string, name ...string) (string, error) {
+	dir, err := s.SessionDir(id)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(append([]string{dir}, name...)...)
+	if p != dir && !strings.HasPrefix(p, dir+string(filepath.Separator)) {
+		return "", fmt.Errorf("path %q: %w", filepath.Join(name...), ErrBadID)
+	}
+	return p, nil
+}
+
+// Session folders.
+const (
+	AnswersDir   = "answers"
+	TerminalDir  = "terminal-logs"
+	SnapshotDir  = "docker-snapshots"
+	metadataFile = "metadata.json"
+	auditFile    = "audit.jsonl"
+)
+
+// NewSessionID returns a random 12-character lowercase slug.
+func NewSessionID() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	// A leading letter keeps names like exam-1234… from looking numeric.
+	b[0] = alphabet[int(b[0])%26]
+	return string(b)
+}
+
+func newToken() (token, hash string) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	token = base64.RawURLEncoding.EncodeToString(b)
+	return token, hashToken(token)
+}
+
+func hashToken(t string) string {
+	h := sha256.Sum256([]byte(t))
+	return hex.EncodeToString(h[:])
+}
+
+// NormalizeEmail lower-cases and trims an address and checks its shape.
+func NormalizeEmail(email string) (string, error) {
+	e := strings.ToLower(strings.TrimSpace(email))
+	at := strings.LastIndexByte(e, '@')
+	if len(e) > 254 || at < 1 || at == len(e)-1 || strings.ContainsAny(e, " \t\r\n<>\"'\\/") || !strings.Contains(e[at:], ".") {
+		return "", fmt.Errorf("email %q: %w", email, ErrBadID)
+	}
+	return e, nil
+}
+
+// Get returns the session's record from its metadata file.
+func (s *Store) Get(ctx context.Context, id string) (*Session, error) {
+	p, err := s.Path(id, metadataFile)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("session %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read session %s: %w", id, err)
+	}
+	var sess Session
+	if err := json.Unmarshal(b, &sess); err != nil {
+		return nil, fmt.Errorf("decode session %s: %w", id, err)
+	}
+	return &sess, nil
+}
+
+// Login returns the candidate's open session for exam, creating one if
+// they have none, and a fresh bearer token for it.
+func (s *Store) Login(ctx context.Context, email, examID string, duration time.Duration, runtime string) (*Session, string, error) {
+	email, err := NormalizeEmail(email)
+	if err != nil {
+		return nil, "", err
+	}
+	unlock, err := s.lock(ctx, "email", email)
+	if err != nil {
+		return nil, "", err
+	}
+	defer unlock()
+
+	token, th := newToken()
+	if id, err := s.rdb.Get(ctx, s.key("email", email)).Result(); err == nil {
+		if sess, err := s.Get(ctx, id); err == nil && sess.Status.Open() && sess.ExamID == examID {
+			sess, err = s.Update(ctx, id, func(x *Session) error {
+				x.TokenHashes = append(x.TokenHashes, th)
+				return nil
+			})
+			if err != nil {
+				return nil, "", err
+			}
+			return sess, token, nil
+		}
+	} else if !errors.Is(err, redis.Nil) {
+		return nil, "", fmt.Errorf("look up email: %w", err)
+	}
+
+	now := s.now().UTC()
+	sess := &Session{
+		Email:           email,
+		ExamID:          examID,
+		Runtime:         runtime,
+		Status:          scheduler.StateCreated,
+		CreatedAt:       now,
+		UpdatedAt:       now,
+		DurationSeconds: int64(duration / time.Second),
+		TokenHashes:     []string{th},
+		Version:         1,
+	}
+	// The 8-character prefix names containers, networks and Nomad jobs, so
+	// it must be unique among live sessions; claim it before anything else.
+	for i := 0; ; i++ {
+		id := NewSessionID()
+		ok, err := s.rdb.SetNX(ctx, s.key("short", id[:8]), id, 0).Result()
+		if err != nil {
+			return nil, "", fmt.Errorf("claim session prefix: %w", err)
+		}
+		if ok {
+			sess.ID, sess.Short = id, id[:8]
+			break
+		}
+		if i > 20 {
+			return nil, "", errors.New("claim session prefix: no free prefix")
+		}
+	}
+	if err := s.write(ctx, sess); err != nil {
+		return nil, "", err
+	}
+	if err := s.rdb.Set(ctx, s.key("email", email), sess.ID, 0).Err(); err != nil {
+		return nil, "", fmt.Errorf("index email: %w", err)
+	}
+	return sess, token, nil
+}
+
+// ByToken resolves a candidate's bearer token to their session.
+func (s *Store) ByToken(ctx context.Context, token string) (*Session, error) {
+	if token == "" || len(token) > 128 {
+		return nil, ErrUnauthorized
+	}
+	id, err := s.rdb.Get(ctx, s.key("token", hashToken(token))).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrUnauthorized
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up token: %w", err)
+	}
+	sess, err := s.Get(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrUnauthorized
+	}
+	return sess, err
+}
+
+// Update applies fn to the session under its lock and writes the result
+// durably. fn may refuse by returning an error; nothing is written then.
+func (s *Store) Update(ctx context.Context, id string, fn func(*Session) error) (*Session, error) {
+	unlock, err := s.lock(ctx, "session", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	sess, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	before := sess.Status
+	if err := fn(sess); err != nil {
+		return nil, err
+	}
+	if !before.CanMove(sess.Status) {
+		return nil, fmt.Errorf("session %s: move from %s to %s: %w", id, before, sess.Status, scheduler.ErrBackwards)
+	}
+	sess.Version++
+	sess.UpdatedAt = s.now().UTC()
+	if err := s.write(ctx, sess); err != nil {
+		return nil, err
+	}
+	return sess, nil
+}
+
+// Transition moves the session to next (running fn on the way) if the
+// state machine allows it. Moving to the state it is already in succeeds,
+// so retried handlers converge.
+func (s *Store) Transition(ctx context.Context, id string, next scheduler.State, fn func(*Session)) (*Session, error) {
+	return s.Update(ctx, id, func(x *Session) error {
+		st, err := x.Status.Move(next)
+		if err != nil {
+			return err
+		}
+		x.Status = st
+		if fn != nil {
+			fn(x)
+		}
+		return nil
+	})
+}
+
+// write stores the metadata file, then indexes it. The file is the record:
+// if indexing fails the caller sees the error and a rebuild repairs Redis.
+func (s *Store) write(ctx context.Context, sess *Session) error {
+	p, err := s.Path(sess.ID, metadataFile)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(sess, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode session %s: %w", sess.ID, err)
+	}
+	if err := WriteFileAtomic(p, b); err != nil {
+		return err
+	}
+	return s.index(ctx, sess)
+}
+
+// lock takes a short Redis lock so that writers in different processes
+// (API, workers, relay) serialise their read-modify-write of one record.
+func (s *Store) lock(ctx context.Context, kind, name string) (func(), error) {
+	key := s.key("lock", kind, name)
+	tok, _ := newToken()
+	deadline := time.Now().Add(s.lockTTL)
+	for {
+		ok, err := s.rdb.SetNX(ctx, key, tok, s.lockTTL).Result()
+		if err != nil {
+			return nil, fmt.Errorf("lock %s %s: %w", kind, name, err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("lock %s %s: %w", kind, name, ErrLocked)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(15 * time.Millisecond):
+		}
+	}
+	return func() {
+		// Release only our own lock: compare-and-delete.
+		s.rdb.Eval(context.WithoutCancel(ctx), `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`, []string{key}, tok)
+	}, nil
+}
+
+// ReleaseShort frees the session's 8-character prefix once its lab is gone.
+func (s *Store) ReleaseShort(ctx context.Context, sess *Session) error {
+	err := s.rdb.Eval(ctx, `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`,
+		[]string{s.key("short", sess.Short)}, sess.ID).Err()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("release prefix %s: %w", sess.Short, err)
+	}
+	return nil
+}
