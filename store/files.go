@@ -29,6 +29,8 @@ type Manifest struct {
 	Reason    string    `json:"reason"`
 	CreatedAt time.Time `json:"created_at"`
 	Files     []File    `json:"files"`
+	// Missing names nodes that had no container to archive.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // ManifestName is the snapshot manifest's file name.

@@ -1,0 +1,188 @@
+package api
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+)
+
+func (s *Server) adminLogin(c *fiber.Ctx) error {
+	var req struct {
+		Token string `json:"token"`
+	}
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if req.Token == "" || !s.adminTokenMatches(req.Token) {
+		return fail(fiber.StatusUnauthorized, "wrong admin token")
+	}
+	s.setCookie(c, AdminCookie, req.Token, 12*time.Hour)
+	return c.JSON(fiber.Map{"ok": true})
+}
+
+func (s *Server) adminLogout(c *fiber.Ctx) error {
+	s.clearCookie(c, AdminCookie)
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// adminSessions lists sessions: ?status=a,b&q=search&sort=created&order=desc&page=1&per_page=50.
+func (s *Server) adminSessions(c *fiber.Ctx) error {
+	q := store.ListQuery{Search: c.Query("q", c.Query("search")), Sort: c.Query("sort", "created")}
+	switch strings.ToLower(c.Query("order", "desc")) {
+	case "desc":
+		q.Desc = true
+	case "asc":
+	default:
+		return fail(fiber.StatusBadRequest, "order must be asc or desc")
+	}
+	for _, st := range strings.Split(c.Query("status"), ",") {
+		if st = strings.TrimSpace(st); st != "" {
+			if !scheduler.State(st).Valid() {
+				return fail(fiber.StatusBadRequest, "unknown status "+quote(st))
+			}
+			q.Status = append(q.Status, scheduler.State(st))
+		}
+	}
+	page, err := intQuery(c, "page", 1, 1, 1_000_000)
+	if err != nil {
+		return err
+	}
+	per, err := intQuery(c, "per_page", 50, 1, 500)
+	if err != nil {
+		return err
+	}
+	q.Offset, q.Limit = (page-1)*per, per
+	res, err := s.o.Store.List(c.UserContext(), q)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"total": res.Total, "page": page, "per_page": per, "sort": q.Sort,
+		"order": map[bool]string{true: "desc", false: "asc"}[q.Desc], "sessions": res.Sessions})
+}
+
+func intQuery(c *fiber.Ctx, name string, def, lo, hi int) (int, error) {
+	v := c.Query(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, fail(fiber.StatusBadRequest, name+" must be a number from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
+	}
+	return n, nil
+}
+
+// adminDetails is everything about one session: metadata, answers with
+// timestamps, terminal logs, node states, snapshot files, audit log.
+func (s *Server) adminDetails(c *fiber.Ctx) error {
+	ctx := c.UserContext()
+	id := c.Params("id")
+	sess, err := s.o.Store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	answers, err := s.o.Store.Answers(ctx, id)
+	if err != nil {
+		return err
+	}
+	histories, err := s.o.Store.Histories(ctx, id)
+	if err != nil {
+		return err
+	}
+	termFiles, err := s.o.Store.Files(ctx, id, store.TerminalDir)
+	if err != nil {
+		return err
+	}
+	snaps, err := s.o.Store.Files(ctx, id, store.SnapshotDir)
+	if err != nil {
+		return err
+	}
+	var manifest *store.Manifest
+	if m, err := s.o.Store.Manifest(ctx, id); err == nil {
+		manifest = m
+		sums := map[string]string{}
+		for _, f := range m.Files {
+			sums[f.Name] = f.SHA256
+		}
+		for i := range snaps {
+			snaps[i].SHA256 = sums[snaps[i].Name]
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	audit, err := s.o.Store.AuditLog(ctx, id)
+	if err != nil {
+		return err
+	}
+	v := s.view(sess)
+	if live := s.liveNodes(ctx, sess); live != nil {
+		v.Nodes = live
+	}
+	return c.JSON(fiber.Map{
+		"session":        v,
+		"metadata":       sess,
+		"answers":        answers,
+		"terminal_logs":  histories,
+		"terminal_files": termFiles,
+		"nodes":          v.Nodes,
+		"snapshots":      snaps,
+		"manifest":       manifest,
+		"audit":          audit,
+	})
+}
+
+func nonce() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// adminSnapshot archives a live lab now; the lab stays up.
+func (s *Server) adminSnapshot(c *fiber.Ctx) error {
+	ctx := c.UserContext()
+	sess, err := s.o.Store.Get(ctx, c.Params("id"))
+	if err != nil {
+		return err
+	}
+	if !sess.Status.HasLab() {
+		return fail(fiber.StatusConflict, "session is "+string(sess.Status)+" and has no lab to snapshot")
+	}
+	n := nonce()
+	if _, err := s.o.Enqueuer.Snapshot(ctx, sess.ID, n); err != nil {
+		return err
+	}
+	_ = s.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "admin", Action: "snapshot", Detail: map[string]any{"nonce": n}})
+	return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"queued": true, "nonce": n})
+}
+
+// adminCleanup removes a session's lab. A session the candidate is still
+// working in is submitted and archived first, so nothing of theirs is lost.
+func (s *Server) adminCleanup(c *fiber.Ctx) error {
+	ctx := c.UserContext()
+	sess, err := s.o.Store.Get(ctx, c.Params("id"))
+	if err != nil {
+		return err
+	}
+	action := "cleanup"
+	switch {
+	case sess.Status.Open() || sess.Status == scheduler.StateSubmitted || sess.Status == scheduler.StateArchiving:
+		if sess, err = s.submitSession(ctx, sess.ID, "admin"); err != nil {
+			return err
+		}
+		action = "cleanup-after-archive"
+	default:
+		if _, err := s.o.Enqueuer.Cleanup(ctx, sess.ID, "admin"); err != nil {
+			return err
+		}
+	}
+	_ = s.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "admin", Action: action})
+	return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"queued": true, "action": action, "status": sess.Status})
+}

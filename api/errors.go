@@ -1,0 +1,74 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+)
+
+// Errors the API returns itself.
+var (
+	errAuth      = errors.New("authentication required")
+	errForbidden = errors.New("not allowed")
+	errBadJSON   = errors.New("request body is not valid JSON")
+)
+
+// httpError is an error with the status it maps to.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func fail(status int, msg string) error { return &httpError{status: status, msg: msg} }
+
+// statusOf maps an error from any package to an HTTP status. Only the api
+// package knows about HTTP.
+func statusOf(err error) int {
+	var he *httpError
+	var fe *fiber.Error
+	switch {
+	case errors.As(err, &he):
+		return he.status
+	case errors.As(err, &fe):
+		return fe.Code
+	case errors.Is(err, errAuth), errors.Is(err, store.ErrUnauthorized):
+		return fiber.StatusUnauthorized
+	case errors.Is(err, errForbidden):
+		return fiber.StatusForbidden
+	case errors.Is(err, store.ErrNotFound):
+		return fiber.StatusNotFound
+	case errors.Is(err, store.ErrBadID), errors.Is(err, errBadJSON), errors.Is(err, store.ErrBadQuery), errors.Is(err, exam.ErrInvalid):
+		return fiber.StatusBadRequest
+	case errors.Is(err, store.ErrTooLarge):
+		return fiber.StatusRequestEntityTooLarge
+	case errors.Is(err, store.ErrClosed), errors.Is(err, scheduler.ErrBackwards):
+		return fiber.StatusConflict
+	case errors.Is(err, store.ErrLocked):
+		return fiber.StatusServiceUnavailable
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fiber.StatusServiceUnavailable
+	}
+	return fiber.StatusInternalServerError
+}
+
+// errorHandler writes every error as {"error": "..."}; internal errors are
+// logged in full and answered without detail.
+func errorHandler(log *slog.Logger) fiber.ErrorHandler {
+	return func(c *fiber.Ctx, err error) error {
+		code := statusOf(err)
+		msg := err.Error()
+		if code >= 500 && code != fiber.StatusServiceUnavailable {
+			log.Error("request failed", "method", c.Method(), "path", c.Path(), "err", err)
+			msg = "internal error"
+		}
+		return c.Status(code).JSON(fiber.Map{"error": msg})
+	}
+}

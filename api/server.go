@@ -1,0 +1,150 @@
+// Package api is examlab's HTTP front: candidate and admin REST, auth,
+// the embedded web pages, and the mount points for the terminal relay and
+// the queue monitor.
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/limiter"
+	"github.com/gofiber/fiber/v2/middleware/recover"
+
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/store"
+)
+
+// enqueuer is the part of the scheduler the API drives.
+type enqueuer interface {
+	Provision(ctx context.Context, sessionID string) (bool, error)
+	Archive(ctx context.Context, sessionID, reason string) (bool, error)
+	Cleanup(ctx context.Context, sessionID, reason string) (bool, error)
+	Snapshot(ctx context.Context, sessionID, nonce string) (bool, error)
+	ResetNode(ctx context.Context, sessionID, node, nonce string) (bool, error)
+}
+
+// statuser reports live node states; optional.
+type statuser interface {
+	Status(ctx context.Context, spec jobspecs.Lab) ([]lab.NodeStatus, error)
+}
+
+// Options wires the API. Store, Enqueuer, Exam and AdminToken are required.
+type Options struct {
+	Store    *store.Store
+	Enqueuer enqueuer
+	// Exam is the exam new candidates take.
+	Exam *exam.Exam
+	// Exams resolves the exam of an existing session; default: only Exam.
+	Exams func(id string) (*exam.Exam, bool)
+	// Runtime, when set, gives live node states while a lab is up.
+	Runtime    statuser
+	RuntimeName string
+	AdminToken string
+	// CookieSecure marks cookies Secure (serve behind HTTPS).
+	CookieSecure bool
+	// Mounts run after the API's own routes are registered: the relay's
+	// WebSocket routes, the queue monitor, metrics.
+	Mounts []func(app *fiber.App)
+	// BodyLimit caps request bodies; default 1 MiB.
+	BodyLimit int
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// Server is the Fiber application.
+type Server struct {
+	o   Options
+	app *fiber.App
+	log *slog.Logger
+}
+
+// New builds the API's routes.
+func New(o Options) (*Server, error) {
+	if o.Store == nil || o.Enqueuer == nil || o.Exam == nil {
+		return nil, errors.New("new api: store, enqueuer and exam are required")
+	}
+	if len(o.AdminToken) < 16 {
+		return nil, errors.New("new api: admin token of at least 16 characters required")
+	}
+	if o.Exams == nil {
+		o.Exams = func(id string) (*exam.Exam, bool) { return o.Exam, id == o.Exam.ID }
+	}
+	if o.BodyLimit == 0 {
+		o.BodyLimit = 1 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{o: o, log: o.Logger}
+	s.app = fiber.New(fiber.Config{
+		AppName:               "examlab",
+		BodyLimit:             o.BodyLimit,
+		ErrorHandler:          errorHandler(o.Logger),
+		DisableStartupMessage: true,
+		ReadTimeout:           30 * time.Second,
+		IdleTimeout:           120 * time.Second,
+	})
+	s.app.Use(recover.New())
+	s.app.Use(securityHeaders)
+	s.routes()
+	for _, m := range o.Mounts {
+		m(s.app)
+	}
+	s.app.Use(func(c *fiber.Ctx) error { return fail(fiber.StatusNotFound, "no such route: "+c.Path()) })
+	return s, nil
+}
+
+// App returns the Fiber app (tests drive it with app.Test or a listener).
+func (s *Server) App() *fiber.App { return s.app }
+
+// Listen serves on addr until Shutdown.
+func (s *Server) Listen(addr string) error { return s.app.Listen(addr) }
+
+// Shutdown stops accepting connections and waits for in-flight requests.
+func (s *Server) Shutdown(ctx context.Context) error { return s.app.ShutdownWithContext(ctx) }
+
+func securityHeaders(c *fiber.Ctx) error {
+	c.Set("X-Content-Type-Options", "nosniff")
+	c.Set("X-Frame-Options", "DENY")
+	c.Set("Referrer-Policy", "no-referrer")
+	c.Set("Cache-Control", "no-store")
+	return c.Next()
+}
+
+func (s *Server) routes() {
+	a := s.app
+	login := limiter.New(limiter.Config{Max: 30, Expiration: time.Minute})
+
+	// Candidate: login and the session they own.
+	a.Post("/api/login", login, s.login)
+	a.Post("/api/logout", s.logout)
+	a.Get("/api/exam", s.examInfo)
+	a.Get("/api/me", s.requireCandidate, s.me)
+
+	own := a.Group("/api/session/:id", s.requireOwner)
+	own.Get("/", s.sessionStatus)
+	own.Get("/status", s.sessionStatus)
+	own.Post("/start", s.start)
+	own.Get("/answers", s.answers)
+	own.Put("/answers/:taskId", s.saveAnswer)
+	own.Post("/answers/:taskId", s.saveAnswer)
+	own.Post("/submit", s.submit)
+	own.Post("/terminal/:terminalId/history", s.postHistory)
+
+	// Admin: the seed's endpoints, same paths.
+	a.Post("/api/admin/login", login, s.adminLogin)
+	a.Post("/api/admin/logout", s.adminLogout)
+	adm := a.Group("/api/admin", s.requireAdmin)
+	adm.Get("/sessions", s.adminSessions)
+	adm.Get("/session/:id/details", s.adminDetails)
+	a.Post("/api/session/:id/snapshot", s.requireAdmin, s.adminSnapshot)
+	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
+}

@@ -1,0 +1,263 @@
+// Package platform wires examlab's roles — api, worker, relay — from one
+// Config, so that the binary's subcommands, a single-host `serve` and the
+// end-to-end tests all assemble the system the same way.
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/examlab/examlab/api"
+	"github.com/examlab/examlab/config"
+	"github.com/examlab/examlab/docker"
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/workers"
+)
+
+// Roles selects what one process runs.
+type Roles struct {
+	API    bool
+	Worker bool
+	Relay  bool
+}
+
+// All is every role in one process: `examlab serve`.
+var All = Roles{API: true, Worker: true, Relay: true}
+
+// Platform is the set of running roles and what they share.
+type Platform struct {
+	Config    config.Config
+	Exam      *exam.Exam
+	Redis     *redis.Client
+	Store     *store.Store
+	Enqueuer  *scheduler.Enqueuer
+	Runtime   Runtime
+	Handlers  *workers.Handlers
+	API       *api.Server
+	Inspector *asynq.Inspector
+
+	roles     Roles
+	log       *slog.Logger
+	client    *asynq.Client
+	server    *asynq.Server
+	sched     *asynq.Scheduler
+	relayApp  *fiber.App
+	apiLn     net.Listener
+	relayLn   net.Listener
+	wg        sync.WaitGroup
+	errc      chan error
+	closeOnce sync.Once
+}
+
+// Options adjusts New for embedding (tests).
+type Options struct {
+	Logger *slog.Logger
+	// Runtime replaces the one the config names (tests may wrap it).
+	Runtime Runtime
+	// NoScheduler leaves out the periodic sweeps (tests drive them).
+	NoScheduler bool
+}
+
+// New connects to Redis and the runtime and builds the roles; Start runs them.
+func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platform, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Platform{Config: cfg, roles: roles, log: log, errc: make(chan error, 4)}
+	var err error
+	if cfg.ExamFile != "" {
+		if p.Exam, err = exam.Load(cfg.ExamFile); err != nil {
+			return nil, err
+		}
+	} else {
+		p.Exam = exam.Default()
+	}
+	p.Redis = redis.NewClient(redisOptions(cfg))
+	if err := p.Redis.Ping(ctx).Err(); err != nil {
+		p.Redis.Close()
+		return nil, fmt.Errorf("connect redis %s: %w", cfg.Redis, err)
+	}
+	p.Store, err = store.New(store.Options{Dir: cfg.StateDir, Redis: p.Redis, Prefix: cfg.RedisPrefix, MaxAnswerBytes: cfg.MaxAnswerBytes})
+	if err != nil {
+		return nil, err
+	}
+	p.Runtime = o.Runtime
+	if p.Runtime == nil {
+		if p.Runtime, err = NewRuntime(cfg); err != nil {
+			return nil, err
+		}
+	}
+	p.client = asynq.NewClient(asynqRedis(cfg))
+	p.Enqueuer = scheduler.NewEnqueuer(p.client)
+	p.Inspector = asynq.NewInspector(asynqRedis(cfg))
+	exams := func(id string) (*exam.Exam, bool) { return p.Exam, id == p.Exam.ID }
+
+	if roles.Worker {
+		p.Handlers, err = workers.New(workers.Options{
+			Store: p.Store, Runtime: p.Runtime, Enqueuer: p.Enqueuer, Exams: exams,
+			RuntimeName: cfg.Runtime, ProvisionTimeout: cfg.ProvisionTimeout,
+			RetentionDays: cfg.RetentionDays, RetentionDryRun: cfg.RetentionDryRun, Logger: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		p.server = asynq.NewServer(asynqRedis(cfg), asynq.Config{
+			Concurrency:     cfg.WorkerConcurrency,
+			Queues:          scheduler.Queues,
+			ShutdownTimeout: 20 * time.Second,
+			Logger:          asynqLogger{log},
+			RetryDelayFunc:  retryDelay,
+		})
+		if !o.NoScheduler {
+			p.sched = asynq.NewScheduler(asynqRedis(cfg), &asynq.SchedulerOpts{Logger: asynqLogger{log}})
+			if err := scheduler.RegisterPeriodic(p.sched, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if roles.API {
+		p.API, err = api.New(api.Options{
+			Store: p.Store, Enqueuer: p.Enqueuer, Exam: p.Exam, Exams: exams,
+			Runtime: p.Runtime, RuntimeName: cfg.Runtime, AdminToken: cfg.AdminToken,
+			CookieSecure: cfg.CookieSecure, Logger: log, Mounts: p.mounts(roles),
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// mounts are the routes other roles add to the API's app when they share
+// its process.
+func (p *Platform) mounts(roles Roles) []func(*fiber.App) {
+	var m []func(*fiber.App)
+	return m
+}
+
+// retryDelay backs off exponentially from 2s to 2m, with jitter from asynq's
+// default for the tail.
+func retryDelay(n int, err error, t *asynq.Task) time.Duration {
+	d := 2 * time.Second << min(n, 6)
+	if d > 2*time.Minute {
+		d = 2 * time.Minute
+	}
+	return d
+}
+
+// Start runs the roles in the background. API and relay listeners are
+// bound before Start returns, so their addresses are usable at once.
+func (p *Platform) Start(ctx context.Context) error {
+	if p.server != nil {
+		if err := p.server.Start(p.Handlers.Mux()); err != nil {
+			return fmt.Errorf("start worker: %w", err)
+		}
+	}
+	if p.sched != nil {
+		if err := p.sched.Start(); err != nil {
+			return fmt.Errorf("start scheduler: %w", err)
+		}
+	}
+	if p.API != nil {
+		ln, err := net.Listen("tcp", p.Config.Listen)
+		if err != nil {
+			return fmt.Errorf("listen api: %w", err)
+		}
+		p.apiLn = ln
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if err := p.API.App().Listener(ln); err != nil {
+				p.errc <- fmt.Errorf("api: %w", err)
+			}
+		}()
+	}
+	if p.relayApp != nil {
+		ln, err := net.Listen("tcp", p.Config.RelayListen)
+		if err != nil {
+			return fmt.Errorf("listen relay: %w", err)
+		}
+		p.relayLn = ln
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if err := p.relayApp.Listener(ln); err != nil {
+				p.errc <- fmt.Errorf("relay: %w", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// APIAddr is the bound API address ("" if the role is not running).
+func (p *Platform) APIAddr() string {
+	if p.apiLn == nil {
+		return ""
+	}
+	return p.apiLn.Addr().String()
+}
+
+// RelayAddr is the bound address of a standalone relay.
+func (p *Platform) RelayAddr() string {
+	if p.relayLn == nil {
+		return ""
+	}
+	return p.relayLn.Addr().String()
+}
+
+// Wait blocks until ctx ends or a role fails.
+func (p *Platform) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-p.errc:
+		return err
+	}
+}
+
+// Shutdown drains every role: HTTP servers finish in-flight requests,
+// workers finish (or hand back) their tasks, then connections close.
+func (p *Platform) Shutdown(ctx context.Context) error {
+	var errs []error
+	p.closeOnce.Do(func() {
+		if p.API != nil && p.apiLn != nil {
+			errs = append(errs, p.API.Shutdown(ctx))
+		}
+		if p.relayApp != nil && p.relayLn != nil {
+			errs = append(errs, p.relayApp.ShutdownWithContext(ctx))
+		}
+		if p.sched != nil {
+			p.sched.Shutdown()
+		}
+		if p.server != nil {
+			p.server.Shutdown()
+		}
+		p.wg.Wait()
+		errs = append(errs, p.client.Close(), p.Inspector.Close(), p.Redis.Close())
+	})
+	return errors.Join(errs...)
+}
+
+// NewRuntime builds the lab runtime the config names.
+func NewRuntime(cfg config.Config) (Runtime, error) {
+	switch cfg.Runtime {
+	case config.RuntimeDocker:
+		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix})
+	}
+	return nil, fmt.Errorf("runtime %q is not available", cfg.Runtime)
+}

@@ -1,0 +1,183 @@
+package workers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+)
+
+// Archive snapshots a submitted session's lab — every node's filesystem
+// and log, with a manifest of sizes and checksums — then chains cleanup.
+// Each file is written atomically, so a rerun after a crash overwrites
+// whatever half-done state the first run left with whole files.
+func (h *Handlers) Archive(ctx context.Context, t *asynq.Task) error {
+	p, sess, err := h.session(ctx, t)
+	if err != nil {
+		return err
+	}
+	switch sess.Status {
+	case scheduler.StateSubmitted, scheduler.StateArchiving:
+	case scheduler.StateCompleted, scheduler.StateExpired:
+		return nil
+	default:
+		return fmt.Errorf("archive %s: session is %s, not submitted: %w", sess.ID, sess.Status, asynq.SkipRetry)
+	}
+	if _, err := h.o.Store.Transition(ctx, sess.ID, scheduler.StateArchiving, nil); err != nil {
+		return fmt.Errorf("archive %s: %w", sess.ID, err)
+	}
+	start := h.o.Now()
+	n, err := h.snapshot(ctx, sess, p.Reason)
+	h.o.Observer.Archived(h.o.Now().Sub(start), n, err == nil)
+	if err != nil {
+		return fmt.Errorf("archive %s: %w", sess.ID, err)
+	}
+	if _, err := h.o.Enqueuer.Cleanup(ctx, sess.ID, p.Reason); err != nil {
+		return fmt.Errorf("archive %s: chain cleanup: %w", sess.ID, err)
+	}
+	return nil
+}
+
+// Snapshot archives a live lab on an admin's request; the lab stays up.
+func (h *Handlers) Snapshot(ctx context.Context, t *asynq.Task) error {
+	p, sess, err := h.session(ctx, t)
+	if err != nil {
+		return err
+	}
+	if !sess.Status.HasLab() {
+		return fmt.Errorf("snapshot %s: session is %s and has no lab: %w", sess.ID, sess.Status, asynq.SkipRetry)
+	}
+	start := h.o.Now()
+	n, err := h.snapshot(ctx, sess, "admin")
+	h.o.Observer.Archived(h.o.Now().Sub(start), n, err == nil)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", sess.ID, err)
+	}
+	return h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "snapshot-done", Detail: map[string]any{"nonce": p.Nonce, "bytes": n}})
+}
+
+// snapshot writes {container}.tar and {container}.log for every node and
+// the manifest. It returns the bytes written.
+func (h *Handlers) snapshot(ctx context.Context, sess *store.Session, reason string) (int64, error) {
+	spec, err := h.spec(sess)
+	if err != nil {
+		return 0, err
+	}
+	m := store.Manifest{SessionID: sess.ID, Runtime: h.o.RuntimeName, Reason: reason, CreatedAt: h.o.Now().UTC(), Files: []store.File{}}
+	var total int64
+	for _, n := range spec.Nodes {
+		tar, err := h.capture(ctx, sess.ID, n.Container+".tar", func(w io.Writer) error {
+			return h.o.Runtime.ExportFS(ctx, sess.ID, n.Name, w)
+		})
+		if errors.Is(err, lab.ErrNotFound) {
+			m.Missing = append(m.Missing, n.Name)
+			continue
+		}
+		if err != nil {
+			return total, fmt.Errorf("export %s: %w", n.Name, err)
+		}
+		logf, err := h.capture(ctx, sess.ID, n.Container+".log", func(w io.Writer) error {
+			return h.o.Runtime.Logs(ctx, sess.ID, n.Name, w)
+		})
+		if err != nil && !errors.Is(err, lab.ErrNotFound) {
+			return total, fmt.Errorf("logs of %s: %w", n.Name, err)
+		}
+		m.Files = append(m.Files, tar)
+		total += tar.Size
+		if err == nil {
+			m.Files = append(m.Files, logf)
+			total += logf.Size
+		}
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return total, fmt.Errorf("encode manifest: %w", err)
+	}
+	path, err := h.o.Store.Path(sess.ID, store.SnapshotDir, store.ManifestName)
+	if err != nil {
+		return total, err
+	}
+	if err := store.WriteFileAtomic(path, b); err != nil {
+		return total, err
+	}
+	return total, nil
+}
+
+// capture streams write's output into a snapshot file, hashing as it goes,
+// and commits the file only if write succeeded.
+func (h *Handlers) capture(ctx context.Context, id, name string, write func(io.Writer) error) (store.File, error) {
+	path, err := h.o.Store.Path(id, store.SnapshotDir, name)
+	if err != nil {
+		return store.File{}, err
+	}
+	f, err := store.CreateAtomic(path)
+	if err != nil {
+		return store.File{}, err
+	}
+	sum := sha256.New()
+	cw := &countingWriter{w: io.MultiWriter(f, sum)}
+	if err := write(cw); err != nil {
+		f.Abort()
+		return store.File{}, err
+	}
+	if err := f.Commit(); err != nil {
+		return store.File{}, err
+	}
+	return store.File{Name: name, Size: cw.n, SHA256: hex.EncodeToString(sum.Sum(nil)), ModTime: h.o.Now().UTC()}, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Cleanup removes the session's lab and, once an archive has run, marks
+// the session completed (or expired when its deadline forced the submit).
+func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
+	_, sess, err := h.session(ctx, t)
+	if err != nil {
+		return err
+	}
+	if err := h.o.Runtime.Destroy(ctx, sess.ID); err != nil {
+		return fmt.Errorf("cleanup %s: %w", sess.ID, err)
+	}
+	final := scheduler.StateCompleted
+	if sess.SubmitReason == "deadline" {
+		final = scheduler.StateExpired
+	}
+	sess, err = h.o.Store.Update(ctx, sess.ID, func(s *store.Session) error {
+		for i := range s.Nodes {
+			s.Nodes[i].State = lab.StateMissing
+			s.Nodes[i].Detail = "removed after archive"
+		}
+		if s.Status == scheduler.StateArchiving {
+			s.Status = final
+			s.CompletedAt = h.o.Now().UTC()
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cleanup %s: %w", sess.ID, err)
+	}
+	if sess.Status.Terminal() {
+		if err := h.o.Store.ReleaseShort(ctx, sess); err != nil {
+			return fmt.Errorf("cleanup %s: %w", sess.ID, err)
+		}
+	}
+	return nil
+}

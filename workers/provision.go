@@ -1,0 +1,129 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+)
+
+// Provision brings a session's lab up and marks the session ready. The
+// runtime's Provision is idempotent, so a rerun after a crash reuses what
+// the first run created and starts what it did not.
+func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
+	p, sess, err := h.session(ctx, t)
+	if err != nil {
+		return err
+	}
+	switch sess.Status {
+	case scheduler.StateCreated, scheduler.StateProvisioning:
+	case scheduler.StateReady:
+		return nil // a duplicate run after success
+	default:
+		// Submitted or ended while queued: there is nothing to bring up.
+		h.log.Info("provision skipped", "session", p.SessionID, "status", sess.Status)
+		return nil
+	}
+	spec, err := h.spec(sess)
+	if err != nil {
+		return err
+	}
+	sess, err = h.o.Store.Transition(ctx, sess.ID, scheduler.StateProvisioning, func(s *store.Session) {
+		s.Attempts++
+		s.Error = ""
+	})
+	if err != nil {
+		return fmt.Errorf("provision %s: %w", p.SessionID, err)
+	}
+
+	start := h.o.Now()
+	pctx, cancel := context.WithTimeout(ctx, h.o.ProvisionTimeout)
+	defer cancel()
+	perr := h.o.Runtime.Provision(pctx, spec)
+	nodes, serr := h.o.Runtime.Status(ctx, spec)
+	if perr == nil && serr == nil && !lab.AllRunning(nodes) {
+		perr = errors.New("not every node is running")
+	}
+	if perr != nil {
+		h.o.Observer.Provisioned(h.o.Now().Sub(start), false)
+		final := lastAttempt(ctx) || errors.Is(perr, asynq.SkipRetry)
+		_, uerr := h.o.Store.Update(context.WithoutCancel(ctx), sess.ID, func(s *store.Session) error {
+			if serr == nil {
+				s.Nodes = nodes
+			}
+			s.Error = perr.Error()
+			if final && s.Status == scheduler.StateProvisioning {
+				s.Status = scheduler.StateFailed
+				s.CompletedAt = h.o.Now().UTC()
+			}
+			return nil
+		})
+		if final {
+			// A lab that will never be used must not linger.
+			if derr := h.o.Runtime.Destroy(context.WithoutCancel(ctx), sess.ID); derr != nil {
+				h.log.Warn("destroy failed lab", "session", sess.ID, "err", derr)
+			}
+			return fmt.Errorf("provision %s: %w: %w", sess.ID, perr, asynq.SkipRetry)
+		}
+		return errors.Join(fmt.Errorf("provision %s: %w", sess.ID, perr), uerr)
+	}
+	if serr != nil {
+		return fmt.Errorf("provision %s: status: %w", sess.ID, serr)
+	}
+
+	now := h.o.Now().UTC()
+	_, err = h.o.Store.Update(ctx, sess.ID, func(s *store.Session) error {
+		s.Nodes = nodes
+		if s.Status != scheduler.StateProvisioning {
+			// Submitted while we worked; archive will take the lab down.
+			return nil
+		}
+		s.Status = scheduler.StateReady
+		s.ReadyAt = now
+		// The clock starts when the lab is usable, not when the candidate
+		// pressed start: slow provisioning costs them nothing.
+		s.Deadline = now.Add(time.Duration(s.DurationSeconds) * time.Second)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("provision %s: mark ready: %w", sess.ID, err)
+	}
+	h.o.Observer.Provisioned(h.o.Now().Sub(start), true)
+	h.log.Info("lab ready", "session", sess.ID, "took", h.o.Now().Sub(start).Round(time.Millisecond))
+	return nil
+}
+
+// ResetNode replaces one node of a live lab with a fresh container.
+func (h *Handlers) ResetNode(ctx context.Context, t *asynq.Task) error {
+	p, sess, err := h.session(ctx, t)
+	if err != nil {
+		return err
+	}
+	if sess.Status != scheduler.StateReady {
+		return fmt.Errorf("reset %s/%s: session is %s: %w", sess.ID, p.Node, sess.Status, asynq.SkipRetry)
+	}
+	spec, err := h.spec(sess)
+	if err != nil {
+		return err
+	}
+	if _, ok := spec.Node(p.Node); !ok {
+		return fmt.Errorf("reset %s/%s: no such node: %w", sess.ID, p.Node, asynq.SkipRetry)
+	}
+	if err := h.o.Runtime.ResetNode(ctx, spec, p.Node); err != nil {
+		return fmt.Errorf("reset %s/%s: %w", sess.ID, p.Node, err)
+	}
+	nodes, err := h.o.Runtime.Status(ctx, spec)
+	if err == nil {
+		_, err = h.o.Store.Update(ctx, sess.ID, func(s *store.Session) error { s.Nodes = nodes; return nil })
+	}
+	if err != nil {
+		return fmt.Errorf("reset %s/%s: record status: %w", sess.ID, p.Node, err)
+	}
+	return h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "node-reset-done", Detail: map[string]any{"node": p.Node}})
+}

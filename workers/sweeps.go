@@ -1,0 +1,147 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+)
+
+// Expire submits every open session whose deadline has passed and
+// enqueues its archive. Several workers may run it at once: the state
+// machine lets only one submit win, and the archive's task id is per
+// session, so the archive is enqueued once.
+func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
+	now := h.o.Now()
+	ids, err := h.o.Store.DueDeadlines(ctx, now, 500)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range ids {
+		_, err := h.o.Store.Update(ctx, id, func(s *store.Session) error {
+			if !s.Status.Open() {
+				return nil
+			}
+			if s.Deadline.IsZero() || s.Deadline.After(now) {
+				return nil // extended since we listed it
+			}
+			s.Status = scheduler.StateSubmitted
+			s.SubmitReason = "deadline"
+			s.SubmittedAt = now.UTC()
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("expire %s: %w", id, err))
+			continue
+		}
+		sess, err := h.o.Store.Get(ctx, id)
+		if err != nil || sess.Status != scheduler.StateSubmitted {
+			continue
+		}
+		if _, err := h.o.Enqueuer.Archive(ctx, id, "deadline"); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		h.log.Info("deadline passed; session submitted", "session", id)
+		_ = h.o.Store.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "deadline-submit"})
+	}
+	return errors.Join(errs...)
+}
+
+// Reap removes labs that no live session owns: their record is gone, or
+// the session has ended and its cleanup never ran.
+func (h *Handlers) Reap(ctx context.Context, _ *asynq.Task) error {
+	_, err := h.ReapOnce(ctx)
+	return err
+}
+
+// ReapOnce runs one reaper pass and returns the session ids it removed.
+func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
+	ids, err := h.o.Runtime.Labs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reap: list labs: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, id := range ids {
+		sess, err := h.o.Store.Get(ctx, id)
+		orphan := errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrBadID)
+		if err != nil && !orphan {
+			errs = append(errs, err)
+			continue
+		}
+		if !orphan && !sess.Status.Terminal() {
+			continue
+		}
+		if err := h.o.Runtime.Destroy(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("reap %s: %w", id, err))
+			continue
+		}
+		removed = append(removed, id)
+		h.log.Info("reaped orphan lab", "session", id)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// Retention deletes ended sessions older than the retention policy.
+func (h *Handlers) Retention(ctx context.Context, _ *asynq.Task) error {
+	if h.o.RetentionDays <= 0 {
+		return nil
+	}
+	_, err := h.RetentionOnce(ctx, h.o.RetentionDays, h.o.RetentionDryRun)
+	return err
+}
+
+// RetentionOnce deletes (or, with dryRun, only lists) ended sessions last
+// updated more than days ago.
+func (h *Handlers) RetentionOnce(ctx context.Context, days int, dryRun bool) ([]store.Summary, error) {
+	cutoff := h.o.Now().Add(-time.Duration(days) * 24 * time.Hour)
+	var victims []store.Summary
+	for off := 0; ; off += 500 {
+		page, err := h.o.Store.List(ctx, store.ListQuery{
+			Status: []scheduler.State{scheduler.StateCompleted, scheduler.StateExpired, scheduler.StateFailed},
+			Sort:   "updated", Offset: off, Limit: 500,
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range page.Sessions {
+			if s.UpdatedAt.Before(cutoff) {
+				victims = append(victims, s)
+			}
+		}
+		if off+500 >= page.Total {
+			break
+		}
+	}
+	if dryRun {
+		for _, v := range victims {
+			h.log.Info("retention would delete", "session", v.ID, "updated", v.UpdatedAt)
+		}
+		return victims, nil
+	}
+	var errs []error
+	for _, v := range victims {
+		sess, err := h.o.Store.Get(ctx, v.ID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := h.o.Runtime.Destroy(ctx, v.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := h.o.Store.Delete(ctx, sess); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		h.log.Info("retention deleted session", "session", v.ID)
+	}
+	return victims, errors.Join(errs...)
+}

@@ -1,0 +1,146 @@
+// Package workers runs the session lifecycle's asynq handlers. Every
+// handler is idempotent: run twice, or killed halfway and run again, it
+// converges to the same end state with nothing duplicated or leaked.
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+)
+
+// labRuntime is what the handlers need of a lab runtime (docker or nomad).
+type labRuntime interface {
+	Provision(ctx context.Context, spec jobspecs.Lab) error
+	Status(ctx context.Context, spec jobspecs.Lab) ([]lab.NodeStatus, error)
+	ExportFS(ctx context.Context, sessionID, node string, w io.Writer) error
+	Logs(ctx context.Context, sessionID, node string, w io.Writer) error
+	Destroy(ctx context.Context, sessionID string) error
+	ResetNode(ctx context.Context, spec jobspecs.Lab, node string) error
+	Labs(ctx context.Context) ([]string, error)
+}
+
+// enqueuer chains follow-up tasks (archive → cleanup).
+type enqueuer interface {
+	Archive(ctx context.Context, sessionID, reason string) (bool, error)
+	Cleanup(ctx context.Context, sessionID, reason string) (bool, error)
+}
+
+// Observer receives lifecycle measurements (metrics). All methods may be
+// called concurrently.
+type Observer interface {
+	Provisioned(d time.Duration, ok bool)
+	Archived(d time.Duration, bytes int64, ok bool)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Provisioned(time.Duration, bool)      {}
+func (nopObserver) Archived(time.Duration, int64, bool) {}
+
+// Options wires the handlers. Store, Runtime, Enqueuer and Exams are required.
+type Options struct {
+	Store    *store.Store
+	Runtime  labRuntime
+	Enqueuer enqueuer
+	// Exams resolves a session's exam id.
+	Exams func(id string) (*exam.Exam, bool)
+	// RuntimeName is recorded in manifests ("docker", "nomad").
+	RuntimeName string
+	// ProvisionTimeout bounds one provision attempt; default 5m.
+	ProvisionTimeout time.Duration
+	// RetentionDays deletes terminal sessions older than this; 0 disables.
+	RetentionDays   int
+	RetentionDryRun bool
+	Observer        Observer
+	Logger          *slog.Logger
+	Now             func() time.Time
+}
+
+// Handlers holds the lifecycle handlers.
+type Handlers struct {
+	o   Options
+	log *slog.Logger
+}
+
+// New checks o and returns the handlers.
+func New(o Options) (*Handlers, error) {
+	if o.Store == nil || o.Runtime == nil || o.Enqueuer == nil || o.Exams == nil {
+		return nil, errors.New("new workers: store, runtime, enqueuer and exams are required")
+	}
+	if o.ProvisionTimeout == 0 {
+		o.ProvisionTimeout = 5 * time.Minute
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Handlers{o: o, log: o.Logger}, nil
+}
+
+// Mux registers every handler on a new ServeMux.
+func (h *Handlers) Mux() *asynq.ServeMux {
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(scheduler.TypeProvision, h.Provision)
+	mux.HandleFunc(scheduler.TypeArchive, h.Archive)
+	mux.HandleFunc(scheduler.TypeCleanup, h.Cleanup)
+	mux.HandleFunc(scheduler.TypeSnapshot, h.Snapshot)
+	mux.HandleFunc(scheduler.TypeResetNode, h.ResetNode)
+	mux.HandleFunc(scheduler.TypeExpire, h.Expire)
+	mux.HandleFunc(scheduler.TypeReap, h.Reap)
+	mux.HandleFunc(scheduler.TypeRetention, h.Retention)
+	return mux
+}
+
+// spec renders the session's lab spec from its exam.
+func (h *Handlers) spec(sess *store.Session) (jobspecs.Lab, error) {
+	ex, ok := h.o.Exams(sess.ExamID)
+	if !ok {
+		return jobspecs.Lab{}, fmt.Errorf("session %s: unknown exam %q: %w", sess.ID, sess.ExamID, asynq.SkipRetry)
+	}
+	l, err := jobspecs.NewLab(ex, jobspecs.Session{ID: sess.ID, Candidate: sess.Email})
+	if err != nil {
+		return l, fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	return l, nil
+}
+
+// session loads the payload's session; a session that does not exist can
+// never be handled, so that is a permanent failure.
+func (h *Handlers) session(ctx context.Context, t *asynq.Task) (scheduler.SessionPayload, *store.Session, error) {
+	p, err := scheduler.ParseSessionPayload(t)
+	if err != nil {
+		return p, nil, err
+	}
+	sess, err := h.o.Store.Get(ctx, p.SessionID)
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrBadID) {
+		return p, nil, fmt.Errorf("%s %s: %w: %w", t.Type(), p.SessionID, err, asynq.SkipRetry)
+	}
+	if err != nil {
+		return p, nil, fmt.Errorf("%s %s: %w", t.Type(), p.SessionID, err)
+	}
+	return p, sess, nil
+}
+
+// lastAttempt reports whether this run is the task's final retry.
+func lastAttempt(ctx context.Context) bool {
+	n, ok1 := asynq.GetRetryCount(ctx)
+	max, ok2 := asynq.GetMaxRetry(ctx)
+	return ok1 && ok2 && n >= max
+}
