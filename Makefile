@@ -1,0 +1,50 @@
+# examlab — `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/examlab
+STATE_DIR ?= ./var
+REDIS_DIR := $(STATE_DIR)/redis
+TEST_FLAGS ?= -count=1 -timeout 40m
+BENCH_FLAGS ?= -run '^$$' -benchtime 5x -timeout 60m
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## install what the platform and its tests need from Debian (redis-server, chromium, xterm.js, debootstrap)
+	@./deploy/deps.sh
+
+image: ## build the lab node image examlab/node:bookworm from Debian's packages (skipped if present)
+	@./deploy/image/build.sh
+
+web: ## copy xterm.js from Debian's libjs-xterm into the embedded web assets
+	@./deploy/web.sh
+
+build: web ## build bin/examlab
+	$(GO) build -o $(BIN) ./cmd/examlab
+
+redis: ## start a local redis-server with persistence (appendonly) under $(STATE_DIR)/redis
+	@./deploy/redis.sh "$(REDIS_DIR)"
+
+run: deps image build redis ## set up and run the whole platform on this host (serve)
+	@./deploy/run.sh
+
+test: deps image web ## run every test against real Redis and Docker (the CI command)
+	$(GO) vet ./...
+	$(GO) test $(TEST_FLAGS) ./...
+
+bench: deps image web ## print benchmark numbers beside their baselines
+	$(GO) test $(BENCH_FLAGS) -bench . ./...
+
+lint: ## vet and check formatting
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+fmt: ## format the code
+	gofmt -w $$(git ls-files '*.go')
+
+clean: ## remove build output (not the state directory)
+	rm -rf bin
+
+.PHONY: help deps image web build redis run test bench lint fmt clean

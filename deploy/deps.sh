@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what examlab needs from Debian's packages, if missing:
+# redis-server (queue and index), chromium (browser tests), libjs-xterm
+# (the terminal in the candidate page), debootstrap (the lab image).
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v chromium >/dev/null || need+=(chromium)
+[ -f /usr/share/javascript/xterm/xterm.js ] || need+=(libjs-xterm)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+echo "installing: ${need[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
