@@ -1,0 +1,253 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/testlab"
+)
+
+func newStore(t *testing.T) (*store.Store, *redis.Client, string) {
+	t.Helper()
+	addr := strings.TrimPrefix(testlab.Redis(t), "unix://")
+	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	dir := t.TempDir()
+	s, err := store.New(store.Options{Dir: dir, Redis: rdb, MaxAnswerBytes: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, rdb, dir
+}
+
+func TestLoginReturnsTheOpenSession(t *testing.T) {
+	s, _, dir := newStore(t)
+	ctx := context.Background()
+	a, tokA, err := s.Login(ctx, " Ada@Example.com ", "exam1", time.Hour, "docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.ID) != 12 || a.Short != a.ID[:8] || a.Email != "ada@example.com" || a.Status != scheduler.StateCreated {
+		t.Fatalf("session = %+v", a)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sessions", a.ID, "metadata.json")); err != nil {
+		t.Fatalf("metadata.json not written: %v", err)
+	}
+	b, tokB, err := s.Login(ctx, "ada@example.com", "exam1", time.Hour, "docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.ID != a.ID {
+		t.Fatalf("second login got session %s, want the open %s", b.ID, a.ID)
+	}
+	for _, tok := range []string{tokA, tokB} {
+		got, err := s.ByToken(ctx, tok)
+		if err != nil || got.ID != a.ID {
+			t.Fatalf("ByToken = %v, %v", got, err)
+		}
+	}
+	if _, err := s.ByToken(ctx, "nope"); !errors.Is(err, store.ErrUnauthorized) {
+		t.Fatalf("unknown token: %v", err)
+	}
+	// Once submitted, the same email starts a fresh session and the old
+	// tokens stop working only when the session ends.
+	if _, err := s.Transition(ctx, a.ID, scheduler.StateSubmitted, nil); err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := s.Login(ctx, "ada@example.com", "exam1", time.Hour, "docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ID == a.ID {
+		t.Fatal("login after submit returned the submitted session")
+	}
+	if _, _, err := s.Login(ctx, "not-an-email", "exam1", time.Hour, "docker"); !errors.Is(err, store.ErrBadID) {
+		t.Fatalf("bad email: %v", err)
+	}
+}
+
+func TestTransitionsAreForwardOnly(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	sess, _, err := s.Login(ctx, "b@example.com", "exam1", time.Hour, "docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Transition(ctx, sess.ID, scheduler.StateReady, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Transition(ctx, sess.ID, scheduler.StateProvisioning, nil)
+	if !errors.Is(err, scheduler.ErrBackwards) {
+		t.Fatalf("backwards transition: %v", err)
+	}
+	// Update cannot sneak a backwards move past the state machine either.
+	_, err = s.Update(ctx, sess.ID, func(x *store.Session) error { x.Status = scheduler.StateCreated; return nil })
+	if !errors.Is(err, scheduler.ErrBackwards) {
+		t.Fatalf("backwards update: %v", err)
+	}
+	got, _ := s.Get(ctx, sess.ID)
+	if got.Status != scheduler.StateReady {
+		t.Fatalf("status = %s after refused moves", got.Status)
+	}
+}
+
+func TestAnswersAreDurableAndConfined(t *testing.T) {
+	s, rdb, dir := newStore(t)
+	ctx := context.Background()
+	sess, _, _ := s.Login(ctx, "c@example.com", "exam1", time.Hour, "docker")
+
+	a, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`{"text": "first"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`"second"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Revision != 1 || a2.Revision != 2 || a2.SavedAt.Before(a.SavedAt) {
+		t.Fatalf("revisions %d, %d", a.Revision, a2.Revision)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "sessions", sess.ID, "answers", "t1.json"))
+	if err != nil || !strings.Contains(string(raw), `"second"`) {
+		t.Fatalf("answer file = %s, %v", raw, err)
+	}
+	bad := []struct {
+		name, task, value string
+		want             error
+	}{
+		{"traversal", "../../x", `"x"`, store.ErrBadID},
+		{"slash", "a/b", `"x"`, store.ErrBadID},
+		{"dotfile", ".t1", `"x"`, store.ErrBadID},
+		{"not json", "t2", `{`, store.ErrBadID},
+		{"too large", "t2", `"` + strings.Repeat("x", 2000) + `"`, store.ErrTooLarge},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := s.SaveAnswer(ctx, sess.ID, tc.task, json.RawMessage(tc.value)); !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if _, err := s.SaveAnswer(ctx, "../../etc", "t1", json.RawMessage(`"x"`)); !errors.Is(err, store.ErrBadID) {
+		t.Fatalf("bad session id: %v", err)
+	}
+	// Nothing but t1.json (and no temp files) landed anywhere.
+	var files []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, strings.TrimPrefix(p, dir))
+		}
+		return nil
+	})
+	want := fmt.Sprintf("[/sessions/%[1]s/answers/t1.json /sessions/%[1]s/metadata.json]", sess.ID)
+	if fmt.Sprint(files) != want {
+		t.Fatalf("files = %v, want %s", files, want)
+	}
+
+	// Redis loses everything; the files rebuild the index.
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Rebuild(ctx); err != nil || n != 1 {
+		t.Fatalf("rebuild = %d, %v", n, err)
+	}
+	as, err := s.Answers(ctx, sess.ID)
+	if err != nil || len(as) != 1 || string(as[0].Value) != `"second"` {
+		t.Fatalf("answers after rebuild = %+v, %v", as, err)
+	}
+	res, err := s.List(ctx, store.ListQuery{Search: "c@example"})
+	if err != nil || res.Total != 1 {
+		t.Fatalf("list after rebuild = %+v, %v", res, err)
+	}
+	if _, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`"x"`)); err != nil {
+		t.Fatalf("save after rebuild: %v", err)
+	}
+	if _, err := s.Transition(ctx, sess.ID, scheduler.StateSubmitted, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`"late"`)); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("answer after submit: %v", err)
+	}
+}
+
+func TestListFiltersSortsAndPages(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < 7; i++ {
+		sess, _, err := s.Login(ctx, fmt.Sprintf("user%d@example.com", i), "exam1", time.Hour, "docker")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sess.ID)
+		if i%2 == 0 {
+			if _, err := s.Transition(ctx, sess.ID, scheduler.StateReady, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	tests := []struct {
+		name      string
+		q         store.ListQuery
+		wantTotal int
+		wantFirst string
+		wantLen   int
+	}{
+		{"all newest first", store.ListQuery{Desc: true}, 7, ids[6], 7},
+		{"ready only", store.ListQuery{Status: []scheduler.State{scheduler.StateReady}}, 4, ids[0], 4},
+		{"search email", store.ListQuery{Search: "USER3@"}, 1, ids[3], 1},
+		{"search id prefix", store.ListQuery{Search: ids[5][:6]}, 1, ids[5], 1},
+		{"by email desc paged", store.ListQuery{Sort: "email", Desc: true, Offset: 2, Limit: 2}, 7, ids[4], 2},
+		{"past the end", store.ListQuery{Offset: 50}, 7, "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := s.List(ctx, tc.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Total != tc.wantTotal || len(res.Sessions) != tc.wantLen {
+				t.Fatalf("total %d len %d, want %d %d", res.Total, len(res.Sessions), tc.wantTotal, tc.wantLen)
+			}
+			if tc.wantFirst != "" && res.Sessions[0].ID != tc.wantFirst {
+				t.Fatalf("first = %s (%s), want %s", res.Sessions[0].ID, res.Sessions[0].Email, tc.wantFirst)
+			}
+		})
+	}
+	if _, err := s.List(ctx, store.ListQuery{Sort: "password"}); !errors.Is(err, store.ErrBadQuery) {
+		t.Fatalf("bad sort: %v", err)
+	}
+}
+
+func TestAtomicFileNeverShowsAPart(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f.json")
+	if err := store.WriteFileAtomic(p, []byte("old")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := store.CreateAtomic(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("new but unfinished")
+	if b, _ := os.ReadFile(p); string(b) != "old" {
+		t.Fatalf("reader saw %q before commit", b)
+	}
+	f.Abort()
+	entries, _ := os.ReadDir(dir)
+	if b, _ := os.ReadFile(p); string(b) != "old" || len(entries) != 1 {
+		t.Fatalf("after abort: %q, %d entries", b, len(entries))
+	}
+}
