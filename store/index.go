@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -43,12 +44,10 @@ func (s *Store) index(ctx context.Context, sess *Session) error {
 	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, s.key("idx", "summary"), sess.ID, sum)
 		p.ZAdd(ctx, s.key("idx", "created"), redis.Z{Score: float64(sess.CreatedAt.UnixMilli()), Member: sess.ID})
+		// Tokens outlive the exam so a candidate can still see that their
+		// work was received; every write path refuses a closed session.
 		for _, h := range sess.TokenHashes {
-			if sess.Status.Terminal() {
-				p.Del(ctx, s.key("token", h))
-			} else {
-				p.Set(ctx, s.key("token", h), sess.ID, 0)
-			}
+			p.Set(ctx, s.key("token", h), sess.ID, 0)
 		}
 		// Deadlines of sessions a candidate is still working in, for the
 		// expiry sweep.
@@ -57,6 +56,7 @@ func (s *Store) index(ctx context.Context, sess *Session) error {
 		} else {
 			p.ZRem(ctx, s.key("idx", "deadline"), sess.ID)
 		}
+		s.bumpIndex(ctx, p, sess.ID)
 		return nil
 	})
 	if err != nil {
@@ -97,7 +97,10 @@ var ErrBadQuery = errors.New("bad list query")
 // SortKeys are the accepted ListQuery.Sort values.
 var SortKeys = []string{"created", "updated", "email", "status", "deadline"}
 
-// List answers a filtered, searched, sorted page of sessions.
+// List answers a filtered, searched, sorted page of sessions. It works on
+// this process's copy of the summaries (see summaryCache), brought up to
+// date with what changed since the last call, so a page over 10,000
+// sessions costs a filter and a sort in memory, not a decode of them all.
 func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 	if q.Limit <= 0 {
 		q.Limit = 50
@@ -135,23 +138,21 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 	}
 	search := strings.ToLower(strings.TrimSpace(q.Search))
 
-	raw, err := s.rdb.HGetAll(ctx, s.key("idx", "summary")).Result()
+	var rows []Summary
+	err := s.summaries(ctx, func(all map[string]*Summary) {
+		rows = make([]Summary, 0, len(all))
+		for _, sum := range all {
+			if len(want) > 0 && !want[sum.Status] {
+				continue
+			}
+			if search != "" && !strings.Contains(sum.Email, search) && !strings.HasPrefix(sum.ID, search) {
+				continue
+			}
+			rows = append(rows, *sum)
+		}
+	})
 	if err != nil {
-		return ListResult{}, fmt.Errorf("list sessions: %w", err)
-	}
-	rows := make([]Summary, 0, len(raw))
-	for _, v := range raw {
-		var sum Summary
-		if err := json.Unmarshal([]byte(v), &sum); err != nil {
-			continue
-		}
-		if len(want) > 0 && !want[sum.Status] {
-			continue
-		}
-		if search != "" && !strings.Contains(sum.Email, search) && !strings.HasPrefix(sum.ID, search) {
-			continue
-		}
-		rows = append(rows, sum)
+		return ListResult{}, err
 	}
 	sort.Slice(rows, func(i, j int) bool {
 		a, b := &rows[i], &rows[j]
@@ -169,6 +170,160 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 		res.Sessions = rows[q.Offset:end]
 	}
 	return res, nil
+}
+
+// CountByStatus counts every indexed session by state (the metrics'
+// sessions-by-state gauge). States with no session are present with 0.
+func (s *Store) CountByStatus(ctx context.Context) (map[scheduler.State]int, error) {
+	out := make(map[scheduler.State]int, len(scheduler.States))
+	for _, st := range scheduler.States {
+		out[st] = 0
+	}
+	err := s.summaries(ctx, func(all map[string]*Summary) {
+		for _, sum := range all {
+			out[sum.Status]++
+		}
+	})
+	return out, err
+}
+
+// EndedBefore lists ended sessions (completed, expired, failed) last
+// updated before cutoff, oldest first: what a retention policy removes.
+func (s *Store) EndedBefore(ctx context.Context, cutoff time.Time) ([]Summary, error) {
+	var out []Summary
+	err := s.summaries(ctx, func(all map[string]*Summary) {
+		for _, sum := range all {
+			if sum.Status.Terminal() && sum.UpdatedAt.Before(cutoff) {
+				out = append(out, *sum)
+			}
+		}
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].UpdatedAt.Equal(out[j].UpdatedAt) {
+			return out[i].UpdatedAt.Before(out[j].UpdatedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, err
+}
+
+// summaryCache is one process's decoded copy of the summary hash. Every
+// index write bumps a version counter and records the session id under
+// that version (idx:changed), in the same transaction as the write, so a
+// cache at version v refreshes by reading only the ids changed after v. An
+// epoch key, set once per Redis dataset, tells a cache that Redis was
+// emptied and rebuilt under it, which forces a full reload.
+type summaryCache struct {
+	mu    sync.Mutex
+	epoch string
+	ver   int64
+	rows  map[string]*Summary
+}
+
+// bumpScript runs inside the index transaction: KEYS version, changed,
+// epoch; ARGV session id, a fresh epoch in case none exists yet.
+const bumpScript = `redis.call("setnx", KEYS[3], ARGV[2])
+local v = redis.call("incr", KEYS[1])
+redis.call("zadd", KEYS[2], v, ARGV[1])
+return v`
+
+func (s *Store) bumpIndex(ctx context.Context, p redis.Pipeliner, id string) {
+	epoch, _ := newToken()
+	p.Eval(ctx, bumpScript, []string{s.key("idx", "version"), s.key("idx", "changed"), s.key("idx", "epoch")}, id, epoch[:16])
+}
+
+// summaries brings the cache up to date and calls fn with it under the
+// cache's lock; fn must not keep the map or its pointers.
+func (s *Store) summaries(ctx context.Context, fn func(map[string]*Summary)) error {
+	c := &s.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := s.refresh(ctx, c); err != nil {
+		return fmt.Errorf("list sessions: %w", err)
+	}
+	fn(c.rows)
+	return nil
+}
+
+func (s *Store) refresh(ctx context.Context, c *summaryCache) error {
+	verKey, epochKey := s.key("idx", "version"), s.key("idx", "epoch")
+	if c.rows != nil {
+		var epoch, ver *redis.StringCmd
+		var changed *redis.ZSliceCmd
+		_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			epoch = p.Get(ctx, epochKey)
+			ver = p.Get(ctx, verKey)
+			changed = p.ZRangeByScoreWithScores(ctx, s.key("idx", "changed"), &redis.ZRangeBy{Min: fmt.Sprintf("(%d", c.ver), Max: "+inf"})
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		v, _ := ver.Int64()
+		if epoch.Val() == c.epoch && v >= c.ver {
+			return s.applyChanges(ctx, c, changed.Val(), v)
+		}
+	}
+	return s.reload(ctx, c)
+}
+
+// applyChanges re-reads the summaries of the sessions changed since the
+// cache's version; an id whose summary is gone was deleted.
+func (s *Store) applyChanges(ctx context.Context, c *summaryCache, changed []redis.Z, ver int64) error {
+	if len(changed) == 0 {
+		c.ver = ver
+		return nil
+	}
+	ids := make([]string, len(changed))
+	for i, z := range changed {
+		ids[i], _ = z.Member.(string)
+	}
+	vals, err := s.rdb.HMGet(ctx, s.key("idx", "summary"), ids...).Result()
+	if err != nil {
+		return err
+	}
+	for i, v := range vals {
+		str, ok := v.(string)
+		if !ok {
+			delete(c.rows, ids[i])
+			continue
+		}
+		var sum Summary
+		if json.Unmarshal([]byte(str), &sum) != nil {
+			delete(c.rows, ids[i])
+			continue
+		}
+		c.rows[sum.ID] = &sum
+	}
+	// The summaries read may be newer than ver; reading them again next
+	// time is harmless, missing one is not, so the cache keeps ver.
+	c.ver = ver
+	return nil
+}
+
+// reload reads every summary: on first use, or after Redis was rebuilt.
+func (s *Store) reload(ctx context.Context, c *summaryCache) error {
+	var epoch, ver *redis.StringCmd
+	var all *redis.MapStringStringCmd
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		epoch = p.Get(ctx, s.key("idx", "epoch"))
+		ver = p.Get(ctx, s.key("idx", "version"))
+		all = p.HGetAll(ctx, s.key("idx", "summary"))
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	rows := make(map[string]*Summary, len(all.Val()))
+	for id, v := range all.Val() {
+		var sum Summary
+		if json.Unmarshal([]byte(v), &sum) == nil {
+			rows[id] = &sum
+		}
+	}
+	v, _ := ver.Int64()
+	c.rows, c.ver, c.epoch = rows, v, epoch.Val()
+	return nil
 }
 
 // DueDeadlines lists open sessions whose deadline is at or before now.
@@ -245,6 +400,7 @@ func (s *Store) Delete(ctx context.Context, sess *Session) error {
 		for _, h := range sess.TokenHashes {
 			p.Del(ctx, s.key("token", h))
 		}
+		s.bumpIndex(ctx, p, sess.ID)
 		return nil
 	})
 	if err != nil {

@@ -91,6 +91,7 @@ type Store struct {
 	lockTTL time.Duration
 	maxAns  int
 	now     func() time.Time
+	cache   summaryCache
 }
 
 // New opens the store rooted at o.Dir.
