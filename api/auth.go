@@ -71,7 +71,9 @@ func (s *Server) candidate(c *fiber.Ctx) (*store.Session, error) {
 // requireAdmin guards admin routes.
 func (s *Server) requireAdmin(c *fiber.Ctx) error {
 	if !s.isAdmin(c) {
-		if bearer(c) != "" || c.Cookies(AdminCookie) != "" || c.Cookies(CandidateCookie) != "" {
+		// A signed-in candidate is known but not allowed; anyone else has
+		// not authenticated as an admin at all.
+		if _, err := s.candidate(c); err == nil {
 			return fail(fiber.StatusForbidden, "admin credentials required")
 		}
 		return fail(fiber.StatusUnauthorized, "admin credentials required")

@@ -1,0 +1,108 @@
+package testlab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/examlab/examlab/jobspecs"
+)
+
+// Engine asks the Docker engine directly what exists, so tests check the
+// runtime's work without trusting the runtime's own reports.
+type Engine struct{ hc *http.Client }
+
+// NewEngine connects to the engine on its default unix socket (or the
+// unix:// DOCKER_HOST).
+func NewEngine(t testing.TB) *Engine {
+	t.Helper()
+	sock := "/var/run/docker.sock"
+	if h, ok := strings.CutPrefix(os.Getenv("DOCKER_HOST"), "unix://"); ok {
+		sock = h
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	return &Engine{hc: hc}
+}
+
+func (e *Engine) get(t testing.TB, path string, q url.Values, out any) {
+	t.Helper()
+	resp, err := e.hc.Get("http://docker/v1.41" + path + "?" + q.Encode())
+	if err != nil {
+		t.Fatalf("docker engine: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("docker engine %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatalf("docker engine %s: %v", path, err)
+	}
+}
+
+func labelFilter(sessionID string) url.Values {
+	f, _ := json.Marshal(map[string][]string{"label": {jobspecs.LabelSession + "=" + sessionID}})
+	return url.Values{"filters": {string(f)}, "all": {"1"}}
+}
+
+// EngineContainer is what tests read of a container.
+type EngineContainer struct {
+	Names  []string
+	State  string
+	Labels map[string]string
+}
+
+// Containers lists every container (running or not) labelled with the session.
+func (e *Engine) Containers(t testing.TB, sessionID string) []EngineContainer {
+	t.Helper()
+	var out []EngineContainer
+	e.get(t, "/containers/json", labelFilter(sessionID), &out)
+	return out
+}
+
+// EngineNetwork is what tests read of a network.
+type EngineNetwork struct {
+	Name     string
+	Internal bool
+	IPAM     struct {
+		Config []struct{ Subnet string }
+	}
+	Options map[string]string
+}
+
+// Networks lists networks labelled with the session.
+func (e *Engine) Networks(t testing.TB, sessionID string) []EngineNetwork {
+	t.Helper()
+	var out []EngineNetwork
+	q := labelFilter(sessionID)
+	q.Del("all")
+	e.get(t, "/networks", q, &out)
+	return out
+}
+
+// Inspect returns a container's raw inspect document.
+func (e *Engine) Inspect(t testing.TB, name string) map[string]any {
+	t.Helper()
+	var out map[string]any
+	e.get(t, "/containers/"+url.PathEscape(name)+"/json", nil, &out)
+	return out
+}
+
+// String summarises containers for failure messages.
+func Summary(cs []EngineContainer) string {
+	var b strings.Builder
+	for _, c := range cs {
+		fmt.Fprintf(&b, "%v:%s ", c.Names, c.State)
+	}
+	return b.String()
+}
