@@ -1,0 +1,295 @@
+package jobspecs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/nomad/api"
+)
+
+// Meta keys of a session's Nomad job, so that `nomad job status` shows whose
+// lab it is and the runtime can find its jobs without any other record.
+const (
+	MetaSession   = LabelSession
+	MetaExam      = LabelExam
+	MetaCandidate = "examlab.candidate"
+	MetaManaged   = LabelManaged
+	// MetaSpec is a digest of the rendered job (without this key), so a
+	// retried provision can tell the job it registered from one that differs.
+	MetaSpec = "examlab.spec"
+)
+
+// LabelRuntime marks Docker objects that a Nomad lab owns. Those objects do
+// not carry LabelManaged: that label is what the one-host runtime lists and
+// reaps, and it must never mistake a Nomad lab on the same engine for one of
+// its own orphans.
+const LabelRuntime = "examlab.runtime"
+
+// Names inside a session's job.
+const (
+	// NomadGroup is the one task group: all of a lab lands on one client.
+	NomadGroup = "lab"
+	// NomadLabnetUp and NomadLabnetDown are the lifecycle tasks that create
+	// the session network before the nodes start and remove it after they stop.
+	NomadLabnetUp   = "labnet-up"
+	NomadLabnetDown = "labnet-down"
+)
+
+// Defaults for zero NomadOptions fields.
+const (
+	DefaultNomadLabnet = "/usr/local/bin/examlab"
+	// DefaultMHzPerCPU converts an exam's cpus into Nomad's MHz: one cpu is
+	// 1000 MHz. Set NomadOptions.MHzPerCPU to the clients' per-core clock
+	// (`nomad node status -verbose`, cpu.frequency) to make the hard CPU
+	// limit equal the exam's cpus exactly; with the default a node on a
+	// 2 GHz core is held to half of what the exam file says.
+	DefaultMHzPerCPU = 1000
+	defaultPriority  = 50
+)
+
+// NomadOptions are the cluster-specific parts of a session's job. Zero
+// values mean the documented defaults.
+type NomadOptions struct {
+	// Datacenters the lab may be placed in; empty means ["dc1"].
+	Datacenters []string
+	// Namespace and Region of the job; empty leaves them to the client
+	// that registers it (NOMAD_NAMESPACE, NOMAD_REGION).
+	Namespace string
+	Region    string
+	// Labnet is the examlab binary's path on the clients; empty means
+	// DefaultNomadLabnet.
+	Labnet string
+	// SubnetPool and SubnetPrefix are handed to `examlab labnet up`; empty
+	// leaves labnet's own defaults (10.213.0.0/16 in /26 blocks).
+	SubnetPool   string
+	SubnetPrefix int
+	// MHzPerCPU: see DefaultMHzPerCPU.
+	MHzPerCPU int
+	// Priority of the job; 0 means 50.
+	Priority int
+}
+
+func (o NomadOptions) withDefaults() NomadOptions {
+	if len(o.Datacenters) == 0 {
+		o.Datacenters = []string{"dc1"}
+	}
+	if o.Labnet == "" {
+		o.Labnet = DefaultNomadLabnet
+	}
+	if o.MHzPerCPU <= 0 {
+		o.MHzPerCPU = DefaultMHzPerCPU
+	}
+	if o.Priority == 0 {
+		o.Priority = defaultPriority
+	}
+	return o
+}
+
+// CPUMHz converts a node's cpus into the MHz Nomad reserves for it.
+func (o NomadOptions) CPUMHz(cpus float64) int {
+	o = o.withDefaults()
+	return max(1, int(math.Round(cpus*float64(o.MHzPerCPU))))
+}
+
+// NomadJob renders the session's Nomad job: one task group, so the whole lab
+// lands on one client; a prestart task that creates the session's internal
+// Docker network on that client; one docker task per node, each in its own
+// network namespace on that network, reachable by its name; and a poststop
+// task that removes the network again.
+func NomadJob(l Lab, o NomadOptions) (*api.Job, error) {
+	if !ValidSessionID(l.SessionID) {
+		return nil, fmt.Errorf("render nomad job: invalid session id %q", l.SessionID)
+	}
+	if len(l.Nodes) == 0 {
+		return nil, fmt.Errorf("render nomad job %s: the lab has no nodes", l.SessionID)
+	}
+	o = o.withDefaults()
+	if !strings.HasPrefix(o.Labnet, "/") {
+		return nil, fmt.Errorf("render nomad job %s: labnet path %q must be absolute", l.SessionID, o.Labnet)
+	}
+	id := JobName(l.SessionID)
+	network := NetworkName(l.SessionID)
+
+	job := &api.Job{
+		ID:          new(id),
+		Name:        new(id),
+		Type:        new(api.JobTypeService),
+		Priority:    new(o.Priority),
+		Datacenters: append([]string(nil), o.Datacenters...),
+		Meta: map[string]string{
+			MetaManaged:   "true",
+			MetaSession:   l.SessionID,
+			MetaExam:      l.ExamID,
+			MetaCandidate: l.Candidate,
+		},
+	}
+	if o.Namespace != "" {
+		job.Namespace = new(o.Namespace)
+	}
+	if o.Region != "" {
+		job.Region = new(o.Region)
+	}
+
+	group := &api.TaskGroup{
+		Name:  new(NomadGroup),
+		Count: new(1),
+		// A node that crashes is restarted in place, from its image, a few
+		// times; past that the lab fails and the session shows why.
+		RestartPolicy: &api.RestartPolicy{
+			Attempts: new(2),
+			Interval: new(5 * time.Minute),
+			Delay:    new(5 * time.Second),
+			Mode:     new("fail"),
+		},
+		// Never reschedule a failed lab onto another client: the candidate's
+		// work lives in the containers' filesystems on this one, so a
+		// rescheduled lab would be a fresh, empty one that looks healthy.
+		// A failed lab stays failed and visible; the worker or an admin
+		// decides what to do.
+		ReschedulePolicy: &api.ReschedulePolicy{
+			Attempts:  new(0),
+			Unlimited: new(false),
+		},
+		// For the same reason a client that stops heartbeating keeps its lab:
+		// the allocation is not replaced while the client is unreachable, and
+		// the original is kept when it comes back.
+		Disconnect: &api.DisconnectStrategy{
+			LostAfter: new(15 * time.Minute),
+			Replace:   new(false),
+			Reconcile: new(api.ReconcileOptionKeepOriginal),
+		},
+		// A lab is never rolled out gradually: there is one allocation, and
+		// no deployment is wanted for it.
+		Update: &api.UpdateStrategy{MaxParallel: new(0)},
+	}
+
+	labnetArgs := []string{"labnet", "up", "-session", l.SessionID, "-exam", l.ExamID}
+	if o.SubnetPool != "" {
+		labnetArgs = append(labnetArgs, "-subnet-pool", o.SubnetPool)
+	}
+	if o.SubnetPrefix != 0 {
+		labnetArgs = append(labnetArgs, "-subnet-prefix", strconv.Itoa(o.SubnetPrefix))
+	}
+	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetUp, api.TaskLifecycleHookPrestart, o.Labnet, labnetArgs))
+
+	seen := map[string]bool{NomadLabnetUp: true, NomadLabnetDown: true}
+	for _, n := range l.Nodes {
+		if seen[n.Name] {
+			return nil, fmt.Errorf("render nomad job %s: node name %q is taken", l.SessionID, n.Name)
+		}
+		seen[n.Name] = true
+		group.Tasks = append(group.Tasks, nodeTask(l, n, network, o))
+	}
+	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetDown, api.TaskLifecycleHookPoststop, o.Labnet,
+		[]string{"labnet", "down", "-session", l.SessionID}))
+	job.TaskGroups = []*api.TaskGroup{group}
+
+	sum, err := NomadJobDigest(job)
+	if err != nil {
+		return nil, fmt.Errorf("render nomad job %s: %w", l.SessionID, err)
+	}
+	job.Meta[MetaSpec] = sum
+	return job, nil
+}
+
+// NomadJobDigest hashes a rendered job, leaving out its MetaSpec entry. It
+// is stable: json.Marshal writes map keys in order.
+func NomadJobDigest(job *api.Job) (string, error) {
+	c := *job
+	c.Meta = make(map[string]string, len(job.Meta))
+	for k, v := range job.Meta {
+		if k != MetaSpec {
+			c.Meta[k] = v
+		}
+	}
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return "", fmt.Errorf("digest job: %w", err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:8]), nil
+}
+
+func labnetTask(name, hook, labnet string, args []string) *api.Task {
+	return &api.Task{
+		Name:   name,
+		Driver: "raw_exec",
+		// Not a sidecar: the nodes start only once it has exited 0.
+		Lifecycle: &api.TaskLifecycle{Hook: hook},
+		Config: map[string]any{
+			"command": labnet,
+			"args":    args,
+		},
+		Resources: &api.Resources{CPU: new(50), MemoryMB: new(64)},
+		LogConfig: &api.LogConfig{MaxFiles: new(1), MaxFileSizeMB: new(1)},
+	}
+}
+
+func nodeTask(l Lab, n Node, network string, o NomadOptions) *api.Task {
+	hostname := n.Hostname
+	if hostname == "" {
+		hostname = n.Name
+	}
+	caps := make([]string, 0, len(n.CapAdd))
+	for _, c := range n.CapAdd {
+		// The docker driver names capabilities in lower case without CAP_.
+		caps = append(caps, strings.ToLower(strings.TrimPrefix(strings.ToUpper(c), "CAP_")))
+	}
+	cfg := map[string]any{
+		"image": n.Image,
+		// No registry is reachable: the image is built on each client.
+		"force_pull":      false,
+		"network_mode":    network,
+		"network_aliases": []string{n.Name},
+		"hostname":        hostname,
+		"cap_drop":        []string{"all"},
+		"cap_add":         caps,
+		"security_opt":    []string{"no-new-privileges"},
+		"pids_limit":      n.PidsLimit,
+		// Hold the node to its cpus as the one-host runtime does, instead
+		// of treating them as a relative share.
+		"cpu_hard_limit": true,
+		"labels": map[string]string{
+			LabelSession: l.SessionID,
+			LabelNode:    n.Name,
+			LabelRole:    n.Role,
+			LabelExam:    l.ExamID,
+			LabelRuntime: "nomad",
+		},
+	}
+	if len(n.Sysctls) > 0 {
+		sys := make(map[string]string, len(n.Sysctls))
+		for k, v := range n.Sysctls {
+			sys[k] = v
+		}
+		cfg["sysctl"] = sys
+	}
+	return &api.Task{
+		Name:   n.Name,
+		Driver: "docker",
+		Config: cfg,
+		Resources: &api.Resources{
+			CPU:      new(o.CPUMHz(n.CPUs)),
+			MemoryMB: new(n.MemoryMB),
+		},
+		Meta:        map[string]string{LabelRole: n.Role},
+		KillTimeout: new(5 * time.Second),
+		LogConfig:   &api.LogConfig{MaxFiles: new(2), MaxFileSizeMB: new(5)},
+	}
+}
+
+// NomadJobJSON renders the job the way `nomad job run -json` and
+// `nomad job plan -json` read it: {"Job": {...}}.
+func NomadJobJSON(job *api.Job) ([]byte, error) {
+	b, err := json.MarshalIndent(struct{ Job *api.Job }{job}, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode job: %w", err)
+	}
+	return append(b, '\n'), nil
+}

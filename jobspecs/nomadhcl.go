@@ -1,0 +1,213 @@
+package jobspecs
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/nomad/api"
+)
+
+// NomadJobHCL renders a job produced by NomadJob as HCL2 jobspec, for people
+// who read or edit jobs in that form. It knows the blocks NomadJob sets and
+// nothing else; the JSON form is the one the runtime registers.
+func NomadJobHCL(job *api.Job) ([]byte, error) {
+	if job == nil || job.ID == nil {
+		return nil, fmt.Errorf("render job as hcl: no job")
+	}
+	w := &hclWriter{}
+	w.open("job %s", quote(*job.ID))
+	if job.Namespace != nil {
+		w.attr("namespace", *job.Namespace)
+	}
+	if job.Region != nil {
+		w.attr("region", *job.Region)
+	}
+	w.attr("datacenters", job.Datacenters)
+	w.attr("type", deref(job.Type))
+	w.attr("priority", deref(job.Priority))
+	w.mapBlock("meta", job.Meta)
+	for _, g := range job.TaskGroups {
+		if err := w.group(g); err != nil {
+			return nil, err
+		}
+	}
+	w.close()
+	return w.buf.Bytes(), nil
+}
+
+type hclWriter struct {
+	buf   bytes.Buffer
+	depth int
+}
+
+func (w *hclWriter) line(format string, args ...any) {
+	w.buf.WriteString(strings.Repeat("  ", w.depth))
+	fmt.Fprintf(&w.buf, format, args...)
+	w.buf.WriteByte('\n')
+}
+
+func (w *hclWriter) open(format string, args ...any) {
+	w.line(format+" {", args...)
+	w.depth++
+}
+
+func (w *hclWriter) close() {
+	w.depth--
+	w.line("}")
+}
+
+func (w *hclWriter) attr(name string, v any) {
+	w.line("%s = %s", name, hclValue(v))
+}
+
+func (w *hclWriter) mapBlock(name string, m map[string]string) {
+	if len(m) == 0 {
+		return
+	}
+	// The attribute form: block arguments cannot be quoted, and meta keys
+	// here have dots in them.
+	w.open("%s =", name)
+	for _, k := range sortedKeys(m) {
+		w.line("%s = %s", quote(k), quote(m[k]))
+	}
+	w.close()
+}
+
+func (w *hclWriter) group(g *api.TaskGroup) error {
+	w.open("group %s", quote(deref(g.Name)))
+	w.attr("count", deref(g.Count))
+	if r := g.RestartPolicy; r != nil {
+		w.open("restart")
+		w.attr("attempts", deref(r.Attempts))
+		w.attr("interval", deref(r.Interval))
+		w.attr("delay", deref(r.Delay))
+		w.attr("mode", deref(r.Mode))
+		w.close()
+	}
+	if r := g.ReschedulePolicy; r != nil {
+		w.open("reschedule")
+		w.attr("attempts", deref(r.Attempts))
+		w.attr("unlimited", deref(r.Unlimited))
+		w.close()
+	}
+	if d := g.Disconnect; d != nil {
+		w.open("disconnect")
+		if d.LostAfter != nil {
+			w.attr("lost_after", *d.LostAfter)
+		}
+		if d.Replace != nil {
+			w.attr("replace", *d.Replace)
+		}
+		if d.Reconcile != nil {
+			w.attr("reconcile", *d.Reconcile)
+		}
+		w.close()
+	}
+	if u := g.Update; u != nil && u.MaxParallel != nil {
+		w.open("update")
+		w.attr("max_parallel", *u.MaxParallel)
+		w.close()
+	}
+	for _, t := range g.Tasks {
+		if err := w.task(t); err != nil {
+			return err
+		}
+	}
+	w.close()
+	return nil
+}
+
+func (w *hclWriter) task(t *api.Task) error {
+	w.open("task %s", quote(t.Name))
+	w.attr("driver", t.Driver)
+	if l := t.Lifecycle; l != nil {
+		w.open("lifecycle")
+		w.attr("hook", l.Hook)
+		w.attr("sidecar", l.Sidecar)
+		w.close()
+	}
+	w.open("config")
+	for _, k := range sortedKeys(t.Config) {
+		switch v := t.Config[k].(type) {
+		case map[string]string:
+			// Maps are attributes in the docker driver's schema.
+			w.open("%s =", k)
+			for _, mk := range sortedKeys(v) {
+				w.line("%s = %s", quote(mk), quote(v[mk]))
+			}
+			w.close()
+		case string, bool, int, []string:
+			w.attr(k, v)
+		default:
+			return fmt.Errorf("render task %s as hcl: config %s has unsupported type %T", t.Name, k, v)
+		}
+	}
+	w.close()
+	if r := t.Resources; r != nil {
+		w.open("resources")
+		w.attr("cpu", deref(r.CPU))
+		w.attr("memory", deref(r.MemoryMB))
+		w.close()
+	}
+	if t.KillTimeout != nil {
+		w.attr("kill_timeout", *t.KillTimeout)
+	}
+	if l := t.LogConfig; l != nil {
+		w.open("logs")
+		w.attr("max_files", deref(l.MaxFiles))
+		w.attr("max_file_size", deref(l.MaxFileSizeMB))
+		w.close()
+	}
+	w.mapBlock("meta", t.Meta)
+	w.close()
+	return nil
+}
+
+func hclValue(v any) string {
+	switch v := v.(type) {
+	case string:
+		return quote(v)
+	case bool:
+		return strconv.FormatBool(v)
+	case int:
+		return strconv.Itoa(v)
+	case time.Duration:
+		return quote(v.String())
+	case []string:
+		q := make([]string, len(v))
+		for i, s := range v {
+			q[i] = quote(s)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	panic(fmt.Sprintf("hcl value of type %T", v))
+}
+
+// quote writes an HCL string literal. HCL escapes like JSON, plus "${" and
+// "%{", which would start an interpolation or a template directive.
+func quote(s string) string {
+	q := strconv.Quote(s)
+	q = strings.ReplaceAll(q, "${", "$${")
+	return strings.ReplaceAll(q, "%{", "%%{")
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
