@@ -1,0 +1,176 @@
+package platform_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/examlab/examlab/config"
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/platform"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/testlab"
+)
+
+// TestProvisionKilledMidwayConverges cancels a provision handler while it
+// is creating containers — as a worker killed mid-task would leave it —
+// then runs it again, and again: exactly one complete lab results.
+func TestProvisionKilledMidwayConverges(t *testing.T) {
+	cfg := config.Default()
+	cfg.Redis = testlab.Redis(t)
+	cfg.StateDir = t.TempDir()
+	ctx := context.Background()
+	p, err := platform.New(ctx, cfg, platform.Roles{Worker: true}, platform.Options{NoScheduler: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Shutdown(context.Background()) })
+	eng := testlab.NewEngine(t)
+
+	sess, _, err := p.Store.Login(ctx, "kill@example.com", p.Exam.ID, time.Hour, "docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Runtime.Destroy(context.Background(), sess.ID) })
+	task, err := scheduler.NewProvisionTask(sess.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// First run: cancelled once some, but not all, containers exist.
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Handlers.Provision(runCtx, task) }()
+	deadline := time.Now().Add(testlab.ProvisionTimeout)
+	for {
+		if n := len(eng.Containers(t, sess.ID)); n >= 2 {
+			t.Logf("cancelling with %d containers created", n)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("provision created nothing")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Log("provision finished before the cancel landed; the rerun must still converge")
+	}
+
+	// Second and third runs converge on one complete lab.
+	for i := 0; i < 2; i++ {
+		if err := p.Handlers.Provision(ctx, task); err != nil {
+			t.Fatalf("rerun %d: %v", i, err)
+		}
+	}
+	cs := eng.Containers(t, sess.ID)
+	if len(cs) != 8 {
+		t.Fatalf("%d containers after reruns: %s", len(cs), testlab.Summary(cs))
+	}
+	names := map[string]bool{}
+	for _, c := range cs {
+		if c.State != "running" || names[c.Names[0]] {
+			t.Errorf("container %v %s (duplicate=%v)", c.Names, c.State, names[c.Names[0]])
+		}
+		names[c.Names[0]] = true
+	}
+	if nets := eng.Networks(t, sess.ID); len(nets) != 1 {
+		t.Fatalf("%d networks after reruns", len(nets))
+	}
+	got, _ := p.Store.Get(ctx, sess.ID)
+	if got.Status != scheduler.StateReady || got.Deadline.IsZero() || !lab.AllRunning(got.Nodes) {
+		t.Fatalf("session after reruns: %s deadline=%v nodes=%+v", got.Status, got.Deadline, got.Nodes)
+	}
+
+	// Archive and cleanup converge when run twice as well.
+	if _, err := p.Store.Transition(ctx, sess.ID, scheduler.StateSubmitted, func(s *store.Session) { s.SubmitReason = "candidate" }); err != nil {
+		t.Fatal(err)
+	}
+	arch, _ := scheduler.NewArchiveTask(sess.ID, "candidate")
+	clean, _ := scheduler.NewCleanupTask(sess.ID, "candidate")
+	for i := 0; i < 2; i++ {
+		if err := p.Handlers.Archive(ctx, arch); err != nil {
+			t.Fatalf("archive run %d: %v", i, err)
+		}
+	}
+	m, err := p.Store.Manifest(ctx, sess.ID)
+	if err != nil || len(m.Files) != 16 {
+		t.Fatalf("manifest after two archives: %v %+v", err, m)
+	}
+	files, _ := p.Store.Files(ctx, sess.ID, store.SnapshotDir)
+	if len(files) != 17 {
+		t.Fatalf("%d snapshot files after two archives, want 17 (no temp or duplicate files)", len(files))
+	}
+	for i := 0; i < 2; i++ {
+		if err := p.Handlers.Cleanup(ctx, clean); err != nil {
+			t.Fatalf("cleanup run %d: %v", i, err)
+		}
+	}
+	if cs := eng.Containers(t, sess.ID); len(cs) != 0 {
+		t.Fatalf("containers after cleanup: %s", testlab.Summary(cs))
+	}
+	if got, _ := p.Store.Get(ctx, sess.ID); got.Status != scheduler.StateCompleted {
+		t.Fatalf("status after cleanup = %s", got.Status)
+	}
+	// A provision arriving after the end does nothing.
+	if err := p.Handlers.Provision(ctx, task); err != nil {
+		t.Fatalf("late provision: %v", err)
+	}
+	if cs := eng.Containers(t, sess.ID); len(cs) != 0 {
+		t.Fatalf("late provision created containers: %s", testlab.Summary(cs))
+	}
+}
+
+// TestSavedAnswerSurvivesRestarts saves an answer, then restarts the API
+// and worker on the same Redis and state, then loses Redis entirely and
+// rebuilds the index from the files: the answer is there every time.
+func TestSavedAnswerSurvivesRestarts(t *testing.T) {
+	rdsAddr := testlab.Redis(t)
+	dir := t.TempDir()
+	first := testlab.Start(t, testlab.Options{Redis: rdsAddr, StateDir: dir})
+	c := first.Client()
+	id := c.Login(t, "durable@example.com")
+	if code, err := c.Do("PUT", "/api/session/"+id+"/answers/t2-reachability", map[string]any{"value": map[string]string{"cmd": "ping -c1 kyoto"}}, nil); code != 200 || err != nil {
+		t.Fatalf("save: %d %v", code, err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := first.Shutdown(sctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+
+	check := func(st *testlab.Stack, when string) {
+		t.Helper()
+		c2 := st.Client()
+		c2.Token = c.Token
+		var out struct {
+			Answers []store.Answer `json:"answers"`
+		}
+		code, err := c2.Do("GET", "/api/session/"+id+"/answers", nil, &out)
+		if err != nil || code != 200 || len(out.Answers) != 1 {
+			t.Fatalf("%s: answers %d %v %+v", when, code, err, out)
+		}
+		var v map[string]string
+		if json.Unmarshal(out.Answers[0].Value, &v); v["cmd"] != "ping -c1 kyoto" {
+			t.Fatalf("%s: answer = %s", when, out.Answers[0].Value)
+		}
+	}
+	second := testlab.Start(t, testlab.Options{Redis: rdsAddr, StateDir: dir})
+	check(second, "after restart")
+
+	// Redis loses its data; `examlab rebuild-index` restores it from the files.
+	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: rdsAddr[len("unix://"):]})
+	defer rdb.Close()
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := second.Store.Rebuild(context.Background()); err != nil || n != 1 {
+		t.Fatalf("rebuild: %d %v", n, err)
+	}
+	check(second, "after redis loss and rebuild")
+}
+
