@@ -1,0 +1,209 @@
+// Package metrics is examlab's Prometheus instrumentation: sessions by
+// state, provision and archive durations, archived bytes, open terminals
+// and queue depth, served in the text format by Handler.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/examlab/examlab/scheduler"
+)
+
+// sessionCounter counts indexed sessions by state (store.Store).
+type sessionCounter interface {
+	CountByStatus(ctx context.Context) (map[scheduler.State]int, error)
+}
+
+// queueInspector reads queue sizes (asynq.Inspector).
+type queueInspector interface {
+	Queues() ([]string, error)
+	GetQueueInfo(queue string) (*asynq.QueueInfo, error)
+}
+
+// Options configures New. Every field is optional: without Sessions or
+// Queues those gauges are simply not exported.
+type Options struct {
+	Sessions sessionCounter
+	Queues   queueInspector
+	// QueueNames are the queues to report; default: scheduler.Queues.
+	QueueNames []string
+	// ScrapeTimeout bounds the Redis reads one scrape makes; default 5s.
+	ScrapeTimeout time.Duration
+}
+
+// Metrics holds one process's collectors. A nil *Metrics is valid and
+// records nothing, so callers need no "metrics enabled" checks.
+type Metrics struct {
+	reg          *prometheus.Registry
+	provision    *prometheus.HistogramVec
+	archive      *prometheus.HistogramVec
+	archiveBytes prometheus.Counter
+	terminals    prometheus.Gauge
+}
+
+// Lifecycle steps take seconds to minutes: a lab of eight containers, an
+// archive of eight filesystems.
+var durationBuckets = []float64{1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200}
+
+// New registers examlab's collectors and the Go runtime's on a registry of
+// their own.
+func New(o Options) *Metrics {
+	if len(o.QueueNames) == 0 {
+		for q := range scheduler.Queues {
+			o.QueueNames = append(o.QueueNames, q)
+		}
+		sort.Strings(o.QueueNames)
+	}
+	if o.ScrapeTimeout == 0 {
+		o.ScrapeTimeout = 5 * time.Second
+	}
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		provision: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "examlab_provision_duration_seconds", Help: "Time to bring a session's lab up, by result.",
+			Buckets: durationBuckets,
+		}, []string{"result"}),
+		archive: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "examlab_archive_duration_seconds", Help: "Time to archive a session's lab (submit or admin snapshot), by result.",
+			Buckets: durationBuckets,
+		}, []string{"result"}),
+		archiveBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "examlab_archive_bytes_total", Help: "Bytes of filesystem tars and logs written by archives.",
+		}),
+		terminals: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "examlab_terminals_open", Help: "Terminal connections open in this process.",
+		}),
+	}
+	m.reg.MustRegister(m.provision, m.archive, m.archiveBytes, m.terminals,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if o.Sessions != nil || o.Queues != nil {
+		m.reg.MustRegister(&redisCollector{o: o})
+	}
+	return m
+}
+
+// Handler serves the metrics in Prometheus' text format. A failing Redis
+// read drops its gauges from the scrape but keeps the rest.
+func (m *Metrics) Handler() http.Handler {
+	if m == nil {
+		return http.NotFoundHandler()
+	}
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// Registry is where further collectors of this process may register.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+func result(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "error"
+}
+
+// Provisioned records one provision attempt (workers.Observer).
+func (m *Metrics) Provisioned(d time.Duration, ok bool) {
+	if m == nil {
+		return
+	}
+	m.provision.WithLabelValues(result(ok)).Observe(d.Seconds())
+}
+
+// Archived records one archive or snapshot and the bytes it wrote
+// (workers.Observer).
+func (m *Metrics) Archived(d time.Duration, bytes int64, ok bool) {
+	if m == nil {
+		return
+	}
+	m.archive.WithLabelValues(result(ok)).Observe(d.Seconds())
+	if bytes > 0 {
+		m.archiveBytes.Add(float64(bytes))
+	}
+}
+
+// TerminalOpened counts a terminal connection as open and returns the
+// function that counts it closed; calling that more than once counts once,
+// so a relay may call it from every exit path.
+func (m *Metrics) TerminalOpened() (closed func()) {
+	if m == nil {
+		return func() {}
+	}
+	m.terminals.Inc()
+	var once sync.Once
+	return func() { once.Do(m.terminals.Dec) }
+}
+
+// redisCollector reads the gauges that live in Redis at scrape time, so
+// every process reports the platform-wide value without keeping state.
+type redisCollector struct{ o Options }
+
+var (
+	sessionsDesc = prometheus.NewDesc("examlab_sessions", "Sessions in the index, by lifecycle state.", []string{"state"}, nil)
+	queueDesc    = prometheus.NewDesc("examlab_queue_tasks", "Tasks in a queue, by task state.", []string{"queue", "state"}, nil)
+	latencyDesc  = prometheus.NewDesc("examlab_queue_latency_seconds", "Age of the oldest pending task in a queue.", []string{"queue"}, nil)
+)
+
+func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) {
+	if c.o.Sessions != nil {
+		ch <- sessionsDesc
+	}
+	if c.o.Queues != nil {
+		ch <- queueDesc
+		ch <- latencyDesc
+	}
+}
+
+func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.o.ScrapeTimeout)
+	defer cancel()
+	if c.o.Sessions != nil {
+		counts, err := c.o.Sessions.CountByStatus(ctx)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(sessionsDesc, err)
+		}
+		for _, st := range scheduler.States {
+			if err == nil {
+				ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(counts[st]), string(st))
+			}
+		}
+	}
+	if c.o.Queues == nil {
+		return
+	}
+	known, err := c.o.Queues.Queues()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(queueDesc, err)
+		return
+	}
+	for _, q := range c.o.QueueNames {
+		// A queue nothing was ever enqueued on does not exist yet: empty.
+		info := &asynq.QueueInfo{Queue: q}
+		if slices.Contains(known, q) {
+			info, err = c.o.Queues.GetQueueInfo(q)
+		}
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(queueDesc, err)
+			continue
+		}
+		for _, s := range []struct {
+			state string
+			n     int
+		}{
+			{"pending", info.Pending}, {"active", info.Active}, {"scheduled", info.Scheduled},
+			{"retry", info.Retry}, {"archived", info.Archived}, {"completed", info.Completed},
+		} {
+			ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(s.n), q, s.state)
+		}
+		ch <- prometheus.MustNewConstMetric(latencyDesc, prometheus.GaugeValue, info.Latency.Seconds(), q)
+	}
+}
