@@ -5,6 +5,8 @@ package platform
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +22,9 @@ import (
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/nomad"
+	"github.com/examlab/examlab/relay"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/workers"
@@ -45,6 +50,7 @@ type Platform struct {
 	Runtime   Runtime
 	Handlers  *workers.Handlers
 	API       *api.Server
+	Relay     *relay.Relay
 	Inspector *asynq.Inspector
 
 	roles     Roles
@@ -122,12 +128,35 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			ShutdownTimeout: 20 * time.Second,
 			Logger:          asynqLogger{log},
 			RetryDelayFunc:  retryDelay,
+			// A candidate waits on provision: look for new work often
+			// rather than asynq's default of once a second.
+			TaskCheckInterval: 100 * time.Millisecond,
 		})
 		if !o.NoScheduler {
 			p.sched = asynq.NewScheduler(asynqRedis(cfg), &asynq.SchedulerOpts{Logger: asynqLogger{log}})
 			if err := scheduler.RegisterPeriodic(p.sched, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery}); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if roles.Relay {
+		adminSum := sha256.Sum256([]byte(cfg.AdminToken))
+		p.Relay, err = relay.New(relay.Options{
+			Store: p.Store, Runner: p.Runtime, Exams: exams, Origins: cfg.Origins(),
+			AdminCheck: func(t string) bool {
+				sum := sha256.Sum256([]byte(t))
+				return cfg.AdminToken != "" && subtle.ConstantTimeCompare(sum[:], adminSum[:]) == 1
+			},
+			MaxTerminals: cfg.MaxTerminals, MaxMessageBytes: cfg.MaxMessageBytes, IdleTimeout: cfg.TerminalIdle, Logger: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if !roles.API {
+			// A relay on its own serves just the terminals and a health check.
+			p.relayApp = fiber.New(fiber.Config{AppName: "examlab relay", DisableStartupMessage: true})
+			p.Relay.Register(p.relayApp)
+			p.relayApp.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"ok": true, "relay": p.Relay.Stats()}) })
 		}
 	}
 	if roles.API {
@@ -147,6 +176,9 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 // its process.
 func (p *Platform) mounts(roles Roles) []func(*fiber.App) {
 	var m []func(*fiber.App)
+	if roles.API && roles.Relay {
+		m = append(m, func(app *fiber.App) { p.Relay.Register(app) })
+	}
 	return m
 }
 
@@ -235,6 +267,11 @@ func (p *Platform) Wait(ctx context.Context) error {
 func (p *Platform) Shutdown(ctx context.Context) error {
 	var errs []error
 	p.closeOnce.Do(func() {
+		if p.Relay != nil {
+			// Terminals first: their hijacked connections would hold the
+			// HTTP servers' drain open.
+			errs = append(errs, p.Relay.Shutdown(ctx))
+		}
 		if p.API != nil && p.apiLn != nil {
 			errs = append(errs, p.API.Shutdown(ctx))
 		}
@@ -258,6 +295,13 @@ func NewRuntime(cfg config.Config) (Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
 		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix})
+	case config.RuntimeNomad:
+		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
+		// NOMAD_REGION and the TLS variables itself.
+		return nomad.New(nomad.Options{Job: jobspecs.NomadOptions{
+			Datacenters: cfg.NomadDatacenters, Labnet: cfg.NomadLabnet,
+			SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix,
+		}})
 	}
 	return nil, fmt.Errorf("runtime %q is not available", cfg.Runtime)
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/nomad"
 )
 
 // Runtime is everything the roles together need of a lab runtime. Each
@@ -25,3 +26,4 @@ type Runtime interface {
 }
 
 var _ Runtime = (*docker.Runtime)(nil)
+var _ Runtime = (*nomad.Runtime)(nil)
