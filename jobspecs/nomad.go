@@ -23,7 +23,14 @@ const (
 	// MetaSpec is a digest of the rendered job (without this key), so a
 	// retried provision can tell the job it registered from one that differs.
 	MetaSpec = "examlab.spec"
+	// MetaRender is the NomadRenderVersion that rendered the job.
+	MetaRender = "examlab.render"
 )
+
+// NomadRenderVersion counts changes to how NomadJob renders a lab. A
+// provision never replaces a job rendered by a newer examlab than itself:
+// during a rolling upgrade the older workers leave the newer jobs alone.
+const NomadRenderVersion = 1
 
 // LabelRuntime marks Docker objects that a Nomad lab owns. Those objects do
 // not carry LabelManaged: that label is what the one-host runtime lists and
@@ -127,6 +134,7 @@ func NomadJob(l Lab, o NomadOptions) (*api.Job, error) {
 			MetaSession:   l.SessionID,
 			MetaExam:      l.ExamID,
 			MetaCandidate: l.Candidate,
+			MetaRender:    strconv.Itoa(NomadRenderVersion),
 		},
 	}
 	if o.Namespace != "" {

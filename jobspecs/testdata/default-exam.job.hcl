@@ -6,8 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "netops-fundamentals"
     "examlab.managed" = "true"
+    "examlab.render" = "1"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "d39fe5eef5c7f7ad"
+    "examlab.spec" = "d88b220bc1a8fea2"
   }
   group "lab" {
     count = 1

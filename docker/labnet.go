@@ -1,0 +1,108 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/examlab/examlab/jobspecs"
+)
+
+// LabNetwork is a session's network as labnet reports it.
+type LabNetwork struct {
+	ID     string
+	Name   string
+	Subnet string
+}
+
+// LabnetUp creates the session's internal lab network on this engine, or
+// returns the one already there: the same isolated bridge the one-host
+// runtime gives its labs (see labBridgeOptions), with a subnet from the
+// runtime's pool. It is what a Nomad lab's prestart task runs on the client
+// the lab was placed on, before the nodes join the network by name.
+//
+// The network carries the session's labels but not LabelManaged, which
+// marks what the one-host runtime owns and reaps: a Nomad lab on an engine
+// shared with a one-host examlab is not that runtime's to remove.
+func (r *Runtime) LabnetUp(ctx context.Context, sessionID, examID string) (LabNetwork, error) {
+	if !jobspecs.ValidSessionID(sessionID) {
+		return LabNetwork{}, fmt.Errorf("labnet up: invalid session id %q", sessionID)
+	}
+	labels := map[string]string{
+		jobspecs.LabelSession: sessionID,
+		jobspecs.LabelRuntime: "nomad",
+	}
+	if examID != "" {
+		labels[jobspecs.LabelExam] = examID
+	}
+	n, err := r.ensureNetwork(ctx, sessionID, labels)
+	if err != nil {
+		return LabNetwork{}, fmt.Errorf("labnet up %s: %w", sessionID, err)
+	}
+	out := LabNetwork{ID: n.ID, Name: n.Name}
+	if len(n.IPAM.Config) > 0 {
+		out.Subnet = n.IPAM.Config[0].Subnet
+	}
+	return out, nil
+}
+
+// labnetPoll is how often LabnetDown looks again while containers are
+// still leaving the network.
+const labnetPoll = 250 * time.Millisecond
+
+// LabnetDown removes the session's lab network. The nodes' containers may
+// still be on their way out when a Nomad lab's poststop task runs, so it
+// waits up to wait for the network's endpoints to go before removing it.
+// A network that is already gone is not an error; one that belongs to
+// another session is never touched.
+func (r *Runtime) LabnetDown(ctx context.Context, sessionID string, wait time.Duration) error {
+	if !jobspecs.ValidSessionID(sessionID) {
+		return fmt.Errorf("labnet down: invalid session id %q", sessionID)
+	}
+	deadline := time.Now().Add(wait)
+	nets, err := r.client.networksNamed(ctx, jobspecs.NetworkName(sessionID))
+	if err != nil {
+		return fmt.Errorf("labnet down %s: %w", sessionID, err)
+	}
+	var errs []error
+	for _, n := range nets {
+		if n.Labels[jobspecs.LabelSession] != sessionID {
+			errs = append(errs, fmt.Errorf("labnet down %s: network %s belongs to session %q", sessionID, n.Name, n.Labels[jobspecs.LabelSession]))
+			continue
+		}
+		if err := r.removeWhenEmpty(ctx, n.ID, deadline); err != nil {
+			errs = append(errs, fmt.Errorf("labnet down %s: %w", sessionID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeWhenEmpty removes a network once no container is attached to it,
+// or at the deadline whatever the engine then says.
+func (r *Runtime) removeWhenEmpty(ctx context.Context, id string, deadline time.Time) error {
+	for {
+		var n network
+		err := r.client.do(ctx, http.MethodGet, "/networks/"+id, nil, nil, &n)
+		if isNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("inspect network %s: %w", id, err)
+		}
+		late := time.Now().After(deadline)
+		if len(n.Containers) == 0 || late {
+			err := r.client.removeNetwork(ctx, id)
+			// The engine may list no containers a moment before it lets
+			// go of their endpoints.
+			if err == nil || late || !strings.Contains(err.Error(), "active endpoints") {
+				return err
+			}
+		}
+		if err := sleep(ctx, labnetPoll); err != nil {
+			return fmt.Errorf("wait for network %s to empty: %w", id, err)
+		}
+	}
+}

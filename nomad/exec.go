@@ -1,0 +1,284 @@
+package nomad
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/nomad/api"
+
+	"github.com/examlab/examlab/lab"
+)
+
+var _ lab.Process = (*process)(nil)
+
+// runningNode returns the allocation of a node whose task is running.
+func (r *Runtime) runningNode(ctx context.Context, sessionID, node string) (*api.Allocation, error) {
+	alloc, ts, err := r.nodeAlloc(ctx, sessionID, node)
+	if err != nil {
+		return nil, err
+	}
+	if ts == nil || ts.State != taskRunning {
+		state := "not started"
+		if ts != nil {
+			state = ts.State
+		}
+		return nil, fmt.Errorf("node %s of session %s is %s: %w", node, sessionID, state, lab.ErrNotRunning)
+	}
+	return alloc, nil
+}
+
+// Exec starts req.Cmd in the node through Nomad's alloc exec (a WebSocket
+// to the client, proxied by the servers when the client is not directly
+// reachable) and returns it as a lab.Process. The stream lives until Close
+// is called or ctx is done.
+//
+// Alloc exec has no environment parameter; req.Env is applied by running
+// the command under env(1).
+func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error) {
+	if len(req.Cmd) == 0 {
+		return nil, fmt.Errorf("exec in %s: empty command", node)
+	}
+	alloc, err := r.runningNode(ctx, sessionID, node)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", node, err)
+	}
+	cmd := req.Cmd
+	if len(req.Env) > 0 {
+		cmd = append(append([]string{"env"}, req.Env...), req.Cmd...)
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	ectx, cancel := context.WithCancel(ctx)
+	p := &process{
+		stdin:  inW,
+		out:    outR,
+		tty:    req.TTY,
+		sizes:  make(chan api.TerminalSize, 4),
+		done:   make(chan struct{}),
+		cancel: cancel,
+	}
+	if req.TTY && req.Size.Rows > 0 && req.Size.Cols > 0 {
+		p.sizes <- api.TerminalSize{Height: int(req.Size.Rows), Width: int(req.Size.Cols)}
+	}
+	go func() {
+		code, err := r.client.Allocations().Exec(ectx, alloc, node, req.TTY, cmd, inR, outW, outW, p.sizes, r.query(ectx))
+		if err != nil {
+			code = -1
+			err = fmt.Errorf("exec in %s: %w", node, err)
+		}
+		p.code, p.err = code, err
+		// EOF for the reader on success, the error otherwise; and input
+		// written after the end fails instead of blocking.
+		outW.CloseWithError(err)
+		inR.CloseWithError(io.ErrClosedPipe)
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// process is a command running in a node through alloc exec.
+type process struct {
+	stdin  *io.PipeWriter
+	out    *io.PipeReader
+	tty    bool
+	sizes  chan api.TerminalSize
+	done   chan struct{}
+	cancel context.CancelFunc
+
+	// Set before done is closed.
+	code int
+	err  error
+
+	closeOnce sync.Once
+}
+
+// Read returns the process's output: the terminal stream with a TTY,
+// stdout and stderr merged in arrival order without one.
+func (p *process) Read(b []byte) (int, error) { return p.out.Read(b) }
+
+// Write feeds the process's stdin.
+func (p *process) Write(b []byte) (int, error) { return p.stdin.Write(b) }
+
+// CloseWrite ends the process's input; Nomad passes it on as a stdin close.
+func (p *process) CloseWrite() error { return p.stdin.Close() }
+
+// Resize sends a new terminal size down the exec stream.
+func (p *process) Resize(ctx context.Context, sz lab.Size) error {
+	if !p.tty {
+		return nil
+	}
+	select {
+	case p.sizes <- api.TerminalSize{Height: int(sz.Rows), Width: int(sz.Cols)}:
+		return nil
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("resize exec terminal: %w", ctx.Err())
+	}
+}
+
+// Wait returns the exit code once the exec stream has ended.
+func (p *process) Wait(ctx context.Context) (int, error) {
+	select {
+	case <-p.done:
+		return p.code, p.err
+	case <-ctx.Done():
+		return -1, fmt.Errorf("wait for exec: %w", ctx.Err())
+	}
+}
+
+// Close ends the exec stream. A process that ignores the hangup may keep
+// running in the node.
+func (p *process) Close() error {
+	p.closeOnce.Do(func() {
+		p.cancel()
+		p.stdin.Close()
+		p.out.Close()
+	})
+	return nil
+}
+
+// exportCmd writes the node's root filesystem to stdout as a tar stream.
+// Pseudo-filesystems and mounts (/proc, /sys, /dev, and Nomad's task
+// directories, whose secrets/ holds the task's identity token) are left
+// out: --one-file-system skips what is mounted, the excludes name the
+// mount points themselves.
+var exportCmd = []string{"tar", "-C", "/", "-cf", "-", "--one-file-system", "--numeric-owner",
+	"--exclude=./proc", "--exclude=./sys", "--exclude=./dev",
+	"--exclude=./alloc", "--exclude=./local", "--exclude=./secrets", "."}
+
+// ExportFS writes the node's filesystem to w as a tar stream, read through
+// alloc exec. Only a running node can be read this way; archive runs
+// before cleanup stops the lab. A node whose task is dead is reported as
+// not found (with lab.ErrNotRunning too), so the archive records it as
+// missing instead of retrying forever.
+func (r *Runtime) ExportFS(ctx context.Context, sessionID, node string, w io.Writer) error {
+	alloc, err := r.runningNode(ctx, sessionID, node)
+	if errors.Is(err, lab.ErrNotRunning) {
+		return fmt.Errorf("export filesystem: %w: %w", lab.ErrNotFound, err)
+	}
+	if err != nil {
+		return fmt.Errorf("export filesystem: %w", err)
+	}
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The exec stream drops write errors, so a failing w must stop it.
+	sink := &stopWriter{w: w, stop: cancel}
+	var stderr bytes.Buffer
+	errw := &limitWriter{w: &stderr, n: 8 << 10}
+	code, err := r.client.Allocations().Exec(ectx, alloc, node, false, exportCmd,
+		strings.NewReader(""), sink, errw, nil, r.query(ectx))
+	if werr := sink.failed(); werr != nil {
+		return fmt.Errorf("export filesystem of %s: %w", node, werr)
+	}
+	if err != nil {
+		return fmt.Errorf("export filesystem of %s: %w", node, err)
+	}
+	// GNU tar exits 1 when a file changed while it was read: the archive is
+	// complete, that file as it was at some moment.
+	if code != 0 && code != 1 {
+		return fmt.Errorf("export filesystem of %s: tar exited %d: %s", node, code, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// stopWriter passes writes on until one fails, then cancels the stream.
+type stopWriter struct {
+	w    io.Writer
+	stop func()
+	mu   sync.Mutex
+	err  error
+}
+
+func (s *stopWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.w.Write(b)
+	if err != nil {
+		s.err = err
+		s.stop()
+	}
+	return n, err
+}
+
+func (s *stopWriter) failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// limitWriter keeps the first n bytes written and discards the rest.
+type limitWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitWriter) Write(b []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(b), l.n)
+		l.n -= k
+		if _, err := l.w.Write(b[:k]); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), nil
+}
+
+// Logs writes the node's stdout, then its stderr under a "--- stderr ---"
+// line, read with the alloc fs logs API. Nomad keeps the two streams in
+// separate files, so unlike the one-host runtime's logs they are not
+// interleaved by time.
+func (r *Runtime) Logs(ctx context.Context, sessionID, node string, w io.Writer) error {
+	alloc, _, err := r.nodeAlloc(ctx, sessionID, node)
+	if err != nil {
+		return fmt.Errorf("read logs: %w", err)
+	}
+	if err := r.streamLog(ctx, alloc, node, "stdout", w); err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	if err := r.streamLog(ctx, alloc, node, "stderr", &stderr); err != nil {
+		return err
+	}
+	if stderr.Len() > 0 {
+		if _, err := io.WriteString(w, "--- stderr ---\n"); err != nil {
+			return fmt.Errorf("read logs of %s: %w", node, err)
+		}
+		if _, err := stderr.WriteTo(w); err != nil {
+			return fmt.Errorf("read logs of %s: %w", node, err)
+		}
+	}
+	return nil
+}
+
+func (r *Runtime) streamLog(ctx context.Context, alloc *api.Allocation, node, kind string, w io.Writer) error {
+	cancel := make(chan struct{})
+	defer close(cancel)
+	frames, errc := r.client.AllocFS().Logs(alloc, false, node, kind, api.OriginStart, 0, cancel, r.query(ctx))
+	for {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				return nil
+			}
+			if _, err := w.Write(f.Data); err != nil {
+				return fmt.Errorf("read %s of %s: %w", kind, node, err)
+			}
+		case err := <-errc:
+			if isNotFound(err) || (err != nil && strings.Contains(err.Error(), "not found")) {
+				return nil // the task never wrote to this stream
+			}
+			return fmt.Errorf("read %s of %s: %w", kind, node, err)
+		case <-ctx.Done():
+			return fmt.Errorf("read %s of %s: %w", kind, node, ctx.Err())
+		}
+	}
+}
