@@ -273,7 +273,7 @@ func (c *Client) WaitStatus(t testing.TB, id string, timeout time.Duration, want
 		if last.Status == "failed" {
 			t.Fatalf("session %s failed: %s", id, last.Error)
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("session %s: still %s after %s, want %v", id, last.Status, timeout, want)
 	return last
