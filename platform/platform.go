@@ -57,7 +57,7 @@ type Platform struct {
 	log       *slog.Logger
 	client    *asynq.Client
 	server    *asynq.Server
-	sched     *asynq.Scheduler
+	sched     *scheduler.Periodic
 	relayApp  *fiber.App
 	apiLn     net.Listener
 	relayLn   net.Listener
@@ -133,10 +133,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			TaskCheckInterval: 100 * time.Millisecond,
 		})
 		if !o.NoScheduler {
-			p.sched = asynq.NewScheduler(asynqRedis(cfg), &asynq.SchedulerOpts{Logger: asynqLogger{log}})
-			if err := scheduler.RegisterPeriodic(p.sched, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery}); err != nil {
-				return nil, err
-			}
+			p.sched = scheduler.NewPeriodic(p.Enqueuer, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery, Logger: log})
 		}
 	}
 	if roles.Relay {

@@ -24,7 +24,12 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 	}
 	var errs []error
 	for _, id := range ids {
+		// Only the run that made the move records it; a concurrent or
+		// repeated sweep still (re-)enqueues the archive, which the task
+		// id makes a no-op.
+		moved := false
 		_, err := h.o.Store.Update(ctx, id, func(s *store.Session) error {
+			moved = false
 			if !s.Status.Open() {
 				return nil
 			}
@@ -34,6 +39,7 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 			s.Status = scheduler.StateSubmitted
 			s.SubmitReason = "deadline"
 			s.SubmittedAt = now.UTC()
+			moved = true
 			return nil
 		})
 		if err != nil {
@@ -48,8 +54,10 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 			errs = append(errs, err)
 			continue
 		}
-		h.log.Info("deadline passed; session submitted", "session", id)
-		_ = h.o.Store.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "deadline-submit"})
+		if moved {
+			h.log.Info("deadline passed; session submitted", "session", id)
+			_ = h.o.Store.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "deadline-submit"})
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -102,23 +110,9 @@ func (h *Handlers) Retention(ctx context.Context, _ *asynq.Task) error {
 // updated more than days ago.
 func (h *Handlers) RetentionOnce(ctx context.Context, days int, dryRun bool) ([]store.Summary, error) {
 	cutoff := h.o.Now().Add(-time.Duration(days) * 24 * time.Hour)
-	var victims []store.Summary
-	for off := 0; ; off += 500 {
-		page, err := h.o.Store.List(ctx, store.ListQuery{
-			Status: []scheduler.State{scheduler.StateCompleted, scheduler.StateExpired, scheduler.StateFailed},
-			Sort:   "updated", Offset: off, Limit: 500,
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, s := range page.Sessions {
-			if s.UpdatedAt.Before(cutoff) {
-				victims = append(victims, s)
-			}
-		}
-		if off+500 >= page.Total {
-			break
-		}
+	victims, err := h.o.Store.EndedBefore(ctx, cutoff)
+	if err != nil {
+		return nil, err
 	}
 	if dryRun {
 		for _, v := range victims {
