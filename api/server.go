@@ -52,6 +52,11 @@ type Options struct {
 	Mounts []func(app *fiber.App)
 	// BodyLimit caps request bodies; default 1 MiB.
 	BodyLimit int
+	// Ops are the health, readiness, metrics and queue-monitor endpoints.
+	Ops OpsOptions
+	// RetentionDays is the configured policy the retention dry run uses
+	// when the admin names no number of days; 0: off.
+	RetentionDays int
 	Logger    *slog.Logger
 	Now       func() time.Time
 }
@@ -147,4 +152,8 @@ func (s *Server) routes() {
 	adm.Get("/session/:id/details", s.adminDetails)
 	a.Post("/api/session/:id/snapshot", s.requireAdmin, s.adminSnapshot)
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
+	s.actionRoutes(adm)
+	s.downloadRoutes(adm)
+	s.opsRoutes()
+	s.panelRoutes()
 }

@@ -33,6 +33,10 @@ type Config struct {
 	Listen string
 	// RelayListen is the relay's address when it runs alone. EXAMLAB_RELAY_LISTEN, 127.0.0.1:8081.
 	RelayListen string
+	// OpsListen, when set, serves /healthz, /readyz and /metrics without
+	// authentication for any role (a worker has no other HTTP server): keep
+	// it on loopback or an operators' network. EXAMLAB_OPS_LISTEN, off.
+	OpsListen string
 	// PublicURL is how browsers reach the API; WebSocket Origins must match
 	// it or AllowedOrigins. EXAMLAB_PUBLIC_URL, http://{Listen}.
 	PublicURL string
@@ -167,6 +171,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	str("EXAMLAB_STATE_DIR", &c.StateDir)
 	str("EXAMLAB_LISTEN", &c.Listen)
 	str("EXAMLAB_RELAY_LISTEN", &c.RelayListen)
+	str("EXAMLAB_OPS_LISTEN", &c.OpsListen)
 	str("EXAMLAB_PUBLIC_URL", &c.PublicURL)
 	list("EXAMLAB_ALLOWED_ORIGINS", &c.AllowedOrigins)
 	boolean("EXAMLAB_COOKIE_SECURE", &c.CookieSecure)
@@ -201,6 +206,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "state directory (shared storage in a cluster)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "API listen address")
 	fs.StringVar(&c.RelayListen, "relay-listen", c.RelayListen, "relay listen address when run alone")
+	fs.StringVar(&c.OpsListen, "ops-listen", c.OpsListen, "serve unauthenticated /healthz, /readyz and /metrics here (e.g. 127.0.0.1:9090; default off)")
 	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "URL browsers use to reach the API")
 	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis address: host:port or unix:///path")
 	fs.StringVar(&c.ExamFile, "exam", c.ExamFile, "exam definition file (default: the shipped exam)")
@@ -222,6 +228,11 @@ func (c *Config) Validate() error {
 	for name, addr := range map[string]string{"listen": c.Listen, "relay listen": c.RelayListen} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad("%s: %q: %v", name, addr, err)
+		}
+	}
+	if c.OpsListen != "" {
+		if _, _, err := net.SplitHostPort(c.OpsListen); err != nil {
+			bad("ops listen: %q: %v", c.OpsListen, err)
 		}
 	}
 	if c.PublicURL == "" {

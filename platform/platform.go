@@ -23,6 +23,7 @@ import (
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/metrics"
 	"github.com/examlab/examlab/nomad"
 	"github.com/examlab/examlab/relay"
 	"github.com/examlab/examlab/scheduler"
@@ -52,6 +53,11 @@ type Platform struct {
 	API       *api.Server
 	Relay     *relay.Relay
 	Inspector *asynq.Inspector
+
+	// Metrics is this process's Prometheus instrumentation; the relay
+	// counts open terminals on it (TerminalOpened).
+	Metrics *metrics.Metrics
+	ops     *opsServer
 
 	roles     Roles
 	log       *slog.Logger
@@ -111,6 +117,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	p.client = asynq.NewClient(asynqRedis(cfg))
 	p.Enqueuer = scheduler.NewEnqueuer(p.client)
 	p.Inspector = asynq.NewInspector(asynqRedis(cfg))
+	p.newOps()
 	exams := func(id string) (*exam.Exam, bool) { return p.Exam, id == p.Exam.ID }
 
 	if roles.Worker {
@@ -118,6 +125,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			Store: p.Store, Runtime: p.Runtime, Enqueuer: p.Enqueuer, Exams: exams,
 			RuntimeName: cfg.Runtime, ProvisionTimeout: cfg.ProvisionTimeout,
 			RetentionDays: cfg.RetentionDays, RetentionDryRun: cfg.RetentionDryRun, Logger: log,
+			Observer: p.Metrics,
 		})
 		if err != nil {
 			return nil, err
@@ -161,6 +169,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			Store: p.Store, Enqueuer: p.Enqueuer, Exam: p.Exam, Exams: exams,
 			Runtime: p.Runtime, RuntimeName: cfg.Runtime, AdminToken: cfg.AdminToken,
 			CookieSecure: cfg.CookieSecure, Logger: log, Mounts: p.mounts(roles),
+			Ops: p.opsOptions(), RetentionDays: cfg.RetentionDays,
 		})
 		if err != nil {
 			return nil, err
@@ -192,6 +201,9 @@ func retryDelay(n int, err error, t *asynq.Task) time.Duration {
 // Start runs the roles in the background. API and relay listeners are
 // bound before Start returns, so their addresses are usable at once.
 func (p *Platform) Start(ctx context.Context) error {
+	if err := p.startOps(); err != nil {
+		return err
+	}
 	if p.server != nil {
 		if err := p.server.Start(p.Handlers.Mux()); err != nil {
 			return fmt.Errorf("start worker: %w", err)
@@ -281,6 +293,7 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 		if p.server != nil {
 			p.server.Shutdown()
 		}
+		errs = append(errs, p.stopOps(ctx))
 		p.wg.Wait()
 		errs = append(errs, p.client.Close(), p.Inspector.Close(), p.Redis.Close())
 	})

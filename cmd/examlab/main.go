@@ -31,6 +31,7 @@ var commands = map[string]command{
 	"worker":        {"run lifecycle workers and the periodic sweeps", roleCmd("worker", platform.Roles{Worker: true})},
 	"relay":         {"run the terminal relay alone", roleCmd("relay", platform.Roles{Relay: true})},
 	"rebuild-index": {"rebuild the Redis index from the session files", rebuildIndex},
+	"retention":     {"delete ended sessions older than -days (or list them with -dry-run)", retention},
 	"jobspec":       {"print the Nomad job a session's lab runs as (JSON or HCL)", jobspec},
 	"labnet":        {"create or remove a Nomad lab's network on this client (run by the lab's job)", labnet},
 	"version":       {"print the version", func(context.Context, []string) error { fmt.Println("examlab", version); return nil }},
