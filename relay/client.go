@@ -40,8 +40,8 @@ type client struct {
 
 	qmu      sync.Mutex
 	q        []frame
-	qBytes   int // output bytes in q
-	qControl int // control frames in q
+	qBytes   int  // output bytes in q
+	qControl int  // control frames in q
 	gone     bool // drained: nothing more is queued
 	wake     chan struct{}
 	space    chan struct{}
