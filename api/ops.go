@@ -55,13 +55,8 @@ func (s *Server) opsRoutes() {
 	}
 	if o.Monitor != nil {
 		mon := adaptor.HTTPHandler(o.Monitor)
-		a.Get(MonitorPath, s.requireAdmin, func(c *fiber.Ctx) error { return c.Redirect(MonitorPath+"/", fiber.StatusFound) })
-		a.All(MonitorPath+"/*", s.requireAdmin, func(c *fiber.Ctx) error {
-			// The monitor's pages carry their own scripts and styles;
-			// keep it out of frames like the rest of the admin area.
-			c.Set("X-Frame-Options", "DENY")
-			return mon(c)
-		})
+		a.All(MonitorPath, s.requireAdmin, mon)
+		a.All(MonitorPath+"/*", s.requireAdmin, mon)
 	}
 }
 

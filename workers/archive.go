@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -65,6 +66,10 @@ func (h *Handlers) Snapshot(ctx context.Context, t *asynq.Task) error {
 	return h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "snapshot-done", Detail: map[string]any{"nonce": p.Nonce, "bytes": n}})
 }
 
+// snapshotLockTTL outlasts the archive task's timeout, so a crashed
+// worker's lock frees itself soon after asynq gives up on the task.
+const snapshotLockTTL = 35 * time.Minute
+
 // snapshot writes {container}.tar and {container}.log for every node and
 // the manifest. It returns the bytes written.
 func (h *Handlers) snapshot(ctx context.Context, sess *store.Session, reason string) (int64, error) {
@@ -72,6 +77,14 @@ func (h *Handlers) snapshot(ctx context.Context, sess *store.Session, reason str
 	if err != nil {
 		return 0, err
 	}
+	// One writer at a time per session: two snapshots (or a snapshot and
+	// the archive) writing the same files would leave tars from one run
+	// under the other's manifest. A busy lock fails the task, which retries.
+	unlock, err := h.o.Store.TryLock(ctx, "snapshot", sess.ID, snapshotLockTTL)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	m := store.Manifest{SessionID: sess.ID, Runtime: h.o.RuntimeName, Reason: reason, CreatedAt: h.o.Now().UTC(), Files: []store.File{}}
 	var total int64
 	for _, n := range spec.Nodes {
