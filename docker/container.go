@@ -1,0 +1,222 @@
+package docker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/examlab/examlab/jobspecs"
+)
+
+// labelConfig carries a digest of the configuration a container was created
+// with, so a rerun provision can tell a container it may keep from one it
+// must replace.
+const labelConfig = "examlab.config"
+
+type restartPolicy struct {
+	Name string `json:"Name"`
+}
+
+type logConfig struct {
+	Type   string            `json:"Type"`
+	Config map[string]string `json:"Config"`
+}
+
+type hostConfig struct {
+	NetworkMode    string            `json:"NetworkMode"`
+	Memory         int64             `json:"Memory"`
+	MemorySwap     int64             `json:"MemorySwap"`
+	NanoCPUs       int64             `json:"NanoCpus"`
+	PidsLimit      int64             `json:"PidsLimit"`
+	Privileged     bool              `json:"Privileged"`
+	CapDrop        []string          `json:"CapDrop"`
+	CapAdd         []string          `json:"CapAdd"`
+	SecurityOpt    []string          `json:"SecurityOpt"`
+	Sysctls        map[string]string `json:"Sysctls,omitempty"`
+	ReadonlyRootfs bool              `json:"ReadonlyRootfs"`
+	RestartPolicy  restartPolicy     `json:"RestartPolicy"`
+	LogConfig      logConfig         `json:"LogConfig"`
+	Init           bool              `json:"Init"`
+}
+
+type endpointConfig struct {
+	Aliases []string `json:"Aliases,omitempty"`
+}
+
+type networkingConfig struct {
+	EndpointsConfig map[string]endpointConfig `json:"EndpointsConfig"`
+}
+
+type containerCreate struct {
+	Hostname         string            `json:"Hostname"`
+	Image            string            `json:"Image"`
+	Labels           map[string]string `json:"Labels"`
+	Tty              bool              `json:"Tty"`
+	OpenStdin        bool              `json:"OpenStdin"`
+	HostConfig       hostConfig        `json:"HostConfig"`
+	NetworkingConfig networkingConfig  `json:"NetworkingConfig"`
+}
+
+// containerSpec renders a node of a lab into the engine's create request,
+// its digest label included. network is the lab network's id (Provision
+// passes the id: a name can briefly match two networks) or its name.
+func containerSpec(network string, n jobspecs.Node) containerCreate {
+	labels := make(map[string]string, len(n.Labels)+1)
+	for k, v := range n.Labels {
+		labels[k] = v
+	}
+	capAdd := make([]string, 0, len(n.CapAdd))
+	for _, c := range n.CapAdd {
+		capAdd = append(capAdd, "CAP_"+strings.TrimPrefix(strings.ToUpper(c), "CAP_"))
+	}
+	hostname := n.Hostname
+	if hostname == "" {
+		hostname = n.Name
+	}
+	cc := containerCreate{
+		Hostname: hostname,
+		Image:    n.Image,
+		Labels:   labels,
+		HostConfig: hostConfig{
+			NetworkMode: network,
+			Memory:      int64(n.MemoryMB) << 20,
+			// Equal to Memory: no swap on top.
+			MemorySwap:  int64(n.MemoryMB) << 20,
+			NanoCPUs:    int64(n.CPUs * 1e9),
+			PidsLimit:   int64(n.PidsLimit),
+			CapDrop:     []string{"ALL"},
+			CapAdd:      capAdd,
+			SecurityOpt: []string{"no-new-privileges"},
+			Sysctls:     n.Sysctls,
+			// Labs are ephemeral: a node that dies stays dead until the
+			// next provision decides what to do with it.
+			RestartPolicy: restartPolicy{Name: "no"},
+			LogConfig: logConfig{Type: "json-file", Config: map[string]string{
+				"max-size": "10m",
+				"max-file": "2",
+			}},
+			// The image runs tini as PID 1 itself.
+			Init: false,
+		},
+		NetworkingConfig: networkingConfig{EndpointsConfig: map[string]endpointConfig{
+			network: {Aliases: []string{n.Name}},
+		}},
+	}
+	// json.Marshal writes map keys sorted, so equal specs hash equally.
+	b, _ := json.Marshal(cc)
+	sum := sha256.Sum256(b)
+	cc.Labels[labelConfig] = hex.EncodeToString(sum[:8])
+	return cc
+}
+
+type containerState struct {
+	Status     string `json:"Status"`
+	Running    bool   `json:"Running"`
+	Restarting bool   `json:"Restarting"`
+	OOMKilled  bool   `json:"OOMKilled"`
+	Dead       bool   `json:"Dead"`
+	ExitCode   int    `json:"ExitCode"`
+	Error      string `json:"Error"`
+	StartedAt  string `json:"StartedAt"`
+}
+
+type endpointSettings struct {
+	NetworkID string `json:"NetworkID"`
+	IPAddress string `json:"IPAddress"`
+}
+
+type container struct {
+	ID     string         `json:"Id"`
+	Name   string         `json:"Name"`
+	State  containerState `json:"State"`
+	Config struct {
+		Image  string            `json:"Image"`
+		Tty    bool              `json:"Tty"`
+		Labels map[string]string `json:"Labels"`
+	} `json:"Config"`
+	NetworkSettings struct {
+		Networks map[string]endpointSettings `json:"Networks"`
+	} `json:"NetworkSettings"`
+}
+
+// containerSummary is one entry of the container list.
+type containerSummary struct {
+	ID     string            `json:"Id"`
+	Names  []string          `json:"Names"`
+	State  string            `json:"State"`
+	Labels map[string]string `json:"Labels"`
+}
+
+func (c *client) inspectContainer(ctx context.Context, name string) (container, error) {
+	var out container
+	err := c.do(ctx, http.MethodGet, "/containers/"+url.PathEscape(name)+"/json", nil, nil, &out)
+	return out, err
+}
+
+func (c *client) listContainers(ctx context.Context, q url.Values) ([]containerSummary, error) {
+	if q == nil {
+		q = url.Values{}
+	}
+	q.Set("all", "1")
+	var out []containerSummary
+	if err := c.do(ctx, http.MethodGet, "/containers/json", q, nil, &out); err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	return out, nil
+}
+
+// createContainer creates a container and returns its id.
+func (c *client) createContainer(ctx context.Context, name string, cc containerCreate) (string, error) {
+	var out struct {
+		ID string `json:"Id"`
+	}
+	err := c.do(ctx, http.MethodPost, "/containers/create", url.Values{"name": {name}}, cc, &out)
+	return out.ID, err
+}
+
+func (c *client) startContainer(ctx context.Context, id string) error {
+	// 304 means already started, which do treats as success.
+	return c.do(ctx, http.MethodPost, "/containers/"+url.PathEscape(id)+"/start", nil, nil, nil)
+}
+
+// removeContainer force-removes a container and waits until the engine no
+// longer knows it; a container that is already gone is not an error.
+func (c *client) removeContainer(ctx context.Context, id string) error {
+	q := url.Values{"force": {"1"}, "v": {"1"}}
+	err := c.do(ctx, http.MethodDelete, "/containers/"+url.PathEscape(id), q, nil, nil)
+	switch {
+	case err == nil, isNotFound(err):
+		return nil
+	case isConflict(err):
+		// Removal already in progress elsewhere: wait for it to finish.
+		for {
+			if _, err := c.inspectContainer(ctx, id); isNotFound(err) {
+				return nil
+			} else if err != nil {
+				return fmt.Errorf("remove container %s: %w", id, err)
+			}
+			if err := sleep(ctx, 100*time.Millisecond); err != nil {
+				return fmt.Errorf("remove container %s: %w", id, err)
+			}
+		}
+	default:
+		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

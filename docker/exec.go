@@ -1,0 +1,217 @@
+package docker
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/examlab/examlab/lab"
+)
+
+var _ lab.Process = (*execProcess)(nil)
+
+type execCreate struct {
+	AttachStdin  bool     `json:"AttachStdin"`
+	AttachStdout bool     `json:"AttachStdout"`
+	AttachStderr bool     `json:"AttachStderr"`
+	Tty          bool     `json:"Tty"`
+	Env          []string `json:"Env,omitempty"`
+	Cmd          []string `json:"Cmd"`
+}
+
+type execStart struct {
+	Detach bool `json:"Detach"`
+	Tty    bool `json:"Tty"`
+}
+
+// Exec starts req.Cmd in the node and returns the process with its stdin and
+// output attached over one hijacked connection. The connection lives until
+// Close is called or ctx is done.
+//
+// API 1.41 has no ConsoleSize on exec create (it came in 1.42), so the
+// initial terminal size is applied with a resize right after start.
+func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error) {
+	if len(req.Cmd) == 0 {
+		return nil, fmt.Errorf("exec in %s: empty command", node)
+	}
+	c, err := r.node(ctx, sessionID, node)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", node, err)
+	}
+	if !c.State.Running || c.State.Restarting {
+		return nil, fmt.Errorf("exec in %s: %w (%s)", node, lab.ErrNotRunning, c.State.Status)
+	}
+	var created struct {
+		ID string `json:"Id"`
+	}
+	body := execCreate{AttachStdin: true, AttachStdout: true, AttachStderr: true, Tty: req.TTY, Env: req.Env, Cmd: req.Cmd}
+	if err := r.client.do(ctx, http.MethodPost, "/containers/"+c.ID+"/exec", nil, body, &created); err != nil {
+		if statusOf(err) == http.StatusConflict {
+			// The engine answers 409 when the container stopped meanwhile.
+			return nil, fmt.Errorf("exec in %s: %w: %v", node, lab.ErrNotRunning, err)
+		}
+		return nil, fmt.Errorf("exec in %s: %w", node, err)
+	}
+	conn, br, err := r.client.hijack(ctx, "/exec/"+created.ID+"/start", execStart{Tty: req.TTY})
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: start: %w", node, err)
+	}
+	p := &execProcess{client: r.client, id: created.ID, tty: req.TTY, conn: conn}
+	if req.TTY {
+		p.out = br
+	} else {
+		p.out = newDemuxReader(br)
+	}
+	p.stop = context.AfterFunc(ctx, func() { conn.Close() })
+	if req.TTY && req.Size.Rows > 0 && req.Size.Cols > 0 {
+		if err := p.Resize(ctx, req.Size); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("exec in %s: %w", node, err)
+		}
+	}
+	return p, nil
+}
+
+// execProcess is a command running in a container, attached through a
+// hijacked engine connection.
+type execProcess struct {
+	client *client
+	id     string
+	tty    bool
+	conn   net.Conn
+	out    io.Reader
+	stop   func() bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Read returns the process's output: the raw terminal stream with a TTY,
+// stdout and stderr merged without one.
+func (p *execProcess) Read(b []byte) (int, error) { return p.out.Read(b) }
+
+// Write feeds the process's stdin.
+func (p *execProcess) Write(b []byte) (int, error) { return p.conn.Write(b) }
+
+// CloseWrite half-closes the connection, which the engine passes on to the
+// process as end of input.
+func (p *execProcess) CloseWrite() error {
+	if cw, ok := p.conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("close exec input: connection cannot half-close")
+}
+
+// Resize sets the process's terminal size; without a TTY it does nothing.
+func (p *execProcess) Resize(ctx context.Context, sz lab.Size) error {
+	if !p.tty {
+		return nil
+	}
+	q := url.Values{"h": {strconv.Itoa(int(sz.Rows))}, "w": {strconv.Itoa(int(sz.Cols))}}
+	if err := p.client.do(ctx, http.MethodPost, "/exec/"+p.id+"/resize", q, nil, nil); err != nil {
+		return fmt.Errorf("resize exec terminal: %w", err)
+	}
+	return nil
+}
+
+// Wait polls the engine until the process has ended and returns its exit
+// code. The engine may report the process running for a moment after its
+// output stream closed, hence the poll.
+func (p *execProcess) Wait(ctx context.Context) (int, error) {
+	delay := 10 * time.Millisecond
+	for {
+		var st struct {
+			Running  bool `json:"Running"`
+			ExitCode *int `json:"ExitCode"`
+		}
+		if err := p.client.do(ctx, http.MethodGet, "/exec/"+p.id+"/json", nil, nil, &st); err != nil {
+			if isNotFound(err) {
+				// The container went away and took the exec with it.
+				return -1, fmt.Errorf("wait for exec: %w", lab.ErrNotFound)
+			}
+			return -1, fmt.Errorf("wait for exec: %w", err)
+		}
+		if !st.Running && st.ExitCode != nil {
+			return *st.ExitCode, nil
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return -1, fmt.Errorf("wait for exec: %w", err)
+		}
+		delay = min(2*delay, 250*time.Millisecond)
+	}
+}
+
+// Close drops the connection. A process that ignores the hangup keeps
+// running in the container.
+func (p *execProcess) Close() error {
+	p.closeOnce.Do(func() {
+		p.stop()
+		p.closeErr = p.conn.Close()
+	})
+	return p.closeErr
+}
+
+// Stream kinds of the engine's multiplexed stream.
+const (
+	streamStdin  = 0
+	streamStdout = 1
+	streamStderr = 2
+	streamSystem = 3
+)
+
+// demuxReader turns the engine's multiplexed stream (an 8-byte header
+// naming the stream and a big-endian payload length, then the payload) into
+// stdout and stderr merged in arrival order.
+type demuxReader struct {
+	r      *bufio.Reader
+	remain uint32 // payload bytes left in the current frame
+	hdr    [8]byte
+}
+
+func newDemuxReader(r io.Reader) *demuxReader {
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReader(r)
+	}
+	return &demuxReader{r: br}
+}
+
+func (d *demuxReader) Read(b []byte) (int, error) {
+	for d.remain == 0 {
+		if _, err := io.ReadFull(d.r, d.hdr[:]); err != nil {
+			if err == io.ErrUnexpectedEOF {
+				return 0, fmt.Errorf("read output: truncated frame header")
+			}
+			return 0, err
+		}
+		size := binary.BigEndian.Uint32(d.hdr[4:])
+		switch d.hdr[0] {
+		case streamStdin, streamStdout, streamStderr:
+			d.remain = size
+		case streamSystem:
+			msg := make([]byte, min(size, 64<<10))
+			_, _ = io.ReadFull(d.r, msg)
+			return 0, fmt.Errorf("engine stream error: %s", msg)
+		default:
+			return 0, fmt.Errorf("read output: unknown stream %d", d.hdr[0])
+		}
+	}
+	if uint32(len(b)) > d.remain {
+		b = b[:d.remain]
+	}
+	n, err := d.r.Read(b)
+	d.remain -= uint32(n)
+	if err == io.EOF && d.remain > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
