@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +58,11 @@ type Config struct {
 
 	// ExamFile is the exam definition; empty means the shipped default. EXAMLAB_EXAM.
 	ExamFile string
+
+	// Instance names this deployment on the labs it creates, so that the
+	// orphan reaper of one deployment never touches another's labs on a
+	// shared engine or cluster. EXAMLAB_INSTANCE, examlab.
+	Instance string
 
 	// Runtime is docker or nomad. EXAMLAB_RUNTIME, docker.
 	Runtime string
@@ -108,6 +114,7 @@ func Default() Config {
 		RelayListen:       "127.0.0.1:8081",
 		Redis:             "127.0.0.1:6379",
 		RedisPrefix:       "examlab:",
+		Instance:          "examlab",
 		Runtime:           RuntimeDocker,
 		DockerHost:        "unix:///var/run/docker.sock",
 		SubnetPool:        "10.213.0.0/16",
@@ -181,6 +188,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	str("EXAMLAB_REDIS_PREFIX", &c.RedisPrefix)
 	str("EXAMLAB_ADMIN_TOKEN", &c.AdminToken)
 	str("EXAMLAB_EXAM", &c.ExamFile)
+	str("EXAMLAB_INSTANCE", &c.Instance)
 	str("EXAMLAB_RUNTIME", &c.Runtime)
 	str("DOCKER_HOST", &c.DockerHost)
 	str("EXAMLAB_SUBNET_POOL", &c.SubnetPool)
@@ -248,6 +256,9 @@ func (c *Config) Validate() error {
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 	if c.Redis == "" {
 		bad("redis: required")
+	}
+	if !instancePattern.MatchString(c.Instance) {
+		bad("instance: %q must be 1-32 of a-z, 0-9 and -", c.Instance)
 	}
 	switch c.Runtime {
 	case RuntimeDocker, RuntimeNomad:
@@ -331,6 +342,8 @@ func (c *Config) EnsureAdminToken() (token string, path string, created bool, er
 	c.AdminToken = tok
 	return tok, path, true, nil
 }
+
+var instancePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 
 func splitList(v string) []string {
 	var out []string

@@ -41,6 +41,10 @@ type Options struct {
 	// labs in the default pool, well past the ~31 networks the engine's
 	// default pools allow.
 	SubnetPrefix int
+	// Instance, when set, is stamped on every container and network this
+	// runtime creates (label examlab.instance), and Labs reports only labs
+	// that carry it. Empty means no stamp, and Labs sees every managed lab.
+	Instance string
 }
 
 // Runtime provisions and drives exam labs on one Docker engine. It is safe
@@ -51,6 +55,7 @@ type Runtime struct {
 	prefix int
 	// subnetMu serialises subnet allocation within this process.
 	subnetMu sync.Mutex
+	instance string
 }
 
 // New returns a Runtime for the engine opts name. It does not contact the
@@ -83,7 +88,7 @@ func New(opts Options) (*Runtime, error) {
 	if prefix < pool.Bits() || prefix > 29 {
 		return nil, fmt.Errorf("new docker runtime: subnet prefix /%d must be between /%d and /29", prefix, pool.Bits())
 	}
-	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix}, nil
+	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance}, nil
 }
 
 // Ping reports whether the engine answers.
@@ -117,7 +122,8 @@ func (r *Runtime) Provision(ctx context.Context, spec jobspecs.Lab) error {
 	if err := checkSpec(spec); err != nil {
 		return fmt.Errorf("provision lab: %w", err)
 	}
-	netw, err := r.ensureNetwork(ctx, spec.SessionID, networkLabels(spec))
+	spec = r.stamp(spec)
+	netw, err := r.ensureNetwork(ctx, spec.SessionID, r.networkLabels(spec))
 	if err != nil {
 		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
 	}
@@ -502,11 +508,12 @@ func (r *Runtime) ResetNode(ctx context.Context, spec jobspecs.Lab, node string)
 	if err := checkSpec(spec); err != nil {
 		return fmt.Errorf("reset node: %w", err)
 	}
+	spec = r.stamp(spec)
 	n, ok := spec.Node(node)
 	if !ok {
 		return fmt.Errorf("reset node %s of session %s: %w", node, spec.SessionID, lab.ErrNotFound)
 	}
-	netw, err := r.ensureNetwork(ctx, spec.SessionID, networkLabels(spec))
+	netw, err := r.ensureNetwork(ctx, spec.SessionID, r.networkLabels(spec))
 	if err != nil {
 		return fmt.Errorf("reset node %s: %w", node, err)
 	}
@@ -535,6 +542,9 @@ func (r *Runtime) ResetNode(ctx context.Context, spec jobspecs.Lab, node string)
 // this engine, sorted; the reaper compares it with the sessions it knows.
 func (r *Runtime) Labs(ctx context.Context) ([]string, error) {
 	managed := filters("label", jobspecs.LabelManaged+"=true")
+	if r.instance != "" {
+		managed = filters("label", jobspecs.LabelManaged+"=true", "label", jobspecs.LabelInstance+"="+r.instance)
+	}
 	conts, err := r.client.listContainers(ctx, managed)
 	if err != nil {
 		return nil, fmt.Errorf("list labs: %w", err)
@@ -557,4 +567,32 @@ func (r *Runtime) Labs(ctx context.Context) ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// stamp returns spec with this runtime's instance label on every node.
+func (r *Runtime) stamp(spec jobspecs.Lab) jobspecs.Lab {
+	if r.instance == "" {
+		return spec
+	}
+	nodes := make([]jobspecs.Node, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		labels := make(map[string]string, len(n.Labels)+1)
+		for k, v := range n.Labels {
+			labels[k] = v
+		}
+		labels[jobspecs.LabelInstance] = r.instance
+		n.Labels = labels
+		nodes[i] = n
+	}
+	spec.Nodes = nodes
+	return spec
+}
+
+// networkLabels are networkLabels(spec) plus this runtime's instance.
+func (r *Runtime) networkLabels(spec jobspecs.Lab) map[string]string {
+	l := networkLabels(spec)
+	if r.instance != "" {
+		l[jobspecs.LabelInstance] = r.instance
+	}
+	return l
 }

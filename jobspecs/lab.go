@@ -18,6 +18,10 @@ const (
 	LabelNode    = "examlab.node"
 	LabelRole    = "examlab.role"
 	LabelExam    = "examlab.exam"
+	// LabelInstance names the examlab deployment that owns a lab, so that
+	// two deployments (or two test runs) sharing an engine never reap each
+	// other's labs.
+	LabelInstance = "examlab.instance"
 )
 
 var sessionPattern = regexp.MustCompile(`^[a-z0-9]{12}$`)

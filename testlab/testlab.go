@@ -21,6 +21,7 @@ import (
 
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/platform"
+	"github.com/examlab/examlab/store"
 )
 
 // Timeouts tests share.
@@ -105,6 +106,9 @@ func Start(t testing.TB, o Options) *Stack {
 		cfg.StateDir = t.TempDir()
 	}
 	cfg.AdminToken = "test-admin-token-0123456789"
+	// Each stack owns its labs: its reaper must not see other tests' labs
+	// on the shared engine.
+	cfg.Instance = "t-" + strings.ToLower(store.NewSessionID())
 	cfg.WorkerConcurrency = 8
 	if o.Config != nil {
 		o.Config(&cfg)
