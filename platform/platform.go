@@ -304,7 +304,7 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 func NewRuntime(cfg config.Config) (Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
-		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix})
+		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, Instance: cfg.Instance})
 	case config.RuntimeNomad:
 		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
 		// NOMAD_REGION and the TLS variables itself.

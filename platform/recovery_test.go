@@ -173,4 +173,3 @@ func TestSavedAnswerSurvivesRestarts(t *testing.T) {
 	}
 	check(second, "after redis loss and rebuild")
 }
-
