@@ -1,0 +1,341 @@
+// The admin panel. Every value comes from /api/admin/* and is written with
+// textContent, never as HTML, so nothing a candidate typed can run here.
+"use strict";
+
+(function () {
+  var STATES = ["created", "provisioning", "ready", "submitted", "archiving", "completed", "failed", "expired"];
+  var $ = function (id) { return document.getElementById(id); };
+
+  function api(method, path, body) {
+    var opts = { method: method, credentials: "same-origin", headers: {} };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    return fetch(path, opts).then(function (r) {
+      return r.text().then(function (t) {
+        var data = null;
+        try { data = t ? JSON.parse(t) : null; } catch (e) { data = null; }
+        if (r.status === 401 || r.status === 403) { showLogin(); throw new Error("admin sign-in required"); }
+        if (!r.ok) throw new Error((data && data.error) || r.status + " " + r.statusText);
+        return data;
+      });
+    });
+  }
+
+  function el(tag, text, cls) {
+    var e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    if (cls) e.className = cls;
+    return e;
+  }
+  function row(cells) {
+    var tr = document.createElement("tr");
+    cells.forEach(function (c) {
+      var td = document.createElement("td");
+      if (c instanceof Node) td.appendChild(c); else td.textContent = c === undefined || c === null ? "" : String(c);
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+  function badge(status) { return el("span", status, "badge " + status); }
+  function when(t) {
+    if (!t || t.indexOf("0001-") === 0) return "";
+    var d = new Date(t);
+    return isNaN(d) ? t : d.toLocaleString();
+  }
+  function size(n) {
+    if (n < 1024) return n + " B";
+    var u = ["KiB", "MiB", "GiB"], i = -1;
+    do { n /= 1024; i++; } while (n >= 1024 && i < u.length - 1);
+    return n.toFixed(1) + " " + u[i];
+  }
+  function show(section) {
+    ["login", "list", "session"].forEach(function (s) { $(s).hidden = s !== section; });
+    $("logout").hidden = section === "login";
+  }
+
+  // ---- sign-in ----
+  function showLogin() { show("login"); $("login-token").focus(); }
+  $("login-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    $("login-error").textContent = "";
+    fetch("/api/admin/login", {
+      method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: $("login-token").value })
+    }).then(function (r) {
+      if (!r.ok) { $("login-error").textContent = r.status === 429 ? "Too many attempts; wait a minute." : "Wrong admin token."; return; }
+      $("login-token").value = "";
+      route();
+    });
+  });
+  $("logout").addEventListener("click", function () {
+    fetch("/api/admin/logout", { method: "POST", credentials: "same-origin" }).then(showLogin);
+  });
+
+  // ---- sessions list ----
+  STATES.forEach(function (s) { $("f-status").appendChild(el("option", s)); });
+  var listState = { page: 1 };
+
+  function readFilters() {
+    var q = new URLSearchParams(location.search);
+    $("f-status").value = q.get("status") || "";
+    $("f-search").value = q.get("q") || "";
+    $("f-sort").value = q.get("sort") || "created";
+    $("f-order").value = q.get("order") || "desc";
+    $("f-per").value = q.get("per_page") || "50";
+    listState.page = Math.max(1, parseInt(q.get("page") || "1", 10) || 1);
+  }
+  function filterQuery(page) {
+    var q = new URLSearchParams();
+    if ($("f-status").value) q.set("status", $("f-status").value);
+    if ($("f-search").value.trim()) q.set("q", $("f-search").value.trim());
+    q.set("sort", $("f-sort").value);
+    q.set("order", $("f-order").value);
+    q.set("per_page", $("f-per").value);
+    q.set("page", String(page));
+    return q;
+  }
+  function goList(page) {
+    history.pushState(null, "", "/admin?" + filterQuery(page).toString());
+    loadList();
+  }
+  function loadList() {
+    show("list");
+    readFilters();
+    var q = filterQuery(listState.page);
+    $("list-summary").textContent = "Loading…";
+    api("GET", "/api/admin/sessions?" + q.toString()).then(function (res) {
+      var tbody = $("sessions").querySelector("tbody");
+      tbody.textContent = "";
+      res.sessions.forEach(function (s) {
+        var tr = row([el("code", s.id), s.email, badge(s.status), when(s.created_at), when(s.updated_at), when(s.deadline)]);
+        tr.className = "row";
+        tr.dataset.id = s.id;
+        tr.addEventListener("click", function () { goSession(s.id); });
+        tbody.appendChild(tr);
+      });
+      var pages = Math.max(1, Math.ceil(res.total / res.per_page));
+      $("list-summary").textContent = res.total + " session" + (res.total === 1 ? "" : "s");
+      $("page-info").textContent = "page " + res.page + " of " + pages;
+      $("prev").disabled = res.page <= 1;
+      $("next").disabled = res.page >= pages;
+    }).catch(function (e) { $("list-summary").textContent = e.message; });
+  }
+  $("filters").addEventListener("submit", function (ev) { ev.preventDefault(); goList(1); });
+  $("f-status").addEventListener("change", function () { goList(1); });
+  $("prev").addEventListener("click", function () { goList(listState.page - 1); });
+  $("next").addEventListener("click", function () { goList(listState.page + 1); });
+
+  // ---- one session ----
+  var current = null, player = null, live = null, refreshTimer = null, recordings = {};
+
+  function goSession(id) {
+    history.pushState(null, "", "/admin/session/" + encodeURIComponent(id));
+    route();
+  }
+  function message(text, isError) {
+    $("s-message").textContent = text;
+    $("s-message").className = isError ? "error" : "notice";
+  }
+
+  function loadSession(id, quiet) {
+    show("session");
+    return api("GET", "/api/admin/session/" + encodeURIComponent(id) + "/details").then(function (d) {
+      current = d;
+      renderSession(d, quiet);
+    }).catch(function (e) { message(e.message, true); });
+  }
+
+  function renderSession(d, quiet) {
+    var s = d.session, m = d.metadata || {};
+    $("s-id").textContent = s.id;
+    var b = $("s-status");
+    b.textContent = s.status;
+    b.className = "badge " + s.status;
+    var facts = $("s-facts");
+    facts.textContent = "";
+    [["Email", s.email], ["Exam", s.exam_id], ["Created", when(s.created_at)], ["Started", when(s.started_at)],
+     ["Lab ready", when(s.ready_at)], ["Deadline", when(s.deadline)], ["Time allowed", Math.round(s.duration_seconds / 60) + " min"],
+     ["Remaining", s.remaining_seconds ? Math.floor(s.remaining_seconds / 60) + " min " + (s.remaining_seconds % 60) + " s" : ""],
+     ["Submitted", when(s.submitted_at) + (m.submit_reason ? " (" + m.submit_reason + ")" : "")], ["Completed", when(s.completed_at)],
+     ["Runtime", m.runtime], ["Error", s.error]].forEach(function (f) {
+      if (!f[1]) return;
+      facts.appendChild(el("dt", f[0]));
+      facts.appendChild(el("dd", f[1]));
+    });
+
+    var nodes = $("s-nodes").querySelector("tbody");
+    nodes.textContent = "";
+    var sel = $("node-select"), keep = sel.value;
+    sel.textContent = "";
+    (d.nodes || []).forEach(function (n) {
+      nodes.appendChild(row([n.name, el("code", n.container), badge(n.state), n.detail || ""]));
+      sel.appendChild(el("option", n.name));
+    });
+    if (keep) sel.value = keep;
+
+    var answers = $("s-answers").querySelector("tbody");
+    answers.textContent = "";
+    (d.answers || []).forEach(function (a) {
+      var v = a.value;
+      var shown = typeof v === "string" ? v : JSON.stringify(v, null, 2);
+      answers.appendChild(row([a.task_id, el("pre", shown), when(a.saved_at), a.revision]));
+    });
+    if (!(d.answers || []).length) answers.appendChild(row(["no answers saved"]));
+
+    var hist = $("s-history");
+    hist.textContent = "";
+    Object.keys(d.terminal_logs || {}).sort().forEach(function (node) {
+      hist.appendChild(el("h4", node));
+      var ol = el("ol", null, "history");
+      d.terminal_logs[node].entries.forEach(function (e) {
+        var li = el("li", e.command);
+        li.title = when(e.at) + " (" + e.source + ")";
+        ol.appendChild(li);
+      });
+      hist.appendChild(ol);
+    });
+
+    var recSel = $("rec-select"), keepRec = recSel.value;
+    recSel.textContent = "";
+    recordings = {};
+    (d.terminal_files || []).forEach(function (f) {
+      if (!/\.cast$/.test(f.name)) return;
+      recordings[f.name] = f;
+      recSel.appendChild(el("option", f.name.replace(/\.cast$/, "") + " (" + size(f.size) + ")")).value = f.name;
+    });
+    if (keepRec && recordings[keepRec]) recSel.value = keepRec;
+    if (!quiet && recSel.value) loadRecording(recSel.value);
+
+    var snaps = $("s-snapshots").querySelector("tbody");
+    snaps.textContent = "";
+    (d.snapshots || []).forEach(function (f) {
+      var a = el("a", "Download");
+      a.href = "/api/admin/session/" + encodeURIComponent(s.id) + "/files/snapshots/" + encodeURIComponent(f.name);
+      a.setAttribute("download", f.name);
+      a.className = "download";
+      var tr = row([f.name, size(f.size), el("code", f.sha256 || (f.name === "manifest.json" ? "(the manifest)" : "")), a]);
+      tr.dataset.file = f.name;
+      snaps.appendChild(tr);
+    });
+    if (!(d.snapshots || []).length) snaps.appendChild(row(["no snapshot yet"]));
+
+    var audit = $("s-audit").querySelector("tbody");
+    audit.textContent = "";
+    (d.audit || []).slice().reverse().forEach(function (e) {
+      audit.appendChild(row([when(e.at), e.actor, e.action, e.detail ? JSON.stringify(e.detail) : ""]));
+    });
+
+    clearTimeout(refreshTimer);
+    // Live states while a lab may be up; a finished session stays still.
+    if (["provisioning", "ready", "submitted", "archiving"].indexOf(s.status) >= 0) {
+      refreshTimer = setTimeout(function () { if (current && current.session.id === s.id) loadSession(s.id, true); }, 5000);
+    }
+  }
+
+  // ---- recordings ----
+  function playerUpdate(p) {
+    $("seek").max = String(p.duration);
+    if (document.activeElement !== $("seek")) $("seek").value = String(p.pos);
+    $("rec-time").textContent = p.pos.toFixed(1) + " / " + p.duration.toFixed(1) + " s";
+    $("rec-state").textContent = p.playing ? "playing" : (p.finished() && p.duration > 0 ? "finished" : "paused");
+    $("rec-state").dataset.state = $("rec-state").textContent;
+  }
+  function loadRecording(name) {
+    if (!player) player = new window.ExamlabPlayer($("player-screen"), playerUpdate);
+    $("rec-state").textContent = "loading";
+    fetch("/api/admin/session/" + encodeURIComponent(current.session.id) + "/files/terminal-logs/" + encodeURIComponent(name), { credentials: "same-origin" })
+      .then(function (r) { if (!r.ok) throw new Error("recording: " + r.status); return r.text(); })
+      .then(function (text) { player.load(text); player.setSpeed(parseFloat($("speed").value)); })
+      .catch(function (e) { $("rec-state").textContent = e.message; });
+  }
+  $("rec-select").addEventListener("change", function () { loadRecording($("rec-select").value); });
+  $("play").addEventListener("click", function () { if (player) player.play(); });
+  $("pause").addEventListener("click", function () { if (player) player.pause(); });
+  $("speed").addEventListener("change", function () { if (player) player.setSpeed(parseFloat($("speed").value)); });
+  $("seek").addEventListener("input", function () { if (player) player.seek(parseFloat($("seek").value)); });
+
+  // ---- actions ----
+  function act(path, body, done) {
+    var id = current.session.id;
+    message("Working…");
+    return api("POST", "/api/admin/session/" + encodeURIComponent(id) + path, body).then(function (res) {
+      message(done);
+      loadSession(id, true);
+      return res;
+    }).catch(function (e) { message(e.message, true); });
+  }
+  var confirmText = {
+    snapshot: "Archive every node of this lab now? The lab stays up.",
+    submit: "Submit this session for the candidate now? Their lab will be archived and removed.",
+    cleanup: "Remove this session's lab? An open session is submitted and archived first."
+  };
+  var doneText = { snapshot: "Snapshot queued.", submit: "Session submitted; archive queued.", cleanup: "Clean-up queued." };
+  document.querySelectorAll("[data-action]").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var a = b.dataset.action;
+      if (!window.confirm(confirmText[a])) return;
+      act("/" + a, undefined, doneText[a]);
+    });
+  });
+  $("extend-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var n = parseInt($("extend-minutes").value, 10);
+    act("/extend", { minutes: n }, "Deadline moved by " + n + " minutes.");
+  });
+  $("reset-node").addEventListener("click", function () {
+    var n = $("node-select").value;
+    if (!n || !window.confirm("Replace " + n + " with a fresh container? Its files are lost.")) return;
+    act("/nodes/" + encodeURIComponent(n) + "/reset", undefined, "Reset of " + n + " queued.");
+  });
+
+  // ---- live view ----
+  function closeLive() {
+    if (live) { live.onclose = null; live.close(); live = null; }
+    $("live").hidden = true;
+  }
+  $("live-close").addEventListener("click", closeLive);
+  $("watch-node").addEventListener("click", function () {
+    var n = $("node-select").value;
+    if (!n) return;
+    act("/terminals/" + encodeURIComponent(n) + "/watch", undefined, "Watching " + n + " (read-only).").then(function (res) {
+      if (!res) return;
+      closeLive();
+      $("live").hidden = false;
+      $("live-node").textContent = n;
+      $("live-state").textContent = "connecting";
+      var screen = window.ExamlabScreen.create($("live-screen"), 120, 32);
+      var decoder = new TextDecoder();
+      var proto = location.protocol === "https:" ? "wss://" : "ws://";
+      live = new WebSocket(proto + location.host + res.websocket);
+      live.binaryType = "arraybuffer";
+      live.onmessage = function (ev) {
+        if (typeof ev.data === "string") {
+          var m = {};
+          try { m = JSON.parse(ev.data); } catch (e) { return; }
+          if (m.type === "ready") $("live-state").textContent = "live";
+          else if (m.type === "status" || m.type === "exit") $("live-state").textContent = m.message || m.type;
+          return;
+        }
+        screen.write(decoder.decode(new Uint8Array(ev.data), { stream: true }));
+      };
+      live.onclose = function (ev) { $("live-state").textContent = "closed: " + (ev.reason || ev.code); };
+    });
+  });
+
+  // ---- routing ----
+  function route() {
+    closeLive();
+    if (player) player.pause();
+    var m = /^\/admin\/session\/([^/]+)\/?$/.exec(location.pathname);
+    if (m) {
+      message("");
+      loadSession(decodeURIComponent(m[1]));
+    } else {
+      loadList();
+    }
+  }
+  window.addEventListener("popstate", route);
+  route();
+})();
