@@ -307,4 +307,3 @@ func (s *Server) postHistory(c *fiber.Ctx) error {
 	}
 	return c.JSON(fiber.Map{"terminal": term, "count": len(h.Entries)})
 }
-

@@ -42,9 +42,9 @@ type Options struct {
 	// Exams resolves the exam of an existing session; default: only Exam.
 	Exams func(id string) (*exam.Exam, bool)
 	// Runtime, when set, gives live node states while a lab is up.
-	Runtime    statuser
+	Runtime     statuser
 	RuntimeName string
-	AdminToken string
+	AdminToken  string
 	// CookieSecure marks cookies Secure (serve behind HTTPS).
 	CookieSecure bool
 	// Mounts run after the API's own routes are registered: the relay's
@@ -57,8 +57,8 @@ type Options struct {
 	// RetentionDays is the configured policy the retention dry run uses
 	// when the admin names no number of days; 0: off.
 	RetentionDays int
-	Logger    *slog.Logger
-	Now       func() time.Time
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // Server is the Fiber application.

@@ -63,7 +63,9 @@ func (s State) Terminal() bool { return rank[s] == 5 }
 func (s State) Open() bool { return rank[s] <= rank[StateReady] }
 
 // HasLab reports whether a lab may exist for a session in s.
-func (s State) HasLab() bool { return s == StateProvisioning || s == StateReady || s == StateSubmitted || s == StateArchiving }
+func (s State) HasLab() bool {
+	return s == StateProvisioning || s == StateReady || s == StateSubmitted || s == StateArchiving
+}
 
 // CanMove reports whether a session may move from s to next. Staying in the
 // same state is allowed so that retried handlers converge.

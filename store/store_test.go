@@ -124,7 +124,7 @@ func TestAnswersAreDurableAndConfined(t *testing.T) {
 	}
 	bad := []struct {
 		name, task, value string
-		want             error
+		want              error
 	}{
 		{"traversal", "../../x", `"x"`, store.ErrBadID},
 		{"slash", "a/b", `"x"`, store.ErrBadID},

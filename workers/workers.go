@@ -46,7 +46,7 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) Provisioned(time.Duration, bool)      {}
+func (nopObserver) Provisioned(time.Duration, bool)     {}
 func (nopObserver) Archived(time.Duration, int64, bool) {}
 
 // Options wires the handlers. Store, Runtime, Enqueuer and Exams are required.
