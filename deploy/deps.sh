@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what examlab needs from Debian's packages, if missing:
 # redis-server (queue and index), chromium (browser tests), libjs-xterm
-# (the terminal in the candidate page), debootstrap (the lab image).
+# and node-xterm (the terminal in the browser pages), debootstrap (the lab
+# image).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v chromium >/dev/null || need+=(chromium)
-[ -f /usr/share/javascript/xterm/xterm.js ] || need+=(libjs-xterm)
+[ -f /usr/share/javascript/xterm/xterm.css ] || need+=(libjs-xterm)
+[ -f /usr/share/nodejs/xterm/lib/public/Terminal.js ] || need+=(node-xterm)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "installing: ${need[*]}"

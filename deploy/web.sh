@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Copies xterm.js from Debian's libjs-xterm into api/web/vendor/xterm so the
-# binary embeds it (no npm here). Run by `make web`, `make build`, `make test`.
+# Builds the browser terminal into api/web/vendor/xterm so the binary embeds
+# it (no npm here). Debian ships xterm.js 3.x only as CommonJS modules
+# (node-xterm, plus the addons and stylesheet in libjs-xterm), so
+# deploy/xtermbundle bundles them into one script. Run by `make web`,
+# `make build` and `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=/usr/share/javascript/xterm
+lib=/usr/share/nodejs/xterm/lib
+assets=/usr/share/javascript/xterm
 dst=api/web/vendor/xterm
-if [ ! -f "$src/xterm.js" ]; then
-	echo "xterm.js not found in $src: run 'make deps' (Debian's libjs-xterm)" >&2
+if [ ! -f "$lib/public/Terminal.js" ] || [ ! -f "$assets/xterm.css" ]; then
+	echo "xterm.js sources not found: run 'make deps' (Debian's node-xterm and libjs-xterm)" >&2
 	exit 1
 fi
 mkdir -p "$dst"
-cp -rL "$src/xterm.js" "$src/xterm.css" "$dst/"
-if [ -d "$src/addons" ]; then
-	mkdir -p "$dst/addons"
-	cp -rL "$src/addons/." "$dst/addons/"
-fi
+${GO:-go} run ./deploy/xtermbundle -lib "$lib" -addons "$assets/addons" -o "$dst/xterm.js"
+cp -L "$assets/xterm.css" "$dst/xterm.css"
