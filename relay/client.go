@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/gofiber/contrib/websocket"
+
+	"github.com/examlab/examlab/lab"
 )
 
 // maxQueuedControl bounds control messages waiting for one client; answers
@@ -51,7 +53,17 @@ type client struct {
 	wrote chan struct{} // closed when the writer has exited
 
 	lastInput atomic.Int64 // unix nanoseconds
+
+	// inMu orders input against the attach: keystrokes and a resize sent
+	// before the shell was attached wait in early and earlySize, and reach
+	// the shell before anything sent later.
+	inMu      sync.Mutex
+	early     []byte
+	earlySize *lab.Size
 }
+
+// maxEarlyInput bounds the keystrokes kept for a shell not attached yet.
+const maxEarlyInput = 64 << 10
 
 func (r *Relay) newClient(ws *websocket.Conn, key termKey, readOnly bool) *client {
 	c := &client{

@@ -279,7 +279,16 @@ func (r *Relay) serve(c *client, attach func() (*shell, error)) {
 			}
 			return
 		}
+		c.inMu.Lock()
 		sh.Store(s)
+		if c.earlySize != nil {
+			_ = s.resize(*c.earlySize)
+		}
+		if len(c.early) > 0 {
+			_ = s.input(c.early)
+		}
+		c.early, c.earlySize = nil, nil
+		c.inMu.Unlock()
 		writing = true
 		go c.writeLoop()
 	}()
@@ -408,7 +417,6 @@ func (r *Relay) readLoop(c *client, sh *atomic.Pointer[shell]) {
 		if c.closed() {
 			continue // waiting for the peer's close
 		}
-		s := sh.Load()
 		switch typ {
 		case binaryMessage:
 			if c.readOnly {
@@ -418,13 +426,16 @@ func (r *Relay) readLoop(c *client, sh *atomic.Pointer[shell]) {
 				}
 				continue
 			}
-			if s == nil {
-				continue // not attached yet; the page waits for ready
-			}
 			c.touch()
-			if err := s.input(data); err != nil {
-				r.log.Debug("terminal input", "err", err)
+			c.inMu.Lock()
+			if s := sh.Load(); s != nil {
+				if err := s.input(data); err != nil {
+					r.log.Debug("terminal input", "err", err)
+				}
+			} else if len(c.early)+len(data) <= maxEarlyInput {
+				c.early = append(c.early, data...)
 			}
+			c.inMu.Unlock()
 		case textMessage:
 			var m control
 			if err := json.Unmarshal(data, &m); err != nil {
@@ -437,13 +448,20 @@ func (r *Relay) readLoop(c *client, sh *atomic.Pointer[shell]) {
 					c.closeNow(CloseBadMessage, fmt.Sprintf("resize needs rows and cols between 1 and %d", maxRows))
 					continue
 				}
-				if c.readOnly || s == nil {
+				if c.readOnly {
 					continue
 				}
 				c.touch()
-				if err := s.resize(lab.Size{Rows: uint16(m.Rows), Cols: uint16(m.Cols)}); err != nil {
-					r.log.Debug("terminal resize", "err", err)
+				sz := lab.Size{Rows: uint16(m.Rows), Cols: uint16(m.Cols)}
+				c.inMu.Lock()
+				if s := sh.Load(); s != nil {
+					if err := s.resize(sz); err != nil {
+						r.log.Debug("terminal resize", "err", err)
+					}
+				} else {
+					c.earlySize = &sz
 				}
+				c.inMu.Unlock()
 			case "ping":
 				c.trySendJSON(map[string]string{"type": "pong"})
 			case "auth":

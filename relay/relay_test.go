@@ -102,7 +102,7 @@ type labStack struct {
 	token     string
 }
 
-func startLab(t *testing.T, o testlab.Options) *labStack {
+func startLab(t testing.TB, o testlab.Options) *labStack {
 	t.Helper()
 	requireImage(t)
 	addr := freeAddr(t)
@@ -114,6 +114,10 @@ func startLab(t *testing.T, o testlab.Options) *labStack {
 			edit(c)
 		}
 	}
+	// The periodic sweeps stay off: the orphan reaper destroys every lab on
+	// the engine that its own store does not know, which would include the
+	// labs of other tests running beside this one.
+	o.Platform.NoScheduler = true
 	st := testlab.Start(t, o)
 	cand := st.Client()
 	id := cand.Login(t, "candidate-"+strings.ToLower(t.Name()[:4])+"@example.com")
@@ -432,6 +436,7 @@ func TestTerminals(t *testing.T) {
 	t.Run("a standalone relay serves the same terminals", func(t *testing.T) {
 		solo := testlab.Start(t, testlab.Options{
 			Roles: &platform.Roles{Relay: true}, Redis: ls.Config.Redis, StateDir: ls.Config.StateDir,
+			Platform: platform.Options{NoScheduler: true},
 			Config: func(c *config.Config) { c.PublicURL = ls.origin },
 		})
 		addr := solo.RelayAddr()
