@@ -55,7 +55,7 @@ type relayStream struct {
 	out chan []byte
 }
 
-func (s *relayStream) write(p []byte) error   { return s.ws.WriteMessage(websocket.BinaryMessage, p) }
+func (s *relayStream) write(p []byte) error  { return s.ws.WriteMessage(websocket.BinaryMessage, p) }
 func (s *relayStream) chunks() <-chan []byte { return s.out }
 
 // directStream is a shell exec'd straight into the container, the
@@ -65,7 +65,7 @@ type directStream struct {
 	out chan []byte
 }
 
-func (s *directStream) write(p []byte) error   { _, err := s.p.Write(p); return err }
+func (s *directStream) write(p []byte) error  { _, err := s.p.Write(p); return err }
 func (s *directStream) chunks() <-chan []byte { return s.out }
 
 func openRelayStream(b *testing.B, ls *labStack) stream {

@@ -437,7 +437,7 @@ func TestTerminals(t *testing.T) {
 		solo := testlab.Start(t, testlab.Options{
 			Roles: &platform.Roles{Relay: true}, Redis: ls.Config.Redis, StateDir: ls.Config.StateDir,
 			Platform: platform.Options{NoScheduler: true},
-			Config: func(c *config.Config) { c.PublicURL = ls.origin },
+			Config:   func(c *config.Config) { c.PublicURL = ls.origin },
 		})
 		addr := solo.RelayAddr()
 		resp, err := http.Get("http://" + addr + "/healthz")
