@@ -2,13 +2,16 @@ package docker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // LabNetwork is a session's network as labnet reports it.
@@ -105,4 +108,65 @@ func (r *Runtime) removeWhenEmpty(ctx context.Context, id string, deadline time.
 			return fmt.Errorf("wait for network %s to empty: %w", id, err)
 		}
 	}
+}
+
+// ExecStreams runs cmd without a TTY in a session's node and copies its
+// stdout and stderr to separate writers, as Nomad's alloc exec delivers
+// them (Exec merges the two, which is what a terminal wants). It returns
+// the command's exit code once it has ended. stdin may be nil.
+func (r *Runtime) ExecStreams(ctx context.Context, sessionID, node string, cmd []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	if len(cmd) == 0 {
+		return -1, fmt.Errorf("exec in %s: empty command", node)
+	}
+	c, err := r.node(ctx, sessionID, node)
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: %w", node, err)
+	}
+	if !c.State.Running || c.State.Restarting {
+		return -1, fmt.Errorf("exec in %s: %w (%s)", node, lab.ErrNotRunning, c.State.Status)
+	}
+	var created struct {
+		ID string `json:"Id"`
+	}
+	body := execCreate{AttachStdin: stdin != nil, AttachStdout: true, AttachStderr: true, Cmd: cmd}
+	if err := r.client.do(ctx, http.MethodPost, "/containers/"+c.ID+"/exec", nil, body, &created); err != nil {
+		return -1, fmt.Errorf("exec in %s: %w", node, err)
+	}
+	conn, br, err := r.client.hijack(ctx, "/exec/"+created.ID+"/start", execStart{})
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: start: %w", node, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if stdin != nil {
+		go func() {
+			_, _ = io.Copy(conn, stdin)
+			if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+				_ = cw.CloseWrite()
+			}
+		}()
+	}
+	var hdr [8]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return -1, fmt.Errorf("exec in %s: read output: %w", node, err)
+		}
+		size := int64(binary.BigEndian.Uint32(hdr[4:]))
+		dst := io.Discard
+		switch hdr[0] {
+		case streamStdout:
+			dst = stdout
+		case streamStderr:
+			dst = stderr
+		}
+		if _, err := io.CopyN(dst, br, size); err != nil {
+			return -1, fmt.Errorf("exec in %s: copy output: %w", node, err)
+		}
+	}
+	// Wait's poll needs only the engine and the exec id.
+	return (&execProcess{client: r.client, id: created.ID}).Wait(ctx)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/nomad/api"
 
@@ -62,11 +63,29 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		done:   make(chan struct{}),
 		cancel: cancel,
 	}
+	// The exec stream sends keystrokes and sizes from separate goroutines,
+	// so input typed at once could overtake the initial size and the
+	// first command would see a 0x0 terminal. Input is held until the
+	// initial size has been taken for sending, and a moment more.
+	var stdin io.Reader = inR
+	sizes := make(chan api.TerminalSize)
 	if req.TTY && req.Size.Rows > 0 && req.Size.Cols > 0 {
-		p.sizes <- api.TerminalSize{Height: int(req.Size.Rows), Width: int(req.Size.Cols)}
+		gate := make(chan struct{})
+		stdin = &gatedReader{r: inR, gate: gate}
+		go func() {
+			select {
+			case sizes <- api.TerminalSize{Height: int(req.Size.Rows), Width: int(req.Size.Cols)}:
+				time.Sleep(initialSizeSettle)
+			case <-ectx.Done():
+			}
+			close(gate)
+			feedSizes(ectx, p.sizes, sizes)
+		}()
+	} else {
+		go feedSizes(ectx, p.sizes, sizes)
 	}
 	go func() {
-		code, err := r.client.Allocations().Exec(ectx, alloc, node, req.TTY, cmd, inR, outW, outW, p.sizes, r.query(ectx))
+		code, err := r.client.Allocations().Exec(ectx, alloc, node, req.TTY, cmd, stdin, outW, outW, sizes, r.query(ectx))
 		if err != nil {
 			code = -1
 			err = fmt.Errorf("exec in %s: %w", node, err)
@@ -79,6 +98,37 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// initialSizeSettle is how long input waits after the initial terminal
+// size has been handed to the exec stream's sender.
+const initialSizeSettle = 20 * time.Millisecond
+
+// feedSizes passes resizes on to the exec stream until ctx ends.
+func feedSizes(ctx context.Context, from <-chan api.TerminalSize, to chan<- api.TerminalSize) {
+	for {
+		select {
+		case sz := <-from:
+			select {
+			case to <- sz:
+			case <-ctx.Done():
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// gatedReader holds reads until gate is closed.
+type gatedReader struct {
+	r    io.Reader
+	gate <-chan struct{}
+}
+
+func (g *gatedReader) Read(b []byte) (int, error) {
+	<-g.gate
+	return g.r.Read(b)
 }
 
 // process is a command running in a node through alloc exec.

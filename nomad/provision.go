@@ -142,7 +142,9 @@ func (r *Runtime) waitEvaluated(ctx context.Context, jobID, evalID string) error
 		if err != nil {
 			return fmt.Errorf("list evaluations of %s: %w", jobID, err)
 		}
-		ev := newestEval(evals)
+		// The newest attempt to place the job; a blocked evaluation only
+		// queues the one before it for capacity, which holds the verdict.
+		ev := newestEval(evals, func(e *api.Evaluation) bool { return e.Status != api.EvalStatusBlocked })
 		if ev == nil {
 			return fmt.Errorf("job %s has no allocation and no evaluation", jobID)
 		}
@@ -169,9 +171,12 @@ func (r *Runtime) waitEvaluated(ctx context.Context, jobID, evalID string) error
 	}
 }
 
-func newestEval(evals []*api.Evaluation) *api.Evaluation {
+func newestEval(evals []*api.Evaluation, keep func(*api.Evaluation) bool) *api.Evaluation {
 	var best *api.Evaluation
 	for _, e := range evals {
+		if !keep(e) {
+			continue
+		}
 		if best == nil || e.CreateIndex > best.CreateIndex {
 			best = e
 		}

@@ -1,0 +1,160 @@
+package nomad_test
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/nomad/api"
+
+	"github.com/examlab/examlab/docker"
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/nomad"
+	"github.com/examlab/examlab/nomad/nomadfake"
+)
+
+// The fake-backed tests run every lab for real on the local Docker engine
+// (DOCKER_HOST, else its socket) from the image `make image` builds. They
+// create sessions whose ids start with "n" and remove them again.
+
+const testImage = "examlab/node:bookworm"
+
+// Named timeouts for what the tests wait on.
+const (
+	provisionTimeout = 3 * time.Minute
+	execTimeout      = 30 * time.Second
+	// blockingWait is the fake-backed runtime's wait per blocking query:
+	// short, so a missed wake-up shows as slowness, not as a hang.
+	blockingWait = 5 * time.Second
+	// screenPoll is how often a test looks at a terminal's output again.
+	screenPoll = 50 * time.Millisecond
+)
+
+// fakeEnv is a Nomad runtime talking to the fake, whose client runs labs
+// on the real engine.
+type fakeEnv struct {
+	fake   *nomadfake.Server
+	rt     *nomad.Runtime
+	docker *docker.Runtime
+}
+
+func newFakeEnv(t testing.TB) *fakeEnv {
+	t.Helper()
+	d := requireDocker(t)
+	fake, err := nomadfake.New(nomadfake.Options{Docker: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fake.Close)
+	rt, err := nomad.New(nomad.Options{
+		Client:   &api.Config{Address: fake.URL()},
+		WaitTime: blockingWait,
+		Job:      jobspecs.NomadOptions{Labnet: "/usr/local/bin/examlab"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeEnv{fake: fake, rt: rt, docker: d}
+}
+
+// requireDocker fails the test, rather than skipping it, when the engine or
+// the lab image is missing: a silently skipped test hides a broken setup.
+func requireDocker(t testing.TB) *docker.Runtime {
+	t.Helper()
+	d, err := docker.New(docker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Ping(ctx); err != nil {
+		t.Fatalf("these tests need a running Docker engine: %v", err)
+	}
+	sock := "/var/run/docker.sock"
+	if h, ok := strings.CutPrefix(os.Getenv("DOCKER_HOST"), "unix://"); ok {
+		sock = h
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := hc.Get("http://docker/v1.41/images/" + testImage + "/json")
+	if err != nil {
+		t.Fatalf("inspect image %s: %v", testImage, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		t.Fatalf("image %s is missing: run `make image` (deploy/image/build.sh) first", testImage)
+	}
+	return d
+}
+
+// newSessionID returns a fresh test session id: "n" and 11 random
+// lower-case letters and digits.
+func newSessionID(t testing.TB) string {
+	t.Helper()
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	b[0] = 'n'
+	for i := 1; i < len(b); i++ {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
+
+// newLab renders the default exam's lab for a new test session and
+// destroys it through rt when the test ends.
+func newLab(t testing.TB, rt *nomad.Runtime) jobspecs.Lab {
+	t.Helper()
+	spec, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: newSessionID(t), Candidate: "test@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := rt.Destroy(ctx, spec.SessionID); err != nil {
+			t.Errorf("destroy %s: %v", spec.SessionID, err)
+		}
+	})
+	return spec
+}
+
+// tarEntries reads a tar stream into name → content (content only for
+// regular files up to 64 KiB).
+func tarEntries(t testing.TB, r io.Reader) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("read tar: %v", err)
+		}
+		name := strings.TrimPrefix(h.Name, "./")
+		out[name] = ""
+		if h.Typeflag == tar.TypeReg && h.Size <= 64<<10 {
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatalf("read %s from tar: %v", name, err)
+			}
+			out[name] = string(b)
+		}
+	}
+}

@@ -1,0 +1,205 @@
+package nomadfake
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/hashicorp/nomad/api"
+
+	"github.com/examlab/examlab/jobspecs"
+)
+
+var jobIDPattern = regexp.MustCompile(`^exam-[a-z0-9]{8}$`)
+
+// CheckJob lists what is wrong with a lab job as examlab must register it:
+// its names and meta, one group that cannot be rescheduled, the labnet
+// prestart and poststop tasks, and nodes docker tasks that are isolated
+// and limited. An empty list means the job is complete and sane.
+func CheckJob(job *api.Job, nodes int) []string {
+	var p []string
+	bad := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	if job == nil {
+		return []string{"no job"}
+	}
+	id := str(job.ID)
+	if !jobIDPattern.MatchString(id) {
+		bad("job id %q is not exam-{8 characters}", id)
+	}
+	if str(job.Name) != id {
+		bad("job name %q differs from id %q", str(job.Name), id)
+	}
+	if str(job.Type) != api.JobTypeService {
+		bad("job type %q, want service", str(job.Type))
+	}
+	if len(job.Datacenters) == 0 {
+		bad("no datacenters")
+	}
+	session := job.Meta[jobspecs.MetaSession]
+	if !jobspecs.ValidSessionID(session) || jobspecs.JobName(session) != id {
+		bad("meta %s = %q does not name the job's session", jobspecs.MetaSession, session)
+	}
+	for _, k := range []string{jobspecs.MetaExam, jobspecs.MetaCandidate, jobspecs.MetaSpec, jobspecs.MetaRender} {
+		if job.Meta[k] == "" {
+			bad("meta %s is missing", k)
+		}
+	}
+	if job.Meta[jobspecs.MetaManaged] != "true" {
+		bad("meta %s is not true", jobspecs.MetaManaged)
+	}
+	if len(job.TaskGroups) != 1 {
+		bad("%d task groups, want exactly 1 so the lab lands on one client", len(job.TaskGroups))
+		return p
+	}
+	g := job.TaskGroups[0]
+	if g.Count == nil || *g.Count != 1 {
+		bad("group count is not 1")
+	}
+	if rp := g.ReschedulePolicy; rp == nil || num(rp.Attempts) != 0 || (rp.Unlimited != nil && *rp.Unlimited) {
+		bad("the group may be rescheduled to another client")
+	}
+	if rp := g.RestartPolicy; rp == nil || str(rp.Mode) != "fail" || num(rp.Attempts) < 1 {
+		bad("the group has no in-place restart policy ending in fail")
+	}
+	network := jobspecs.NetworkName(session)
+	var up, down, docker int
+	for _, t := range g.Tasks {
+		switch {
+		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPrestart && !t.Lifecycle.Sidecar:
+			up++
+			checkLabnet(t, "up", session, bad)
+		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststop:
+			down++
+			checkLabnet(t, "down", session, bad)
+		case t.Lifecycle != nil:
+			bad("task %s has unexpected lifecycle %+v", t.Name, *t.Lifecycle)
+		default:
+			docker++
+			checkNode(t, network, bad)
+		}
+	}
+	if up != 1 || down != 1 {
+		bad("%d prestart and %d poststop labnet tasks, want 1 each", up, down)
+	}
+	if docker != nodes {
+		bad("%d node tasks, want %d", docker, nodes)
+	}
+	return p
+}
+
+func checkLabnet(t *api.Task, verb, session string, bad func(string, ...any)) {
+	if t.Driver != "raw_exec" {
+		bad("labnet task %s uses driver %q, want raw_exec", t.Name, t.Driver)
+	}
+	cmd, _ := t.Config["command"].(string)
+	if !strings.HasPrefix(cmd, "/") {
+		bad("labnet task %s command %q is not an absolute path", t.Name, cmd)
+	}
+	args := strings.Join(strList(t.Config["args"]), " ")
+	if !strings.HasPrefix(args, "labnet "+verb+" -session "+session) {
+		bad("labnet task %s runs %q, want labnet %s -session %s", t.Name, args, verb, session)
+	}
+}
+
+func checkNode(t *api.Task, network string, bad func(string, ...any)) {
+	c := t.Config
+	if t.Driver != "docker" {
+		bad("node %s uses driver %q, want docker", t.Name, t.Driver)
+	}
+	if s, _ := c["image"].(string); s == "" {
+		bad("node %s has no image", t.Name)
+	}
+	if b, ok := c["force_pull"].(bool); !ok || b {
+		bad("node %s may pull its image (force_pull must be false: no registry)", t.Name)
+	}
+	if c["network_mode"] != network {
+		bad("node %s network_mode %v, want %s", t.Name, c["network_mode"], network)
+	}
+	if a := strList(c["network_aliases"]); len(a) != 1 || a[0] != t.Name {
+		bad("node %s network_aliases %v, want [%s]", t.Name, a, t.Name)
+	}
+	if c["hostname"] != t.Name {
+		bad("node %s hostname %v", t.Name, c["hostname"])
+	}
+	if d := strList(c["cap_drop"]); len(d) != 1 || d[0] != "all" {
+		bad("node %s cap_drop %v, want [all]", t.Name, d)
+	}
+	for _, k := range []string{"privileged", "ports", "volumes", "mount", "network_mode_host", "ipc_mode", "pid_mode"} {
+		if _, ok := c[k]; ok {
+			bad("node %s sets %s", t.Name, k)
+		}
+	}
+	if number(c["pids_limit"]) <= 0 {
+		bad("node %s has no pids_limit", t.Name)
+	}
+	if r := t.Resources; r == nil || num(r.CPU) <= 0 || num(r.MemoryMB) <= 0 {
+		bad("node %s has no cpu and memory resources", t.Name)
+	}
+}
+
+func str(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+func num(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// strList reads a string list from a task config, as decoded from JSON
+// ([]any) or as built in Go ([]string).
+func strList(v any) []string {
+	switch v := v.(type) {
+	case []string:
+		return v
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, e := range v {
+			s, _ := e.(string)
+			out = append(out, s)
+		}
+		return out
+	}
+	return nil
+}
+
+// strMap reads a string map from a task config.
+func strMap(v any) map[string]string {
+	switch v := v.(type) {
+	case map[string]string:
+		return v
+	case map[string]any:
+		out := make(map[string]string, len(v))
+		for k, e := range v {
+			s, _ := e.(string)
+			out[k] = s
+		}
+		return out
+	case []any:
+		// HCL1-style list of one map.
+		out := map[string]string{}
+		for _, m := range v {
+			for k, e := range strMap(m) {
+				out[k] = e
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// number reads a number from a task config (float64 after JSON).
+func number(v any) int {
+	switch v := v.(type) {
+	case int:
+		return v
+	case float64:
+		return int(v)
+	}
+	return 0
+}

@@ -1,0 +1,259 @@
+package nomadfake
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/nomad/api"
+
+	"github.com/examlab/examlab/jobspecs"
+)
+
+// teardownTimeout bounds removing one lab's containers and network.
+const teardownTimeout = 2 * time.Minute
+
+// labFromJob reads the lab back out of a registered job, the way the docker
+// driver would read each task: what the fake's client then runs is what
+// the job says, not what examlab meant.
+func labFromJob(job *api.Job, mhzPerCPU int) jobspecs.Lab {
+	session := job.Meta[jobspecs.MetaSession]
+	l := jobspecs.Lab{
+		SessionID: session,
+		ExamID:    job.Meta[jobspecs.MetaExam],
+		Candidate: job.Meta[jobspecs.MetaCandidate],
+		Network:   jobspecs.NetworkName(session),
+	}
+	for _, t := range job.TaskGroups[0].Tasks {
+		if t.Lifecycle != nil {
+			continue
+		}
+		c := t.Config
+		var caps []string
+		for _, cp := range strList(c["cap_add"]) {
+			caps = append(caps, strings.ToUpper(cp))
+		}
+		labels := strMap(c["labels"])
+		role := labels[jobspecs.LabelRole]
+		image, _ := c["image"].(string)
+		hostname, _ := c["hostname"].(string)
+		l.Nodes = append(l.Nodes, jobspecs.Node{
+			Name:      t.Name,
+			Role:      role,
+			Container: jobspecs.ContainerName(session, t.Name),
+			Hostname:  hostname,
+			Image:     image,
+			MemoryMB:  num(t.Resources.MemoryMB),
+			CPUs:      float64(num(t.Resources.CPU)) / float64(mhzPerCPU),
+			PidsLimit: number(c["pids_limit"]),
+			CapAdd:    caps,
+			Sysctls:   strMap(c["sysctl"]),
+			// The one-host runtime's labels, so its exec, logs and destroy
+			// find the containers.
+			Labels: map[string]string{
+				jobspecs.LabelManaged: "true",
+				jobspecs.LabelSession: session,
+				jobspecs.LabelNode:    t.Name,
+				jobspecs.LabelRole:    role,
+				jobspecs.LabelExam:    l.ExamID,
+			},
+		})
+	}
+	return l
+}
+
+func event(typ, msg string) *api.TaskEvent {
+	return &api.TaskEvent{Type: typ, Time: time.Now().UnixNano(), DisplayMessage: msg, Details: map[string]string{}}
+}
+
+// setTask moves a task to a state and appends events. The caller holds mu.
+func setTask(a *allocation, task, state string, failed bool, events ...*api.TaskEvent) {
+	ts := a.TaskStates[task]
+	if ts == nil {
+		ts = &api.TaskState{}
+		a.TaskStates[task] = ts
+	}
+	now := time.Now()
+	if state == "running" && ts.State != "running" {
+		ts.StartedAt = now
+	}
+	if state == "dead" && ts.State != "dead" {
+		ts.FinishedAt = now
+	}
+	ts.State, ts.Failed = state, failed
+	ts.Events = append(ts.Events, events...)
+}
+
+// schedule plays the scheduler for one evaluation: a placement failure
+// when capacity is switched off, else one allocation on the fake client,
+// which it then runs.
+func (s *Server) schedule(evalID string, job *api.Job) {
+	s.mu.Lock()
+	ev := s.evals[evalID]
+	if s.noCapacity != "" {
+		idx := s.bump()
+		ev.Status, ev.ModifyIndex = api.EvalStatusComplete, idx
+		ev.FailedTGAllocs = map[string]*api.AllocationMetric{jobspecs.NomadGroup: {
+			NodesEvaluated: 1, NodesInPool: 1, NodesExhausted: 1,
+			DimensionExhausted: map[string]int{s.noCapacity: 1},
+		}}
+		blocked := &api.Evaluation{ID: newID(), JobID: ev.JobID, Status: api.EvalStatusBlocked, TriggeredBy: "queued-allocs",
+			Type: ev.Type, PreviousEval: ev.ID, CreateIndex: idx, ModifyIndex: idx}
+		ev.BlockedEval = blocked.ID
+		s.evals[blocked.ID] = blocked
+		s.mu.Unlock()
+		return
+	}
+	idx := s.bump()
+	id := *job.ID
+	a := &allocation{
+		Allocation: &api.Allocation{
+			ID: newID(), EvalID: evalID, Name: id + "." + jobspecs.NomadGroup + "[0]",
+			NodeID: s.nodeID, NodeName: "fake-client", JobID: id, Job: job, TaskGroup: jobspecs.NomadGroup,
+			DesiredStatus: api.AllocDesiredStatusRun, ClientStatus: api.AllocClientStatusPending,
+			TaskStates: map[string]*api.TaskState{}, CreateIndex: idx, ModifyIndex: idx,
+			CreateTime: time.Now().UnixNano(), ModifyTime: time.Now().UnixNano(),
+		},
+		session: job.Meta[jobspecs.MetaSession],
+		lab:     labFromJob(job, s.opts.MHzPerCPU),
+		placed:  make(chan struct{}),
+	}
+	for _, t := range job.TaskGroups[0].Tasks {
+		setTask(a, t.Name, "pending", false, event(api.TaskReceived, "Task received by client"))
+	}
+	s.allocs[a.ID] = a
+	ev.Status, ev.ModifyIndex = api.EvalStatusComplete, idx
+	failures := make(map[string]failureSpec, len(s.failures))
+	for k, v := range s.failures {
+		failures[k] = v
+	}
+	s.mu.Unlock()
+	defer close(a.placed)
+	s.place(a, failures)
+}
+
+// place runs an allocation as a Nomad client would: the labnet prestart
+// task, then every node task, each a real container.
+func (s *Server) place(a *allocation, failures map[string]failureSpec) {
+	ctx := s.ctx
+	netw, err := s.opts.Docker.LabnetUp(ctx, a.session, a.lab.ExamID)
+	s.mu.Lock()
+	if err != nil {
+		setTask(a, jobspecs.NomadLabnetUp, "dead", true, event(api.TaskStarted, "Task started by client"),
+			event(api.TaskTerminated, "Exit Code: 1, Exit Message: "+err.Error()),
+			event(api.TaskNotRestarting, "Exceeded allowed attempts 2 in interval 5m0s and mode is \"fail\""))
+		a.ClientStatus, a.ClientDescription = api.AllocClientStatusFailed, "Failed tasks"
+		a.ModifyIndex = s.bump()
+		s.mu.Unlock()
+		return
+	}
+	setTask(a, jobspecs.NomadLabnetUp, "dead", false, event(api.TaskStarted, "Task started by client"),
+		event(api.TaskTerminated, "Exit Code: 0, network "+netw.Name+" "+netw.Subnet))
+	a.ModifyIndex = s.bump()
+	run := a.lab
+	run.Nodes = nil
+	for _, n := range a.lab.Nodes {
+		if _, bad := failures[n.Name]; !bad {
+			run.Nodes = append(run.Nodes, n)
+		}
+	}
+	s.mu.Unlock()
+
+	err = s.opts.Docker.Provision(ctx, run)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a.DesiredStatus != api.AllocDesiredStatusRun {
+		return // stopped meanwhile; teardown takes it from here
+	}
+	if err != nil {
+		for _, n := range a.lab.Nodes {
+			setTask(a, n.Name, "dead", true, event(api.TaskDriverFailure, err.Error()),
+				event(api.TaskNotRestarting, "Error was unrecoverable"))
+		}
+		a.ClientStatus, a.ClientDescription = api.AllocClientStatusFailed, "Failed tasks"
+		a.ModifyIndex = s.bump()
+		return
+	}
+	var failed string
+	for _, n := range a.lab.Nodes {
+		f, bad := failures[n.Name]
+		switch {
+		case !bad:
+			setTask(a, n.Name, "running", false, event(api.TaskSetup, "Building Task Directory"), event(api.TaskStarted, "Task started by client"))
+		case f.kind == OOMKilled:
+			failed = n.Name
+			term := event(api.TaskTerminated, `Exit Code: 137, Exit Message: "OOM Killed"`)
+			term.Details["oom_killed"], term.Details["exit_code"] = "true", "137"
+			term.ExitCode = 137
+			setTask(a, n.Name, "dead", true, event(api.TaskStarted, "Task started by client"), term,
+				event(api.TaskNotRestarting, `Exceeded allowed attempts 2 in interval 5m0s and mode is "fail"`))
+		default:
+			failed = n.Name
+			setTask(a, n.Name, "dead", true, event(api.TaskDriverFailure, f.message),
+				event(api.TaskNotRestarting, "Error was unrecoverable"))
+		}
+	}
+	if failed == "" {
+		a.ClientStatus = api.AllocClientStatusRunning
+		a.ModifyIndex = s.bump()
+		return
+	}
+	// As on a client, a failed task takes its siblings down with it.
+	for _, n := range run.Nodes {
+		setTask(a, n.Name, "dead", false, event(api.TaskSiblingFailed, fmt.Sprintf("Task's sibling %q failed", failed)))
+	}
+	a.ClientStatus, a.ClientDescription = api.AllocClientStatusFailed, "Failed tasks"
+	a.ModifyIndex = s.bump()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.teardownDocker(context.Background(), a)
+	}()
+}
+
+// teardown stops an allocation: its containers go, then the poststop task
+// removes the session network, then the allocation is complete.
+func (s *Server) teardown(a *allocation) {
+	if a.placed != nil {
+		<-a.placed // never race the placement's container creation
+	}
+	s.mu.Lock()
+	if a.torn {
+		s.mu.Unlock()
+		return
+	}
+	a.torn = true
+	s.mu.Unlock()
+	err := s.teardownDocker(context.Background(), a)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range a.lab.Nodes {
+		if ts := a.TaskStates[n.Name]; ts != nil && ts.State != "dead" {
+			setTask(a, n.Name, "dead", false, event(api.TaskKilling, "Sent interrupt"), event(api.TaskKilled, "Task successfully killed"))
+		}
+	}
+	down := event(api.TaskTerminated, "Exit Code: 0")
+	failedDown := err != nil
+	if failedDown {
+		down = event(api.TaskTerminated, "Exit Code: 1, Exit Message: "+err.Error())
+	}
+	setTask(a, jobspecs.NomadLabnetDown, "dead", failedDown, event(api.TaskStarted, "Task started by client"), down)
+	a.DesiredStatus = api.AllocDesiredStatusStop
+	if a.ClientStatus != api.AllocClientStatusFailed {
+		a.ClientStatus = api.AllocClientStatusComplete
+	}
+	a.ModifyIndex = s.bump()
+}
+
+// teardownDocker removes the containers of the allocation's lab and its
+// network.
+func (s *Server) teardownDocker(ctx context.Context, a *allocation) error {
+	ctx, cancel := context.WithTimeout(ctx, teardownTimeout)
+	defer cancel()
+	if err := s.opts.Docker.Destroy(ctx, a.session); err != nil {
+		return err
+	}
+	return s.opts.Docker.LabnetDown(ctx, a.session, teardownTimeout/2)
+}

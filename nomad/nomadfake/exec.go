@@ -1,0 +1,250 @@
+package nomadfake
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/hashicorp/nomad/api"
+
+	"github.com/examlab/examlab/lab"
+)
+
+var upgrader = websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 4096}
+
+// execWriteTimeout bounds one frame written to an exec stream.
+const execWriteTimeout = 30 * time.Second
+
+// runningTask finds an allocation's session and checks that task is one of
+// its nodes and running. The caller holds mu.
+func (s *Server) runningTask(allocID, task string) (*allocation, int, string) {
+	a := s.allocs[allocID]
+	if a == nil {
+		return nil, http.StatusNotFound, "unknown allocation ID " + allocID
+	}
+	if _, ok := a.lab.Node(task); !ok {
+		return nil, http.StatusBadRequest, "task " + task + " is not a node of the lab"
+	}
+	if ts := a.TaskStates[task]; ts == nil || ts.State != "running" {
+		return nil, http.StatusBadRequest, "task " + task + " is not running"
+	}
+	return a, 0, ""
+}
+
+// exec bridges Nomad's alloc exec WebSocket to a docker exec in the task's
+// container, recording every input frame.
+func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	task, tty := q.Get("task"), q.Get("tty") == "true"
+	var cmd []string
+	if err := json.Unmarshal([]byte(q.Get("command")), &cmd); err != nil || len(cmd) == 0 {
+		fail(w, http.StatusBadRequest, "command must be a non-empty JSON list")
+		return
+	}
+	s.mu.Lock()
+	a, code, msg := s.runningTask(r.PathValue("id"), task)
+	rec := &Exec{AllocID: r.PathValue("id"), Task: task, Command: cmd, TTY: tty, ExitCode: -1}
+	s.execs = append(s.execs, rec)
+	s.mu.Unlock()
+	if a == nil {
+		fail(w, code, "%s", msg)
+		return
+	}
+	conn, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	var sendMu sync.Mutex
+	send := func(v any) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		_ = conn.SetWriteDeadline(time.Now().Add(execWriteTimeout))
+		return conn.WriteJSON(v)
+	}
+	closeWith := func(code int, text string) {
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(execWriteTimeout))
+	}
+
+	// A TTY exec is one stream; without a TTY stdout and stderr stay apart,
+	// as Nomad sends them.
+	var proc lab.Process
+	if tty {
+		p, err := s.opts.Docker.Exec(ctx, a.session, task, lab.ExecRequest{Cmd: cmd, TTY: true})
+		if err != nil {
+			closeWith(websocket.CloseInternalServerErr, err.Error())
+			return
+		}
+		defer p.Close()
+		proc = p
+	}
+	inR, inW := io.Pipe()
+	defer inR.Close()
+	go func() {
+		defer cancel()
+		for {
+			var in api.ExecStreamingInput
+			if err := conn.ReadJSON(&in); err != nil {
+				inW.CloseWithError(err)
+				return
+			}
+			s.mu.Lock()
+			rec.Frames = append(rec.Frames, copyInput(in))
+			s.mu.Unlock()
+			switch {
+			case in.Stdin != nil:
+				if len(in.Stdin.Data) > 0 {
+					_, _ = inW.Write(in.Stdin.Data)
+				}
+				if in.Stdin.Close {
+					inW.Close()
+				}
+			case in.TTYSize != nil && proc != nil:
+				_ = proc.Resize(ctx, lab.Size{Rows: uint16(in.TTYSize.Height), Cols: uint16(in.TTYSize.Width)})
+			}
+		}
+	}()
+
+	var exit int
+	if tty {
+		go func() {
+			_, _ = io.Copy(proc, inR)
+			_ = proc.CloseWrite()
+		}()
+		buf := make([]byte, 32<<10)
+		for {
+			n, rerr := proc.Read(buf)
+			if n > 0 {
+				if send(api.ExecStreamingOutput{Stdout: &api.ExecStreamingIOOperation{Data: buf[:n]}}) != nil {
+					return
+				}
+			}
+			if rerr != nil {
+				break
+			}
+		}
+		exit, err = proc.Wait(ctx)
+	} else {
+		stdout := frameWriter(func(b []byte) error {
+			return send(api.ExecStreamingOutput{Stdout: &api.ExecStreamingIOOperation{Data: b}})
+		})
+		stderr := frameWriter(func(b []byte) error {
+			return send(api.ExecStreamingOutput{Stderr: &api.ExecStreamingIOOperation{Data: b}})
+		})
+		exit, err = s.opts.Docker.ExecStreams(ctx, a.session, task, cmd, inR, stdout, stderr)
+	}
+	if err != nil {
+		closeWith(websocket.CloseInternalServerErr, err.Error())
+		return
+	}
+	s.mu.Lock()
+	rec.ExitCode, rec.Done = exit, true
+	s.mu.Unlock()
+	if send(api.ExecStreamingOutput{Exited: true, Result: &api.ExecStreamingExitResult{ExitCode: exit}}) != nil {
+		return
+	}
+	closeWith(websocket.CloseNormalClosure, "")
+}
+
+// frameWriter sends each write as one output frame.
+type frameWriter func([]byte) error
+
+func (f frameWriter) Write(b []byte) (int, error) {
+	if err := f(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func copyInput(in api.ExecStreamingInput) api.ExecStreamingInput {
+	out := api.ExecStreamingInput{}
+	if in.Stdin != nil {
+		out.Stdin = &api.ExecStreamingIOOperation{Data: append([]byte(nil), in.Stdin.Data...), Close: in.Stdin.Close}
+	}
+	if in.TTYSize != nil {
+		sz := *in.TTYSize
+		out.TTYSize = &sz
+	}
+	return out
+}
+
+// logFrame is the size of one frame of the fs logs stream.
+const logFrame = 64 << 10
+
+// logs serves the fs logs API from docker logs: the container's merged
+// output as the task's stdout, and an empty stderr.
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	task, kind := q.Get("task"), q.Get("type")
+	if kind != "stdout" && kind != "stderr" {
+		fail(w, http.StatusBadRequest, "type must be stdout or stderr")
+		return
+	}
+	if q.Get("follow") == "true" {
+		fail(w, http.StatusBadRequest, "nomadfake: follow is not served")
+		return
+	}
+	s.mu.Lock()
+	a := s.allocs[r.PathValue("id")]
+	s.mu.Unlock()
+	if a == nil {
+		fail(w, http.StatusNotFound, "unknown allocation ID %s", r.PathValue("id"))
+		return
+	}
+	if _, ok := a.lab.Node(task); !ok {
+		fail(w, http.StatusNotFound, "log entry for task %q and log type %q not found", task, kind)
+		return
+	}
+	var out bytes.Buffer
+	if kind == "stdout" {
+		if err := s.opts.Docker.Logs(r.Context(), a.session, task, &out); err != nil {
+			fail(w, http.StatusNotFound, "log entry for task %q and log type %q not found: %v", task, kind, err)
+			return
+		}
+	}
+	s.headers(w)
+	enc := json.NewEncoder(w)
+	b := out.Bytes()
+	for off := 0; off < len(b); off += logFrame {
+		chunk := b[off:min(off+logFrame, len(b))]
+		if err := enc.Encode(api.StreamFrame{Data: chunk, File: "alloc/logs/" + task + "." + kind + ".0", Offset: int64(off + len(chunk))}); err != nil {
+			return
+		}
+	}
+}
+
+// restart restarts a node task in place: a fresh container from its image.
+func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
+	var req api.AllocationRestartRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		fail(w, http.StatusBadRequest, "decode restart request: %v", err)
+		return
+	}
+	s.mu.Lock()
+	a, code, msg := s.runningTask(r.PathValue("id"), req.TaskName)
+	s.mu.Unlock()
+	if a == nil {
+		fail(w, code, "%s", msg)
+		return
+	}
+	if err := s.opts.Docker.ResetNode(r.Context(), a.lab, req.TaskName); err != nil {
+		fail(w, http.StatusInternalServerError, "restart %s: %v", req.TaskName, err)
+		return
+	}
+	s.mu.Lock()
+	ts := a.TaskStates[req.TaskName]
+	ts.Restarts++
+	ts.LastRestart, ts.StartedAt = time.Now(), time.Now()
+	ts.Events = append(ts.Events, event(api.TaskRestartSignal, "User requested task to restart"),
+		event(api.TaskRestarting, "Task restarting in 0s"), event(api.TaskStarted, "Task started by client"))
+	a.ModifyIndex = s.bump()
+	s.mu.Unlock()
+	s.reply(w, struct{}{})
+}
