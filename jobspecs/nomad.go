@@ -263,20 +263,22 @@ func nodeTask(l Lab, n Node, network string, o NomadOptions) *api.Task {
 		// Hold the node to its cpus as the one-host runtime does, instead
 		// of treating them as a relative share.
 		"cpu_hard_limit": true,
-		"labels": map[string]string{
+		// The driver reads labels and sysctl as a list of maps (the shape
+		// of repeated HCL blocks).
+		"labels": []map[string]string{{
 			LabelSession: l.SessionID,
 			LabelNode:    n.Name,
 			LabelRole:    n.Role,
 			LabelExam:    l.ExamID,
 			LabelRuntime: "nomad",
-		},
+		}},
 	}
 	if len(n.Sysctls) > 0 {
 		sys := make(map[string]string, len(n.Sysctls))
 		for k, v := range n.Sysctls {
 			sys[k] = v
 		}
-		cfg["sysctl"] = sys
+		cfg["sysctl"] = []map[string]string{sys}
 	}
 	return &api.Task{
 		Name:   n.Name,

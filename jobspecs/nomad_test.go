@@ -148,7 +148,7 @@ func TestNomadJobShape(t *testing.T) {
 			if n.Role == "gateway" && !strings.Contains(caps, "net_admin") {
 				t.Errorf("gateway %s lacks net_admin: %s", n.Name, caps)
 			}
-			if labels := c["labels"].(map[string]string); labels[LabelManaged] != "" || labels[LabelSession] != goldenSession {
+			if labels := c["labels"].([]map[string]string)[0]; labels[LabelManaged] != "" || labels[LabelSession] != goldenSession {
 				t.Errorf("labels %v: want the session and no %s", labels, LabelManaged)
 			}
 		})

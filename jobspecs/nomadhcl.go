@@ -133,13 +133,17 @@ func (w *hclWriter) task(t *api.Task) error {
 	w.open("config")
 	for _, k := range sortedKeys(t.Config) {
 		switch v := t.Config[k].(type) {
-		case map[string]string:
-			// Maps are attributes in the docker driver's schema.
-			w.open("%s =", k)
-			for _, mk := range sortedKeys(v) {
-				w.line("%s = %s", quote(mk), quote(v[mk]))
+		case []map[string]string:
+			// A list of maps is how the driver reads labels and sysctl;
+			// in HCL each map is one block. Keys with dots cannot be block
+			// arguments, so the block's body is written as a map.
+			for _, m := range v {
+				w.open("%s =", k)
+				for _, mk := range sortedKeys(m) {
+					w.line("%s = %s", quote(mk), quote(m[mk]))
+				}
+				w.close()
 			}
-			w.close()
 		case string, bool, int, []string:
 			w.attr(k, v)
 		default:

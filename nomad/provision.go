@@ -23,11 +23,16 @@ func (r *Runtime) Provision(ctx context.Context, spec jobspecs.Lab) error {
 	if err != nil {
 		return fmt.Errorf("provision lab: %w", err)
 	}
-	evalID, err := r.register(ctx, job, spec.SessionID)
+	w, err := r.register(ctx, job, spec.SessionID)
 	if err != nil {
 		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
 	}
-	if err := r.waitRunning(ctx, *job.ID, evalID, spec); err != nil {
+	if w.evalID == "" {
+		if w, err = r.replaceFailed(ctx, *job.ID); err != nil {
+			return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
+		}
+	}
+	if err := r.waitRunning(ctx, *job.ID, w, spec); err != nil {
 		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
 	}
 	return nil
@@ -37,8 +42,16 @@ func (r *Runtime) Provision(ctx context.Context, spec jobspecs.Lab) error {
 // conditional write lost a race.
 const registerAttempts = 3
 
-// register makes sure the job is registered and returns the id of the
-// evaluation its own write created ("" when it wrote nothing).
+// written is what one of Provision's writes started: the evaluation it
+// created, and the cluster index it was made at, which every allocation it
+// leads to is newer than. Zero when Provision wrote nothing.
+type written struct {
+	evalID string
+	index  uint64
+}
+
+// register makes sure the job is registered and returns what its own write
+// started.
 //
 //   - Absent: register only if still absent (EnforceIndex with index 0).
 //   - Present with the same spec digest: leave it.
@@ -48,54 +61,74 @@ const registerAttempts = 3
 //
 // When a conditional write is refused, someone registered in between: that
 // job is at least as new as ours, so it is adopted, not overwritten.
-func (r *Runtime) register(ctx context.Context, job *api.Job, sessionID string) (string, error) {
+func (r *Runtime) register(ctx context.Context, job *api.Job, sessionID string) (written, error) {
 	id := *job.ID
 	for attempt := 0; attempt < registerAttempts; attempt++ {
 		cur, _, err := r.client.Jobs().Info(id, r.query(ctx))
 		if isNotFound(err) {
-			resp, _, err := r.client.Jobs().RegisterOpts(job, &api.RegisterOptions{EnforceIndex: true, ModifyIndex: 0}, r.write(ctx))
+			resp, wm, err := r.client.Jobs().RegisterOpts(job, &api.RegisterOptions{EnforceIndex: true, ModifyIndex: 0}, r.write(ctx))
 			if isIndexConflict(err) {
 				continue // registered by someone else meanwhile: look at theirs
 			}
 			if err != nil {
-				return "", fmt.Errorf("register job %s: %w", id, err)
+				return written{}, fmt.Errorf("register job %s: %w", id, err)
 			}
-			return resp.EvalID, nil
+			return written{resp.EvalID, wm.LastIndex}, nil
 		}
 		if err != nil {
-			return "", fmt.Errorf("look up job %s: %w", id, err)
+			return written{}, fmt.Errorf("look up job %s: %w", id, err)
 		}
 		if s := cur.Meta[jobspecs.MetaSession]; s != sessionID {
-			return "", fmt.Errorf("job %s of session %q, not %q: %w", id, s, sessionID, ErrForeignJob)
+			return written{}, fmt.Errorf("job %s of session %q, not %q: %w", id, s, sessionID, ErrForeignJob)
 		}
 		stopped := cur.Stop != nil && *cur.Stop
 		if !stopped && (cur.Meta[jobspecs.MetaSpec] == job.Meta[jobspecs.MetaSpec] || renderedBy(cur) > jobspecs.NomadRenderVersion) {
-			return "", nil
+			return written{}, nil
 		}
 		var index uint64
 		if cur.JobModifyIndex != nil {
 			index = *cur.JobModifyIndex
 		}
-		resp, _, err := r.client.Jobs().RegisterOpts(job, &api.RegisterOptions{EnforceIndex: true, ModifyIndex: index}, r.write(ctx))
+		resp, wm, err := r.client.Jobs().RegisterOpts(job, &api.RegisterOptions{EnforceIndex: true, ModifyIndex: index}, r.write(ctx))
 		if isIndexConflict(err) {
 			latest, _, err := r.client.Jobs().Info(id, r.query(ctx))
 			if isNotFound(err) {
 				continue // purged meanwhile: start over
 			}
 			if err != nil {
-				return "", fmt.Errorf("look up job %s: %w", id, err)
+				return written{}, fmt.Errorf("look up job %s: %w", id, err)
 			}
 			if latest.Stop != nil && *latest.Stop {
-				return "", fmt.Errorf("job %s was stopped while this provision updated it", id)
+				return written{}, fmt.Errorf("job %s was stopped while this provision updated it", id)
 			}
-			return "", nil
+			return written{}, nil
 		}
 		if err != nil {
-			return "", fmt.Errorf("register job %s at index %d: %w", id, index, err)
+			return written{}, fmt.Errorf("register job %s at index %d: %w", id, index, err)
 		}
-		return resp.EvalID, nil
+		return written{resp.EvalID, wm.LastIndex}, nil
 	}
-	return "", fmt.Errorf("register job %s: it kept changing under %d attempts", id, registerAttempts)
+	return written{}, fmt.Errorf("register job %s: it kept changing under %d attempts", id, registerAttempts)
+}
+
+// replaceFailed asks for a fresh placement of a lab whose allocation has
+// failed. The job's policy never reschedules a lab by itself (see
+// jobspecs.NomadJob); a new provision attempt is the decision to start the
+// candidate's lab over, so it forces one.
+func (r *Runtime) replaceFailed(ctx context.Context, jobID string) (written, error) {
+	stubs, _, err := r.client.Jobs().Allocations(jobID, true, r.query(ctx))
+	if err != nil {
+		return written{}, fmt.Errorf("list allocations of %s: %w", jobID, err)
+	}
+	cur := currentAlloc(stubs)
+	if cur == nil || (cur.ClientStatus != api.AllocClientStatusFailed && cur.ClientStatus != api.AllocClientStatusLost) {
+		return written{}, nil
+	}
+	evalID, wm, err := r.client.Jobs().EvaluateWithOpts(jobID, api.EvalOptions{ForceReschedule: true}, r.write(ctx))
+	if err != nil {
+		return written{}, fmt.Errorf("replace failed allocation %s of %s: %w", shortID(cur.ID), jobID, err)
+	}
+	return written{evalID, wm.LastIndex}, nil
 }
 
 // renderedBy is the render version in a job's meta, 0 if unknown.
@@ -108,14 +141,22 @@ func renderedBy(job *api.Job) int {
 // every node of spec runs, and fails as soon as the lab cannot come up: no
 // client could place it, the session network could not be created, or a
 // node's task died.
-func (r *Runtime) waitRunning(ctx context.Context, jobID, evalID string, spec jobspecs.Lab) error {
+func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec jobspecs.Lab) error {
 	var index uint64
 	for {
 		stubs, meta, err := r.client.Jobs().Allocations(jobID, true, r.blocking(ctx, index))
 		if err != nil {
 			return fmt.Errorf("wait for job %s: %w", jobID, err)
 		}
-		if a := currentAlloc(stubs); a != nil {
+		// Only what our write led to counts: the allocation of a version we
+		// replaced, or the failed one we asked to replace, is not the lab.
+		fresh := stubs[:0]
+		for _, a := range stubs {
+			if a.CreateIndex > w.index {
+				fresh = append(fresh, a)
+			}
+		}
+		if a := currentAlloc(fresh); a != nil {
 			done, err := allocProgress(a, spec)
 			if err != nil || done {
 				return err
@@ -123,7 +164,7 @@ func (r *Runtime) waitRunning(ctx context.Context, jobID, evalID string, spec jo
 		} else {
 			// Nothing placed yet. Wait for the scheduler's verdict rather
 			// than for allocations that may never come.
-			if err := r.waitEvaluated(ctx, jobID, evalID); err != nil {
+			if err := r.waitEvaluated(ctx, jobID, w.evalID); err != nil {
 				return err
 			}
 		}

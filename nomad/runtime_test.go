@@ -523,6 +523,25 @@ func TestEventsSurface(t *testing.T) {
 			if !found {
 				t.Errorf("%s events %q lack %q", tc.node, got.Events, tc.wantEvent)
 			}
+			if tc.wantState != lab.StateFailed {
+				return
+			}
+			// The lab's policy never reschedules it; the worker's next
+			// attempt starts it over, on a fresh allocation.
+			env.fake.ClearFailures()
+			if err := env.rt.Provision(ctx, spec); err != nil {
+				t.Fatalf("provision after the failure cleared: %v", err)
+			}
+			again, err := env.rt.Status(ctx, spec)
+			if err != nil || !lab.AllRunning(again) {
+				t.Fatalf("status after retry: %+v %v", again, err)
+			}
+			if again[0].AllocID == got.AllocID {
+				t.Errorf("the retry kept the failed allocation %s", got.AllocID)
+			}
+			if n := len(env.fake.Registers()); n != 1 {
+				t.Errorf("the retry registered the job again (%d registers)", n)
+			}
 		})
 	}
 }

@@ -8,7 +8,7 @@ job "exam-golden00" {
     "examlab.managed" = "true"
     "examlab.render" = "1"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "d88b220bc1a8fea2"
+    "examlab.spec" = "a3325b03993be8d6"
   }
   group "lab" {
     count = 1

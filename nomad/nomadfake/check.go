@@ -173,6 +173,14 @@ func strMap(v any) map[string]string {
 	switch v := v.(type) {
 	case map[string]string:
 		return v
+	case []map[string]string:
+		out := map[string]string{}
+		for _, m := range v {
+			for k, e := range m {
+				out[k] = e
+			}
+		}
+		return out
 	case map[string]any:
 		out := make(map[string]string, len(v))
 		for k, e := range v {

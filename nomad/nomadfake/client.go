@@ -163,10 +163,23 @@ func (s *Server) place(a *allocation, failures map[string]failureSpec) {
 	err = s.opts.Docker.Provision(ctx, run)
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if a.DesiredStatus != api.AllocDesiredStatusRun {
+		s.mu.Unlock()
 		return // stopped meanwhile; teardown takes it from here
 	}
+	if s.settle(a, run, failures, err) {
+		s.mu.Unlock()
+		// As on a client, a failed task takes its siblings down with it,
+		// and the poststop task runs.
+		s.stopAlloc(a)
+		return
+	}
+	s.mu.Unlock()
+}
+
+// settle records the outcome of starting the nodes and reports whether the
+// allocation failed. The caller holds mu.
+func (s *Server) settle(a *allocation, run jobspecs.Lab, failures map[string]failureSpec, err error) bool {
 	if err != nil {
 		for _, n := range a.lab.Nodes {
 			setTask(a, n.Name, "dead", true, event(api.TaskDriverFailure, err.Error()),
@@ -174,7 +187,7 @@ func (s *Server) place(a *allocation, failures map[string]failureSpec) {
 		}
 		a.ClientStatus, a.ClientDescription = api.AllocClientStatusFailed, "Failed tasks"
 		a.ModifyIndex = s.bump()
-		return
+		return true
 	}
 	var failed string
 	for _, n := range a.lab.Nodes {
@@ -198,19 +211,14 @@ func (s *Server) place(a *allocation, failures map[string]failureSpec) {
 	if failed == "" {
 		a.ClientStatus = api.AllocClientStatusRunning
 		a.ModifyIndex = s.bump()
-		return
+		return false
 	}
-	// As on a client, a failed task takes its siblings down with it.
 	for _, n := range run.Nodes {
 		setTask(a, n.Name, "dead", false, event(api.TaskSiblingFailed, fmt.Sprintf("Task's sibling %q failed", failed)))
 	}
 	a.ClientStatus, a.ClientDescription = api.AllocClientStatusFailed, "Failed tasks"
 	a.ModifyIndex = s.bump()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.teardownDocker(context.Background(), a)
-	}()
+	return true
 }
 
 // teardown stops an allocation: its containers go, then the poststop task
@@ -219,6 +227,11 @@ func (s *Server) teardown(a *allocation) {
 	if a.placed != nil {
 		<-a.placed // never race the placement's container creation
 	}
+	s.stopAlloc(a)
+}
+
+// stopAlloc removes an allocation's containers and network once.
+func (s *Server) stopAlloc(a *allocation) {
 	s.mu.Lock()
 	if a.torn {
 		s.mu.Unlock()
@@ -240,7 +253,6 @@ func (s *Server) teardown(a *allocation) {
 		down = event(api.TaskTerminated, "Exit Code: 1, Exit Message: "+err.Error())
 	}
 	setTask(a, jobspecs.NomadLabnetDown, "dead", failedDown, event(api.TaskStarted, "Task started by client"), down)
-	a.DesiredStatus = api.AllocDesiredStatusStop
 	if a.ClientStatus != api.AllocClientStatusFailed {
 		a.ClientStatus = api.AllocClientStatusComplete
 	}

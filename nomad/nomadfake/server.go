@@ -188,6 +188,13 @@ func (s *Server) FailTask(task string, kind Failure, message string) {
 	s.failures[task] = failureSpec{kind, message}
 }
 
+// ClearFailures lets every task start again on later placements.
+func (s *Server) ClearFailures() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures = map[string]failureSpec{}
+}
+
 // NoCapacity makes every placement from now on fail for lack of the
 // dimension ("memory", "cpu"); "" places again.
 func (s *Server) NoCapacity(dimension string) {
@@ -287,6 +294,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/job/{id}", s.deregisterJob)
 	mux.HandleFunc("GET /v1/job/{id}/allocations", s.jobAllocs)
 	mux.HandleFunc("GET /v1/job/{id}/evaluations", s.jobEvals)
+	mux.HandleFunc("PUT /v1/job/{id}/evaluate", s.evaluateJob)
+	mux.HandleFunc("POST /v1/job/{id}/evaluate", s.evaluateJob)
 	mux.HandleFunc("GET /v1/evaluation/{id}", s.getEval)
 	mux.HandleFunc("GET /v1/allocation/{id}", s.getAlloc)
 	mux.HandleFunc("GET /v1/node/{id}", s.getNode)
@@ -560,6 +569,51 @@ func (s *Server) deregisterJob(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	s.reply(w, api.JobDeregisterResponse{EvalID: ev.ID, EvalCreateIndex: idx})
+}
+
+// evaluateJob re-evaluates a job; with ForceReschedule it replaces the
+// job's failed allocations whatever the reschedule policy says.
+func (s *Server) evaluateJob(w http.ResponseWriter, r *http.Request) {
+	var req api.JobEvaluateRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		fail(w, http.StatusBadRequest, "decode evaluate request: %v", err)
+		return
+	}
+	id := r.PathValue("id")
+	s.mu.Lock()
+	j := s.jobs[id]
+	if j == nil {
+		s.mu.Unlock()
+		fail(w, http.StatusNotFound, "job not found")
+		return
+	}
+	idx := s.bump()
+	ev := &api.Evaluation{ID: newID(), JobID: id, Status: api.EvalStatusComplete, TriggeredBy: "job-eval",
+		Type: api.JobTypeService, CreateIndex: idx, ModifyIndex: idx}
+	s.evals[ev.ID] = ev
+	var failed []*allocation
+	if req.EvalOptions.ForceReschedule {
+		for _, a := range s.allocs {
+			if a.JobID == id && a.DesiredStatus == api.AllocDesiredStatusRun && a.ClientStatus == api.AllocClientStatusFailed {
+				a.DesiredStatus = api.AllocDesiredStatusStop
+				failed = append(failed, a)
+			}
+		}
+	}
+	if len(failed) > 0 {
+		ev.Status = api.EvalStatusPending
+		job := cloneJob(j)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for _, a := range failed {
+				s.teardown(a)
+			}
+			s.schedule(ev.ID, job)
+		}()
+	}
+	s.mu.Unlock()
+	s.reply(w, api.JobRegisterResponse{EvalID: ev.ID, EvalCreateIndex: idx})
 }
 
 func (s *Server) jobAllocs(w http.ResponseWriter, r *http.Request) {
