@@ -156,4 +156,5 @@ func (s *Server) routes() {
 	s.downloadRoutes(adm)
 	s.opsRoutes()
 	s.panelRoutes()
+	s.pageRoutes()
 }
