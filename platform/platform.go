@@ -152,7 +152,8 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 				sum := sha256.Sum256([]byte(t))
 				return cfg.AdminToken != "" && subtle.ConstantTimeCompare(sum[:], adminSum[:]) == 1
 			},
-			MaxTerminals: cfg.MaxTerminals, MaxMessageBytes: cfg.MaxMessageBytes, IdleTimeout: cfg.TerminalIdle, Logger: log,
+			MaxTerminals: cfg.MaxTerminals, MaxMessageBytes: cfg.MaxMessageBytes, IdleTimeout: cfg.TerminalIdle,
+			Observer: p.Metrics, Logger: log,
 		})
 		if err != nil {
 			return nil, err

@@ -262,6 +262,9 @@ func (e *attachErr) Error() string { return e.reason }
 func (r *Relay) serve(c *client, attach func() (*shell, error)) {
 	r.track(c)
 	defer r.untrack(c)
+	if r.o.Observer != nil {
+		defer r.o.Observer.TerminalOpened()()
+	}
 
 	var sh atomic.Pointer[shell]
 	attached := make(chan struct{})

@@ -133,6 +133,13 @@ type runner interface {
 	Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error)
 }
 
+// observer counts terminal connections (the platform's metrics).
+type observer interface {
+	// TerminalOpened counts one connection open and returns what counts it
+	// closed again.
+	TerminalOpened() (closed func())
+}
+
 // Options configure a Relay. Zero values mean the documented defaults.
 type Options struct {
 	// Store resolves candidate tokens and sessions and holds recordings.
@@ -185,8 +192,10 @@ type Options struct {
 	// MaxRecordingBytes bounds one recording file; default 64 MiB.
 	MaxRecordingBytes int64
 	// Shell is the command run in a node; default DefaultShell.
-	Shell  []string
-	Logger *slog.Logger
+	Shell []string
+	// Observer, when set, counts open terminal connections.
+	Observer observer
+	Logger   *slog.Logger
 }
 
 // Relay serves terminal WebSockets. It is safe for concurrent use.

@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -455,9 +456,11 @@ func TestTerminals(t *testing.T) {
 	})
 
 	t.Run("limits, idle and grace", func(t *testing.T) {
+		obs := &openCounter{}
 		r, addr := ownRelay(t, ls, relay.Options{
 			MaxTerminals: 2, IdleTimeout: 2 * time.Second, PingInterval: 200 * time.Millisecond,
 			AuthTimeout: 500 * time.Millisecond, Grace: time.Second, SessionCheck: 500 * time.Millisecond,
+			Observer: obs,
 		})
 		url := func(node string) string { return "ws://" + addr + "/ws/session/" + ls.session + "/terminal/" + node }
 
@@ -519,6 +522,15 @@ func TestTerminals(t *testing.T) {
 		if st := r.Stats(); st.Shells < 1 || st.Connections < 1 {
 			t.Errorf("stats %+v: want the new shell and its connection counted", st)
 		}
+		if n := obs.open.Load(); n != 1 {
+			t.Errorf("observer counts %d open terminals, want 1", n)
+		}
+		after.ws.Close()
+		for deadline := time.Now().Add(closeTimeout); obs.open.Load() != 0; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("observer still counts %d open terminals after the last closed", obs.open.Load())
+			}
+		}
 	})
 
 	// Last: submitting ends the session, and with it every terminal.
@@ -567,6 +579,15 @@ func ownRelay(t *testing.T, ls *labStack, o relay.Options) (*relay.Relay, string
 		app.ShutdownWithContext(ctx)
 	})
 	return r, ln.Addr().String()
+}
+
+// openCounter counts terminal connections the way the platform's metrics do.
+type openCounter struct{ open atomic.Int64 }
+
+func (o *openCounter) TerminalOpened() func() {
+	o.open.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { o.open.Add(-1) }) }
 }
 
 // castEvent is one asciicast v2 event.
