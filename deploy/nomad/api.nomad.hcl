@@ -1,0 +1,131 @@
+# The examlab API: candidate and admin REST, the web pages, and the relay's
+# terminal routes on the same port. Put a TLS-terminating proxy in front
+# that reaches the "examlab-api" service, and set public_url to what
+# browsers use (WebSocket Origins are checked against it).
+#
+#   nomad job run -var public_url=https://exam.example.org deploy/nomad/api.nomad.hcl
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "examlab" {
+  type    = string
+  default = "/usr/local/bin/examlab"
+}
+
+variable "nomad_addr" {
+  description = "Nomad API address for the lab runtime; empty means the local agent over HTTPS."
+  type        = string
+  default     = ""
+}
+
+variable "nomad_cacert" {
+  description = "CA of the Nomad API's certificate; empty for a plain-HTTP dev agent."
+  type        = string
+  default     = "/etc/nomad.d/tls/ca.pem"
+}
+
+variable "public_url" {
+  type    = string
+  default = "https://exam.example.org"
+}
+
+job "examlab-api" {
+  datacenters = var.datacenters
+  type        = "service"
+
+  group "api" {
+    count = 2
+
+    # Leave the service catalogue before the task is stopped.
+    shutdown_delay = "5s"
+
+    volume "state" {
+      type      = "host"
+      source    = "examlab-state"
+      read_only = false
+    }
+
+    network {
+      port "http" {}
+    }
+
+    service {
+      name     = "examlab-api"
+      provider = "nomad"
+      port     = "http"
+
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+
+      check {
+        name     = "ready"
+        type     = "http"
+        path     = "/readyz"
+        interval = "15s"
+        timeout  = "5s"
+      }
+    }
+
+    update {
+      max_parallel     = 1
+      health_check     = "checks"
+      min_healthy_time = "10s"
+      auto_revert      = true
+    }
+
+    task "api" {
+      driver = "exec"
+
+      volume_mount {
+        volume      = "state"
+        destination = "/srv/examlab"
+      }
+
+      config {
+        command = var.examlab
+        args    = ["api"]
+      }
+
+      env {
+        EXAMLAB_LISTEN            = "${NOMAD_ADDR_http}"
+        EXAMLAB_PUBLIC_URL        = var.public_url
+        EXAMLAB_COOKIE_SECURE     = "true"
+        EXAMLAB_STATE_DIR         = "/srv/examlab"
+        EXAMLAB_RUNTIME           = "nomad"
+        EXAMLAB_NOMAD_LABNET      = var.examlab
+        EXAMLAB_NOMAD_DATACENTERS = join(",", var.datacenters)
+        NOMAD_ADDR                = var.nomad_addr != "" ? var.nomad_addr : "https://${attr.unique.network.ip-address}:4646"
+        NOMAD_CACERT              = var.nomad_cacert
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/examlab.env"
+        env         = true
+        data        = <<-EOT
+          {{ range nomadService "examlab-redis" }}EXAMLAB_REDIS={{ .Address }}:{{ .Port }}{{ end }}
+          {{ with nomadVar "nomad/jobs" }}
+          EXAMLAB_REDIS_PASSWORD={{ .redis_password }}
+          EXAMLAB_ADMIN_TOKEN={{ .admin_token }}
+          NOMAD_TOKEN={{ .nomad_token }}
+          {{ end }}
+        EOT
+      }
+
+      # The API finishes in-flight requests for up to 30s on SIGTERM.
+      kill_timeout = "35s"
+
+      resources {
+        cpu    = 500
+        memory = 256
+      }
+    }
+  }
+}
