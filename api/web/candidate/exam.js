@@ -582,7 +582,8 @@
     term.on('data', function (data) {
       if (tv.ws && tv.ws.readyState === WebSocket.OPEN) {
         tv.ws.send(enc.encode(data));
-      } else if (tv.pane.getAttribute('data-state') === 'ended' && data.indexOf('\r') >= 0) {
+      } else if (tv.pane.getAttribute('data-state') === 'idle' ||
+          (tv.pane.getAttribute('data-state') === 'ended' && data.indexOf('\r') >= 0)) {
         connect(tv);
       }
     });
@@ -681,7 +682,9 @@
         setTermState(tv, 'closed', 'Refused: ' + reason, true);
         return;
       case 4408:
-        setTermState(tv, 'closed', 'Closed after a long time without typing. Your shell was kept for a while.', true);
+        // Back to idle: opening the tab or typing reconnects, and within
+        // the relay's grace period that resumes the same shell.
+        setTermState(tv, 'idle', 'Closed after a long time without typing; type or click Reconnect to continue.', true);
         return;
       case 4409:
         setTermState(tv, 'closed', 'This terminal is open in another window.', true);
