@@ -189,6 +189,8 @@ func TestAdminPanelInBrowser(t *testing.T) {
 		setSelect("speed", "16"),
 		chromedp.Click(chromedp.CSS("#play")),
 		poll(`document.getElementById("rec-state").textContent === "finished"`),
+		// xterm.js draws on the next animation frame, not on write.
+		poll(`document.getElementById("player-screen").textContent.includes("replay-42")`),
 	)
 	if screen := text("#player-screen"); !strings.Contains(screen, "replay-42") || !strings.Contains(screen, "echo replay-$((6*7))") {
 		t.Fatalf("replayed screen lacks the command and its output:\n%s", screen)
@@ -196,6 +198,7 @@ func TestAdminPanelInBrowser(t *testing.T) {
 	step("seek back to the start",
 		js(`(function(){var s=document.getElementById("seek"); s.value="0"; s.dispatchEvent(new Event("input"));})()`),
 		poll(`document.getElementById("rec-time").textContent.indexOf("0.0 /") === 0`),
+		poll(`!document.getElementById("player-screen").textContent.includes("replay-42")`),
 	)
 	if screen := text("#player-screen"); strings.Contains(screen, "replay-42") {
 		t.Fatalf("after seeking to 0 the screen still shows the output:\n%s", screen)
