@@ -139,6 +139,9 @@ func (r *Runtime) Ping(ctx context.Context) error {
 // sessionJob returns the session's job, ErrNotFound-wrapped when there is
 // none, and refuses a job of the name that another session owns.
 func (r *Runtime) sessionJob(ctx context.Context, sessionID string) (*api.Job, error) {
+	if !jobspecs.ValidSessionID(sessionID) {
+		return nil, fmt.Errorf("session %q: %w", sessionID, lab.ErrNotFound)
+	}
 	id := jobspecs.JobName(sessionID)
 	job, _, err := r.client.Jobs().Info(id, r.query(ctx))
 	if isNotFound(err) {
