@@ -37,6 +37,15 @@ test: deps image web ## run every test against real Redis and Docker (the CI com
 bench: deps image web ## print benchmark numbers beside their baselines
 	$(GO) test $(BENCH_FLAGS) -bench . ./...
 
+NOMAD ?= nomad
+NOMAD_ADDR ?= http://127.0.0.1:4646
+
+nomad-dev: ## run a loopback Nomad dev agent (server + client) from nomad/agent/dev.hcl (nomad on PATH or NOMAD=path; as root)
+	$(NOMAD) agent -config nomad/agent/dev.hcl
+
+test-nomad: image build ## run the Nomad runtime's suite against the agent at NOMAD_ADDR (default: make nomad-dev's)
+	NOMAD_ADDR=$(NOMAD_ADDR) EXAMLAB_NOMAD_LABNET=$(abspath $(BIN)) $(GO) test -count=1 -timeout 20m -run Real -v ./nomad
+
 lint: ## vet and check formatting
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -47,4 +56,4 @@ fmt: ## format the code
 clean: ## remove build output (not the state directory)
 	rm -rf bin
 
-.PHONY: help deps image web build redis run test bench lint fmt clean
+.PHONY: help deps image web build redis run test bench lint fmt clean nomad-dev test-nomad
