@@ -1,0 +1,109 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// TestLoadOrder applies defaults, then the environment, then flags: a flag
+// beats the environment, which beats the default.
+func TestLoadOrder(t *testing.T) {
+	c := Default()
+	err := c.FromEnv(envOf(map[string]string{
+		"EXAMLAB_LISTEN":             "127.0.0.1:9000",
+		"EXAMLAB_REDIS":              "unix:///run/redis.sock",
+		"EXAMLAB_WORKER_CONCURRENCY": "3",
+		"EXAMLAB_TERMINAL_IDLE":      "5m",
+		"EXAMLAB_COOKIE_SECURE":      "true",
+		"EXAMLAB_ALLOWED_ORIGINS":    "https://a.example, https://b.example",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	if err := fs.Parse([]string{"-concurrency", "5"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:9000" || c.Redis != "unix:///run/redis.sock" || c.TerminalIdle != 5*time.Minute || !c.CookieSecure {
+		t.Errorf("environment not applied: %+v", c)
+	}
+	if c.WorkerConcurrency != 5 {
+		t.Errorf("concurrency = %d, want the flag's 5", c.WorkerConcurrency)
+	}
+	if c.PublicURL != "http://127.0.0.1:9000" {
+		t.Errorf("public url = %q, want it derived from listen", c.PublicURL)
+	}
+	if got := strings.Join(c.Origins(), " "); got != "http://127.0.0.1:9000 https://a.example https://b.example" {
+		t.Errorf("origins = %q", got)
+	}
+	if c.Runtime != RuntimeDocker || c.SubnetPool != "10.213.0.0/16" || c.Instance != "examlab" {
+		t.Errorf("defaults lost: %+v", c)
+	}
+}
+
+func TestInvalidSettingsAreNamed(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"not a number", map[string]string{"EXAMLAB_REDIS_DB": "one"}, "EXAMLAB_REDIS_DB"},
+		{"not a duration", map[string]string{"EXAMLAB_TERMINAL_IDLE": "soon"}, "EXAMLAB_TERMINAL_IDLE"},
+		{"not a boolean", map[string]string{"EXAMLAB_COOKIE_SECURE": "maybe"}, "EXAMLAB_COOKIE_SECURE"},
+		{"unknown runtime", map[string]string{"EXAMLAB_RUNTIME": "kubernetes"}, "runtime"},
+		{"bad listen", map[string]string{"EXAMLAB_LISTEN": "8080"}, "listen"},
+		{"bad pool", map[string]string{"EXAMLAB_SUBNET_POOL": "10.0.0.0/33"}, "subnet pool"},
+		{"prefix wider than pool", map[string]string{"EXAMLAB_SUBNET_PREFIX": "8"}, "subnet prefix"},
+		{"short admin token", map[string]string{"EXAMLAB_ADMIN_TOKEN": "short"}, "admin token"},
+		{"bad instance", map[string]string{"EXAMLAB_INSTANCE": "Prod Lab"}, "instance"},
+		{"negative retention", map[string]string{"EXAMLAB_RETENTION_DAYS": "-1"}, "retention days"},
+		{"bad public url", map[string]string{"EXAMLAB_PUBLIC_URL": "ftp://x"}, "public url"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			err := c.FromEnv(envOf(tc.env))
+			if err == nil {
+				err = c.Validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestAdminTokenIsGeneratedOnceAndKeptPrivate(t *testing.T) {
+	c := Default()
+	c.StateDir = t.TempDir()
+	tok, path, created, err := c.EnsureAdminToken()
+	if err != nil || !created || len(tok) < 32 {
+		t.Fatalf("first run: %q %v %v", tok, created, err)
+	}
+	info, err := os.Stat(path)
+	if err != nil || info.Mode().Perm() != 0o600 || filepath.Dir(path) != c.StateDir {
+		t.Fatalf("token file %s: %v %v", path, info.Mode(), err)
+	}
+	again := Default()
+	again.StateDir = c.StateDir
+	tok2, _, created2, err := again.EnsureAdminToken()
+	if err != nil || created2 || tok2 != tok {
+		t.Fatalf("second run: %q created=%v %v; want the kept token", tok2, created2, err)
+	}
+	set := Default()
+	set.StateDir = t.TempDir()
+	set.AdminToken = "configured-token-0123456789"
+	if tok3, p, created3, _ := set.EnsureAdminToken(); tok3 != set.AdminToken || p != "" || created3 {
+		t.Fatalf("configured token not used: %q %q %v", tok3, p, created3)
+	}
+}
