@@ -106,10 +106,11 @@ func roleCmd(name string, roles platform.Roles) func(context.Context, []string) 
 			if err != nil {
 				return err
 			}
-			_ = tok
 			switch {
 			case created:
-				log.Info("generated admin token", "file", path)
+				// Shown once, on the terminal of whoever set the platform up;
+				// afterwards only the file's location is logged.
+				fmt.Fprintf(os.Stderr, "\nexamlab: generated an admin token (kept in %s):\n\n    %s\n\n", path, tok)
 			case path != "":
 				log.Info("admin token", "file", path)
 			}
