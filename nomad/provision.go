@@ -73,7 +73,7 @@ func (r *Runtime) register(ctx context.Context, job *api.Job, sessionID string) 
 			if err != nil {
 				return written{}, fmt.Errorf("register job %s: %w", id, err)
 			}
-			return written{resp.EvalID, wm.LastIndex}, nil
+			return written{resp.EvalID, writeIndex(resp, wm)}, nil
 		}
 		if err != nil {
 			return written{}, fmt.Errorf("look up job %s: %w", id, err)
@@ -106,7 +106,7 @@ func (r *Runtime) register(ctx context.Context, job *api.Job, sessionID string) 
 		if err != nil {
 			return written{}, fmt.Errorf("register job %s at index %d: %w", id, index, err)
 		}
-		return written{resp.EvalID, wm.LastIndex}, nil
+		return written{resp.EvalID, writeIndex(resp, wm)}, nil
 	}
 	return written{}, fmt.Errorf("register job %s: it kept changing under %d attempts", id, registerAttempts)
 }
@@ -489,4 +489,17 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// writeIndex is the index a register was made at: the job modify index
+// Nomad reports for it. Allocations the write leads to are created after
+// it; the response's X-Nomad-Index is only a fallback.
+func writeIndex(resp *api.JobRegisterResponse, wm *api.WriteMeta) uint64 {
+	if resp != nil && resp.JobModifyIndex != 0 {
+		return resp.JobModifyIndex
+	}
+	if wm != nil {
+		return wm.LastIndex
+	}
+	return 0
 }

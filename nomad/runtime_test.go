@@ -545,3 +545,37 @@ func TestEventsSurface(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteAnswersWithItsOwnIndex registers through the HTTP API while the
+// fake's scheduler races to place the job: the answer's X-Nomad-Index must
+// be the write's own index (the job modify index), as Nomad's is, so that
+// what the write led to — evaluations, allocations — is indexed after it.
+// A later index there made Provision ignore the allocation it had caused.
+func TestWriteAnswersWithItsOwnIndex(t *testing.T) {
+	env := newFakeEnv(t)
+	env.fake.NoCapacity("memory") // scheduling then finishes at once, without containers
+	c, err := api.NewClient(&api.Config{Address: env.fake.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		job, err := env.rt.Job(newLab(t, env.rt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, wm, err := c.Jobs().Register(job, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wm.LastIndex != resp.JobModifyIndex {
+			t.Fatalf("register %d answered at index %d, but the job was written at %d", i, wm.LastIndex, resp.JobModifyIndex)
+		}
+		ev, _, err := c.Evaluations().Info(resp.EvalID, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.CreateIndex > wm.LastIndex {
+			t.Fatalf("register %d: its evaluation is indexed %d, after the write's %d", i, ev.CreateIndex, wm.LastIndex)
+		}
+	}
+}

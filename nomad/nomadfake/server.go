@@ -365,6 +365,14 @@ func (s *Server) headers(w http.ResponseWriter) {
 	s.mu.Lock()
 	idx := s.index
 	s.mu.Unlock()
+	s.headersAt(w, idx)
+}
+
+// headersAt sets the response headers with X-Nomad-Index = idx. A write
+// answers with the index of the write itself, as Nomad does, never a later
+// one: the scheduler goroutine a write starts may already have moved the
+// index on by the time the answer goes out.
+func (s *Server) headersAt(w http.ResponseWriter, idx uint64) {
 	h := w.Header()
 	h.Set("X-Nomad-Index", strconv.FormatUint(idx, 10))
 	h.Set("X-Nomad-KnownLeader", "true")
@@ -379,6 +387,17 @@ func (s *Server) reply(w http.ResponseWriter, v any) {
 		return
 	}
 	s.headers(w)
+	w.Write(b)
+}
+
+// replyWrite answers a write with the index the write was made at.
+func (s *Server) replyWrite(w http.ResponseWriter, idx uint64, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	s.headersAt(w, idx)
 	w.Write(b)
 }
 
@@ -447,7 +466,7 @@ func (s *Server) registerJob(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	s.reply(w, api.JobRegisterResponse{EvalID: evalID, JobModifyIndex: jmi})
+	s.replyWrite(w, jmi, api.JobRegisterResponse{EvalID: evalID, JobModifyIndex: jmi})
 }
 
 type codedError struct {
@@ -568,7 +587,7 @@ func (s *Server) deregisterJob(w http.ResponseWriter, r *http.Request) {
 			s.teardown(a)
 		}
 	}()
-	s.reply(w, api.JobDeregisterResponse{EvalID: ev.ID, EvalCreateIndex: idx})
+	s.replyWrite(w, idx, api.JobDeregisterResponse{EvalID: ev.ID, EvalCreateIndex: idx})
 }
 
 // evaluateJob re-evaluates a job; with ForceReschedule it replaces the
@@ -613,7 +632,7 @@ func (s *Server) evaluateJob(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	s.mu.Unlock()
-	s.reply(w, api.JobRegisterResponse{EvalID: ev.ID, EvalCreateIndex: idx})
+	s.replyWrite(w, idx, api.JobRegisterResponse{EvalID: ev.ID, EvalCreateIndex: idx})
 }
 
 func (s *Server) jobAllocs(w http.ResponseWriter, r *http.Request) {
