@@ -18,7 +18,7 @@ deps: ## install what the platform and its tests need from Debian (redis-server,
 image: ## build the lab node image examlab/node:bookworm from Debian's packages (skipped if present)
 	@./deploy/image/build.sh
 
-web: ## copy xterm.js from Debian's libjs-xterm into the embedded web assets
+web: ## bundle xterm.js from Debian's node-xterm and libjs-xterm into the embedded web assets
 	@./deploy/web.sh
 
 build: web ## build bin/examlab
