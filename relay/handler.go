@@ -149,6 +149,23 @@ func (r *Relay) nodeOf(sess *store.Session, node string) (*exam.Exam, bool) {
 	return ex, ok
 }
 
+// admit runs the checks every terminal WebSocket starts with: the Origin,
+// then a credential (the named cookie, a bearer header or a first-frame
+// token). It refuses the connection and reports false when one fails.
+func (r *Relay) admit(ws *websocket.Conn, cookie string) (termKey, string, bool) {
+	key := termKey{session: ws.Params("id"), node: ws.Params("node")}
+	if origin := ws.Headers("Origin"); !r.originAllowed(origin) {
+		refuse(ws, CloseForbidden, "origin "+strconv.Quote(origin)+" is not allowed")
+		return key, "", false
+	}
+	token, err := r.credential(ws, cookie)
+	if err != nil {
+		refuse(ws, CloseAuth, err.Error())
+		return key, "", false
+	}
+	return key, token, true
+}
+
 // serveCandidate is GET /ws/session/:id/terminal/:node.
 func (r *Relay) serveCandidate(ws *websocket.Conn) {
 	if !r.enter() {
@@ -156,14 +173,8 @@ func (r *Relay) serveCandidate(ws *websocket.Conn) {
 		return
 	}
 	defer r.handlers.Done()
-	key := termKey{session: ws.Params("id"), node: ws.Params("node")}
-	if origin := ws.Headers("Origin"); !r.originAllowed(origin) {
-		refuse(ws, CloseForbidden, "origin "+strconv.Quote(origin)+" is not allowed")
-		return
-	}
-	token, err := r.credential(ws, CandidateCookie)
-	if err != nil {
-		refuse(ws, CloseAuth, err.Error())
+	key, token, ok := r.admit(ws, CandidateCookie)
+	if !ok {
 		return
 	}
 	if r.o.AdminCheck != nil && r.o.AdminCheck(token) {
@@ -214,14 +225,8 @@ func (r *Relay) serveAdmin(ws *websocket.Conn) {
 		return
 	}
 	defer r.handlers.Done()
-	key := termKey{session: ws.Params("id"), node: ws.Params("node")}
-	if origin := ws.Headers("Origin"); !r.originAllowed(origin) {
-		refuse(ws, CloseForbidden, "origin "+strconv.Quote(origin)+" is not allowed")
-		return
-	}
-	token, err := r.credential(ws, AdminCookie)
-	if err != nil {
-		refuse(ws, CloseAuth, err.Error())
+	key, token, ok := r.admit(ws, AdminCookie)
+	if !ok {
 		return
 	}
 	if r.o.AdminCheck == nil || !r.o.AdminCheck(token) {

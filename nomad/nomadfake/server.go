@@ -380,14 +380,12 @@ func (s *Server) headersAt(w http.ResponseWriter, idx uint64) {
 	h.Set("Content-Type", "application/json")
 }
 
+// reply answers a read at the current index.
 func (s *Server) reply(w http.ResponseWriter, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	s.headers(w)
-	w.Write(b)
+	s.mu.Lock()
+	idx := s.index
+	s.mu.Unlock()
+	s.replyWrite(w, idx, v)
 }
 
 // replyWrite answers a write with the index the write was made at.
