@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/config"
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/testlab"
 )
 
@@ -62,7 +62,7 @@ func TestAdminRoutesRefuseOthers(t *testing.T) {
 	containerIDs := func() map[string]string {
 		ids := map[string]string{}
 		for _, n := range []string{"tokyo", "osaka"} {
-			ids[n], _ = eng.Inspect(t, jobspecs.ContainerName(a, n))["Id"].(string)
+			ids[n], _ = eng.Inspect(t, lab.ContainerName(a, n))["Id"].(string)
 		}
 		return ids
 	}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/store"
@@ -59,7 +58,7 @@ func (s *Server) liveNodes(ctx context.Context, sess *store.Session) []lab.NodeS
 	if !ok {
 		return nil
 	}
-	spec, err := jobspecs.NewLab(ex, jobspecs.Session{ID: sess.ID, Candidate: sess.Email})
+	spec, err := lab.NewSpec(ex, lab.Session{ID: sess.ID, Candidate: sess.Email})
 	if err != nil {
 		return nil
 	}

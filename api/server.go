@@ -14,7 +14,6 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/recover"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
 )
@@ -30,7 +29,7 @@ type enqueuer interface {
 
 // statuser reports live node states; optional.
 type statuser interface {
-	Status(ctx context.Context, spec jobspecs.Lab) ([]lab.NodeStatus, error)
+	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
 }
 
 // Options wires the API. Store, Enqueuer, Exam and AdminToken are required.

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // The two benchmarks bring up the default eight-node lab, one through
@@ -21,9 +21,9 @@ import (
 
 // benchLab renders a fresh default lab and makes sure it is removed even if
 // the benchmark stops early.
-func benchLab(b *testing.B, r *Runtime) jobspecs.Lab {
+func benchLab(b *testing.B, r *Runtime) lab.Spec {
 	b.Helper()
-	spec, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: newSessionID(b), Candidate: "bench"})
+	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: newSessionID(b), Candidate: "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}

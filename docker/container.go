@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // labelConfig carries a digest of the configuration a container was created
@@ -66,7 +66,7 @@ type containerCreate struct {
 // containerSpec renders a node of a lab into the engine's create request,
 // its digest label included. network is the lab network's id (Provision
 // passes the id: a name can briefly match two networks) or its name.
-func containerSpec(network string, n jobspecs.Node) containerCreate {
+func containerSpec(network string, n lab.Node) containerCreate {
 	labels := make(map[string]string, len(n.Labels)+1)
 	for k, v := range n.Labels {
 		labels[k] = v

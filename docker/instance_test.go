@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // TestLabsSeesOnlyItsInstance provisions one small lab per deployment
@@ -27,7 +27,7 @@ func TestLabsSeesOnlyItsInstance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		spec, err := jobspecs.NewLab(ex, jobspecs.Session{ID: newSessionID(t)})
+		spec, err := lab.NewSpec(ex, lab.Session{ID: newSessionID(t)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,15 +31,15 @@ type LabNetwork struct {
 // marks what the one-host runtime owns and reaps: a Nomad lab on an engine
 // shared with a one-host examlab is not that runtime's to remove.
 func (r *Runtime) LabnetUp(ctx context.Context, sessionID, examID string) (LabNetwork, error) {
-	if !jobspecs.ValidSessionID(sessionID) {
+	if !lab.ValidSessionID(sessionID) {
 		return LabNetwork{}, fmt.Errorf("labnet up: invalid session id %q", sessionID)
 	}
 	labels := map[string]string{
-		jobspecs.LabelSession: sessionID,
+		lab.LabelSession:      sessionID,
 		jobspecs.LabelRuntime: "nomad",
 	}
 	if examID != "" {
-		labels[jobspecs.LabelExam] = examID
+		labels[lab.LabelExam] = examID
 	}
 	n, err := r.ensureNetwork(ctx, sessionID, labels)
 	if err != nil {
@@ -62,18 +62,18 @@ const labnetPoll = 250 * time.Millisecond
 // A network that is already gone is not an error; one that belongs to
 // another session is never touched.
 func (r *Runtime) LabnetDown(ctx context.Context, sessionID string, wait time.Duration) error {
-	if !jobspecs.ValidSessionID(sessionID) {
+	if !lab.ValidSessionID(sessionID) {
 		return fmt.Errorf("labnet down: invalid session id %q", sessionID)
 	}
 	deadline := time.Now().Add(wait)
-	nets, err := r.client.networksNamed(ctx, jobspecs.NetworkName(sessionID))
+	nets, err := r.client.networksNamed(ctx, lab.NetworkName(sessionID))
 	if err != nil {
 		return fmt.Errorf("labnet down %s: %w", sessionID, err)
 	}
 	var errs []error
 	for _, n := range nets {
-		if n.Labels[jobspecs.LabelSession] != sessionID {
-			errs = append(errs, fmt.Errorf("labnet down %s: network %s belongs to session %q", sessionID, n.Name, n.Labels[jobspecs.LabelSession]))
+		if n.Labels[lab.LabelSession] != sessionID {
+			errs = append(errs, fmt.Errorf("labnet down %s: network %s belongs to session %q", sessionID, n.Name, n.Labels[lab.LabelSession]))
 			continue
 		}
 		if err := r.removeWhenEmpty(ctx, n.ID, deadline); err != nil {

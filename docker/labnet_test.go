@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // labnetTimeout bounds each labnet step in these tests.
@@ -30,8 +31,8 @@ func TestLabnetUpIsIdempotentAndInvisibleToTheReaper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.ID != again.ID || first.Name != jobspecs.NetworkName(id) {
-		t.Errorf("second up gave %+v, first %+v: want the same network %s", again, first, jobspecs.NetworkName(id))
+	if first.ID != again.ID || first.Name != lab.NetworkName(id) {
+		t.Errorf("second up gave %+v, first %+v: want the same network %s", again, first, lab.NetworkName(id))
 	}
 	sub, err := netip.ParsePrefix(first.Subnet)
 	if err != nil || !r.pool.Overlaps(sub) || sub.Bits() != r.prefix {
@@ -45,8 +46,8 @@ func TestLabnetUpIsIdempotentAndInvisibleToTheReaper(t *testing.T) {
 	if !n.Internal || n.Options["com.docker.network.bridge.inhibit_ipv4"] != "true" {
 		t.Errorf("network internal=%v options=%v: want the isolated lab bridge", n.Internal, n.Options)
 	}
-	if n.Labels[jobspecs.LabelSession] != id || n.Labels[jobspecs.LabelRuntime] != "nomad" || n.Labels[jobspecs.LabelManaged] != "" {
-		t.Errorf("labels %v: want the session, runtime nomad and no %s", n.Labels, jobspecs.LabelManaged)
+	if n.Labels[lab.LabelSession] != id || n.Labels[jobspecs.LabelRuntime] != "nomad" || n.Labels[lab.LabelManaged] != "" {
+		t.Errorf("labels %v: want the session, runtime nomad and no %s", n.Labels, lab.LabelManaged)
 	}
 	labs, err := r.Labs(ctx)
 	if err != nil {
@@ -83,7 +84,7 @@ func TestLabnetDown(t *testing.T) {
 		t.Cleanup(func() { _ = r.LabnetDown(context.Background(), spec.SessionID, 0) })
 		// One node on the network, as a Nomad task would be.
 		n := spec.Nodes[0]
-		cid, err := r.client.createContainer(ctx, jobspecs.ContainerName(spec.SessionID, n.Name), containerSpec(netw.Name, n))
+		cid, err := r.client.createContainer(ctx, lab.ContainerName(spec.SessionID, n.Name), containerSpec(netw.Name, n))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +126,7 @@ func TestLabnetDown(t *testing.T) {
 		if _, err := r.LabnetUp(ctx, other, ""); err == nil {
 			t.Errorf("up for %s adopted the network of %s", other, owner)
 		}
-		if nets, _ := r.client.networksNamed(ctx, jobspecs.NetworkName(owner)); len(nets) != 1 {
+		if nets, _ := r.client.networksNamed(ctx, lab.NetworkName(owner)); len(nets) != 1 {
 			t.Errorf("owner's network is gone")
 		}
 	})

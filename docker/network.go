@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // Bridge options every lab network gets.
@@ -182,7 +182,7 @@ func isPoolOverlap(err error) bool {
 // Containers then join the winner by id, as the name is ambiguous until the
 // losers are gone.
 func (r *Runtime) ensureNetwork(ctx context.Context, sessionID string, labels map[string]string) (network, error) {
-	name := jobspecs.NetworkName(sessionID)
+	name := lab.NetworkName(sessionID)
 	existing, err := r.client.networksNamed(ctx, name)
 	if err != nil {
 		return network{}, err
@@ -215,7 +215,7 @@ func (r *Runtime) ensureNetwork(ctx context.Context, sessionID string, labels ma
 }
 
 func (r *Runtime) ownNetwork(n network, sessionID string) (network, error) {
-	if s := n.Labels[jobspecs.LabelSession]; s != sessionID {
+	if s := n.Labels[lab.LabelSession]; s != sessionID {
 		return network{}, fmt.Errorf("network %s belongs to session %q, not %q", n.Name, s, sessionID)
 	}
 	return n, nil
@@ -270,10 +270,10 @@ func (r *Runtime) createNetwork(ctx context.Context, name string, labels map[str
 }
 
 // networkLabels are the labels a session's network carries.
-func networkLabels(spec jobspecs.Lab) map[string]string {
+func networkLabels(spec lab.Spec) map[string]string {
 	return map[string]string{
-		jobspecs.LabelManaged: "true",
-		jobspecs.LabelSession: spec.SessionID,
-		jobspecs.LabelExam:    spec.ExamID,
+		lab.LabelManaged: "true",
+		lab.LabelSession: spec.SessionID,
+		lab.LabelExam:    spec.ExamID,
 	}
 }

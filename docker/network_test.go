@@ -7,7 +7,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 func prefixes(ss ...string) []netip.Prefix {
@@ -94,7 +94,7 @@ func TestManyNetworks(t *testing.T) {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			labels := networkLabels(jobspecs.Lab{SessionID: id, ExamID: "test"})
+			labels := networkLabels(lab.Spec{SessionID: id, ExamID: "test"})
 			nets[i], errs[i] = r.ensureNetwork(ctx, id, labels)
 		}()
 	}
@@ -105,7 +105,7 @@ func TestManyNetworks(t *testing.T) {
 
 	var seen []netip.Prefix
 	for i, n := range nets {
-		if n.Name != jobspecs.NetworkName(ids[i]) || !n.Internal {
+		if n.Name != lab.NetworkName(ids[i]) || !n.Internal {
 			t.Errorf("network %d: name %s internal %v", i, n.Name, n.Internal)
 		}
 		p := netip.MustParsePrefix(n.IPAM.Config[0].Subnet)
@@ -121,7 +121,7 @@ func TestManyNetworks(t *testing.T) {
 	}
 
 	// Asking again returns the same network rather than a second one.
-	again, err := r.ensureNetwork(ctx, ids[0], networkLabels(jobspecs.Lab{SessionID: ids[0]}))
+	again, err := r.ensureNetwork(ctx, ids[0], networkLabels(lab.Spec{SessionID: ids[0]}))
 	if err != nil || again.ID != nets[0].ID {
 		t.Errorf("second ensure of %s: %v, id %s want %s", ids[0], err, again.ID, nets[0].ID)
 	}
@@ -150,7 +150,7 @@ func TestEnsureNetworkRace(t *testing.T) {
 				errs[i] = err
 				return
 			}
-			n, err := ri.ensureNetwork(ctx, id, networkLabels(jobspecs.Lab{SessionID: id}))
+			n, err := ri.ensureNetwork(ctx, id, networkLabels(lab.Spec{SessionID: id}))
 			ids[i], errs[i] = n.ID, err
 		}()
 	}
@@ -164,8 +164,8 @@ func TestEnsureNetworkRace(t *testing.T) {
 			break
 		}
 	}
-	if nets, err := r.client.networksNamed(ctx, jobspecs.NetworkName(id)); err != nil || len(nets) != 1 {
-		t.Errorf("want one network named %s, got %d (%v)", jobspecs.NetworkName(id), len(nets), err)
+	if nets, err := r.client.networksNamed(ctx, lab.NetworkName(id)); err != nil || len(nets) != 1 {
+		t.Errorf("want one network named %s, got %d (%v)", lab.NetworkName(id), len(nets), err)
 	}
 }
 
@@ -184,7 +184,7 @@ func TestPoolExhaustion(t *testing.T) {
 	for i := range 5 {
 		id := newSessionID(t)
 		destroyOnCleanup(t, r, id)
-		_, err := r.ensureNetwork(ctx, id, networkLabels(jobspecs.Lab{SessionID: id}))
+		_, err := r.ensureNetwork(ctx, id, networkLabels(lab.Spec{SessionID: id}))
 		if i < 4 && err != nil {
 			t.Fatalf("network %d of 4: %v", i+1, err)
 		}

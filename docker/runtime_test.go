@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 )
 
@@ -46,7 +45,7 @@ func TestLab(t *testing.T) {
 
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
-	for i, s := range []jobspecs.Lab{spec, other} {
+	for i, s := range []lab.Spec{spec, other} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -58,12 +57,12 @@ func TestLab(t *testing.T) {
 		t.Fatalf("provision: %v", err)
 	}
 	sid := spec.SessionID
-	nets, err := r.client.networksNamed(ctx, jobspecs.NetworkName(sid))
+	nets, err := r.client.networksNamed(ctx, lab.NetworkName(sid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(nets) != 1 {
-		t.Fatalf("want 1 network named %s, got %d", jobspecs.NetworkName(sid), len(nets))
+		t.Fatalf("want 1 network named %s, got %d", lab.NetworkName(sid), len(nets))
 	}
 	netw := nets[0]
 
@@ -76,7 +75,7 @@ func TestLab(t *testing.T) {
 				t.Errorf("option %s = %q, want %q", k, netw.Options[k], v)
 			}
 		}
-		if netw.Labels[jobspecs.LabelSession] != sid || netw.Labels[jobspecs.LabelManaged] != "true" {
+		if netw.Labels[lab.LabelSession] != sid || netw.Labels[lab.LabelManaged] != "true" {
 			t.Errorf("labels %v", netw.Labels)
 		}
 		subnet := netip.MustParsePrefix(netw.IPAM.Config[0].Subnet)
@@ -300,7 +299,7 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("provision restarts a stopped node", func(t *testing.T) {
-		name := jobspecs.ContainerName(sid, "phoenix")
+		name := lab.ContainerName(sid, "phoenix")
 		before, err := r.client.inspectContainer(ctx, name)
 		if err != nil {
 			t.Fatal(err)
@@ -334,7 +333,7 @@ func TestLab(t *testing.T) {
 		changed := spec
 		changed.Nodes = slices.Clone(spec.Nodes)
 		changed.Nodes[2].MemoryMB = 160
-		name := jobspecs.ContainerName(sid, "kyoto")
+		name := lab.ContainerName(sid, "kyoto")
 		before, err := r.client.inspectContainer(ctx, name)
 		if err != nil {
 			t.Fatal(err)
@@ -529,10 +528,10 @@ func TestNewOptions(t *testing.T) {
 }
 
 func TestContainerSpec(t *testing.T) {
-	spec := jobspecs.Node{
+	spec := lab.Node{
 		Name: "g1", Hostname: "g1", Image: testImage, MemoryMB: 128, CPUs: 0.25, PidsLimit: 256,
 		CapAdd: []string{"NET_ADMIN", "CAP_NET_RAW"}, Sysctls: map[string]string{"net.ipv4.ip_forward": "1"},
-		Labels: map[string]string{jobspecs.LabelSession: "abcdefghijkl"},
+		Labels: map[string]string{lab.LabelSession: "abcdefghijkl"},
 	}
 	a := containerSpec("exam-abcdefgh-net", spec)
 	hc := a.HostConfig

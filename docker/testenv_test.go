@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // These tests drive a real Docker engine (DOCKER_HOST, else the local
@@ -74,9 +74,9 @@ func newSessionID(t testing.TB) string {
 
 // defaultLab renders the default exam's lab for a new test session and
 // destroys it when the test ends.
-func defaultLab(t testing.TB, r *Runtime) jobspecs.Lab {
+func defaultLab(t testing.TB, r *Runtime) lab.Spec {
 	t.Helper()
-	spec, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: newSessionID(t), Candidate: "test"})
+	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: newSessionID(t), Candidate: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}

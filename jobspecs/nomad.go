@@ -1,3 +1,6 @@
+// Package jobspecs renders a session's lab spec (lab.Spec) as the Nomad job
+// that runs it: one task group, a lifecycle task that makes the lab network,
+// and one docker task per node, as JSON for the API or HCL for people.
 package jobspecs
 
 import (
@@ -10,16 +13,17 @@ import (
 	"strings"
 	"time"
 
+	"github.com/examlab/examlab/lab"
 	"github.com/hashicorp/nomad/api"
 )
 
 // Meta keys of a session's Nomad job, so that `nomad job status` shows whose
 // lab it is and the runtime can find its jobs without any other record.
 const (
-	MetaSession   = LabelSession
-	MetaExam      = LabelExam
+	MetaSession   = lab.LabelSession
+	MetaExam      = lab.LabelExam
 	MetaCandidate = "examlab.candidate"
-	MetaManaged   = LabelManaged
+	MetaManaged   = lab.LabelManaged
 	// MetaSpec is a digest of the rendered job (without this key), so a
 	// retried provision can tell the job it registered from one that differs.
 	MetaSpec = "examlab.spec"
@@ -109,8 +113,8 @@ func (o NomadOptions) CPUMHz(cpus float64) int {
 // Docker network on that client; one docker task per node, each in its own
 // network namespace on that network, reachable by its name; and a poststop
 // task that removes the network again.
-func NomadJob(l Lab, o NomadOptions) (*api.Job, error) {
-	if !ValidSessionID(l.SessionID) {
+func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
+	if !lab.ValidSessionID(l.SessionID) {
 		return nil, fmt.Errorf("render nomad job: invalid session id %q", l.SessionID)
 	}
 	if len(l.Nodes) == 0 {
@@ -121,7 +125,7 @@ func NomadJob(l Lab, o NomadOptions) (*api.Job, error) {
 		return nil, fmt.Errorf("render nomad job %s: labnet path %q must be absolute", l.SessionID, o.Labnet)
 	}
 	id := JobName(l.SessionID)
-	network := NetworkName(l.SessionID)
+	network := lab.NetworkName(l.SessionID)
 
 	job := &api.Job{
 		ID:          new(id),
@@ -239,7 +243,7 @@ func labnetTask(name, hook, labnet string, args []string) *api.Task {
 	}
 }
 
-func nodeTask(l Lab, n Node, network string, o NomadOptions) *api.Task {
+func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task {
 	hostname := n.Hostname
 	if hostname == "" {
 		hostname = n.Name
@@ -266,11 +270,11 @@ func nodeTask(l Lab, n Node, network string, o NomadOptions) *api.Task {
 		// The driver reads labels and sysctl as a list of maps (the shape
 		// of repeated HCL blocks).
 		"labels": []map[string]string{{
-			LabelSession: l.SessionID,
-			LabelNode:    n.Name,
-			LabelRole:    n.Role,
-			LabelExam:    l.ExamID,
-			LabelRuntime: "nomad",
+			lab.LabelSession: l.SessionID,
+			lab.LabelNode:    n.Name,
+			lab.LabelRole:    n.Role,
+			lab.LabelExam:    l.ExamID,
+			LabelRuntime:     "nomad",
 		}},
 	}
 	if len(n.Sysctls) > 0 {
@@ -288,7 +292,7 @@ func nodeTask(l Lab, n Node, network string, o NomadOptions) *api.Task {
 			CPU:      new(o.CPUMHz(n.CPUs)),
 			MemoryMB: new(n.MemoryMB),
 		},
-		Meta:        map[string]string{LabelRole: n.Role},
+		Meta:        map[string]string{lab.LabelRole: n.Role},
 		KillTimeout: new(5 * time.Second),
 		LogConfig:   &api.LogConfig{MaxFiles: new(2), MaxFileSizeMB: new(5)},
 	}
@@ -303,3 +307,6 @@ func NomadJobJSON(job *api.Job) ([]byte, error) {
 	}
 	return append(b, '\n'), nil
 }
+
+// JobName is the session's Nomad job: exam-{id8}.
+func JobName(sessionID string) string { return "exam-" + lab.Short(sessionID) }

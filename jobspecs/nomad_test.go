@@ -12,15 +12,16 @@ import (
 	"github.com/hashicorp/nomad/api"
 
 	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/lab"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 const goldenSession = "golden0000s1"
 
-func goldenLab(t *testing.T) Lab {
+func goldenLab(t *testing.T) lab.Spec {
 	t.Helper()
-	l, err := NewLab(exam.Default(), Session{ID: goldenSession, Candidate: "candidate@example.com"})
+	l, err := lab.NewSpec(exam.Default(), lab.Session{ID: goldenSession, Candidate: "candidate@example.com"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,8 +149,8 @@ func TestNomadJobShape(t *testing.T) {
 			if n.Role == "gateway" && !strings.Contains(caps, "net_admin") {
 				t.Errorf("gateway %s lacks net_admin: %s", n.Name, caps)
 			}
-			if labels := c["labels"].([]map[string]string)[0]; labels[LabelManaged] != "" || labels[LabelSession] != goldenSession {
-				t.Errorf("labels %v: want the session and no %s", labels, LabelManaged)
+			if labels := c["labels"].([]map[string]string)[0]; labels[lab.LabelManaged] != "" || labels[lab.LabelSession] != goldenSession {
+				t.Errorf("labels %v: want the session and no %s", labels, lab.LabelManaged)
 			}
 		})
 	}
@@ -182,18 +183,18 @@ func TestNomadJobRejects(t *testing.T) {
 	base := goldenLab(t)
 	tests := []struct {
 		name string
-		edit func(*Lab, *NomadOptions)
+		edit func(*lab.Spec, *NomadOptions)
 		want string
 	}{
-		{"bad session id", func(l *Lab, _ *NomadOptions) { l.SessionID = "../../etc" }, "invalid session id"},
-		{"no nodes", func(l *Lab, _ *NomadOptions) { l.Nodes = nil }, "no nodes"},
-		{"relative labnet", func(_ *Lab, o *NomadOptions) { o.Labnet = "bin/examlab" }, "must be absolute"},
-		{"node named like a lifecycle task", func(l *Lab, _ *NomadOptions) { l.Nodes[2].Name = NomadLabnetUp }, "is taken"},
+		{"bad session id", func(l *lab.Spec, _ *NomadOptions) { l.SessionID = "../../etc" }, "invalid session id"},
+		{"no nodes", func(l *lab.Spec, _ *NomadOptions) { l.Nodes = nil }, "no nodes"},
+		{"relative labnet", func(_ *lab.Spec, o *NomadOptions) { o.Labnet = "bin/examlab" }, "must be absolute"},
+		{"node named like a lifecycle task", func(l *lab.Spec, _ *NomadOptions) { l.Nodes[2].Name = NomadLabnetUp }, "is taken"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			l := base
-			l.Nodes = append([]Node(nil), base.Nodes...)
+			l.Nodes = append([]lab.Node(nil), base.Nodes...)
 			var o NomadOptions
 			tc.edit(&l, &o)
 			_, err := NomadJob(l, o)

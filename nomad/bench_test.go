@@ -7,14 +7,13 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 )
 
 // provisioner is the part of a runtime a cold start exercises.
 type provisioner interface {
-	Provision(ctx context.Context, spec jobspecs.Lab) error
-	Status(ctx context.Context, spec jobspecs.Lab) ([]lab.NodeStatus, error)
+	Provision(ctx context.Context, spec lab.Spec) error
+	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
 	Destroy(ctx context.Context, sessionID string) error
 }
 
@@ -46,7 +45,7 @@ func coldStart(b *testing.B, rt provisioner) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		spec, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: newSessionID(b), Candidate: "bench"})
+		spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: newSessionID(b), Candidate: "bench"})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/nomad"
 	"github.com/examlab/examlab/nomad/nomadfake"
 )
@@ -117,9 +118,9 @@ func newSessionID(t testing.TB) string {
 
 // newLab renders the default exam's lab for a new test session and
 // destroys it through rt when the test ends.
-func newLab(t testing.TB, rt *nomad.Runtime) jobspecs.Lab {
+func newLab(t testing.TB, rt *nomad.Runtime) lab.Spec {
 	t.Helper()
-	spec, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: newSessionID(t), Candidate: "test@example.com"})
+	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: newSessionID(t), Candidate: "test@example.com"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ func lifecycle(t *testing.T, rt *nomad.Runtime, jobGone func(t *testing.T, jobID
 			t.Errorf("node %d: %+v", i, n)
 		}
 	}
-	spec, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: idA})
+	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: idA})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func lifecycle(t *testing.T, rt *nomad.Runtime, jobGone func(t *testing.T, jobID
 	} else {
 		t.Logf("ada's tokyo cannot reach bob's tokyo at %s (ping exit %d)", ipB, code)
 	}
-	if _, code, _ := lab.Output(ctx, rt, idA, "tokyo", "getent", "hosts", jobspecs.ContainerName(idB, "tokyo")); code == 0 {
+	if _, code, _ := lab.Output(ctx, rt, idA, "tokyo", "getent", "hosts", lab.ContainerName(idB, "tokyo")); code == 0 {
 		t.Errorf("ada's tokyo resolves a container of bob's lab")
 	}
 
@@ -155,7 +155,7 @@ func lifecycle(t *testing.T, rt *nomad.Runtime, jobGone func(t *testing.T, jobID
 		total += f.Size
 	}
 	t.Logf("archive: %d files, %d bytes, manifest checksums match", len(m.Files), total)
-	f, err := os.Open(filepath.Join(snapDir, jobspecs.ContainerName(idA, "tokyo")+".tar"))
+	f, err := os.Open(filepath.Join(snapDir, lab.ContainerName(idA, "tokyo")+".tar"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 // returns once all of the lab's nodes are running. A retried provision
 // never creates a second job and never overwrites a newer one: every
 // register is conditioned on the job modify index it was decided on.
-func (r *Runtime) Provision(ctx context.Context, spec jobspecs.Lab) error {
+func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) error {
 	job, err := r.Job(spec)
 	if err != nil {
 		return fmt.Errorf("provision lab: %w", err)
@@ -141,7 +141,7 @@ func renderedBy(job *api.Job) int {
 // every node of spec runs, and fails as soon as the lab cannot come up: no
 // client could place it, the session network could not be created, or a
 // node's task died.
-func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec jobspecs.Lab) error {
+func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec lab.Spec) error {
 	var index uint64
 	for {
 		stubs, meta, err := r.client.Jobs().Allocations(jobID, true, r.blocking(ctx, index))
@@ -227,7 +227,7 @@ func newestEval(evals []*api.Evaluation, keep func(*api.Evaluation) bool) *api.E
 
 // allocProgress judges one allocation of the lab: done when every node
 // runs; an error once it can no longer get there by itself.
-func allocProgress(a *api.AllocationListStub, spec jobspecs.Lab) (bool, error) {
+func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
 	if up := a.TaskStates[jobspecs.NomadLabnetUp]; up != nil && up.State == taskDead && up.Failed {
 		return false, fmt.Errorf("create the session network (allocation %s): %s", shortID(a.ID), eventSummary(up))
 	}
@@ -311,185 +311,8 @@ func sortedKeys(m map[string]int) []string {
 	return keys
 }
 
-// Status reports each node of the spec, in spec order: pending before the
-// job exists or while it waits for a client, then the state of the node's
-// task in the lab's allocation, with the task events worth showing.
-func (r *Runtime) Status(ctx context.Context, spec jobspecs.Lab) ([]lab.NodeStatus, error) {
-	if !jobspecs.ValidSessionID(spec.SessionID) {
-		return nil, fmt.Errorf("lab status: invalid session id %q", spec.SessionID)
-	}
-	out := make([]lab.NodeStatus, len(spec.Nodes))
-	for i, n := range spec.Nodes {
-		out[i] = lab.NodeStatus{Name: n.Name, Container: n.Container, State: lab.StatePending}
-	}
-	job, err := r.sessionJob(ctx, spec.SessionID)
-	switch {
-	case errors.Is(err, lab.ErrNotFound):
-		return out, nil
-	case errors.Is(err, ErrForeignJob):
-		for i := range out {
-			out[i].State, out[i].Detail = lab.StateMissing, err.Error()
-		}
-		return out, nil
-	case err != nil:
-		return nil, fmt.Errorf("lab status %s: %w", spec.SessionID, err)
-	}
-	stubs, _, err := r.client.Jobs().Allocations(*job.ID, true, r.query(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("lab status %s: %w", spec.SessionID, err)
-	}
-	a := currentAlloc(stubs)
-	if a == nil {
-		return r.unplacedStatus(ctx, job, out)
-	}
-	netFailed := ""
-	if up := a.TaskStates[jobspecs.NomadLabnetUp]; up != nil && up.Failed {
-		netFailed = "session network: " + eventSummary(up)
-	}
-	for i := range out {
-		st := &out[i]
-		st.AllocID = a.ID
-		st.ClientNode = clientName(a)
-		// What `docker ps` on the client shows.
-		st.Container = st.Name + "-" + a.ID
-		fillTask(st, a, a.TaskStates[st.Name])
-		if netFailed != "" && st.State != lab.StateRunning {
-			st.State = lab.StateFailed
-			st.Events = append(st.Events, netFailed)
-			st.Detail = netFailed
-		}
-	}
-	return out, nil
-}
-
-// unplacedStatus explains nodes of a job that has no allocation.
-func (r *Runtime) unplacedStatus(ctx context.Context, job *api.Job, out []lab.NodeStatus) ([]lab.NodeStatus, error) {
-	if job.Stop != nil && *job.Stop {
-		for i := range out {
-			out[i].State, out[i].Detail = lab.StateMissing, "job stopped"
-		}
-		return out, nil
-	}
-	evals, _, err := r.client.Jobs().Evaluations(*job.ID, r.query(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("lab status: list evaluations of %s: %w", *job.ID, err)
-	}
-	var failed *api.Evaluation
-	for _, e := range evals {
-		if len(e.FailedTGAllocs) > 0 && (failed == nil || e.CreateIndex > failed.CreateIndex) {
-			failed = e
-		}
-	}
-	for i := range out {
-		out[i].State = lab.StateCreating
-		out[i].Detail = "waiting for a client"
-		if failed != nil {
-			msg := "placement failed: " + placementFailure(failed)
-			out[i].State = lab.StatePending
-			out[i].Detail = msg
-			out[i].Events = []string{msg}
-		}
-	}
-	return out, nil
-}
-
-func fillTask(st *lab.NodeStatus, a *api.AllocationListStub, ts *api.TaskState) {
-	if ts == nil {
-		st.State = lab.StateCreating
-		if allocTerminal(a.ClientStatus) {
-			st.State, st.Detail = lab.StateMissing, "allocation "+a.ClientStatus
-		}
-		return
-	}
-	st.Events = notableEvents(ts)
-	if !ts.StartedAt.IsZero() {
-		st.StartedAt = ts.StartedAt
-	}
-	switch ts.State {
-	case taskRunning:
-		st.State = lab.StateRunning
-	case taskDead:
-		st.State = lab.StateExited
-		if ts.Failed {
-			st.State = lab.StateFailed
-		}
-		st.Detail = eventSummary(ts)
-	default:
-		st.State = lab.StateCreating
-		if len(st.Events) > 0 {
-			// Pending with a failure behind it: restarting after one.
-			st.Detail = st.Events[len(st.Events)-1]
-		}
-		if allocTerminal(a.ClientStatus) {
-			st.State = lab.StateFailed
-		}
-	}
-}
-
 // maxEvents is how many notable events a node status keeps.
 const maxEvents = 5
-
-// notableEvents picks the task events a person should see: failures, OOM
-// kills, restarts, exits. Routine ones (received, setup, started) are left
-// out.
-func notableEvents(ts *api.TaskState) []string {
-	var out []string
-	for _, e := range ts.Events {
-		if s := eventText(e); s != "" {
-			out = append(out, s)
-		}
-	}
-	if len(out) > maxEvents {
-		out = out[len(out)-maxEvents:]
-	}
-	return out
-}
-
-func eventText(e *api.TaskEvent) string {
-	msg := e.DisplayMessage
-	if msg == "" {
-		msg = firstNonEmpty(e.DriverError, e.SetupError, e.ValidationError, e.DownloadError, e.KillError, e.Message)
-	}
-	switch e.Type {
-	case api.TaskTerminated:
-		if e.Details["oom_killed"] == "true" {
-			return "killed for lack of memory (OOM): " + msg
-		}
-		if e.Details["exit_code"] == "0" || (e.Details["exit_code"] == "" && e.ExitCode == 0) {
-			return ""
-		}
-		return "Terminated: " + msg
-	case api.TaskDriverFailure, api.TaskSetupFailure, api.TaskFailedValidation, api.TaskArtifactDownloadFailed,
-		api.TaskNotRestarting, api.TaskRestarting, api.TaskSiblingFailed, api.TaskKilled:
-		return e.Type + ": " + msg
-	}
-	return ""
-}
-
-// eventSummary is the most telling notable event of a task, for one-line
-// details and errors.
-func eventSummary(ts *api.TaskState) string {
-	ev := notableEvents(ts)
-	if len(ev) == 0 {
-		return "task " + ts.State
-	}
-	// A failure explains more than the "Not Restarting" that follows it.
-	for i := len(ev) - 1; i >= 0; i-- {
-		if !strings.HasPrefix(ev[i], api.TaskNotRestarting) && !strings.HasPrefix(ev[i], api.TaskRestarting) {
-			return ev[i]
-		}
-	}
-	return ev[len(ev)-1]
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
 
 // writeIndex is the index a register was made at: the job modify index
 // Nomad reports for it. Allocations the write leads to are created after
@@ -502,4 +325,39 @@ func writeIndex(resp *api.JobRegisterResponse, wm *api.WriteMeta) uint64 {
 		return wm.LastIndex
 	}
 	return 0
+}
+
+// ResetNode restarts one node's task, which gives it a fresh container from
+// its image: whatever the candidate changed in it is discarded.
+func (r *Runtime) ResetNode(ctx context.Context, spec lab.Spec, node string) error {
+	if _, ok := spec.Node(node); !ok {
+		return fmt.Errorf("reset node %s of session %s: %w", node, spec.SessionID, lab.ErrNotFound)
+	}
+	alloc, ts, err := r.nodeAlloc(ctx, spec.SessionID, node)
+	if err != nil {
+		return fmt.Errorf("reset node %s: %w", node, err)
+	}
+	if ts == nil || ts.State != taskRunning {
+		return fmt.Errorf("reset node %s: %w", node, lab.ErrNotRunning)
+	}
+	before := ts.Restarts
+	if err := r.client.Allocations().Restart(alloc, node, r.query(ctx)); err != nil {
+		return fmt.Errorf("reset node %s: restart task: %w", node, err)
+	}
+	index := alloc.ModifyIndex
+	for {
+		a, meta, err := r.client.Allocations().Info(alloc.ID, r.blocking(ctx, index))
+		if err != nil {
+			return fmt.Errorf("reset node %s: %w", node, err)
+		}
+		ts := a.TaskStates[node]
+		switch {
+		case ts == nil:
+		case ts.State == taskDead:
+			return fmt.Errorf("reset node %s: it did not come back: %s", node, eventSummary(ts))
+		case ts.State == taskRunning && ts.Restarts > before:
+			return nil
+		}
+		index = meta.LastIndex
+	}
 }

@@ -36,6 +36,8 @@ const (
 	destroyTimeout = 3 * time.Minute
 )
 
+var _ lab.Runtime = (*Runtime)(nil)
+
 // Options configure a Runtime. Zero values mean the documented defaults.
 type Options struct {
 	// Client configures the Nomad API client. Nil means api.DefaultConfig(),
@@ -84,7 +86,7 @@ func New(opts Options) (*Runtime, error) {
 }
 
 // Job renders the session's job as this runtime registers it.
-func (r *Runtime) Job(spec jobspecs.Lab) (*api.Job, error) {
+func (r *Runtime) Job(spec lab.Spec) (*api.Job, error) {
 	return jobspecs.NomadJob(spec, r.job)
 }
 
@@ -139,7 +141,7 @@ func (r *Runtime) Ping(ctx context.Context) error {
 // sessionJob returns the session's job, ErrNotFound-wrapped when there is
 // none, and refuses a job of the name that another session owns.
 func (r *Runtime) sessionJob(ctx context.Context, sessionID string) (*api.Job, error) {
-	if !jobspecs.ValidSessionID(sessionID) {
+	if !lab.ValidSessionID(sessionID) {
 		return nil, fmt.Errorf("session %q: %w", sessionID, lab.ErrNotFound)
 	}
 	id := jobspecs.JobName(sessionID)
@@ -224,71 +226,6 @@ func (r *Runtime) nodeAlloc(ctx context.Context, sessionID, node string) (*api.A
 	return alloc, alloc.TaskStates[node], nil
 }
 
-// Destroy deregisters the session's job with purge and waits until its
-// allocation has stopped, poststop task (which removes the session's
-// network) included. Destroying a lab that is already gone succeeds.
-func (r *Runtime) Destroy(ctx context.Context, sessionID string) error {
-	if !jobspecs.ValidSessionID(sessionID) {
-		return fmt.Errorf("destroy lab: invalid session id %q", sessionID)
-	}
-	id := jobspecs.JobName(sessionID)
-	_, err := r.sessionJob(ctx, sessionID)
-	switch {
-	case errors.Is(err, ErrForeignJob):
-		// The name is another session's now; ours is long gone.
-		return nil
-	case errors.Is(err, lab.ErrNotFound):
-		// Purged already, perhaps by a destroy that died before its
-		// allocation stopped: still wait for that below.
-	case err != nil:
-		return fmt.Errorf("destroy lab %s: %w", sessionID, err)
-	default:
-		_, _, err := r.client.Jobs().DeregisterOpts(id, &api.DeregisterOptions{Purge: true}, r.write(ctx))
-		if err != nil && !isNotFound(err) {
-			return fmt.Errorf("destroy lab %s: deregister job %s: %w", sessionID, id, err)
-		}
-	}
-	wctx, cancel := context.WithTimeout(ctx, destroyTimeout)
-	defer cancel()
-	if err := r.waitStopped(wctx, id); err != nil {
-		return fmt.Errorf("destroy lab %s: %w", sessionID, err)
-	}
-	return nil
-}
-
-// waitStopped blocks until no allocation of the job is still running on
-// its client.
-func (r *Runtime) waitStopped(ctx context.Context, jobID string) error {
-	var index uint64
-	for {
-		stubs, meta, err := r.client.Jobs().Allocations(jobID, true, r.blocking(ctx, index))
-		if isNotFound(err) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("wait for job %s to stop: %w", jobID, err)
-		}
-		live := 0
-		for _, a := range stubs {
-			if !allocTerminal(a.ClientStatus) {
-				live++
-			}
-		}
-		if live == 0 {
-			return nil
-		}
-		index = meta.LastIndex
-	}
-}
-
-func allocTerminal(clientStatus string) bool {
-	switch clientStatus {
-	case api.AllocClientStatusComplete, api.AllocClientStatusFailed, api.AllocClientStatusLost:
-		return true
-	}
-	return false
-}
-
 // Labs lists the sessions that have an examlab job on the cluster, sorted;
 // the reaper compares it with the sessions it knows.
 func (r *Runtime) Labs(ctx context.Context) ([]string, error) {
@@ -300,48 +237,13 @@ func (r *Runtime) Labs(ctx context.Context) ([]string, error) {
 	var out []string
 	for _, j := range stubs {
 		s := j.Meta[jobspecs.MetaSession]
-		if j.Meta[jobspecs.MetaManaged] != "true" || !jobspecs.ValidSessionID(s) || j.ID != jobspecs.JobName(s) {
+		if j.Meta[jobspecs.MetaManaged] != "true" || !lab.ValidSessionID(s) || j.ID != jobspecs.JobName(s) {
 			continue
 		}
 		out = append(out, s)
 	}
 	sort.Strings(out)
 	return out, nil
-}
-
-// ResetNode restarts one node's task, which gives it a fresh container from
-// its image: whatever the candidate changed in it is discarded.
-func (r *Runtime) ResetNode(ctx context.Context, spec jobspecs.Lab, node string) error {
-	if _, ok := spec.Node(node); !ok {
-		return fmt.Errorf("reset node %s of session %s: %w", node, spec.SessionID, lab.ErrNotFound)
-	}
-	alloc, ts, err := r.nodeAlloc(ctx, spec.SessionID, node)
-	if err != nil {
-		return fmt.Errorf("reset node %s: %w", node, err)
-	}
-	if ts == nil || ts.State != taskRunning {
-		return fmt.Errorf("reset node %s: %w", node, lab.ErrNotRunning)
-	}
-	before := ts.Restarts
-	if err := r.client.Allocations().Restart(alloc, node, r.query(ctx)); err != nil {
-		return fmt.Errorf("reset node %s: restart task: %w", node, err)
-	}
-	index := alloc.ModifyIndex
-	for {
-		a, meta, err := r.client.Allocations().Info(alloc.ID, r.blocking(ctx, index))
-		if err != nil {
-			return fmt.Errorf("reset node %s: %w", node, err)
-		}
-		ts := a.TaskStates[node]
-		switch {
-		case ts == nil:
-		case ts.State == taskDead:
-			return fmt.Errorf("reset node %s: it did not come back: %s", node, eventSummary(ts))
-		case ts.State == taskRunning && ts.Restarts > before:
-			return nil
-		}
-		index = meta.LastIndex
-	}
 }
 
 // shortID is the first 8 characters of a Nomad id, as its CLI shows them.

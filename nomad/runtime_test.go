@@ -301,7 +301,7 @@ func TestRegisterIsConditional(t *testing.T) {
 		name string
 		// setup runs against the fake before Provision; it returns the
 		// modify index Provision is expected to condition its write on.
-		setup func(t *testing.T, env *fakeEnv, spec jobspecs.Lab) (wantIndex uint64)
+		setup func(t *testing.T, env *fakeEnv, spec lab.Spec) (wantIndex uint64)
 		// wantWrite: Provision's register is sent; accepted: and accepted.
 		wantWrite, accepted bool
 		// keep is a meta key the final job must still carry.
@@ -309,26 +309,26 @@ func TestRegisterIsConditional(t *testing.T) {
 	}{
 		{
 			name:      "absent",
-			setup:     func(*testing.T, *fakeEnv, jobspecs.Lab) uint64 { return 0 },
+			setup:     func(*testing.T, *fakeEnv, lab.Spec) uint64 { return 0 },
 			wantWrite: true, accepted: true,
 		},
 		{
 			name: "identical",
-			setup: func(t *testing.T, env *fakeEnv, spec jobspecs.Lab) uint64 {
+			setup: func(t *testing.T, env *fakeEnv, spec lab.Spec) uint64 {
 				put(t, env, spec, nil)
 				return 0
 			},
 		},
 		{
 			name: "stale version is replaced at its index",
-			setup: func(t *testing.T, env *fakeEnv, spec jobspecs.Lab) uint64 {
+			setup: func(t *testing.T, env *fakeEnv, spec lab.Spec) uint64 {
 				return put(t, env, spec, func(j *api.Job) { j.Meta[jobspecs.MetaSpec] = "stale" })
 			},
 			wantWrite: true, accepted: true,
 		},
 		{
 			name: "newer version written meanwhile is kept",
-			setup: func(t *testing.T, env *fakeEnv, spec jobspecs.Lab) uint64 {
+			setup: func(t *testing.T, env *fakeEnv, spec lab.Spec) uint64 {
 				idx := put(t, env, spec, func(j *api.Job) { j.Meta[jobspecs.MetaSpec] = "stale" })
 				var once sync.Once
 				env.fake.OnJobRead(func(string) {
@@ -345,7 +345,7 @@ func TestRegisterIsConditional(t *testing.T) {
 		},
 		{
 			name: "registered by a concurrent provision",
-			setup: func(t *testing.T, env *fakeEnv, spec jobspecs.Lab) uint64 {
+			setup: func(t *testing.T, env *fakeEnv, spec lab.Spec) uint64 {
 				var once sync.Once
 				env.fake.OnJobRead(func(string) {
 					once.Do(func() { put(t, env, spec, func(j *api.Job) { j.Meta["winner"] = "other" }) })
@@ -356,7 +356,7 @@ func TestRegisterIsConditional(t *testing.T) {
 		},
 		{
 			name: "rendered by a newer examlab",
-			setup: func(t *testing.T, env *fakeEnv, spec jobspecs.Lab) uint64 {
+			setup: func(t *testing.T, env *fakeEnv, spec lab.Spec) uint64 {
 				put(t, env, spec, func(j *api.Job) {
 					j.Meta[jobspecs.MetaSpec] = "future"
 					j.Meta[jobspecs.MetaRender] = "99"
@@ -415,7 +415,7 @@ func TestRegisterIsConditional(t *testing.T) {
 
 // put registers the session's job, edited, straight into the fake as an
 // operator or another worker would, and returns its modify index.
-func put(t *testing.T, env *fakeEnv, spec jobspecs.Lab, edit func(*api.Job)) uint64 {
+func put(t *testing.T, env *fakeEnv, spec lab.Spec, edit func(*api.Job)) uint64 {
 	t.Helper()
 	job, err := env.rt.Job(spec)
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
@@ -45,7 +45,7 @@ func BenchmarkSessionColdStart(b *testing.B) {
 		var ds []time.Duration
 		b.StopTimer()
 		for i := 0; i < b.N; i++ {
-			spec, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: store.NewSessionID()})
+			spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: store.NewSessionID()})
 			if err != nil {
 				b.Fatal(err)
 			}

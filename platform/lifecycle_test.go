@@ -17,7 +17,6 @@ import (
 	"testing"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
@@ -46,7 +45,7 @@ func TestCandidateLifecycle(t *testing.T) {
 		t.Fatalf("status reports %d nodes", len(s.Nodes))
 	}
 	for i, n := range s.Nodes {
-		if n.Name != nodeNames[i] || n.State != "running" || n.Container != jobspecs.ContainerName(id, n.Name) {
+		if n.Name != nodeNames[i] || n.State != "running" || n.Container != lab.ContainerName(id, n.Name) {
 			t.Errorf("node %d = %+v", i, n)
 		}
 	}
@@ -55,19 +54,19 @@ func TestCandidateLifecycle(t *testing.T) {
 		t.Fatalf("engine has %d containers for the session: %s", len(cs), testlab.Summary(cs))
 	}
 	for _, ct := range cs {
-		if ct.State != "running" || ct.Labels[jobspecs.LabelManaged] != "true" {
+		if ct.State != "running" || ct.Labels[lab.LabelManaged] != "true" {
 			t.Errorf("container %v: %s %v", ct.Names, ct.State, ct.Labels)
 		}
 	}
 	nets := eng.Networks(t, id)
-	if len(nets) != 1 || nets[0].Name != jobspecs.NetworkName(id) || !nets[0].Internal {
-		t.Fatalf("networks = %+v, want one internal %s", nets, jobspecs.NetworkName(id))
+	if len(nets) != 1 || nets[0].Name != lab.NetworkName(id) || !nets[0].Internal {
+		t.Fatalf("networks = %+v, want one internal %s", nets, lab.NetworkName(id))
 	}
 	subnet := netip.MustParsePrefix(nets[0].IPAM.Config[0].Subnet)
 	if !netip.MustParsePrefix(st.Config.SubnetPool).Contains(subnet.Addr()) {
 		t.Errorf("subnet %s is outside the pool %s", subnet, st.Config.SubnetPool)
 	}
-	hc := eng.Inspect(t, jobspecs.ContainerName(id, "tokyo"))["HostConfig"].(map[string]any)
+	hc := eng.Inspect(t, lab.ContainerName(id, "tokyo"))["HostConfig"].(map[string]any)
 	if hc["Privileged"] != false || hc["Memory"].(float64) != 128<<20 || hc["PidsLimit"].(float64) != 256 || hc["NanoCpus"].(float64) != 0.25e9 {
 		t.Errorf("tokyo limits: privileged=%v memory=%v pids=%v cpus=%v", hc["Privileged"], hc["Memory"], hc["PidsLimit"], hc["NanoCpus"])
 	}
@@ -132,10 +131,10 @@ func TestCandidateLifecycle(t *testing.T) {
 			t.Errorf("%s: size %d sha %x, manifest says %d %s", f.Name, len(data), sum, f.Size, f.SHA256)
 		}
 	}
-	if got := tarFile(t, filepath.Join(snapDir, jobspecs.ContainerName(id, "tokyo")+".tar"), "root/work.txt"); got != "candidate-work\n" {
+	if got := tarFile(t, filepath.Join(snapDir, lab.ContainerName(id, "tokyo")+".tar"), "root/work.txt"); got != "candidate-work\n" {
 		t.Errorf("tokyo's archive holds work.txt = %q", got)
 	}
-	if log, _ := os.ReadFile(filepath.Join(snapDir, jobspecs.ContainerName(id, "osaka")+".log")); !strings.Contains(string(log), "osaka") {
+	if log, _ := os.ReadFile(filepath.Join(snapDir, lab.ContainerName(id, "osaka")+".log")); !strings.Contains(string(log), "osaka") {
 		t.Errorf("osaka's log does not mention it: %q", log)
 	}
 	if cs := eng.Containers(t, id); len(cs) != 0 {
@@ -265,9 +264,9 @@ func TestConcurrentCandidatesAreIsolated(t *testing.T) {
 	}
 }
 
-func mustSpec(t *testing.T, id string) jobspecs.Lab {
+func mustSpec(t *testing.T, id string) lab.Spec {
 	t.Helper()
-	l, err := jobspecs.NewLab(exam.Default(), jobspecs.Session{ID: id})
+	l, err := lab.NewSpec(exam.Default(), lab.Session{ID: id})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/metrics"
 	"github.com/examlab/examlab/nomad"
 	"github.com/examlab/examlab/relay"
@@ -48,7 +49,7 @@ type Platform struct {
 	Redis     *redis.Client
 	Store     *store.Store
 	Enqueuer  *scheduler.Enqueuer
-	Runtime   Runtime
+	Runtime   lab.Runtime
 	Handlers  *workers.Handlers
 	API       *api.Server
 	Relay     *relay.Relay
@@ -76,7 +77,7 @@ type Platform struct {
 type Options struct {
 	Logger *slog.Logger
 	// Runtime replaces the one the config names (tests may wrap it).
-	Runtime Runtime
+	Runtime lab.Runtime
 	// NoScheduler leaves out the periodic sweeps (tests drive them).
 	NoScheduler bool
 }
@@ -302,7 +303,7 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 }
 
 // NewRuntime builds the lab runtime the config names.
-func NewRuntime(cfg config.Config) (Runtime, error) {
+func NewRuntime(cfg config.Config) (lab.Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
 		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, Instance: cfg.Instance})

@@ -14,7 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 )
 
@@ -361,7 +361,7 @@ func (s *Store) Rebuild(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, e := range entries {
-		if !e.IsDir() || !jobspecs.ValidSessionID(e.Name()) {
+		if !e.IsDir() || !lab.ValidSessionID(e.Name()) {
 			continue
 		}
 		sess, err := s.Get(ctx, e.Name())

@@ -20,7 +20,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 )
@@ -135,7 +134,7 @@ func (s *Store) key(parts ...string) string { return s.prefix + strings.Join(par
 // SessionDir is sessions/{id}. The id is validated so the path can never
 // leave the sessions folder.
 func (s *Store) SessionDir(id string) (string, error) {
-	if !jobspecs.ValidSessionID(id) {
+	if !lab.ValidSessionID(id) {
 		return "", fmt.Errorf("session %q: %w", id, ErrBadID)
 	}
 	return filepath.Join(s.dir, "sessions", id), nil

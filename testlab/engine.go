@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // Engine asks the Docker engine directly what exists, so tests check the
@@ -51,7 +51,7 @@ func (e *Engine) get(t testing.TB, path string, q url.Values, out any) {
 }
 
 func labelFilter(sessionID string) url.Values {
-	f, _ := json.Marshal(map[string][]string{"label": {jobspecs.LabelSession + "=" + sessionID}})
+	f, _ := json.Marshal(map[string][]string{"label": {lab.LabelSession + "=" + sessionID}})
 	return url.Values{"filters": {string(f)}, "all": {"1"}}
 }
 

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 func (e *Engine) call(ctx context.Context, method, path string, q url.Values, body any) error {
@@ -49,10 +49,10 @@ func (e *Engine) call(ctx context.Context, method, path string, q url.Values, bo
 // up a lab of spec's shape — one internal network, then each node's
 // container created and started, four at a time — with none of the
 // platform around them (no queue, no store, no convergence checks).
-func (e *Engine) RawLab(ctx context.Context, spec jobspecs.Lab) error {
+func (e *Engine) RawLab(ctx context.Context, spec lab.Spec) error {
 	netBody := map[string]any{
 		"Name": spec.Network, "Driver": "bridge", "Internal": true, "CheckDuplicate": true,
-		"Labels": map[string]string{jobspecs.LabelManaged: "true", jobspecs.LabelSession: spec.SessionID},
+		"Labels": map[string]string{lab.LabelManaged: "true", lab.LabelSession: spec.SessionID},
 	}
 	if err := e.call(ctx, "POST", "/networks/create", nil, netBody); err != nil {
 		return err
@@ -95,7 +95,7 @@ func (e *Engine) RawLab(ctx context.Context, spec jobspecs.Lab) error {
 }
 
 // RemoveRawLab removes what RawLab created.
-func (e *Engine) RemoveRawLab(ctx context.Context, spec jobspecs.Lab) error {
+func (e *Engine) RemoveRawLab(ctx context.Context, spec lab.Spec) error {
 	for _, n := range spec.Nodes {
 		if err := e.call(ctx, "DELETE", "/containers/"+n.Container, url.Values{"force": {"1"}}, nil); err != nil {
 			return err

@@ -14,7 +14,6 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/store"
@@ -22,12 +21,12 @@ import (
 
 // labRuntime is what the handlers need of a lab runtime (docker or nomad).
 type labRuntime interface {
-	Provision(ctx context.Context, spec jobspecs.Lab) error
-	Status(ctx context.Context, spec jobspecs.Lab) ([]lab.NodeStatus, error)
+	Provision(ctx context.Context, spec lab.Spec) error
+	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
 	ExportFS(ctx context.Context, sessionID, node string, w io.Writer) error
 	Logs(ctx context.Context, sessionID, node string, w io.Writer) error
 	Destroy(ctx context.Context, sessionID string) error
-	ResetNode(ctx context.Context, spec jobspecs.Lab, node string) error
+	ResetNode(ctx context.Context, spec lab.Spec, node string) error
 	Labs(ctx context.Context) ([]string, error)
 }
 
@@ -109,12 +108,12 @@ func (h *Handlers) Mux() *asynq.ServeMux {
 }
 
 // spec renders the session's lab spec from its exam.
-func (h *Handlers) spec(sess *store.Session) (jobspecs.Lab, error) {
+func (h *Handlers) spec(sess *store.Session) (lab.Spec, error) {
 	ex, ok := h.o.Exams(sess.ExamID)
 	if !ok {
-		return jobspecs.Lab{}, fmt.Errorf("session %s: unknown exam %q: %w", sess.ID, sess.ExamID, asynq.SkipRetry)
+		return lab.Spec{}, fmt.Errorf("session %s: unknown exam %q: %w", sess.ID, sess.ExamID, asynq.SkipRetry)
 	}
-	l, err := jobspecs.NewLab(ex, jobspecs.Session{ID: sess.ID, Candidate: sess.Email})
+	l, err := lab.NewSpec(ex, lab.Session{ID: sess.ID, Candidate: sess.Email})
 	if err != nil {
 		return l, fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}

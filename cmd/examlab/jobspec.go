@@ -10,6 +10,7 @@ import (
 
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // exampleSession is the session id `examlab jobspec` renders for when none
@@ -35,7 +36,7 @@ func jobspec(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	spec, err := jobspecs.NewLab(ex, jobspecs.Session{ID: session, Candidate: candidate})
+	spec, err := lab.NewSpec(ex, lab.Session{ID: session, Candidate: candidate})
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/nomad/api"
 
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 var jobIDPattern = regexp.MustCompile(`^exam-[a-z0-9]{8}$`)
@@ -36,7 +37,7 @@ func CheckJob(job *api.Job, nodes int) []string {
 		bad("no datacenters")
 	}
 	session := job.Meta[jobspecs.MetaSession]
-	if !jobspecs.ValidSessionID(session) || jobspecs.JobName(session) != id {
+	if !lab.ValidSessionID(session) || jobspecs.JobName(session) != id {
 		bad("meta %s = %q does not name the job's session", jobspecs.MetaSession, session)
 	}
 	for _, k := range []string{jobspecs.MetaExam, jobspecs.MetaCandidate, jobspecs.MetaSpec, jobspecs.MetaRender} {
@@ -61,7 +62,7 @@ func CheckJob(job *api.Job, nodes int) []string {
 	if rp := g.RestartPolicy; rp == nil || str(rp.Mode) != "fail" || num(rp.Attempts) < 1 {
 		bad("the group has no in-place restart policy ending in fail")
 	}
-	network := jobspecs.NetworkName(session)
+	network := lab.NetworkName(session)
 	var up, down, docker int
 	for _, t := range g.Tasks {
 		switch {

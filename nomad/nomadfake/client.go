@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/nomad/api"
 
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // teardownTimeout bounds removing one lab's containers and network.
@@ -17,13 +18,13 @@ const teardownTimeout = 2 * time.Minute
 // labFromJob reads the lab back out of a registered job, the way the docker
 // driver would read each task: what the fake's client then runs is what
 // the job says, not what examlab meant.
-func labFromJob(job *api.Job, mhzPerCPU int) jobspecs.Lab {
+func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
 	session := job.Meta[jobspecs.MetaSession]
-	l := jobspecs.Lab{
+	l := lab.Spec{
 		SessionID: session,
 		ExamID:    job.Meta[jobspecs.MetaExam],
 		Candidate: job.Meta[jobspecs.MetaCandidate],
-		Network:   jobspecs.NetworkName(session),
+		Network:   lab.NetworkName(session),
 	}
 	for _, t := range job.TaskGroups[0].Tasks {
 		if t.Lifecycle != nil {
@@ -35,13 +36,13 @@ func labFromJob(job *api.Job, mhzPerCPU int) jobspecs.Lab {
 			caps = append(caps, strings.ToUpper(cp))
 		}
 		labels := strMap(c["labels"])
-		role := labels[jobspecs.LabelRole]
+		role := labels[lab.LabelRole]
 		image, _ := c["image"].(string)
 		hostname, _ := c["hostname"].(string)
-		l.Nodes = append(l.Nodes, jobspecs.Node{
+		l.Nodes = append(l.Nodes, lab.Node{
 			Name:      t.Name,
 			Role:      role,
-			Container: jobspecs.ContainerName(session, t.Name),
+			Container: lab.ContainerName(session, t.Name),
 			Hostname:  hostname,
 			Image:     image,
 			MemoryMB:  num(t.Resources.MemoryMB),
@@ -52,11 +53,11 @@ func labFromJob(job *api.Job, mhzPerCPU int) jobspecs.Lab {
 			// The one-host runtime's labels, so its exec, logs and destroy
 			// find the containers.
 			Labels: map[string]string{
-				jobspecs.LabelManaged: "true",
-				jobspecs.LabelSession: session,
-				jobspecs.LabelNode:    t.Name,
-				jobspecs.LabelRole:    role,
-				jobspecs.LabelExam:    l.ExamID,
+				lab.LabelManaged: "true",
+				lab.LabelSession: session,
+				lab.LabelNode:    t.Name,
+				lab.LabelRole:    role,
+				lab.LabelExam:    l.ExamID,
 			},
 		})
 	}
@@ -179,7 +180,7 @@ func (s *Server) place(a *allocation, failures map[string]failureSpec) {
 
 // settle records the outcome of starting the nodes and reports whether the
 // allocation failed. The caller holds mu.
-func (s *Server) settle(a *allocation, run jobspecs.Lab, failures map[string]failureSpec, err error) bool {
+func (s *Server) settle(a *allocation, run lab.Spec, failures map[string]failureSpec, err error) bool {
 	if err != nil {
 		for _, n := range a.lab.Nodes {
 			setTask(a, n.Name, "dead", true, event(api.TaskDriverFailure, err.Error()),

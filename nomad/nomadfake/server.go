@@ -28,6 +28,7 @@ import (
 
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
 // Options configure a Server. Zero values mean the documented defaults.
@@ -125,7 +126,7 @@ type failureSpec struct {
 type allocation struct {
 	*api.Allocation
 	session string
-	lab     jobspecs.Lab
+	lab     lab.Spec
 	torn    bool
 	// placed is closed once placement has finished, whatever its outcome.
 	placed chan struct{}

@@ -1,7 +1,4 @@
-// Package jobspecs turns an exam's topology into what a runtime runs: the
-// runtime-neutral lab spec every runtime provisions from, and the
-// per-session Nomad job.
-package jobspecs
+package lab
 
 import (
 	"fmt"
@@ -43,11 +40,8 @@ func NetworkName(sessionID string) string { return "exam-" + Short(sessionID) + 
 // ContainerName is a node's container: exam-{id8}-{node}.
 func ContainerName(sessionID, node string) string { return "exam-" + Short(sessionID) + "-" + node }
 
-// JobName is the session's Nomad job: exam-{id8}.
-func JobName(sessionID string) string { return "exam-" + Short(sessionID) }
-
-// Lab is everything a runtime needs to provision one session's lab.
-type Lab struct {
+// Spec is everything a runtime needs to provision one session's lab.
+type Spec struct {
 	SessionID string `json:"session_id"`
 	ExamID    string `json:"exam_id"`
 	Candidate string `json:"candidate"`
@@ -76,12 +70,12 @@ type Session struct {
 	Candidate string
 }
 
-// NewLab renders the lab spec of one session of ex.
-func NewLab(ex *exam.Exam, s Session) (Lab, error) {
+// NewSpec renders the lab spec of one session of ex.
+func NewSpec(ex *exam.Exam, s Session) (Spec, error) {
 	if !ValidSessionID(s.ID) {
-		return Lab{}, fmt.Errorf("render lab: invalid session id %q", s.ID)
+		return Spec{}, fmt.Errorf("render lab: invalid session id %q", s.ID)
 	}
-	l := Lab{
+	l := Spec{
 		SessionID: s.ID,
 		ExamID:    ex.ID,
 		Candidate: s.Candidate,
@@ -112,7 +106,7 @@ func NewLab(ex *exam.Exam, s Session) (Lab, error) {
 }
 
 // Node returns the node with the given name.
-func (l Lab) Node(name string) (Node, bool) {
+func (l Spec) Node(name string) (Node, bool) {
 	for _, n := range l.Nodes {
 		if n.Name == name {
 			return n, true

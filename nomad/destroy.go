@@ -1,0 +1,76 @@
+package nomad
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
+	"github.com/hashicorp/nomad/api"
+)
+
+// Destroy deregisters the session's job with purge and waits until its
+// allocation has stopped, poststop task (which removes the session's
+// network) included. Destroying a lab that is already gone succeeds.
+func (r *Runtime) Destroy(ctx context.Context, sessionID string) error {
+	if !lab.ValidSessionID(sessionID) {
+		return fmt.Errorf("destroy lab: invalid session id %q", sessionID)
+	}
+	id := jobspecs.JobName(sessionID)
+	_, err := r.sessionJob(ctx, sessionID)
+	switch {
+	case errors.Is(err, ErrForeignJob):
+		// The name is another session's now; ours is long gone.
+		return nil
+	case errors.Is(err, lab.ErrNotFound):
+		// Purged already, perhaps by a destroy that died before its
+		// allocation stopped: still wait for that below.
+	case err != nil:
+		return fmt.Errorf("destroy lab %s: %w", sessionID, err)
+	default:
+		_, _, err := r.client.Jobs().DeregisterOpts(id, &api.DeregisterOptions{Purge: true}, r.write(ctx))
+		if err != nil && !isNotFound(err) {
+			return fmt.Errorf("destroy lab %s: deregister job %s: %w", sessionID, id, err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, destroyTimeout)
+	defer cancel()
+	if err := r.waitStopped(wctx, id); err != nil {
+		return fmt.Errorf("destroy lab %s: %w", sessionID, err)
+	}
+	return nil
+}
+
+// waitStopped blocks until no allocation of the job is still running on
+// its client.
+func (r *Runtime) waitStopped(ctx context.Context, jobID string) error {
+	var index uint64
+	for {
+		stubs, meta, err := r.client.Jobs().Allocations(jobID, true, r.blocking(ctx, index))
+		if isNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("wait for job %s to stop: %w", jobID, err)
+		}
+		live := 0
+		for _, a := range stubs {
+			if !allocTerminal(a.ClientStatus) {
+				live++
+			}
+		}
+		if live == 0 {
+			return nil
+		}
+		index = meta.LastIndex
+	}
+}
+
+func allocTerminal(clientStatus string) bool {
+	switch clientStatus {
+	case api.AllocClientStatusComplete, api.AllocClientStatusFailed, api.AllocClientStatusLost:
+		return true
+	}
+	return false
+}
