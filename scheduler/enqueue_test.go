@@ -8,14 +8,14 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/scheduler"
-	"github.com/examlab/examlab/testlab"
+	"github.com/examlab/examlab/testlab/redistest"
 )
 
 // TestEnqueueIsIdempotent enqueues the same operation twice on a real
 // Redis: the second is recognised as already queued, and only one task
 // sits in the queue.
 func TestEnqueueIsIdempotent(t *testing.T) {
-	addr := strings.TrimPrefix(testlab.Redis(t), "unix://")
+	addr := redistest.Socket(t)
 	opt := asynq.RedisClientOpt{Network: "unix", Addr: addr}
 	c := asynq.NewClient(opt)
 	defer c.Close()

@@ -2,7 +2,6 @@ package scheduler_test
 
 import (
 	"context"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,7 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/scheduler"
-	"github.com/examlab/examlab/testlab"
+	"github.com/examlab/examlab/testlab/redistest"
 )
 
 // sweepTimeout bounds how long the tests wait for a sweep to be processed.
@@ -20,7 +19,7 @@ const sweepTimeout = 20 * time.Second
 // both enqueues one task — also after that task already ran, which is
 // where a uniqueness lock (released on success) lets the second through.
 func TestPeriodicTickIsEnqueuedOnceAcrossProcesses(t *testing.T) {
-	addr := strings.TrimPrefix(testlab.Redis(t), "unix://")
+	addr := redistest.Socket(t)
 	opt := asynq.RedisClientOpt{Network: "unix", Addr: addr}
 	var clients [2]*asynq.Client
 	var procs [2]*scheduler.Periodic
@@ -74,7 +73,7 @@ func TestPeriodicTickIsEnqueuedOnceAcrossProcesses(t *testing.T) {
 
 // Started apart, two processes' tickers still add up to one sweep per slot.
 func TestPeriodicTickersShareSlots(t *testing.T) {
-	addr := strings.TrimPrefix(testlab.Redis(t), "unix://")
+	addr := redistest.Socket(t)
 	opt := asynq.RedisClientOpt{Network: "unix", Addr: addr}
 	var runs atomic.Int32
 	srv := asynq.NewServer(opt, asynq.Config{Concurrency: 2, Queues: scheduler.Queues, LogLevel: asynq.ErrorLevel})

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +13,7 @@ import (
 
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/store"
-	"github.com/examlab/examlab/testlab"
+	"github.com/examlab/examlab/testlab/redistest"
 )
 
 // seedSessions writes n session records straight to disk (no fsync: this
@@ -59,7 +58,7 @@ func seedSessions(tb testing.TB, s *store.Store, dir string, n int) {
 // baseline is a bare HGETALL of the summary hash: what any listing that
 // reads every summary must pay before it filters or sorts anything.
 func BenchmarkList10k(b *testing.B) {
-	addr := strings.TrimPrefix(testlab.Redis(b), "unix://")
+	addr := redistest.Socket(b)
 	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: addr})
 	b.Cleanup(func() { rdb.Close() })
 	dir := b.TempDir()

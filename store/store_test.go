@@ -15,14 +15,12 @@ import (
 
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/store"
-	"github.com/examlab/examlab/testlab"
+	"github.com/examlab/examlab/testlab/redistest"
 )
 
 func newStore(t *testing.T) (*store.Store, *redis.Client, string) {
 	t.Helper()
-	addr := strings.TrimPrefix(testlab.Redis(t), "unix://")
-	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: addr})
-	t.Cleanup(func() { rdb.Close() })
+	rdb := redistest.Client(t)
 	dir := t.TempDir()
 	s, err := store.New(store.Options{Dir: dir, Redis: rdb, MaxAnswerBytes: 1024})
 	if err != nil {

@@ -12,9 +12,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/platform"
 	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/testlab/redistest"
 )
 
 // Timeouts tests share.
@@ -30,43 +28,8 @@ const (
 	ArchiveTimeout   = 3 * time.Minute
 )
 
-// Redis starts a redis-server for the test on a unix socket in a temp dir
-// (no TCP port, nothing shared with other tests) and returns its address
-// as unix:///path. The server is stopped when the test ends.
-func Redis(t testing.TB) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server not found: run `make deps` (installs Debian's redis-server): %v", err)
-	}
-	dir, err := os.MkdirTemp("", "examlab-redis-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "redis.sock")
-	cmd := exec.Command(bin, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
-		"--dir", dir, "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		os.RemoveAll(dir)
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			return "unix://" + sock
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server did not come up: %s", out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// Redis starts a private redis-server for the test; see redistest.Start.
+func Redis(t testing.TB) string { return redistest.Start(t) }
 
 // Options tune a test stack.
 type Options struct {
