@@ -7,7 +7,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -49,7 +49,7 @@ func (s *Server) adminSubmit(c *fiber.Ctx) error {
 	if !sess.Status.Open() {
 		return fail(fiber.StatusConflict, "session is "+string(sess.Status)+"; only an open session can be submitted")
 	}
-	if sess, err = s.submitSession(ctx, sess.ID, "admin"); err != nil {
+	if sess, err = s.submitSession(ctx, sess.ID, session.ByAdmin); err != nil {
 		return err
 	}
 	if err := s.audit(ctx, sess.ID, "force-submit", nil); err != nil {
@@ -80,19 +80,12 @@ func (s *Server) adminExtend(c *fiber.Ctx) error {
 	}
 	by := time.Duration(req.Minutes) * time.Minute
 	var before time.Time
-	sess, err := s.o.Store.Update(ctx, c.Params("id"), func(x *store.Session) error {
+	sess, err := s.o.Store.Update(ctx, c.Params("id"), func(x *session.Session) error {
 		if !x.Status.Open() {
 			return fail(fiber.StatusConflict, "session is "+string(x.Status)+"; its deadline no longer applies")
 		}
-		if x.DurationSeconds+int64(by/time.Second) < 60 {
-			return fail(fiber.StatusBadRequest, "the exam would be left with less than a minute in total")
-		}
 		before = x.Deadline
-		x.DurationSeconds += int64(by / time.Second)
-		if !x.Deadline.IsZero() {
-			x.Deadline = x.Deadline.Add(by)
-		}
-		return nil
+		return x.Extend(by)
 	})
 	if err != nil {
 		return err
@@ -112,7 +105,7 @@ func (s *Server) adminExtend(c *fiber.Ctx) error {
 }
 
 // sessionNode loads the session and checks :node is one of its exam's nodes.
-func (s *Server) sessionNode(c *fiber.Ctx) (*store.Session, string, error) {
+func (s *Server) sessionNode(c *fiber.Ctx) (*session.Session, string, error) {
 	sess, err := s.o.Store.Get(c.UserContext(), c.Params("id"))
 	if err != nil {
 		return nil, "", err
@@ -139,7 +132,7 @@ func (s *Server) adminResetNode(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if sess.Status != scheduler.StateReady {
+	if sess.Status != session.StateReady {
 		return fail(fiber.StatusConflict, "session is "+string(sess.Status)+"; nodes can be reset only while the lab is ready")
 	}
 	n := nonce()

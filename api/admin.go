@@ -10,7 +10,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -45,10 +45,10 @@ func (s *Server) adminSessions(c *fiber.Ctx) error {
 	}
 	for _, st := range strings.Split(c.Query("status"), ",") {
 		if st = strings.TrimSpace(st); st != "" {
-			if !scheduler.State(st).Valid() {
+			if !session.State(st).Valid() {
 				return fail(fiber.StatusBadRequest, "unknown status "+quote(st))
 			}
-			q.Status = append(q.Status, scheduler.State(st))
+			q.Status = append(q.Status, session.State(st))
 		}
 	}
 	page, err := intQuery(c, "page", 1, 1, 1_000_000)
@@ -173,8 +173,8 @@ func (s *Server) adminCleanup(c *fiber.Ctx) error {
 	}
 	action := "cleanup"
 	switch {
-	case sess.Status.Open() || sess.Status == scheduler.StateSubmitted || sess.Status == scheduler.StateArchiving:
-		if sess, err = s.submitSession(ctx, sess.ID, "admin"); err != nil {
+	case sess.Status.Open() || sess.Status == session.StateSubmitted || sess.Status == session.StateArchiving:
+		if sess, err = s.submitSession(ctx, sess.ID, session.ByAdmin); err != nil {
 			return err
 		}
 		action = "cleanup-after-archive"

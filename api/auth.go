@@ -8,6 +8,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -52,7 +53,7 @@ func (s *Server) adminTokenMatches(t string) bool {
 }
 
 // candidate resolves the candidate's session from cookie or bearer token.
-func (s *Server) candidate(c *fiber.Ctx) (*store.Session, error) {
+func (s *Server) candidate(c *fiber.Ctx) (*session.Session, error) {
 	for _, t := range []string{bearer(c), c.Cookies(CandidateCookie)} {
 		if t == "" || s.adminTokenMatches(t) {
 			continue
@@ -134,7 +135,7 @@ func actor(c *fiber.Ctx) string {
 	if isAdminCtx(c) {
 		return "admin"
 	}
-	if s, ok := c.Locals(localSession).(*store.Session); ok {
+	if s, ok := c.Locals(localSession).(*session.Session); ok {
 		return s.Email
 	}
 	return "anonymous"

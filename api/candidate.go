@@ -3,12 +3,14 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -17,7 +19,7 @@ type sessionView struct {
 	ID          string           `json:"id"`
 	Email       string           `json:"email"`
 	ExamID      string           `json:"exam_id"`
-	Status      scheduler.State  `json:"status"`
+	Status      session.State    `json:"status"`
 	CreatedAt   time.Time        `json:"created_at"`
 	StartedAt   time.Time        `json:"started_at,omitzero"`
 	ReadyAt     time.Time        `json:"ready_at,omitzero"`
@@ -31,7 +33,7 @@ type sessionView struct {
 	ServerTime  time.Time        `json:"server_time"`
 }
 
-func (s *Server) view(sess *store.Session) sessionView {
+func (s *Server) view(sess *session.Session) sessionView {
 	now := s.o.Now().UTC()
 	v := sessionView{
 		ID: sess.ID, Email: sess.Email, ExamID: sess.ExamID, Status: sess.Status,
@@ -42,16 +44,14 @@ func (s *Server) view(sess *store.Session) sessionView {
 	if v.Nodes == nil {
 		v.Nodes = []lab.NodeStatus{}
 	}
-	if !sess.Deadline.IsZero() && sess.Status.Open() {
-		v.Remaining = max(0, int64(sess.Deadline.Sub(now)/time.Second))
-	}
+	v.Remaining = int64(sess.Remaining(now) / time.Second)
 	return v
 }
 
 // liveNodes overlays the runtime's current node states while a lab is up,
 // so the page can show progress node by node during provisioning.
-func (s *Server) liveNodes(ctx context.Context, sess *store.Session) []lab.NodeStatus {
-	if s.o.Runtime == nil || !(sess.Status == scheduler.StateProvisioning || sess.Status == scheduler.StateReady) {
+func (s *Server) liveNodes(ctx context.Context, sess *session.Session) []lab.NodeStatus {
+	if s.o.Runtime == nil || !sess.Status.LiveLab() {
 		return nil
 	}
 	ex, ok := s.o.Exams(sess.ExamID)
@@ -121,11 +121,11 @@ func (s *Server) examInfo(c *fiber.Ctx) error {
 }
 
 func (s *Server) me(c *fiber.Ctx) error {
-	sess := c.Locals(localSession).(*store.Session)
+	sess := c.Locals(localSession).(*session.Session)
 	return c.JSON(s.view(sess))
 }
 
-func (s *Server) loadSession(c *fiber.Ctx) (*store.Session, error) {
+func (s *Server) loadSession(c *fiber.Ctx) (*session.Session, error) {
 	return s.o.Store.Get(c.UserContext(), c.Params("id"))
 }
 
@@ -151,23 +151,19 @@ func (s *Server) start(c *fiber.Ctx) error {
 		return err
 	}
 	switch sess.Status {
-	case scheduler.StateCreated, scheduler.StateProvisioning:
-	case scheduler.StateReady:
+	case session.StateCreated, session.StateProvisioning:
+	case session.StateReady:
 		return c.JSON(s.view(sess))
 	default:
 		return fail(fiber.StatusConflict, "session is "+string(sess.Status)+"; it cannot be started")
 	}
-	sess, err = s.o.Store.Transition(ctx, sess.ID, scheduler.StateProvisioning, func(x *store.Session) {
-		if x.StartedAt.IsZero() {
-			x.StartedAt = s.o.Now().UTC()
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if _, err := s.o.Enqueuer.Provision(ctx, sess.ID); err != nil {
+	sess, err = scheduler.Start(ctx, s.o.Store, s.o.Enqueuer, sess.ID, s.o.Now())
+	if errors.Is(err, scheduler.ErrNotQueued) {
 		s.log.Error("enqueue provision", "session", sess.ID, "err", err)
 		return fail(fiber.StatusServiceUnavailable, "could not queue the lab; try again")
+	}
+	if err != nil {
+		return err
 	}
 	return c.Status(fiber.StatusAccepted).JSON(s.view(sess))
 }
@@ -219,9 +215,9 @@ func (s *Server) saveAnswer(c *fiber.Ctx) error {
 // archive (then cleanup) is enqueued.
 func (s *Server) submit(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	reason := "candidate"
+	reason := session.ByCandidate
 	if isAdminCtx(c) {
-		reason = "admin"
+		reason = session.ByAdmin
 	}
 	sess, err := s.submitSession(ctx, c.Params("id"), reason)
 	if err != nil {
@@ -231,29 +227,15 @@ func (s *Server) submit(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusAccepted).JSON(s.view(sess))
 }
 
-func (s *Server) submitSession(ctx context.Context, id, reason string) (*store.Session, error) {
-	sess, err := s.o.Store.Update(ctx, id, func(x *store.Session) error {
-		switch {
-		case x.Status.Open():
-			x.Status = scheduler.StateSubmitted
-			x.SubmittedAt = s.o.Now().UTC()
-			x.SubmitReason = reason
-		case x.Status == scheduler.StateSubmitted || x.Status == scheduler.StateArchiving:
-			// Already submitted: re-enqueue below converges.
-		default:
-			return fail(fiber.StatusConflict, "session is "+string(x.Status))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.o.Enqueuer.Archive(ctx, sess.ID, sess.SubmitReason); err != nil {
+// submitSession is the one submit (scheduler.Submit) as the API answers it.
+func (s *Server) submitSession(ctx context.Context, id, reason string) (*session.Session, error) {
+	sess, _, err := scheduler.Submit(ctx, s.o.Store, s.o.Enqueuer, id, reason, s.o.Now())
+	if errors.Is(err, scheduler.ErrNotQueued) {
 		// The submit is recorded; the expiry sweep re-enqueues stragglers.
-		s.log.Error("enqueue archive", "session", sess.ID, "err", err)
+		s.log.Error("enqueue archive", "session", id, "err", err)
 		return nil, fail(fiber.StatusServiceUnavailable, "submitted, but the archive could not be queued yet; it will be retried")
 	}
-	return sess, nil
+	return sess, err
 }
 
 // postHistory records command history a page reports for one terminal.

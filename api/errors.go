@@ -8,7 +8,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -45,11 +45,12 @@ func statusOf(err error) int {
 		return fiber.StatusForbidden
 	case errors.Is(err, store.ErrNotFound):
 		return fiber.StatusNotFound
-	case errors.Is(err, store.ErrBadID), errors.Is(err, errBadJSON), errors.Is(err, store.ErrBadQuery), errors.Is(err, exam.ErrInvalid):
+	case errors.Is(err, store.ErrBadID), errors.Is(err, errBadJSON), errors.Is(err, store.ErrBadQuery), errors.Is(err, exam.ErrInvalid),
+		errors.Is(err, session.ErrTooShort):
 		return fiber.StatusBadRequest
 	case errors.Is(err, store.ErrTooLarge):
 		return fiber.StatusRequestEntityTooLarge
-	case errors.Is(err, store.ErrClosed), errors.Is(err, scheduler.ErrBackwards):
+	case errors.Is(err, store.ErrClosed), errors.Is(err, session.ErrNotAllowed):
 		return fiber.StatusConflict
 	case errors.Is(err, store.ErrLocked):
 		return fiber.StatusServiceUnavailable

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -18,8 +18,8 @@ func TestRetentionDryRunListsOnlyOldEndedSessions(t *testing.T) {
 	st := startStack(t, nil)
 	st.Client().Login(t, "recent@example.com") // open and new: never a victim
 	// An exam from 40 days ago, restored from its files.
-	old := store.Session{ID: "oldsession01", Short: "oldsessi", Email: "old@example.com", ExamID: "admin-test",
-		Status: scheduler.StateCompleted, CreatedAt: time.Now().Add(-41 * 24 * time.Hour), UpdatedAt: time.Now().Add(-40 * 24 * time.Hour), Version: 3}
+	old := session.Session{ID: "oldsession01", Short: "oldsessi", Email: "old@example.com", ExamID: "admin-test",
+		Status: session.StateCompleted, CreatedAt: time.Now().Add(-41 * 24 * time.Hour), UpdatedAt: time.Now().Add(-40 * 24 * time.Hour), Version: 3}
 	b, err := json.Marshal(old)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
@@ -26,7 +27,7 @@ func TestDeadlinePassedSessionIsArchived(t *testing.T) {
 
 	// Let the deadline pass: the record and its deadline index move together.
 	ctx := context.Background()
-	if _, err := st.Store.Update(ctx, id, func(s *store.Session) error {
+	if _, err := st.Store.Update(ctx, id, func(s *session.Session) error {
 		s.Deadline = time.Now().Add(-time.Second)
 		return nil
 	}); err != nil {

@@ -17,11 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 )
 
 // sessionCounter counts indexed sessions by state (store.Store).
 type sessionCounter interface {
-	CountByStatus(ctx context.Context) (map[scheduler.State]int, error)
+	CountByStatus(ctx context.Context) (map[session.State]int, error)
 }
 
 // queueInspector reads queue sizes (asynq.Inspector).
@@ -171,7 +172,7 @@ func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
 		if err != nil {
 			ch <- prometheus.NewInvalidMetric(sessionsDesc, err)
 		}
-		for _, st := range scheduler.States {
+		for _, st := range session.States {
 			if err == nil {
 				ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(counts[st]), string(st))
 			}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/examlab/examlab/metrics"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 	"github.com/examlab/examlab/workers"
@@ -46,7 +47,7 @@ func TestMetricsReportPlatformState(t *testing.T) {
 			t.Fatal(err)
 		}
 		if e == "c@example.com" {
-			if _, err := st.Transition(ctx, sess.ID, scheduler.StateReady, nil); err != nil {
+			if _, err := st.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateReady, time.Now()) }); err != nil {
 				t.Fatal(err)
 			}
 		}

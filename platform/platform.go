@@ -136,7 +136,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			Queues:          scheduler.Queues,
 			ShutdownTimeout: 20 * time.Second,
 			Logger:          asynqLogger{log},
-			RetryDelayFunc:  retryDelay,
+			RetryDelayFunc:  scheduler.RetryDelay,
 			// A candidate waits on provision: look for new work often
 			// rather than asynq's default of once a second.
 			TaskCheckInterval: 100 * time.Millisecond,
@@ -188,16 +188,6 @@ func (p *Platform) mounts(roles Roles) []func(*fiber.App) {
 		m = append(m, func(app *fiber.App) { p.Relay.Register(app) })
 	}
 	return m
-}
-
-// retryDelay backs off exponentially from 2s to 2m, with jitter from asynq's
-// default for the tail.
-func retryDelay(n int, err error, t *asynq.Task) time.Duration {
-	d := 2 * time.Second << min(n, 6)
-	if d > 2*time.Minute {
-		d = 2 * time.Minute
-	}
-	return d
 }
 
 // Start runs the roles in the background. API and relay listeners are

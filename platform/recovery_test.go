@@ -12,6 +12,7 @@ import (
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/platform"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
@@ -82,12 +83,12 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 		t.Fatalf("%d networks after reruns", len(nets))
 	}
 	got, _ := p.Store.Get(ctx, sess.ID)
-	if got.Status != scheduler.StateReady || got.Deadline.IsZero() || !lab.AllRunning(got.Nodes) {
+	if got.Status != session.StateReady || got.Deadline.IsZero() || !lab.AllRunning(got.Nodes) {
 		t.Fatalf("session after reruns: %s deadline=%v nodes=%+v", got.Status, got.Deadline, got.Nodes)
 	}
 
 	// Archive and cleanup converge when run twice as well.
-	if _, err := p.Store.Transition(ctx, sess.ID, scheduler.StateSubmitted, func(s *store.Session) { s.SubmitReason = "candidate" }); err != nil {
+	if _, err := p.Store.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateSubmitted, time.Now()) }); err != nil {
 		t.Fatal(err)
 	}
 	arch, _ := scheduler.NewArchiveTask(sess.ID, "candidate")
@@ -113,7 +114,7 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 	if cs := eng.Containers(t, sess.ID); len(cs) != 0 {
 		t.Fatalf("containers after cleanup: %s", testlab.Summary(cs))
 	}
-	if got, _ := p.Store.Get(ctx, sess.ID); got.Status != scheduler.StateCompleted {
+	if got, _ := p.Store.Get(ctx, sess.ID); got.Status != session.StateCompleted {
 		t.Fatalf("status after cleanup = %s", got.Status)
 	}
 	// A provision arriving after the end does nothing.

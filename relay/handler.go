@@ -14,7 +14,7 @@ import (
 
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -59,12 +59,6 @@ type statusMsg struct {
 }
 
 func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }
-
-// terminalAllowed reports whether a candidate may use terminals in sess:
-// only while the lab is coming up or ready.
-func terminalAllowed(sess *store.Session) bool {
-	return sess.Status == scheduler.StateProvisioning || sess.Status == scheduler.StateReady
-}
 
 // enter registers a handler with the relay unless it is shutting down.
 func (r *Relay) enter() bool {
@@ -140,7 +134,7 @@ func initialSize(ws *websocket.Conn) lab.Size {
 }
 
 // nodeOf checks the node belongs to the session's exam.
-func (r *Relay) nodeOf(sess *store.Session, node string) (*exam.Exam, bool) {
+func (r *Relay) nodeOf(sess *session.Session, node string) (*exam.Exam, bool) {
 	ex, ok := r.o.Exams(sess.ExamID)
 	if !ok || !store.ValidTerminalID(node) {
 		return ex, false
@@ -196,10 +190,10 @@ func (r *Relay) serveCandidate(ws *websocket.Conn) {
 		// Whether the other session exists is not revealed.
 		refuse(ws, CloseForbidden, "not your session")
 		return
-	case sess.Status == scheduler.StateCreated:
+	case sess.Status == session.StateCreated:
 		refuse(ws, CloseUnavailable, "the lab is not started yet")
 		return
-	case !terminalAllowed(sess):
+	case !sess.Status.LiveLab():
 		refuse(ws, CloseEnded, "the session is "+string(sess.Status)+"; the terminals are closed")
 		return
 	}
@@ -346,9 +340,9 @@ func (r *Relay) candidateShell(c *client, size lab.Size) (*shell, error) {
 		}
 		wait := nodeRestartWait
 		switch sess.Status {
-		case scheduler.StateProvisioning:
+		case session.StateProvisioning:
 			wait = r.o.NodeWait
-		case scheduler.StateReady:
+		case session.StateReady:
 		default:
 			return nil, &attachErr{CloseEnded, "the session is " + string(sess.Status) + "; the terminals are closed"}
 		}
@@ -388,7 +382,7 @@ func (r *Relay) viewerShell(c *client) (*shell, error) {
 			ctx, cancel := context.WithTimeout(r.ctx, lookupTimeout)
 			sess, err := r.o.Store.Get(ctx, c.key.session)
 			cancel()
-			if err == nil && !terminalAllowed(sess) && sess.Status != scheduler.StateCreated {
+			if err == nil && !sess.Status.LiveLab() && sess.Status != session.StateCreated {
 				return nil, &attachErr{CloseEnded, "the session is " + string(sess.Status) + "; no terminal is live"}
 			}
 		}

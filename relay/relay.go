@@ -445,7 +445,7 @@ func (r *Relay) checkSessions() {
 			// A store hiccup is not a reason to cut a candidate off.
 			r.log.Warn("check session of live terminals", "session", id, "err", err)
 			continue
-		case !terminalAllowed(sess):
+		case !sess.Status.LiveLab():
 			reason = "the session is " + string(sess.Status) + "; the terminals are closed"
 		default:
 			continue

@@ -1,8 +1,14 @@
+// Package scheduler is how a session's life is carried out over asynq: the
+// task contracts workers implement (type names, payloads, constructors
+// with idempotent task ids), the retry policy, the transitions that also
+// queue work (Start, Submit), and the periodic sweeps. The life itself —
+// states and the transitions between them — is package session.
 package scheduler
 
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -114,8 +120,9 @@ func NewResetNodeTask(sessionID, node, nonce string) (*asynq.Task, error) {
 }
 
 // NewExpireTask, NewReapTask and NewRetentionTask are the periodic sweeps.
-// They carry no session; their task ids come from the scheduler's cron
-// entries so that several schedulers do not double-enqueue.
+// They carry no session; Periodic gives each tick a task id from its slot
+// on the wall-clock grid, so that several worker processes enqueue a tick
+// once.
 func NewExpireTask() *asynq.Task {
 	return asynq.NewTask(TypeExpire, nil, asynq.Queue(QueueLow), asynq.MaxRetry(1), asynq.Timeout(5*time.Minute))
 }
@@ -128,4 +135,15 @@ func NewReapTask() *asynq.Task {
 // NewRetentionTask deletes archived sessions older than the retention policy.
 func NewRetentionTask() *asynq.Task {
 	return asynq.NewTask(TypeRetention, nil, asynq.Queue(QueueLow), asynq.MaxRetry(1), asynq.Timeout(30*time.Minute))
+}
+
+// RetryDelay is the retry policy of every lifecycle task: exponential from
+// 2s, doubling per retry up to 2m, each delay spread by ±20% so that tasks
+// failed together (a herd of provisions during an engine hiccup) do not
+// come back together.
+func RetryDelay(n int, _ error, _ *asynq.Task) time.Duration {
+	d := 2 * time.Second << min(max(n, 0), 6)
+	d = min(d, 2*time.Minute)
+	spread := int64(d) * 2 / 5 // 40% wide, centred on d
+	return time.Duration(int64(d) - spread/2 + rand.Int64N(spread))
 }

@@ -15,28 +15,28 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/examlab/examlab/lab"
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 )
 
 // Summary is the listing view of a session, kept in one Redis hash so that
 // a filtered, sorted page over every session is one round trip.
 type Summary struct {
-	ID        string          `json:"id"`
-	Email     string          `json:"email"`
-	ExamID    string          `json:"exam_id"`
-	Status    scheduler.State `json:"status"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
-	Deadline  time.Time       `json:"deadline,omitzero"`
+	ID        string        `json:"id"`
+	Email     string        `json:"email"`
+	ExamID    string        `json:"exam_id"`
+	Status    session.State `json:"status"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
+	Deadline  time.Time     `json:"deadline,omitzero"`
 }
 
-func summaryOf(s *Session) Summary {
+func summaryOf(s *session.Session) Summary {
 	return Summary{ID: s.ID, Email: s.Email, ExamID: s.ExamID, Status: s.Status, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, Deadline: s.Deadline}
 }
 
 // index brings every Redis key derived from sess up to date in one
 // transaction.
-func (s *Store) index(ctx context.Context, sess *Session) error {
+func (s *Store) index(ctx context.Context, sess *session.Session) error {
 	sum, err := json.Marshal(summaryOf(sess))
 	if err != nil {
 		return fmt.Errorf("encode summary: %w", err)
@@ -73,7 +73,7 @@ func (s *Store) index(ctx context.Context, sess *Session) error {
 // ListQuery selects a page of sessions.
 type ListQuery struct {
 	// Status keeps only sessions in one of these states; empty keeps all.
-	Status []scheduler.State
+	Status []session.State
 	// Search matches a substring of the email or a prefix of the id.
 	Search string
 	// Sort is created (default), updated, email, status or deadline.
@@ -129,7 +129,7 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 	default:
 		return ListResult{}, fmt.Errorf("sort %q: %w", q.Sort, ErrBadQuery)
 	}
-	want := map[scheduler.State]bool{}
+	want := map[session.State]bool{}
 	for _, st := range q.Status {
 		if !st.Valid() {
 			return ListResult{}, fmt.Errorf("status %q: %w", st, ErrBadQuery)
@@ -174,9 +174,9 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 
 // CountByStatus counts every indexed session by state (the metrics'
 // sessions-by-state gauge). States with no session are present with 0.
-func (s *Store) CountByStatus(ctx context.Context) (map[scheduler.State]int, error) {
-	out := make(map[scheduler.State]int, len(scheduler.States))
-	for _, st := range scheduler.States {
+func (s *Store) CountByStatus(ctx context.Context) (map[session.State]int, error) {
+	out := make(map[session.State]int, len(session.States))
+	for _, st := range session.States {
 		out[st] = 0
 	}
 	err := s.summaries(ctx, func(all map[string]*Summary) {
@@ -387,7 +387,7 @@ func (s *Store) Rebuild(ctx context.Context) (int, error) {
 
 // Delete removes a session's record and its index entries: the retention
 // policy's last step. The caller has made sure no lab remains.
-func (s *Store) Delete(ctx context.Context, sess *Session) error {
+func (s *Store) Delete(ctx context.Context, sess *session.Session) error {
 	dir, err := s.SessionDir(sess.ID)
 	if err != nil {
 		return err

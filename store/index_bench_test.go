@@ -11,7 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab/redistest"
 )
@@ -21,19 +21,19 @@ import (
 // way an operator would after restoring a state directory.
 func seedSessions(tb testing.TB, s *store.Store, dir string, n int) {
 	tb.Helper()
-	states := []scheduler.State{scheduler.StateCompleted, scheduler.StateCompleted, scheduler.StateCompleted,
-		scheduler.StateExpired, scheduler.StateReady, scheduler.StateFailed, scheduler.StateCreated}
+	states := []session.State{session.StateCompleted, session.StateCompleted, session.StateCompleted,
+		session.StateExpired, session.StateReady, session.StateFailed, session.StateCreated}
 	base := time.Date(2026, 1, 1, 8, 0, 0, 0, time.UTC)
 	for i := range n {
 		id := fmt.Sprintf("s%011d", i)
 		st := states[i%len(states)]
-		sess := store.Session{
+		sess := session.Session{
 			ID: id, Short: id[:8], Email: fmt.Sprintf("cand%05d@team%d.example.com", i, i%40),
 			ExamID: "netops", Runtime: "docker", Status: st,
 			CreatedAt: base.Add(time.Duration(i) * time.Minute), UpdatedAt: base.Add(time.Duration(i)*time.Minute + 3*time.Hour),
 			DurationSeconds: 10800, Version: 1,
 		}
-		if st == scheduler.StateReady {
+		if st == session.StateReady {
 			sess.Deadline = sess.UpdatedAt.Add(time.Hour)
 		}
 		b, err := json.Marshal(sess)
@@ -101,7 +101,7 @@ func BenchmarkList10k(b *testing.B) {
 			}
 		}
 	}
-	filtered := store.ListQuery{Status: []scheduler.State{scheduler.StateCompleted}, Search: "@team7.", Sort: "updated", Desc: true, Limit: 50}
+	filtered := store.ListQuery{Status: []session.State{session.StateCompleted}, Search: "@team7.", Sort: "updated", Desc: true, Limit: 50}
 
 	b.Run("baseline-hgetall", func(b *testing.B) {
 		perReq(b, nil, func() {
@@ -116,7 +116,7 @@ func BenchmarkList10k(b *testing.B) {
 		want int
 	}{
 		{"unfiltered-page", store.ListQuery{Sort: "created", Desc: true, Limit: 50}, 10_000},
-		{"status-filter-sorted", store.ListQuery{Status: []scheduler.State{scheduler.StateCompleted}, Sort: "email", Limit: 50, Offset: 100}, completed},
+		{"status-filter-sorted", store.ListQuery{Status: []session.State{session.StateCompleted}, Sort: "email", Limit: 50, Offset: 100}, completed},
 		{"filter-search-sorted", filtered, completedTeam7},
 	}
 	for _, tc := range cases {
@@ -144,7 +144,7 @@ func BenchmarkList10k(b *testing.B) {
 		perReq(b, func() {
 			i++
 			id := fmt.Sprintf("s%011d", 4+7*i) // a ready session
-			if _, err := other.Update(ctx, id, func(x *store.Session) error { x.Error = fmt.Sprint("note ", i); return nil }); err != nil {
+			if _, err := other.Update(ctx, id, func(x *session.Session) error { x.Error = fmt.Sprint("note ", i); return nil }); err != nil {
 				b.Fatal(err)
 			}
 		}, func() { list(b, s, filtered, completedTeam7) })

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -27,43 +27,43 @@ func TestListSeesOtherProcessesChanges(t *testing.T) {
 		}
 		ids[email] = sess.ID
 	}
-	count := func(st *store.Store, status scheduler.State) int {
+	count := func(st *store.Store, status session.State) int {
 		t.Helper()
-		res, err := st.List(ctx, store.ListQuery{Status: []scheduler.State{status}})
+		res, err := st.List(ctx, store.ListQuery{Status: []session.State{status}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return res.Total
 	}
-	if got := count(b, scheduler.StateCreated); got != 3 {
+	if got := count(b, session.StateCreated); got != 3 {
 		t.Fatalf("b lists %d created sessions, want 3", got)
 	}
 
 	steps := []struct {
 		name   string
 		change func() error
-		status scheduler.State
+		status session.State
 		want   int
 	}{
 		{"a moves one to ready", func() error {
-			_, err := a.Transition(ctx, ids["bob@example.com"], scheduler.StateReady, nil)
+			_, err := a.Update(ctx, ids["bob@example.com"], func(x *session.Session) error { return x.WalkTo(session.StateReady, time.Now()) })
 			return err
-		}, scheduler.StateReady, 1},
-		{"created count drops with it", func() error { return nil }, scheduler.StateCreated, 2},
+		}, session.StateReady, 1},
+		{"created count drops with it", func() error { return nil }, session.StateCreated, 2},
 		{"a deletes one", func() error {
 			sess, err := a.Get(ctx, ids["cy@example.com"])
 			if err != nil {
 				return err
 			}
 			return a.Delete(ctx, sess)
-		}, scheduler.StateCreated, 1},
+		}, session.StateCreated, 1},
 		{"redis emptied and rebuilt from files", func() error {
 			if err := rdb.FlushDB(ctx).Err(); err != nil {
 				return err
 			}
 			_, err := a.Rebuild(ctx)
 			return err
-		}, scheduler.StateReady, 1},
+		}, session.StateReady, 1},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -79,32 +79,32 @@ func TestListSeesOtherProcessesChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if counts[scheduler.StateReady] != 1 || counts[scheduler.StateCreated] != 1 || counts[scheduler.StateCompleted] != 0 {
+	if counts[session.StateReady] != 1 || counts[session.StateCreated] != 1 || counts[session.StateCompleted] != 0 {
 		t.Fatalf("counts = %v", counts)
 	}
-	if len(counts) != len(scheduler.States) {
-		t.Fatalf("counts has %d states, want every one of %d", len(counts), len(scheduler.States))
+	if len(counts) != len(session.States) {
+		t.Fatalf("counts has %d states, want every one of %d", len(counts), len(session.States))
 	}
 }
 
 func TestEndedBeforeKeepsLiveAndRecentSessions(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()
-	mk := func(email string, to scheduler.State) string {
+	mk := func(email string, to session.State) string {
 		sess, _, err := s.Login(ctx, email, "exam1", time.Hour, "docker")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if to != scheduler.StateCreated {
-			if _, err := s.Transition(ctx, sess.ID, to, nil); err != nil {
+		if to != session.StateCreated {
+			if _, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(to, time.Now()) }); err != nil {
 				t.Fatal(err)
 			}
 		}
 		return sess.ID
 	}
-	done := mk("done@example.com", scheduler.StateCompleted)
-	mk("live@example.com", scheduler.StateReady)
-	failed := mk("failed@example.com", scheduler.StateFailed)
+	done := mk("done@example.com", session.StateCompleted)
+	mk("live@example.com", session.StateReady)
+	failed := mk("failed@example.com", session.StateFailed)
 
 	got, err := s.EndedBefore(ctx, time.Now().Add(time.Minute))
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/examlab/examlab/lab"
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 )
 
 // Errors the store returns; api/ maps them to status codes.
@@ -33,37 +33,6 @@ var (
 	ErrClosed       = errors.New("session no longer accepts changes")
 	ErrUnauthorized = errors.New("unknown or expired token")
 )
-
-// Session is one candidate's exam session: metadata.json.
-type Session struct {
-	ID        string          `json:"id"`
-	Short     string          `json:"short"`
-	Email     string          `json:"email"`
-	ExamID    string          `json:"exam_id"`
-	Runtime   string          `json:"runtime"`
-	Status    scheduler.State `json:"status"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
-	// StartedAt is when the candidate pressed start; the deadline counts
-	// from it.
-	StartedAt   time.Time `json:"started_at,omitzero"`
-	ReadyAt     time.Time `json:"ready_at,omitzero"`
-	SubmittedAt time.Time `json:"submitted_at,omitzero"`
-	CompletedAt time.Time `json:"completed_at,omitzero"`
-	Deadline    time.Time `json:"deadline,omitzero"`
-	// DurationSeconds is the exam's time allowance, extendable by admins.
-	DurationSeconds int64 `json:"duration_seconds"`
-	// SubmitReason: candidate, deadline, admin.
-	SubmitReason string            `json:"submit_reason,omitempty"`
-	Nodes        []lab.NodeStatus  `json:"nodes"`
-	Error        string            `json:"error,omitempty"`
-	Attempts     int               `json:"provision_attempts,omitempty"`
-	RuntimeInfo  map[string]string `json:"runtime_info,omitempty"`
-	// TokenHashes are sha256 of the candidate's bearer tokens; the tokens
-	// themselves are never stored.
-	TokenHashes []string `json:"token_hashes,omitempty"`
-	Version     int64    `json:"version"`
-}
 
 // Options configures a Store. Zero values mean the documented defaults.
 type Options struct {
@@ -203,7 +172,7 @@ func NormalizeEmail(email string) (string, error) {
 }
 
 // Get returns the session's record from its metadata file.
-func (s *Store) Get(ctx context.Context, id string) (*Session, error) {
+func (s *Store) Get(ctx context.Context, id string) (*session.Session, error) {
 	p, err := s.Path(id, metadataFile)
 	if err != nil {
 		return nil, err
@@ -215,7 +184,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read session %s: %w", id, err)
 	}
-	var sess Session
+	var sess session.Session
 	if err := json.Unmarshal(b, &sess); err != nil {
 		return nil, fmt.Errorf("decode session %s: %w", id, err)
 	}
@@ -224,7 +193,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Session, error) {
 
 // Login returns the candidate's open session for exam, creating one if
 // they have none, and a fresh bearer token for it.
-func (s *Store) Login(ctx context.Context, email, examID string, duration time.Duration, runtime string) (*Session, string, error) {
+func (s *Store) Login(ctx context.Context, email, examID string, duration time.Duration, runtime string) (*session.Session, string, error) {
 	email, err := NormalizeEmail(email)
 	if err != nil {
 		return nil, "", err
@@ -238,7 +207,7 @@ func (s *Store) Login(ctx context.Context, email, examID string, duration time.D
 	token, th := newToken()
 	if id, err := s.rdb.Get(ctx, s.key("email", email)).Result(); err == nil {
 		if sess, err := s.Get(ctx, id); err == nil && sess.Status.Open() && sess.ExamID == examID {
-			sess, err = s.Update(ctx, id, func(x *Session) error {
+			sess, err = s.Update(ctx, id, func(x *session.Session) error {
 				x.TokenHashes = append(x.TokenHashes, th)
 				return nil
 			})
@@ -251,18 +220,8 @@ func (s *Store) Login(ctx context.Context, email, examID string, duration time.D
 		return nil, "", fmt.Errorf("look up email: %w", err)
 	}
 
-	now := s.now().UTC()
-	sess := &Session{
-		Email:           email,
-		ExamID:          examID,
-		Runtime:         runtime,
-		Status:          scheduler.StateCreated,
-		CreatedAt:       now,
-		UpdatedAt:       now,
-		DurationSeconds: int64(duration / time.Second),
-		TokenHashes:     []string{th},
-		Version:         1,
-	}
+	sess := session.New(email, examID, runtime, duration, s.now())
+	sess.TokenHashes = []string{th}
 	// The 8-character prefix names containers, networks and Nomad jobs, so
 	// it must be unique among live sessions; claim it before anything else.
 	for i := 0; ; i++ {
@@ -289,7 +248,7 @@ func (s *Store) Login(ctx context.Context, email, examID string, duration time.D
 }
 
 // ByToken resolves a candidate's bearer token to their session.
-func (s *Store) ByToken(ctx context.Context, token string) (*Session, error) {
+func (s *Store) ByToken(ctx context.Context, token string) (*session.Session, error) {
 	if token == "" || len(token) > 128 {
 		return nil, ErrUnauthorized
 	}
@@ -309,7 +268,7 @@ func (s *Store) ByToken(ctx context.Context, token string) (*Session, error) {
 
 // Update applies fn to the session under its lock and writes the result
 // durably. fn may refuse by returning an error; nothing is written then.
-func (s *Store) Update(ctx context.Context, id string, fn func(*Session) error) (*Session, error) {
+func (s *Store) Update(ctx context.Context, id string, fn func(*session.Session) error) (*session.Session, error) {
 	unlock, err := s.lock(ctx, "session", id)
 	if err != nil {
 		return nil, err
@@ -324,7 +283,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Session) error) 
 		return nil, err
 	}
 	if !before.CanMove(sess.Status) {
-		return nil, fmt.Errorf("session %s: move from %s to %s: %w", id, before, sess.Status, scheduler.ErrBackwards)
+		return nil, fmt.Errorf("session %s: move from %s to %s: %w", id, before, sess.Status, session.ErrNotAllowed)
 	}
 	sess.Version++
 	sess.UpdatedAt = s.now().UTC()
@@ -334,26 +293,9 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Session) error) 
 	return sess, nil
 }
 
-// Transition moves the session to next (running fn on the way) if the
-// state machine allows it. Moving to the state it is already in succeeds,
-// so retried handlers converge.
-func (s *Store) Transition(ctx context.Context, id string, next scheduler.State, fn func(*Session)) (*Session, error) {
-	return s.Update(ctx, id, func(x *Session) error {
-		st, err := x.Status.Move(next)
-		if err != nil {
-			return err
-		}
-		x.Status = st
-		if fn != nil {
-			fn(x)
-		}
-		return nil
-	})
-}
-
 // write stores the metadata file, then indexes it. The file is the record:
 // if indexing fails the caller sees the error and a rebuild repairs Redis.
-func (s *Store) write(ctx context.Context, sess *Session) error {
+func (s *Store) write(ctx context.Context, sess *session.Session) error {
 	p, err := s.Path(sess.ID, metadataFile)
 	if err != nil {
 		return err
@@ -398,7 +340,7 @@ func (s *Store) lock(ctx context.Context, kind, name string) (func(), error) {
 }
 
 // ReleaseShort frees the session's 8-character prefix once its lab is gone.
-func (s *Store) ReleaseShort(ctx context.Context, sess *Session) error {
+func (s *Store) ReleaseShort(ctx context.Context, sess *session.Session) error {
 	err := s.rdb.Eval(ctx, `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`,
 		[]string{s.key("short", sess.Short)}, sess.ID).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {

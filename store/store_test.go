@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab/redistest"
 )
@@ -36,7 +36,7 @@ func TestLoginReturnsTheOpenSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(a.ID) != 12 || a.Short != a.ID[:8] || a.Email != "ada@example.com" || a.Status != scheduler.StateCreated {
+	if len(a.ID) != 12 || a.Short != a.ID[:8] || a.Email != "ada@example.com" || a.Status != session.StateCreated {
 		t.Fatalf("session = %+v", a)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sessions", a.ID, "metadata.json")); err != nil {
@@ -60,7 +60,7 @@ func TestLoginReturnsTheOpenSession(t *testing.T) {
 	}
 	// Once submitted, the same email starts a fresh session and the old
 	// tokens stop working only when the session ends.
-	if _, err := s.Transition(ctx, a.ID, scheduler.StateSubmitted, nil); err != nil {
+	if _, err := s.Update(ctx, a.ID, func(x *session.Session) error { return x.WalkTo(session.StateSubmitted, time.Now()) }); err != nil {
 		t.Fatal(err)
 	}
 	c, _, err := s.Login(ctx, "ada@example.com", "exam1", time.Hour, "docker")
@@ -82,20 +82,20 @@ func TestTransitionsAreForwardOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Transition(ctx, sess.ID, scheduler.StateReady, nil); err != nil {
+	if _, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateReady, time.Now()) }); err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.Transition(ctx, sess.ID, scheduler.StateProvisioning, nil)
-	if !errors.Is(err, scheduler.ErrBackwards) {
+	_, err = s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateProvisioning, time.Now()) })
+	if !errors.Is(err, session.ErrNotAllowed) {
 		t.Fatalf("backwards transition: %v", err)
 	}
 	// Update cannot sneak a backwards move past the state machine either.
-	_, err = s.Update(ctx, sess.ID, func(x *store.Session) error { x.Status = scheduler.StateCreated; return nil })
-	if !errors.Is(err, scheduler.ErrBackwards) {
+	_, err = s.Update(ctx, sess.ID, func(x *session.Session) error { x.Status = session.StateCreated; return nil })
+	if !errors.Is(err, session.ErrNotAllowed) {
 		t.Fatalf("backwards update: %v", err)
 	}
 	got, _ := s.Get(ctx, sess.ID)
-	if got.Status != scheduler.StateReady {
+	if got.Status != session.StateReady {
 		t.Fatalf("status = %s after refused moves", got.Status)
 	}
 }
@@ -171,7 +171,7 @@ func TestAnswersAreDurableAndConfined(t *testing.T) {
 	if _, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`"x"`)); err != nil {
 		t.Fatalf("save after rebuild: %v", err)
 	}
-	if _, err := s.Transition(ctx, sess.ID, scheduler.StateSubmitted, nil); err != nil {
+	if _, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateSubmitted, time.Now()) }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`"late"`)); !errors.Is(err, store.ErrClosed) {
@@ -190,7 +190,7 @@ func TestListFiltersSortsAndPages(t *testing.T) {
 		}
 		ids = append(ids, sess.ID)
 		if i%2 == 0 {
-			if _, err := s.Transition(ctx, sess.ID, scheduler.StateReady, nil); err != nil {
+			if _, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateReady, time.Now()) }); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -204,7 +204,7 @@ func TestListFiltersSortsAndPages(t *testing.T) {
 		wantLen   int
 	}{
 		{"all newest first", store.ListQuery{Desc: true}, 7, ids[6], 7},
-		{"ready only", store.ListQuery{Status: []scheduler.State{scheduler.StateReady}}, 4, ids[0], 4},
+		{"ready only", store.ListQuery{Status: []session.State{session.StateReady}}, 4, ids[0], 4},
 		{"search email", store.ListQuery{Search: "USER3@"}, 1, ids[3], 1},
 		{"search id prefix", store.ListQuery{Search: ids[5][:6]}, 1, ids[5], 1},
 		{"by email desc paged", store.ListQuery{Sort: "email", Desc: true, Offset: 2, Limit: 2}, 7, ids[4], 2},

@@ -13,7 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/lab"
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -27,13 +27,13 @@ func (h *Handlers) Archive(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	switch sess.Status {
-	case scheduler.StateSubmitted, scheduler.StateArchiving:
-	case scheduler.StateCompleted, scheduler.StateExpired:
+	case session.StateSubmitted, session.StateArchiving:
+	case session.StateCompleted, session.StateExpired:
 		return nil
 	default:
 		return fmt.Errorf("archive %s: session is %s, not submitted: %w", sess.ID, sess.Status, asynq.SkipRetry)
 	}
-	if _, err := h.o.Store.Transition(ctx, sess.ID, scheduler.StateArchiving, nil); err != nil {
+	if _, err := h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error { return s.BeginArchive() }); err != nil {
 		return fmt.Errorf("archive %s: %w", sess.ID, err)
 	}
 	start := h.o.Now()
@@ -72,7 +72,7 @@ const snapshotLockTTL = 35 * time.Minute
 
 // snapshot writes {container}.tar and {container}.log for every node and
 // the manifest. It returns the bytes written.
-func (h *Handlers) snapshot(ctx context.Context, sess *store.Session, reason string) (int64, error) {
+func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason string) (int64, error) {
 	spec, err := h.spec(sess)
 	if err != nil {
 		return 0, err
@@ -169,20 +169,16 @@ func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
 	if err := h.o.Runtime.Destroy(ctx, sess.ID); err != nil {
 		return fmt.Errorf("cleanup %s: %w", sess.ID, err)
 	}
-	final := scheduler.StateCompleted
-	if sess.SubmitReason == "deadline" {
-		final = scheduler.StateExpired
-	}
-	sess, err = h.o.Store.Update(ctx, sess.ID, func(s *store.Session) error {
+	sess, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error {
 		for i := range s.Nodes {
 			s.Nodes[i].State = lab.StateMissing
 			s.Nodes[i].Detail = "removed after archive"
 		}
-		if s.Status == scheduler.StateArchiving {
-			s.Status = final
-			s.CompletedAt = h.o.Now().UTC()
+		if s.Status != session.StateArchiving {
+			return nil // ended already: a rerun converges
 		}
-		return nil
+		_, err := s.Complete(h.o.Now())
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("cleanup %s: %w", sess.ID, err)

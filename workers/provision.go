@@ -9,7 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/lab"
-	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -22,8 +22,8 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	switch sess.Status {
-	case scheduler.StateCreated, scheduler.StateProvisioning:
-	case scheduler.StateReady:
+	case session.StateCreated, session.StateProvisioning:
+	case session.StateReady:
 		return nil // a duplicate run after success
 	default:
 		// Submitted or ended while queued: there is nothing to bring up.
@@ -34,10 +34,7 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	sess, err = h.o.Store.Transition(ctx, sess.ID, scheduler.StateProvisioning, func(s *store.Session) {
-		s.Attempts++
-		s.Error = ""
-	})
+	sess, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error { return s.BeginProvision() })
 	if err != nil {
 		return fmt.Errorf("provision %s: %w", p.SessionID, err)
 	}
@@ -53,15 +50,11 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	if perr != nil {
 		h.o.Observer.Provisioned(h.o.Now().Sub(start), false)
 		final := lastAttempt(ctx) || errors.Is(perr, asynq.SkipRetry)
-		_, uerr := h.o.Store.Update(context.WithoutCancel(ctx), sess.ID, func(s *store.Session) error {
+		_, uerr := h.o.Store.Update(context.WithoutCancel(ctx), sess.ID, func(s *session.Session) error {
 			if serr == nil {
 				s.Nodes = nodes
 			}
-			s.Error = perr.Error()
-			if final && s.Status == scheduler.StateProvisioning {
-				s.Status = scheduler.StateFailed
-				s.CompletedAt = h.o.Now().UTC()
-			}
+			s.ProvisionFailed(perr.Error(), final, h.o.Now())
 			return nil
 		})
 		if final {
@@ -78,18 +71,15 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	}
 
 	now := h.o.Now().UTC()
-	_, err = h.o.Store.Update(ctx, sess.ID, func(s *store.Session) error {
+	_, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error {
 		s.Nodes = nodes
-		if s.Status != scheduler.StateProvisioning {
+		if s.Status != session.StateProvisioning {
 			// Submitted while we worked; archive will take the lab down.
 			return nil
 		}
-		s.Status = scheduler.StateReady
-		s.ReadyAt = now
-		// The clock starts when the lab is usable, not when the candidate
-		// pressed start: slow provisioning costs them nothing.
-		s.Deadline = now.Add(time.Duration(s.DurationSeconds) * time.Second)
-		return nil
+		// The clock starts now, when the lab is usable, not when the
+		// candidate pressed start: slow provisioning costs them nothing.
+		return s.MarkReady(now)
 	})
 	if err != nil {
 		return fmt.Errorf("provision %s: mark ready: %w", sess.ID, err)
@@ -105,7 +95,7 @@ func (h *Handlers) ResetNode(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	if sess.Status != scheduler.StateReady {
+	if sess.Status != session.StateReady {
 		return fmt.Errorf("reset %s/%s: session is %s: %w", sess.ID, p.Node, sess.Status, asynq.SkipRetry)
 	}
 	spec, err := h.spec(sess)
@@ -120,7 +110,7 @@ func (h *Handlers) ResetNode(ctx context.Context, t *asynq.Task) error {
 	}
 	nodes, err := h.o.Runtime.Status(ctx, spec)
 	if err == nil {
-		_, err = h.o.Store.Update(ctx, sess.ID, func(s *store.Session) error { s.Nodes = nodes; return nil })
+		_, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error { s.Nodes = nodes; return nil })
 	}
 	if err != nil {
 		return fmt.Errorf("reset %s/%s: record status: %w", sess.ID, p.Node, err)

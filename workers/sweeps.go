@@ -9,6 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -27,31 +28,9 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 		// Only the run that made the move records it; a concurrent or
 		// repeated sweep still (re-)enqueues the archive, which the task
 		// id makes a no-op.
-		moved := false
-		_, err := h.o.Store.Update(ctx, id, func(s *store.Session) error {
-			moved = false
-			if !s.Status.Open() {
-				return nil
-			}
-			if s.Deadline.IsZero() || s.Deadline.After(now) {
-				return nil // extended since we listed it
-			}
-			s.Status = scheduler.StateSubmitted
-			s.SubmitReason = "deadline"
-			s.SubmittedAt = now.UTC()
-			moved = true
-			return nil
-		})
+		_, moved, err := scheduler.Submit(ctx, h.o.Store, h.o.Enqueuer, id, session.ByDeadline, now)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("expire %s: %w", id, err))
-			continue
-		}
-		sess, err := h.o.Store.Get(ctx, id)
-		if err != nil || sess.Status != scheduler.StateSubmitted {
-			continue
-		}
-		if _, err := h.o.Enqueuer.Archive(ctx, id, "deadline"); err != nil {
-			errs = append(errs, err)
 			continue
 		}
 		if moved {

@@ -16,6 +16,7 @@ import (
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -108,7 +109,7 @@ func (h *Handlers) Mux() *asynq.ServeMux {
 }
 
 // spec renders the session's lab spec from its exam.
-func (h *Handlers) spec(sess *store.Session) (lab.Spec, error) {
+func (h *Handlers) spec(sess *session.Session) (lab.Spec, error) {
 	ex, ok := h.o.Exams(sess.ExamID)
 	if !ok {
 		return lab.Spec{}, fmt.Errorf("session %s: unknown exam %q: %w", sess.ID, sess.ExamID, asynq.SkipRetry)
@@ -122,7 +123,7 @@ func (h *Handlers) spec(sess *store.Session) (lab.Spec, error) {
 
 // session loads the payload's session; a session that does not exist can
 // never be handled, so that is a permanent failure.
-func (h *Handlers) session(ctx context.Context, t *asynq.Task) (scheduler.SessionPayload, *store.Session, error) {
+func (h *Handlers) session(ctx context.Context, t *asynq.Task) (scheduler.SessionPayload, *session.Session, error) {
 	p, err := scheduler.ParseSessionPayload(t)
 	if err != nil {
 		return p, nil, err

@@ -1,4 +1,4 @@
-package scheduler
+package session
 
 import "testing"
 
@@ -27,12 +27,8 @@ func TestStateMachineMovesForwardOnly(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(string(tc.from)+"->"+string(tc.to), func(t *testing.T) {
-			got, err := tc.from.Move(tc.to)
-			if tc.ok && (err != nil || got != tc.to) {
-				t.Fatalf("Move = %s, %v; want %s", got, err, tc.to)
-			}
-			if !tc.ok && err == nil {
-				t.Fatalf("Move from %s to %s allowed", tc.from, tc.to)
+			if got := tc.from.CanMove(tc.to); got != tc.ok {
+				t.Fatalf("CanMove(%s -> %s) = %v, want %v", tc.from, tc.to, got, tc.ok)
 			}
 		})
 	}
@@ -50,25 +46,10 @@ func TestStatePredicates(t *testing.T) {
 	if !StateArchiving.HasLab() || StateCompleted.HasLab() {
 		t.Error("archiving has a lab, completed does not")
 	}
-}
-
-func TestTaskIDsAndOptions(t *testing.T) {
-	p, err := NewProvisionTask("abcdefgh1234")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Type() != TypeProvision {
-		t.Errorf("type = %s", p.Type())
-	}
-	a, _ := NewSnapshotTask("abcdefgh1234", "n1")
-	b, _ := NewSnapshotTask("abcdefgh1234", "n2")
-	if TaskID(TypeSnapshot, "abcdefgh1234", "n1") == TaskID(TypeSnapshot, "abcdefgh1234", "n2") {
-		t.Error("two admin snapshots share a task id")
-	}
-	if string(a.Payload()) == string(b.Payload()) {
-		t.Error("snapshot payloads do not carry their nonce")
-	}
-	if got := TaskID(TypeArchive, "s1"); got != "session:archive:s1" {
-		t.Errorf("archive id = %q", got)
+	for _, s := range States {
+		want := s == StateProvisioning || s == StateReady
+		if s.LiveLab() != want {
+			t.Errorf("%s.LiveLab() = %v, want %v", s, s.LiveLab(), want)
+		}
 	}
 }

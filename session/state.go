@@ -1,19 +1,4 @@
-// Package scheduler is the session lifecycle: the forward-only state
-// machine, the task contracts workers implement, and the enqueueing that
-// moves a session from one state to the next.
-//
-// A session is born created. Start enqueues provision (provisioning); the
-// provision handler brings the lab up (ready). Submit, or the deadline,
-// moves it to submitted and enqueues archive (archiving); archive writes
-// the snapshots and enqueues cleanup, which removes the lab and marks the
-// session completed. A lab that cannot be brought up ends failed; a
-// deadline reached before submit ends expired once archived.
-package scheduler
-
-import (
-	"errors"
-	"fmt"
-)
+package session
 
 // State is where a session is in its lifecycle.
 type State string
@@ -35,9 +20,6 @@ var States = []State{
 	StateCreated, StateProvisioning, StateReady, StateSubmitted,
 	StateArchiving, StateCompleted, StateFailed, StateExpired,
 }
-
-// ErrBackwards is returned for a transition the state machine forbids.
-var ErrBackwards = errors.New("state transition not allowed")
 
 // rank orders the states; a transition may only go up. Failed and expired
 // are terminal like completed.
@@ -87,10 +69,6 @@ func (s State) CanMove(next State) bool {
 	return rank[next] > rank[s]
 }
 
-// Move returns next if the transition is allowed, or ErrBackwards.
-func (s State) Move(next State) (State, error) {
-	if !s.CanMove(next) {
-		return s, fmt.Errorf("move session from %s to %s: %w", s, next, ErrBackwards)
-	}
-	return next, nil
-}
+// LiveLab reports whether the candidate may use terminals in s: while the
+// lab comes up (a terminal waits for its node) and while it is ready.
+func (s State) LiveLab() bool { return s == StateProvisioning || s == StateReady }

@@ -1,0 +1,313 @@
+// Package session owns a candidate's exam session: the record kept as
+// metadata.json and the forward-only state machine it moves through. The
+// transition methods below are the only code that writes a session's
+// status and its timestamps; store persists records, api and workers ask
+// for transitions and get an error when one is not allowed.
+//
+// A session's life, top to bottom:
+//
+//	created       the candidate signed in; nothing runs yet
+//	provisioning  Start: the candidate pressed start; a worker brings the
+//	              lab up (BeginProvision per attempt, ProvisionFailed on
+//	              an attempt that did not make it)
+//	ready         MarkReady: every node runs; the clock starts now, so
+//	              a slow start costs the candidate nothing
+//	submitted     Submit: by the candidate, an admin, or the deadline
+//	archiving     BeginArchive: a worker captures the lab
+//	completed     Complete: the lab is archived and removed
+//	expired       Complete, when the deadline forced the submit
+//	failed        ProvisionFailed on the last attempt, or Fail
+//
+// Completed, expired and failed are terminal. Every transition into the
+// state a session is already in succeeds without change, so a retried
+// handler converges instead of failing.
+package session
+
+import (
+	"errors"
+	"time"
+
+	"github.com/examlab/examlab/lab"
+)
+
+// Errors transitions return; api/ maps them to status codes.
+var (
+	// ErrNotAllowed: the session's state does not allow the transition.
+	ErrNotAllowed = errors.New("not allowed in the session's state")
+	// ErrTooShort: an extension would leave the exam under a minute.
+	ErrTooShort = errors.New("the exam would be left with less than a minute in total")
+)
+
+// Submit reasons.
+const (
+	ByCandidate = "candidate"
+	ByAdmin     = "admin"
+	ByDeadline  = "deadline"
+)
+
+// Session is one candidate's exam session: metadata.json.
+type Session struct {
+	ID        string    `json:"id"`
+	Short     string    `json:"short"`
+	Email     string    `json:"email"`
+	ExamID    string    `json:"exam_id"`
+	Runtime   string    `json:"runtime"`
+	Status    State     `json:"status"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// StartedAt is when the candidate pressed start. The deadline does not
+	// count from it but from ReadyAt.
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	ReadyAt     time.Time `json:"ready_at,omitzero"`
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
+	CompletedAt time.Time `json:"completed_at,omitzero"`
+	// Deadline is ReadyAt + DurationSeconds (moved by extensions); zero
+	// until the lab is ready.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// DurationSeconds is the exam's time allowance, extendable by admins.
+	DurationSeconds int64 `json:"duration_seconds"`
+	// SubmitReason is ByCandidate, ByAdmin or ByDeadline.
+	SubmitReason string            `json:"submit_reason,omitempty"`
+	Nodes        []lab.NodeStatus  `json:"nodes"`
+	Error        string            `json:"error,omitempty"`
+	Attempts     int               `json:"provision_attempts,omitempty"`
+	RuntimeInfo  map[string]string `json:"runtime_info,omitempty"`
+	// TokenHashes are sha256 of the candidate's bearer tokens; the tokens
+	// themselves are never stored.
+	TokenHashes []string `json:"token_hashes,omitempty"`
+	Version     int64    `json:"version"`
+}
+
+// New returns a created session for email in exam, with the exam's time
+// allowance. The id is assigned by the store, which must keep its prefix
+// unique.
+func New(email, examID, runtime string, duration time.Duration, now time.Time) *Session {
+	now = now.UTC()
+	return &Session{
+		Email:           email,
+		ExamID:          examID,
+		Runtime:         runtime,
+		Status:          StateCreated,
+		CreatedAt:       now,
+		UpdatedAt:       now,
+		DurationSeconds: int64(duration / time.Second),
+		Version:         1,
+	}
+}
+
+// TransitionError is a transition the session's state does not allow. Its
+// text is plain enough to show a candidate; errors.Is matches it to
+// ErrNotAllowed.
+type TransitionError struct {
+	ID     string
+	From   State
+	Action string // past participle: "started", "submitted"…
+}
+
+func (e *TransitionError) Error() string {
+	return "the session is " + string(e.From) + "; it cannot be " + e.Action
+}
+
+// Unwrap makes errors.Is(err, ErrNotAllowed) hold.
+func (e *TransitionError) Unwrap() error { return ErrNotAllowed }
+
+func (s *Session) refuse(action string) error {
+	return &TransitionError{ID: s.ID, From: s.Status, Action: action}
+}
+
+// move sets the status if the state machine allows it.
+func (s *Session) move(action string, next State) error {
+	if !s.Status.CanMove(next) {
+		return s.refuse(action)
+	}
+	s.Status = next
+	return nil
+}
+
+// Start records that the candidate pressed start: the session goes to
+// provisioning. Starting again while it provisions changes nothing.
+func (s *Session) Start(now time.Time) error {
+	if s.Status != StateCreated && s.Status != StateProvisioning {
+		return s.refuse("started")
+	}
+	if s.StartedAt.IsZero() {
+		s.StartedAt = now.UTC()
+	}
+	return s.move("started", StateProvisioning)
+}
+
+// BeginProvision records one provision attempt by a worker.
+func (s *Session) BeginProvision() error {
+	if s.Status != StateCreated && s.Status != StateProvisioning {
+		return s.refuse("provisioned")
+	}
+	s.Attempts++
+	s.Error = ""
+	return s.move("provisioned", StateProvisioning)
+}
+
+// ProvisionFailed records why an attempt did not bring the lab up. On the
+// final attempt a session still provisioning ends failed; one submitted
+// meanwhile keeps its course.
+func (s *Session) ProvisionFailed(reason string, final bool, now time.Time) {
+	s.Error = reason
+	if final && s.Status == StateProvisioning {
+		s.Status = StateFailed
+		s.CompletedAt = now.UTC()
+	}
+}
+
+// MarkReady records that every node runs and starts the clock: the
+// deadline is now + the time allowance. A session already ready is left
+// as it is.
+func (s *Session) MarkReady(now time.Time) error {
+	if s.Status == StateReady {
+		return nil
+	}
+	if s.Status != StateProvisioning {
+		return s.refuse("marked ready")
+	}
+	now = now.UTC()
+	s.Status = StateReady
+	s.ReadyAt = now
+	s.Deadline = now.Add(time.Duration(s.DurationSeconds) * time.Second)
+	return nil
+}
+
+// Submit ends the candidate's work for reason (ByCandidate, ByAdmin,
+// ByDeadline). It reports whether this call made the move: a session
+// already submitted or being archived stays as it is and keeps its first
+// reason, so concurrent submits agree on one.
+func (s *Session) Submit(reason string, now time.Time) (bool, error) {
+	switch {
+	case s.Status.Open():
+		s.Status = StateSubmitted
+		s.SubmittedAt = now.UTC()
+		s.SubmitReason = reason
+		return true, nil
+	case s.Status == StateSubmitted || s.Status == StateArchiving:
+		return false, nil
+	default:
+		return false, s.refuse("submitted")
+	}
+}
+
+// PastDeadline reports whether the session is open and its deadline has
+// passed at now.
+func (s *Session) PastDeadline(now time.Time) bool {
+	return s.Status.Open() && !s.Deadline.IsZero() && !s.Deadline.After(now)
+}
+
+// BeginArchive records that a worker captures the submitted lab.
+func (s *Session) BeginArchive() error {
+	if s.Status != StateSubmitted && s.Status != StateArchiving {
+		return s.refuse("archived")
+	}
+	return s.move("archived", StateArchiving)
+}
+
+// Complete ends an archived session: expired when the deadline forced
+// its submit, completed otherwise. It reports whether this call ended it;
+// an ended session is left as it is.
+func (s *Session) Complete(now time.Time) (bool, error) {
+	if s.Status.Terminal() {
+		return false, nil
+	}
+	if s.Status != StateArchiving {
+		return false, s.refuse("completed")
+	}
+	final := StateCompleted
+	if s.SubmitReason == ByDeadline {
+		final = StateExpired
+	}
+	s.Status = final
+	s.CompletedAt = now.UTC()
+	return true, nil
+}
+
+// Fail ends a live session that can no longer go on, with the reason.
+func (s *Session) Fail(reason string, now time.Time) error {
+	if err := s.move("failed", StateFailed); err != nil {
+		return err
+	}
+	s.Error = reason
+	if s.CompletedAt.IsZero() {
+		s.CompletedAt = now.UTC()
+	}
+	return nil
+}
+
+// Extend gives the candidate more (or, with a negative by, less) time.
+// The allowance never drops under a minute; a running clock moves with it.
+func (s *Session) Extend(by time.Duration) error {
+	if !s.Status.Open() {
+		return s.refuse("extended")
+	}
+	secs := int64(by / time.Second)
+	if s.DurationSeconds+secs < 60 {
+		return ErrTooShort
+	}
+	s.DurationSeconds += secs
+	if !s.Deadline.IsZero() {
+		s.Deadline = s.Deadline.Add(by)
+	}
+	return nil
+}
+
+// Remaining is the time left at now, zero once the deadline has passed or
+// when the clock has not started or no longer runs.
+func (s *Session) Remaining(now time.Time) time.Duration {
+	if s.Deadline.IsZero() || !s.Status.Open() {
+		return 0
+	}
+	return max(0, s.Deadline.Sub(now))
+}
+
+// WalkTo moves the session forward to state to along the path a real
+// session takes (start, provision, ready, submit, archive, complete), one
+// transition at a time, so every timestamp on the way is set as it would
+// be. A submit on the way to expired is a deadline submit. It is for
+// tests and tools that need a session in a given state; WalkTo to the
+// state the session is in changes nothing.
+func (s *Session) WalkTo(to State, now time.Time) error {
+	if !to.Valid() || !s.Status.CanMove(to) {
+		return s.refuse("moved to " + string(to))
+	}
+	if to == StateFailed {
+		return s.Fail("failed on request", now)
+	}
+	reason := ByCandidate
+	if to == StateExpired {
+		reason = ByDeadline
+	}
+	for s.Status != to {
+		var err error
+		switch s.Status {
+		case StateCreated:
+			err = s.Start(now)
+		case StateProvisioning:
+			if s.Attempts == 0 {
+				err = s.BeginProvision()
+				if err != nil {
+					break
+				}
+			}
+			err = s.MarkReady(now)
+		case StateReady:
+			_, err = s.Submit(reason, now)
+		case StateSubmitted:
+			err = s.BeginArchive()
+		case StateArchiving:
+			_, err = s.Complete(now)
+		default:
+			return s.refuse("moved to " + string(to))
+		}
+		if err != nil {
+			return err
+		}
+		if s.Status.Terminal() && s.Status != to {
+			return s.refuse("moved to " + string(to))
+		}
+	}
+	return nil
+}
