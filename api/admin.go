@@ -10,6 +10,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
@@ -21,15 +22,15 @@ func (s *Server) adminLogin(c *fiber.Ctx) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	if req.Token == "" || !s.adminTokenMatches(req.Token) {
+	if req.Token == "" || !s.o.Auth.IsAdmin(req.Token) {
 		return fail(fiber.StatusUnauthorized, "wrong admin token")
 	}
-	s.setCookie(c, AdminCookie, req.Token, 12*time.Hour)
+	s.setCookie(c, auth.AdminCookie, req.Token, 12*time.Hour)
 	return c.JSON(fiber.Map{"ok": true})
 }
 
 func (s *Server) adminLogout(c *fiber.Ctx) error {
-	s.clearCookie(c, AdminCookie)
+	s.clearCookie(c, auth.AdminCookie)
 	return c.SendStatus(fiber.StatusNoContent)
 }
 

@@ -1,22 +1,13 @@
 package api
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
-	"strings"
+	"errors"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/session"
-	"github.com/examlab/examlab/store"
-)
-
-// Cookie names. Both are HttpOnly and SameSite=Strict, so page scripts
-// cannot read them and other sites cannot ride them.
-const (
-	CandidateCookie = "examlab_session"
-	AdminCookie     = "examlab_admin"
 )
 
 // Locals keys set by the auth middleware.
@@ -25,48 +16,21 @@ const (
 	localAdmin   = "admin"
 )
 
-func bearer(c *fiber.Ctx) string {
-	h := c.Get(fiber.HeaderAuthorization)
-	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
-	}
-	return ""
-}
+func bearer(c *fiber.Ctx) string { return auth.Bearer(c.Get(fiber.HeaderAuthorization)) }
 
 // isAdmin reports whether the request carries the admin token, as a
 // bearer token or the admin cookie.
 func (s *Server) isAdmin(c *fiber.Ctx) bool {
-	for _, t := range []string{bearer(c), c.Cookies(AdminCookie)} {
-		if t != "" && s.adminTokenMatches(t) {
-			return true
-		}
-	}
-	return false
+	return s.o.Auth.AnyAdmin(bearer(c), c.Cookies(auth.AdminCookie))
 }
 
-// adminTokenMatches compares in constant time (over fixed-size hashes, so
-// the length does not leak either).
-func (s *Server) adminTokenMatches(t string) bool {
-	a := sha256.Sum256([]byte(t))
-	b := sha256.Sum256([]byte(s.o.AdminToken))
-	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
-}
-
-// candidate resolves the candidate's session from cookie or bearer token.
+// candidate resolves the candidate's session from bearer token or cookie.
 func (s *Server) candidate(c *fiber.Ctx) (*session.Session, error) {
-	for _, t := range []string{bearer(c), c.Cookies(CandidateCookie)} {
-		if t == "" || s.adminTokenMatches(t) {
-			continue
-		}
-		sess, err := s.o.Store.ByToken(c.UserContext(), t)
-		if err == nil {
-			return sess, nil
-		}
-		if err != store.ErrUnauthorized {
-			return nil, err
-		}
+	sess, err := s.o.Auth.Candidate(c.UserContext(), bearer(c), c.Cookies(auth.CandidateCookie))
+	if errors.Is(err, auth.ErrUnauthorized) {
+		return nil, errAuth
 	}
-	return nil, errAuth
+	return sess, err
 }
 
 // requireAdmin guards admin routes.
@@ -113,20 +77,11 @@ func (s *Server) requireCandidate(c *fiber.Ctx) error {
 }
 
 func (s *Server) setCookie(c *fiber.Ctx, name, value string, ttl time.Duration) {
-	c.Cookie(&fiber.Cookie{
-		Name:     name,
-		Value:    value,
-		Path:     "/",
-		HTTPOnly: true,
-		Secure:   s.o.CookieSecure,
-		SameSite: fiber.CookieSameSiteStrictMode,
-		Expires:  time.Now().Add(ttl),
-	})
+	c.Cookie(auth.Cookie(name, value, s.o.CookieSecure, ttl))
 }
 
 func (s *Server) clearCookie(c *fiber.Ctx, name string) {
-	c.Cookie(&fiber.Cookie{Name: name, Value: "", Path: "/", HTTPOnly: true, Secure: s.o.CookieSecure,
-		SameSite: fiber.CookieSameSiteStrictMode, Expires: time.Unix(1, 0)})
+	c.Cookie(auth.ClearCookie(name, s.o.CookieSecure))
 }
 
 func isAdminCtx(c *fiber.Ctx) bool { v, _ := c.Locals(localAdmin).(bool); return v }

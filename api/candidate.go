@@ -8,6 +8,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
@@ -99,12 +100,12 @@ func (s *Server) login(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	s.setCookie(c, CandidateCookie, token, 24*time.Hour)
+	s.setCookie(c, auth.CandidateCookie, token, 24*time.Hour)
 	return c.JSON(fiber.Map{"session_id": sess.ID, "token": token, "status": sess.Status, "session": s.view(sess)})
 }
 
 func (s *Server) logout(c *fiber.Ctx) error {
-	s.clearCookie(c, CandidateCookie)
+	s.clearCookie(c, auth.CandidateCookie)
 	return c.SendStatus(fiber.StatusNoContent)
 }
 

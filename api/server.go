@@ -13,6 +13,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/limiter"
 	"github.com/gofiber/fiber/v2/middleware/recover"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
@@ -32,7 +33,7 @@ type statuser interface {
 	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
 }
 
-// Options wires the API. Store, Enqueuer, Exam and AdminToken are required.
+// Options wires the API. Store, Enqueuer, Exam and Auth are required.
 type Options struct {
 	Store    *store.Store
 	Enqueuer enqueuer
@@ -43,7 +44,8 @@ type Options struct {
 	// Runtime, when set, gives live node states while a lab is up.
 	Runtime     statuser
 	RuntimeName string
-	AdminToken  string
+	// Auth checks admin and candidate credentials (shared with the relay).
+	Auth *auth.Auth
 	// CookieSecure marks cookies Secure (serve behind HTTPS).
 	CookieSecure bool
 	// Mounts run after the API's own routes are registered: the relay's
@@ -69,11 +71,8 @@ type Server struct {
 
 // New builds the API's routes.
 func New(o Options) (*Server, error) {
-	if o.Store == nil || o.Enqueuer == nil || o.Exam == nil {
-		return nil, errors.New("new api: store, enqueuer and exam are required")
-	}
-	if len(o.AdminToken) < 16 {
-		return nil, errors.New("new api: admin token of at least 16 characters required")
+	if o.Store == nil || o.Enqueuer == nil || o.Exam == nil || o.Auth == nil {
+		return nil, errors.New("new api: store, enqueuer, exam and auth are required")
 	}
 	if o.Exams == nil {
 		o.Exams = func(id string) (*exam.Exam, bool) { return o.Exam, id == o.Exam.ID }

@@ -5,8 +5,6 @@ package platform
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/examlab/examlab/api"
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/exam"
@@ -48,6 +47,7 @@ type Platform struct {
 	Exam      *exam.Exam
 	Redis     *redis.Client
 	Store     *store.Store
+	Auth      *auth.Auth
 	Enqueuer  *scheduler.Enqueuer
 	Runtime   lab.Runtime
 	Handlers  *workers.Handlers
@@ -109,6 +109,9 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	if err != nil {
 		return nil, err
 	}
+	if p.Auth, err = auth.New(cfg.AdminToken, p.Store); err != nil {
+		return nil, err
+	}
 	p.Runtime = o.Runtime
 	if p.Runtime == nil {
 		if p.Runtime, err = NewRuntime(cfg); err != nil {
@@ -146,13 +149,8 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		}
 	}
 	if roles.Relay {
-		adminSum := sha256.Sum256([]byte(cfg.AdminToken))
 		p.Relay, err = relay.New(relay.Options{
-			Store: p.Store, Runner: p.Runtime, Exams: exams, Origins: cfg.Origins(),
-			AdminCheck: func(t string) bool {
-				sum := sha256.Sum256([]byte(t))
-				return cfg.AdminToken != "" && subtle.ConstantTimeCompare(sum[:], adminSum[:]) == 1
-			},
+			Store: p.Store, Runner: p.Runtime, Exams: exams, Origins: cfg.Origins(), Auth: p.Auth,
 			MaxTerminals: cfg.MaxTerminals, MaxMessageBytes: cfg.MaxMessageBytes, IdleTimeout: cfg.TerminalIdle,
 			Observer: p.Metrics, Logger: log,
 		})
@@ -169,7 +167,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	if roles.API {
 		p.API, err = api.New(api.Options{
 			Store: p.Store, Enqueuer: p.Enqueuer, Exam: p.Exam, Exams: exams,
-			Runtime: p.Runtime, RuntimeName: cfg.Runtime, AdminToken: cfg.AdminToken,
+			Runtime: p.Runtime, RuntimeName: cfg.Runtime, Auth: p.Auth,
 			CookieSecure: cfg.CookieSecure, Logger: log, Mounts: p.mounts(roles),
 			Ops: p.opsOptions(), RetentionDays: cfg.RetentionDays,
 		})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/relay"
@@ -70,7 +71,7 @@ func (s *directStream) chunks() <-chan []byte { return s.out }
 
 func openRelayStream(b *testing.B, ls *labStack) stream {
 	b.Helper()
-	h := http.Header{"Cookie": {relay.CandidateCookie + "=" + ls.token}, "Origin": {ls.origin}}
+	h := http.Header{"Cookie": {auth.CandidateCookie + "=" + ls.token}, "Origin": {ls.origin}}
 	ws, _, err := websocket.DefaultDialer.Dial(ls.termURL("tokyo"), h)
 	if err != nil {
 		b.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gofiber/contrib/websocket"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/session"
@@ -107,8 +108,8 @@ func (r *Relay) credential(ws *websocket.Conn, cookie string) (string, error) {
 	if t := ws.Cookies(cookie); t != "" {
 		return t, nil
 	}
-	if h := ws.Headers("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:]), nil
+	if t := auth.Bearer(ws.Headers("Authorization")); t != "" {
+		return t, nil
 	}
 	_ = ws.SetReadDeadline(time.Now().Add(r.o.AuthTimeout))
 	typ, data, err := ws.ReadMessage()
@@ -167,19 +168,19 @@ func (r *Relay) serveCandidate(ws *websocket.Conn) {
 		return
 	}
 	defer r.handlers.Done()
-	key, token, ok := r.admit(ws, CandidateCookie)
+	key, token, ok := r.admit(ws, auth.CandidateCookie)
 	if !ok {
 		return
 	}
-	if r.o.AdminCheck != nil && r.o.AdminCheck(token) {
+	if r.o.Auth.IsAdmin(token) {
 		refuse(ws, CloseForbidden, "admins watch terminals read-only under /ws/admin/")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, lookupTimeout)
-	sess, err := r.o.Store.ByToken(ctx, token)
+	sess, err := r.o.Auth.Candidate(ctx, token)
 	cancel()
 	switch {
-	case errors.Is(err, store.ErrUnauthorized):
+	case errors.Is(err, auth.ErrUnauthorized):
 		refuse(ws, CloseAuth, "unknown or expired sign-in; sign in again")
 		return
 	case err != nil:
@@ -219,11 +220,11 @@ func (r *Relay) serveAdmin(ws *websocket.Conn) {
 		return
 	}
 	defer r.handlers.Done()
-	key, token, ok := r.admit(ws, AdminCookie)
+	key, token, ok := r.admit(ws, auth.AdminCookie)
 	if !ok {
 		return
 	}
-	if r.o.AdminCheck == nil || !r.o.AdminCheck(token) {
+	if !r.o.Auth.IsAdmin(token) {
 		refuse(ws, CloseForbidden, "admin credentials required")
 		return
 	}

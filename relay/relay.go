@@ -76,17 +76,10 @@ import (
 	"github.com/gofiber/contrib/websocket"
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
-)
-
-// Cookie names the relay reads. They are the api package's cookies (the
-// relay must not import api, which mounts the relay); a test keeps the two
-// in step.
-const (
-	CandidateCookie = "examlab_session"
-	AdminCookie     = "examlab_admin"
 )
 
 // Close codes the relay ends connections with. The 44xx codes mirror the
@@ -149,9 +142,9 @@ type Options struct {
 	Runner runner
 	// Exams returns the exam of a session, which names its nodes. Required.
 	Exams func(id string) (*exam.Exam, bool)
-	// AdminCheck reports whether a token is the admin token. Nil refuses
-	// every admin connection.
-	AdminCheck func(token string) bool
+	// Auth checks candidate and admin credentials, as the API does.
+	// Required.
+	Auth *auth.Auth
 	// Origins are the Origin header values accepted (scheme://host[:port]).
 	// Empty accepts no browser at all; connections without an Origin header
 	// are always admitted to authentication.
@@ -226,8 +219,8 @@ func (k termKey) String() string { return k.session + "/" + k.node }
 
 // New builds a relay; Register mounts it.
 func New(o Options) (*Relay, error) {
-	if o.Store == nil || o.Runner == nil || o.Exams == nil {
-		return nil, errors.New("new relay: store, runner and exams are required")
+	if o.Store == nil || o.Runner == nil || o.Exams == nil || o.Auth == nil {
+		return nil, errors.New("new relay: store, runner, exams and auth are required")
 	}
 	if o.MaxTerminals <= 0 {
 		o.MaxTerminals = DefaultMaxTerminals

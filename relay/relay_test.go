@@ -25,7 +25,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/examlab/examlab/api"
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
@@ -47,13 +47,6 @@ const (
 	// flood would need about 50 MB more.
 	floodHeapBound = 24 << 20
 )
-
-func TestCookieNamesMatchTheAPI(t *testing.T) {
-	if relay.CandidateCookie != api.CandidateCookie || relay.AdminCookie != api.AdminCookie {
-		t.Fatalf("relay reads cookies %q/%q but the api sets %q/%q",
-			relay.CandidateCookie, relay.AdminCookie, api.CandidateCookie, api.AdminCookie)
-	}
-}
 
 // requireImage fails the test when the lab image is missing: a skipped
 // terminal test would hide a broken setup.
@@ -143,7 +136,7 @@ func (ls *labStack) adminURL(node string) string {
 
 // browser is how the candidate's page connects: cookie and Origin.
 func (ls *labStack) browser() dialOpts {
-	return dialOpts{cookie: relay.CandidateCookie + "=" + ls.token, origin: ls.origin}
+	return dialOpts{cookie: auth.CandidateCookie + "=" + ls.token, origin: ls.origin}
 }
 
 func TestTerminals(t *testing.T) {
@@ -189,15 +182,15 @@ func TestTerminals(t *testing.T) {
 		}{
 			{"no credentials", ls.termURL("tokyo"), dialOpts{origin: ls.origin}, "id\r", relay.CloseAuth},
 			{"unknown token", ls.termURL("tokyo"), dialOpts{bearer: "not-a-token", origin: ls.origin}, "", relay.CloseAuth},
-			{"another candidate's token", ls.termURL("tokyo"), dialOpts{cookie: relay.CandidateCookie + "=" + other.Token, origin: ls.origin}, "", relay.CloseForbidden},
+			{"another candidate's token", ls.termURL("tokyo"), dialOpts{cookie: auth.CandidateCookie + "=" + other.Token, origin: ls.origin}, "", relay.CloseForbidden},
 			{"another candidate's first-frame token", ls.termURL("tokyo"), dialOpts{firstAuth: other.Token}, "", relay.CloseForbidden},
-			{"foreign origin", ls.termURL("tokyo"), dialOpts{cookie: relay.CandidateCookie + "=" + ls.token, origin: "http://evil.example"}, "", relay.CloseForbidden},
-			{"null origin", ls.termURL("tokyo"), dialOpts{cookie: relay.CandidateCookie + "=" + ls.token, origin: "null"}, "", relay.CloseForbidden},
+			{"foreign origin", ls.termURL("tokyo"), dialOpts{cookie: auth.CandidateCookie + "=" + ls.token, origin: "http://evil.example"}, "", relay.CloseForbidden},
+			{"null origin", ls.termURL("tokyo"), dialOpts{cookie: auth.CandidateCookie + "=" + ls.token, origin: "null"}, "", relay.CloseForbidden},
 			{"node outside the lab", ls.termURL("mars"), ls.browser(), "", relay.CloseNotFound},
 			{"malformed node", ls.termURL("TOKYO..x"), ls.browser(), "", relay.CloseNotFound},
 			{"session that is not theirs", "ws://" + ls.addr + "/ws/session/zzzzzzzzzzzz/terminal/tokyo", ls.browser(), "", relay.CloseForbidden},
 			{"admin token on the candidate route", ls.termURL("tokyo"), dialOpts{bearer: ls.AdminToken}, "", relay.CloseForbidden},
-			{"candidate on the admin route", ls.adminURL("tokyo"), dialOpts{cookie: relay.AdminCookie + "=" + ls.token, origin: ls.origin}, "", relay.CloseForbidden},
+			{"candidate on the admin route", ls.adminURL("tokyo"), dialOpts{cookie: auth.AdminCookie + "=" + ls.token, origin: ls.origin}, "", relay.CloseForbidden},
 			{"candidate cookie on the admin route", ls.adminURL("tokyo"), ls.browser(), "x", relay.CloseAuth},
 			{"admin on a node outside the lab", ls.adminURL("mars"), dialOpts{bearer: ls.AdminToken}, "", relay.CloseNotFound},
 		}
@@ -348,7 +341,7 @@ func TestTerminals(t *testing.T) {
 	t.Run("admins watch read-only", func(t *testing.T) {
 		cand := dial(t, ls.termURL("g2"), ls.browser())
 		cand.waitReady()
-		view := dial(t, ls.adminURL("g2"), dialOpts{cookie: relay.AdminCookie + "=" + ls.AdminToken, origin: ls.origin})
+		view := dial(t, ls.adminURL("g2"), dialOpts{cookie: auth.AdminCookie + "=" + ls.AdminToken, origin: ls.origin})
 		if r := view.waitReady(); r["read_only"] != true {
 			t.Errorf("admin ready %v: want read_only", r)
 		}
@@ -557,7 +550,7 @@ func ownRelay(t *testing.T, ls *labStack, o relay.Options) (*relay.Relay, string
 	t.Helper()
 	o.Store, o.Runner, o.Origins = ls.Store, ls.Runtime, []string{ls.origin}
 	o.Exams = func(id string) (*exam.Exam, bool) { return ls.Exam, id == ls.Exam.ID }
-	o.AdminCheck = func(tok string) bool { return tok == ls.AdminToken }
+	o.Auth = ls.Auth
 	o.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	r, err := relay.New(o)
 	if err != nil {

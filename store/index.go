@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/session"
 )
@@ -228,7 +229,7 @@ redis.call("zadd", KEYS[2], v, ARGV[1])
 return v`
 
 func (s *Store) bumpIndex(ctx context.Context, p redis.Pipeliner, id string) {
-	epoch, _ := newToken()
+	epoch, _ := auth.NewToken()
 	p.Eval(ctx, bumpScript, []string{s.key("idx", "version"), s.key("idx", "changed"), s.key("idx", "epoch")}, id, epoch[:16])
 }
 

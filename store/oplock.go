@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/examlab/examlab/auth"
 )
 
 // ErrBusy is returned by TryLock when another process holds the lock.
@@ -19,7 +21,7 @@ func (s *Store) TryLock(ctx context.Context, name, id string, ttl time.Duration)
 		return nil, err
 	}
 	key := s.key("oplock", name, id)
-	tok, _ := newToken()
+	tok, _ := auth.NewToken()
 	ok, err := s.rdb.SetNX(ctx, key, tok, ttl).Result()
 	if err != nil {
 		return nil, fmt.Errorf("lock %s of %s: %w", name, id, err)

@@ -7,9 +7,6 @@ package store
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/session"
 )
@@ -31,7 +29,7 @@ var (
 	ErrTooLarge     = errors.New("too large")
 	ErrLocked       = errors.New("session is busy, try again")
 	ErrClosed       = errors.New("session no longer accepts changes")
-	ErrUnauthorized = errors.New("unknown or expired token")
+	ErrUnauthorized = auth.ErrUnauthorized
 )
 
 // Options configures a Store. Zero values mean the documented defaults.
@@ -147,20 +145,6 @@ func NewSessionID() string {
 	return string(b)
 }
 
-func newToken() (token, hash string) {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	token = base64.RawURLEncoding.EncodeToString(b)
-	return token, hashToken(token)
-}
-
-func hashToken(t string) string {
-	h := sha256.Sum256([]byte(t))
-	return hex.EncodeToString(h[:])
-}
-
 // NormalizeEmail lower-cases and trims an address and checks its shape.
 func NormalizeEmail(email string) (string, error) {
 	e := strings.ToLower(strings.TrimSpace(email))
@@ -204,7 +188,7 @@ func (s *Store) Login(ctx context.Context, email, examID string, duration time.D
 	}
 	defer unlock()
 
-	token, th := newToken()
+	token, th := auth.NewToken()
 	if id, err := s.rdb.Get(ctx, s.key("email", email)).Result(); err == nil {
 		if sess, err := s.Get(ctx, id); err == nil && sess.Status.Open() && sess.ExamID == examID {
 			sess, err = s.Update(ctx, id, func(x *session.Session) error {
@@ -252,7 +236,7 @@ func (s *Store) ByToken(ctx context.Context, token string) (*session.Session, er
 	if token == "" || len(token) > 128 {
 		return nil, ErrUnauthorized
 	}
-	id, err := s.rdb.Get(ctx, s.key("token", hashToken(token))).Result()
+	id, err := s.rdb.Get(ctx, s.key("token", auth.HashToken(token))).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, ErrUnauthorized
 	}
@@ -314,7 +298,7 @@ func (s *Store) write(ctx context.Context, sess *session.Session) error {
 // (API, workers, relay) serialise their read-modify-write of one record.
 func (s *Store) lock(ctx context.Context, kind, name string) (func(), error) {
 	key := s.key("lock", kind, name)
-	tok, _ := newToken()
+	tok, _ := auth.NewToken()
 	deadline := time.Now().Add(s.lockTTL)
 	for {
 		ok, err := s.rdb.SetNX(ctx, key, tok, s.lockTTL).Result()
