@@ -12,7 +12,7 @@ BENCH_FLAGS ?= -run '^$$' -benchtime 5x -timeout 60m
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-deps: ## install what the platform and its tests need from Debian (redis-server, chromium, xterm.js, debootstrap)
+deps: ## install what the platform and its tests need from Debian (redis-server, chromium, xterm.js, debootstrap, docker-compose)
 	@./deploy/deps.sh
 
 image: ## build the lab node image examlab/node:bookworm from Debian's packages (skipped if present)
@@ -23,6 +23,13 @@ web: ## bundle xterm.js from Debian's node-xterm and libjs-xterm into the embedd
 
 build: web ## build bin/examlab
 	$(GO) build -o $(BIN) ./cmd/examlab
+
+COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
+
+compose: deps image web ## build the container images (no registry) and run examlab and Redis with docker-compose (deploy/compose)
+	@GO=$(GO) ./deploy/compose/build.sh
+	cd deploy/compose && $(COMPOSE) -p examlab up -d
+	@echo "examlab: http://127.0.0.1:$${EXAMLAB_PORT:-8080}/ and /admin; stop: cd deploy/compose && $(COMPOSE) -p examlab down"
 
 redis: ## start a local redis-server with persistence (appendonly) under $(STATE_DIR)/redis
 	@./deploy/redis.sh "$(REDIS_DIR)"
@@ -56,4 +63,4 @@ fmt: ## format the code
 clean: ## remove build output (not the state directory)
 	rm -rf bin
 
-.PHONY: help deps image web build redis run test bench lint fmt clean nomad-dev test-nomad
+.PHONY: help deps image web build compose redis run test bench lint fmt clean nomad-dev test-nomad
