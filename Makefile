@@ -18,15 +18,15 @@ deps: ## install what the platform and its tests need from Debian (redis-server,
 image: ## build the lab node image examlab/node:bookworm from Debian's packages (skipped if present)
 	@./deploy/image/build.sh
 
-web: ## bundle xterm.js from Debian's node-xterm and libjs-xterm into the embedded web assets
+web: ## rebuild the committed xterm.js bundle from Debian's node-xterm and libjs-xterm
 	@./deploy/web.sh
 
-build: web ## build bin/examlab
+build: ## build bin/examlab
 	$(GO) build -o $(BIN) ./cmd/examlab
 
 COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
 
-compose: deps image web ## build the container images (no registry) and run examlab and Redis with docker-compose (deploy/compose)
+compose: deps image ## build the container images (no registry) and run examlab and Redis with docker-compose (deploy/compose)
 	@GO=$(GO) ./deploy/compose/build.sh
 	cd deploy/compose && $(COMPOSE) -p examlab up -d
 	@echo "examlab: http://127.0.0.1:$${EXAMLAB_PORT:-8080}/ and /admin; stop: cd deploy/compose && $(COMPOSE) -p examlab down"
@@ -37,11 +37,10 @@ redis: ## start a local redis-server with persistence (appendonly) under $(STATE
 run: deps image build redis ## set up and run the whole platform on this host (serve)
 	@./deploy/run.sh
 
-test: deps image web ## run every test against real Redis and Docker (the CI command)
-	$(GO) vet ./...
+test: deps image lint ## lint, then run every test against real Redis and Docker (the CI command)
 	$(GO) test $(TEST_FLAGS) ./...
 
-bench: deps image web ## print benchmark numbers beside their baselines
+bench: deps image ## print benchmark numbers beside their baselines
 	$(GO) test $(BENCH_FLAGS) -bench . ./...
 
 NOMAD ?= nomad
@@ -53,9 +52,10 @@ nomad-dev: ## run a loopback Nomad dev agent (server + client) from nomad/agent/
 test-nomad: image build ## run the Nomad runtime's suite against the agent at NOMAD_ADDR (default: make nomad-dev's)
 	NOMAD_ADDR=$(NOMAD_ADDR) EXAMLAB_NOMAD_LABNET=$(abspath $(BIN)) $(GO) test -count=1 -timeout 20m -run Real -v ./nomad
 
-lint: ## vet and check formatting
+lint: ## go vet, gofmt and staticcheck (make test runs it first)
 	$(GO) vet ./...
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed (make fmt):"; echo "$$out"; exit 1; fi
+	$(GO) tool staticcheck ./...
 
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')

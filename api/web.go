@@ -10,11 +10,10 @@ import (
 )
 
 // webFiles are the hand-written pages (web/candidate, web/admin) and the
-// xterm.js bundle both use (web/vendor, filled by `make web` from Debian's
-// packages; web/vendor/README.md is committed so the pattern always
-// matches, and the pages say plainly when the terminal component is
-// missing).
+// xterm.js bundle both use (web/vendor, built from Debian's packages by
+// deploy/web.sh and committed, so a plain `go build` serves terminals).
 //
+//go:generate ../deploy/web.sh
 //go:embed web/candidate web/admin web/vendor
 var webFiles embed.FS
 

@@ -21,7 +21,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 
-	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
@@ -85,8 +85,8 @@ func TestComposeDeployment(t *testing.T) {
 		t.Fatalf("engine has %d containers for the session: %s", len(cs), testlab.Summary(cs))
 	}
 	for _, ct := range cs {
-		if ct.State != "running" || ct.Labels[jobspecs.LabelInstance] != d.project {
-			t.Errorf("container %v: %s, instance %q", ct.Names, ct.State, ct.Labels[jobspecs.LabelInstance])
+		if ct.State != "running" || ct.Labels[lab.LabelInstance] != d.project {
+			t.Errorf("container %v: %s, instance %q", ct.Names, ct.State, ct.Labels[lab.LabelInstance])
 		}
 	}
 	nets := eng.Networks(t, id)
@@ -143,7 +143,7 @@ func TestComposeDeployment(t *testing.T) {
 	admin := d.client()
 	admin.Token = d.adminToken
 	d.checkReview(t, admin, id, task, len(ex.Nodes))
-	if got := d.tarFile(t, id, jobspecs.ContainerName(id, "tokyo")+".tar", "root/work.txt"); got != "candidate-work\n" {
+	if got := d.tarFile(t, id, lab.ContainerName(id, "tokyo")+".tar", "root/work.txt"); got != "candidate-work\n" {
 		t.Errorf("tokyo's archive holds work.txt = %q", got)
 	}
 
@@ -296,7 +296,7 @@ func (d *deployment) tearDown(t *testing.T) {
 	if out, err := d.run("down", "-v", "--remove-orphans"); err != nil {
 		t.Errorf("compose down: %v\n%s", err, out)
 	}
-	instance := "label=" + jobspecs.LabelInstance + "=" + d.project
+	instance := "label=" + lab.LabelInstance + "=" + d.project
 	if ids := dockerIDs(t, "ps", "-aq", "--filter", instance); len(ids) > 0 {
 		docker(t, append([]string{"rm", "-f"}, ids...)...)
 	}
