@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -12,6 +13,7 @@ import (
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/sitting"
 	"github.com/examlab/examlab/store"
 )
 
@@ -85,23 +87,124 @@ func decodeJSON(c *fiber.Ctx, dst any) error {
 	return nil
 }
 
+// login signs a candidate in. With {"code"} the access code names the
+// roster entry; with {"email"} (and optionally "sitting" and "name") a
+// sitting that allows open registration adds the candidate to its roster
+// and issues them a code, answered this once. Email alone admits no one
+// anywhere else, and a refusal never tells whether an email is on a roster.
 func (s *Server) login(c *fiber.Ctx) error {
 	var req struct {
-		Email string `json:"email"`
+		Code    string `json:"code"`
+		Email   string `json:"email"`
+		Name    string `json:"name"`
+		Sitting string `json:"sitting"`
 	}
 	if err := decodeJSON(c, &req); err != nil {
 		return err
+	}
+	ctx, now := c.UserContext(), s.o.Now()
+	if req.Code != "" {
+		norm, err := sitting.NormalizeCode(req.Code)
+		if err != nil {
+			return err
+		}
+		st, e, err := s.o.Store.EntryByCode(ctx, norm)
+		if err != nil {
+			return err
+		}
+		if err := st.Admits(now); err != nil {
+			return err
+		}
+		return s.signIn(c, st, e, "")
+	}
+	if req.Email == "" {
+		return fail(fiber.StatusBadRequest, "enter the access code from your invitation")
 	}
 	email, err := store.NormalizeEmail(req.Email)
 	if err != nil {
 		return fail(fiber.StatusBadRequest, "a valid email address is required")
 	}
-	sess, token, err := s.o.Store.Login(c.UserContext(), email, s.o.Exam.ID, s.o.Exam.Duration.Duration, s.o.RuntimeName)
+	if len(req.Name) > sitting.MaxName {
+		return fail(fiber.StatusBadRequest, "the name is too long")
+	}
+	st, err := s.openRegistration(ctx, req.Sitting, now)
+	if err != nil {
+		return err
+	}
+	// Signing in again goes through the code issued the first time: an
+	// email alone must never reach someone else's session.
+	if _, err := s.o.Store.EntryByEmail(ctx, st.ID, email); err == nil {
+		return errNeedCode
+	} else if !errors.Is(err, store.ErrNoEntry) {
+		return err
+	}
+	name := strings.TrimSpace(req.Name)
+	if name == "" {
+		name = email
+	}
+	issued, err := s.o.Store.AddEntries(ctx, st.ID, []sitting.Row{{Line: 1, Email: email, Name: name}}, true)
+	if errors.Is(err, sitting.ErrInvalid) {
+		return errNeedCode // registered a moment ago by a concurrent request
+	}
+	if err != nil {
+		return err
+	}
+	return s.signIn(c, st, &issued[0].Entry, issued[0].Code)
+}
+
+// errNeedCode refuses an email-only sign-in the same way whether or not the
+// email is on a roster.
+var errNeedCode = fail(fiber.StatusUnauthorized, "sign in with the access code from your invitation")
+
+// openRegistration finds the sitting an email-only sign-in joins: the one
+// named, or else the only sitting open now that allows it.
+func (s *Server) openRegistration(ctx context.Context, id string, now time.Time) (*sitting.Sitting, error) {
+	if id != "" {
+		st, err := s.o.Store.GetSitting(ctx, id)
+		if errors.Is(err, store.ErrNoSitting) || errors.Is(err, store.ErrBadID) || (err == nil && !st.OpenRegistration) {
+			return nil, errNeedCode
+		}
+		if err != nil {
+			return nil, err
+		}
+		return st, st.Admits(now)
+	}
+	all, err := s.o.Store.Sittings(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var open []*sitting.Sitting
+	for _, st := range all {
+		if st.OpenRegistration && st.Admits(now) == nil {
+			open = append(open, st)
+		}
+	}
+	if len(open) != 1 {
+		return nil, errNeedCode
+	}
+	return open[0], nil
+}
+
+// signIn gives the entry's session a fresh token and answers with it;
+// code is set only when it was issued just now.
+func (s *Server) signIn(c *fiber.Ctx, st *sitting.Sitting, e *sitting.Entry, code string) error {
+	ex, ok := s.o.Exams(st.ExamID)
+	if !ok {
+		return fail(fiber.StatusConflict, "this sitting's exam is not available; ask the exam staff")
+	}
+	sess, token, err := s.o.Store.SignIn(c.UserContext(), store.SignIn{
+		SittingID: st.ID, EntryID: e.ID, ExamID: ex.ID, Duration: ex.Duration.Duration, Runtime: s.o.RuntimeName,
+	})
 	if err != nil {
 		return err
 	}
 	s.setCookie(c, auth.CandidateCookie, token, 24*time.Hour)
-	return c.JSON(fiber.Map{"session_id": sess.ID, "token": token, "status": sess.Status, "session": s.view(sess)})
+	out := fiber.Map{"session_id": sess.ID, "token": token, "status": sess.Status, "session": s.view(sess),
+		"sitting": fiber.Map{"id": st.ID, "title": st.Title, "opens": st.Opens, "closes": st.Closes}}
+	if code != "" {
+		out["code"] = code
+	}
+	return c.JSON(out)
 }
 
 func (s *Server) logout(c *fiber.Ctx) error {

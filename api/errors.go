@@ -9,6 +9,7 @@ import (
 
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/sitting"
 	"github.com/examlab/examlab/store"
 )
 
@@ -43,14 +44,18 @@ func statusOf(err error) int {
 		return fiber.StatusUnauthorized
 	case errors.Is(err, errForbidden):
 		return fiber.StatusForbidden
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, sitting.ErrUnknownCode):
+		return fiber.StatusUnauthorized
+	case errors.Is(err, sitting.ErrNotOpen), errors.Is(err, sitting.ErrClosed):
+		return fiber.StatusForbidden
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNoSitting), errors.Is(err, store.ErrNoEntry):
 		return fiber.StatusNotFound
 	case errors.Is(err, store.ErrBadID), errors.Is(err, errBadJSON), errors.Is(err, store.ErrBadQuery), errors.Is(err, exam.ErrInvalid),
-		errors.Is(err, session.ErrTooShort):
+		errors.Is(err, session.ErrTooShort), errors.Is(err, sitting.ErrBadCode), errors.Is(err, sitting.ErrInvalid):
 		return fiber.StatusBadRequest
-	case errors.Is(err, store.ErrTooLarge):
+	case errors.Is(err, store.ErrTooLarge), errors.Is(err, sitting.ErrRosterTooLarge):
 		return fiber.StatusRequestEntityTooLarge
-	case errors.Is(err, store.ErrClosed), errors.Is(err, session.ErrNotAllowed):
+	case errors.Is(err, store.ErrClosed), errors.Is(err, session.ErrNotAllowed), errors.Is(err, store.ErrExists), errors.Is(err, store.ErrLiveSession):
 		return fiber.StatusConflict
 	case errors.Is(err, store.ErrLocked):
 		return fiber.StatusServiceUnavailable

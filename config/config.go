@@ -58,6 +58,10 @@ type Config struct {
 
 	// ExamFile is the exam definition; empty means the shipped default. EXAMLAB_EXAM.
 	ExamFile string
+	// Practice keeps a sitting "practice" of the exam open with open
+	// registration (anyone signs in with an email), for demos and trying
+	// the platform out. EXAMLAB_PRACTICE, false; make run turns it on.
+	Practice bool
 
 	// Instance names this deployment on the labs it creates, so that the
 	// orphan reaper of one deployment never touches another's labs on a
@@ -188,6 +192,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	str("EXAMLAB_REDIS_PREFIX", &c.RedisPrefix)
 	str("EXAMLAB_ADMIN_TOKEN", &c.AdminToken)
 	str("EXAMLAB_EXAM", &c.ExamFile)
+	boolean("EXAMLAB_PRACTICE", &c.Practice)
 	str("EXAMLAB_INSTANCE", &c.Instance)
 	str("EXAMLAB_RUNTIME", &c.Runtime)
 	str("DOCKER_HOST", &c.DockerHost)
@@ -218,6 +223,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "URL browsers use to reach the API")
 	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis address: host:port or unix:///path")
 	fs.StringVar(&c.ExamFile, "exam", c.ExamFile, "exam definition file (default: the shipped exam)")
+	fs.BoolVar(&c.Practice, "practice", c.Practice, "keep a sitting \"practice\" open where anyone signs in with an email (demos)")
 	fs.StringVar(&c.Runtime, "runtime", c.Runtime, "lab runtime: docker or nomad")
 	fs.StringVar(&c.SubnetPool, "subnet-pool", c.SubnetPool, "pool for per-session subnets")
 	fs.IntVar(&c.SubnetPrefix, "subnet-prefix", c.SubnetPrefix, "prefix length of each session subnet")

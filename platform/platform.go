@@ -122,6 +122,11 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	p.Enqueuer = scheduler.NewEnqueuer(p.client)
 	p.Inspector = asynq.NewInspector(asynqRedis(cfg))
 	p.newOps()
+	if cfg.Practice && roles.API {
+		if _, err := ensurePractice(ctx, p.Store, p.Exam, time.Now()); err != nil {
+			return nil, fmt.Errorf("open the practice sitting: %w", err)
+		}
+	}
 	exams := func(id string) (*exam.Exam, bool) { return p.Exam, id == p.Exam.ID }
 
 	if roles.Worker {

@@ -14,6 +14,7 @@ import (
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/store/storetest"
 	"github.com/examlab/examlab/testlab"
 )
 
@@ -32,7 +33,7 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 	t.Cleanup(func() { p.Shutdown(context.Background()) })
 	eng := testlab.NewEngine(t)
 
-	sess, _, err := p.Store.Login(ctx, "kill@example.com", p.Exam.ID, time.Hour, "docker")
+	sess, _, err := signIn(t, p.Store, "kill@example.com", p.Exam.ID, time.Hour, "docker")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,4 +174,11 @@ func TestSavedAnswerSurvivesRestarts(t *testing.T) {
 		t.Fatalf("rebuild: %d %v", n, err)
 	}
 	check(second, "after redis loss and rebuild")
+}
+
+// signIn makes a session the way every session is made: a roster entry's
+// sign-in (see storetest).
+func signIn(t testing.TB, st *store.Store, email, examID string, d time.Duration, runtime string) (*session.Session, string, error) {
+	sess, tok := storetest.SignIn(t, st, email, examID, d, runtime)
+	return sess, tok, nil
 }

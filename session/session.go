@@ -47,10 +47,15 @@ const (
 
 // Session is one candidate's exam session: metadata.json.
 type Session struct {
-	ID        string    `json:"id"`
-	Short     string    `json:"short"`
-	Email     string    `json:"email"`
-	ExamID    string    `json:"exam_id"`
+	ID     string `json:"id"`
+	Short  string `json:"short"`
+	Email  string `json:"email"`
+	Name   string `json:"name,omitempty"`
+	ExamID string `json:"exam_id"`
+	// SittingID and EntryID are the sitting and roster entry the
+	// candidate signed in through.
+	SittingID string    `json:"sitting_id,omitempty"`
+	EntryID   string    `json:"entry_id,omitempty"`
 	Runtime   string    `json:"runtime"`
 	Status    State     `json:"status"`
 	CreatedAt time.Time `json:"created_at"`

@@ -63,11 +63,6 @@ func (s *Store) index(ctx context.Context, sess *session.Session) error {
 	if err != nil {
 		return fmt.Errorf("index session %s: %w", sess.ID, err)
 	}
-	if !sess.Status.Open() {
-		// A closed session no longer answers to its email's login.
-		s.rdb.Eval(ctx, `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`,
-			[]string{s.key("email", sess.Email)}, sess.ID)
-	}
 	return nil
 }
 
@@ -375,13 +370,13 @@ func (s *Store) Rebuild(ctx context.Context) (int, error) {
 		if !sess.Status.Terminal() {
 			s.rdb.SetNX(ctx, s.key("short", sess.Short), sess.ID, 0)
 		}
-		if sess.Status.Open() {
-			s.rdb.SetNX(ctx, s.key("email", sess.Email), sess.ID, 0)
-		}
 		if err := s.reindexAnswers(ctx, sess.ID); err != nil {
 			return n, err
 		}
 		n++
+	}
+	if _, err := s.rebuildSittings(ctx); err != nil {
+		return n, err
 	}
 	return n, nil
 }

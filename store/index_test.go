@@ -7,6 +7,7 @@ import (
 
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/store/storetest"
 )
 
 // Two stores on one Redis stand for two processes (api and worker): what
@@ -21,7 +22,7 @@ func TestListSeesOtherProcessesChanges(t *testing.T) {
 	ctx := context.Background()
 	ids := map[string]string{}
 	for _, email := range []string{"ann@example.com", "bob@example.com", "cy@example.com"} {
-		sess, _, err := a.Login(ctx, email, "exam1", time.Hour, "docker")
+		sess, _, err := signIn(t, a, email, "exam1", time.Hour, "docker")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +92,7 @@ func TestEndedBeforeKeepsLiveAndRecentSessions(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()
 	mk := func(email string, to session.State) string {
-		sess, _, err := s.Login(ctx, email, "exam1", time.Hour, "docker")
+		sess, _, err := signIn(t, s, email, "exam1", time.Hour, "docker")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,4 +117,11 @@ func TestEndedBeforeKeepsLiveAndRecentSessions(t *testing.T) {
 	if got, _ := s.EndedBefore(ctx, time.Now().Add(-time.Hour)); len(got) != 0 {
 		t.Fatalf("ended before an hour ago = %+v, want none", got)
 	}
+}
+
+// signIn makes a session the way every session is made: a roster entry's
+// sign-in (see storetest).
+func signIn(t testing.TB, st *store.Store, email, examID string, d time.Duration, runtime string) (*session.Session, string, error) {
+	sess, tok := storetest.SignIn(t, st, email, examID, d, runtime)
+	return sess, tok, nil
 }

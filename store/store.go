@@ -20,6 +20,7 @@ import (
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/sitting"
 )
 
 // Errors the store returns; api/ maps them to status codes.
@@ -147,9 +148,8 @@ func NewSessionID() string {
 
 // NormalizeEmail lower-cases and trims an address and checks its shape.
 func NormalizeEmail(email string) (string, error) {
-	e := strings.ToLower(strings.TrimSpace(email))
-	at := strings.LastIndexByte(e, '@')
-	if len(e) > 254 || at < 1 || at == len(e)-1 || strings.ContainsAny(e, " \t\r\n<>\"'\\/") || !strings.Contains(e[at:], ".") {
+	e, err := sitting.NormalizeEmail(email)
+	if err != nil {
 		return "", fmt.Errorf("email %q: %w", email, ErrBadID)
 	}
 	return e, nil
@@ -175,36 +175,46 @@ func (s *Store) Get(ctx context.Context, id string) (*session.Session, error) {
 	return &sess, nil
 }
 
-// Login returns the candidate's open session for exam, creating one if
-// they have none, and a fresh bearer token for it.
-func (s *Store) Login(ctx context.Context, email, examID string, duration time.Duration, runtime string) (*session.Session, string, error) {
-	email, err := NormalizeEmail(email)
-	if err != nil {
-		return nil, "", err
-	}
-	unlock, err := s.lock(ctx, "email", email)
+// SignIn is who signs in, to which exam, through which roster entry.
+type SignIn struct {
+	SittingID string
+	EntryID   string
+	ExamID    string
+	Duration  time.Duration
+	Runtime   string
+}
+
+// SignIn returns the roster entry's one session with a fresh bearer
+// token, creating the session on the entry's first sign-in. An entry keeps
+// its session whatever becomes of it (a finished candidate sees that their
+// work was received) until an admin resets the entry.
+func (s *Store) SignIn(ctx context.Context, in SignIn) (*session.Session, string, error) {
+	unlock, err := s.lock(ctx, "sitting", in.SittingID)
 	if err != nil {
 		return nil, "", err
 	}
 	defer unlock()
-
+	e, err := s.Entry(ctx, in.SittingID, in.EntryID)
+	if err != nil {
+		return nil, "", err
+	}
 	token, th := auth.NewToken()
-	if id, err := s.rdb.Get(ctx, s.key("email", email)).Result(); err == nil {
-		if sess, err := s.Get(ctx, id); err == nil && sess.Status.Open() && sess.ExamID == examID {
-			sess, err = s.Update(ctx, id, func(x *session.Session) error {
-				x.TokenHashes = append(x.TokenHashes, th)
-				return nil
-			})
-			if err != nil {
-				return nil, "", err
-			}
+	if e.SessionID != "" {
+		sess, err := s.Update(ctx, e.SessionID, func(x *session.Session) error {
+			x.TokenHashes = append(x.TokenHashes, th)
+			return nil
+		})
+		if err == nil {
 			return sess, token, nil
 		}
-	} else if !errors.Is(err, redis.Nil) {
-		return nil, "", fmt.Errorf("look up email: %w", err)
+		if !errors.Is(err, ErrNotFound) {
+			return nil, "", err
+		}
+		// The session was deleted by retention: the entry starts afresh.
 	}
 
-	sess := session.New(email, examID, runtime, duration, s.now())
+	sess := session.New(e.Email, in.ExamID, in.Runtime, in.Duration, s.now())
+	sess.Name, sess.SittingID, sess.EntryID = e.Name, in.SittingID, e.ID
 	sess.TokenHashes = []string{th}
 	// The 8-character prefix names containers, networks and Nomad jobs, so
 	// it must be unique among live sessions; claim it before anything else.
@@ -225,8 +235,11 @@ func (s *Store) Login(ctx context.Context, email, examID string, duration time.D
 	if err := s.write(ctx, sess); err != nil {
 		return nil, "", err
 	}
-	if err := s.rdb.Set(ctx, s.key("email", email), sess.ID, 0).Err(); err != nil {
-		return nil, "", fmt.Errorf("index email: %w", err)
+	if _, err := s.updateEntryLocked(ctx, in.SittingID, e.ID, func(x *sitting.Entry) error {
+		x.SessionID = sess.ID
+		return nil
+	}); err != nil {
+		return nil, "", fmt.Errorf("bind session to roster entry: %w", err)
 	}
 	return sess, token, nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/store/storetest"
 	"github.com/examlab/examlab/testlab/redistest"
 )
 
@@ -29,25 +30,20 @@ func newStore(t *testing.T) (*store.Store, *redis.Client, string) {
 	return s, rdb, dir
 }
 
-func TestLoginReturnsTheOpenSession(t *testing.T) {
+func TestSignInKeepsOneSessionPerEntry(t *testing.T) {
 	s, _, dir := newStore(t)
 	ctx := context.Background()
-	a, tokA, err := s.Login(ctx, " Ada@Example.com ", "exam1", time.Hour, "docker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(a.ID) != 12 || a.Short != a.ID[:8] || a.Email != "ada@example.com" || a.Status != session.StateCreated {
+	a, tokA := storetest.SignIn(t, s, " Ada@Example.com ", "exam1", time.Hour, "docker")
+	if len(a.ID) != 12 || a.Short != a.ID[:8] || a.Email != "ada@example.com" || a.Status != session.StateCreated ||
+		a.SittingID != storetest.Sitting || a.EntryID == "" {
 		t.Fatalf("session = %+v", a)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sessions", a.ID, "metadata.json")); err != nil {
 		t.Fatalf("metadata.json not written: %v", err)
 	}
-	b, tokB, err := s.Login(ctx, "ada@example.com", "exam1", time.Hour, "docker")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, tokB := storetest.SignIn(t, s, "ada@example.com", "exam1", time.Hour, "docker")
 	if b.ID != a.ID {
-		t.Fatalf("second login got session %s, want the open %s", b.ID, a.ID)
+		t.Fatalf("second sign-in got session %s, want the entry's %s", b.ID, a.ID)
 	}
 	for _, tok := range []string{tokA, tokB} {
 		got, err := s.ByToken(ctx, tok)
@@ -58,19 +54,28 @@ func TestLoginReturnsTheOpenSession(t *testing.T) {
 	if _, err := s.ByToken(ctx, "nope"); !errors.Is(err, store.ErrUnauthorized) {
 		t.Fatalf("unknown token: %v", err)
 	}
-	// Once submitted, the same email starts a fresh session and the old
-	// tokens stop working only when the session ends.
+	// A submitted candidate signs back in to the same session, never a
+	// second lab: only an admin's reset frees the entry, and only once the
+	// session has ended.
 	if _, err := s.Update(ctx, a.ID, func(x *session.Session) error { return x.WalkTo(session.StateSubmitted, time.Now()) }); err != nil {
 		t.Fatal(err)
 	}
-	c, _, err := s.Login(ctx, "ada@example.com", "exam1", time.Hour, "docker")
-	if err != nil {
+	if c, _ := storetest.SignIn(t, s, "ada@example.com", "exam1", time.Hour, "docker"); c.ID != a.ID {
+		t.Fatalf("sign-in after submit made session %s", c.ID)
+	}
+	if _, err := s.ResetEntry(ctx, storetest.Sitting, a.EntryID); !errors.Is(err, store.ErrLiveSession) {
+		t.Fatalf("reset while the session still has a lab: %v", err)
+	}
+	if _, err := s.Update(ctx, a.ID, func(x *session.Session) error { return x.WalkTo(session.StateCompleted, time.Now()) }); err != nil {
 		t.Fatal(err)
 	}
-	if c.ID == a.ID {
-		t.Fatal("login after submit returned the submitted session")
+	if _, err := s.ResetEntry(ctx, storetest.Sitting, a.EntryID); err != nil {
+		t.Fatalf("reset after the session ended: %v", err)
 	}
-	if _, _, err := s.Login(ctx, "not-an-email", "exam1", time.Hour, "docker"); !errors.Is(err, store.ErrBadID) {
+	if c, _ := storetest.SignIn(t, s, "ada@example.com", "exam1", time.Hour, "docker"); c.ID == a.ID {
+		t.Fatal("sign-in after a reset returned the old session")
+	}
+	if _, err := store.NormalizeEmail("not-an-email"); !errors.Is(err, store.ErrBadID) {
 		t.Fatalf("bad email: %v", err)
 	}
 }
@@ -78,7 +83,7 @@ func TestLoginReturnsTheOpenSession(t *testing.T) {
 func TestTransitionsAreForwardOnly(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()
-	sess, _, err := s.Login(ctx, "b@example.com", "exam1", time.Hour, "docker")
+	sess, _, err := signIn(t, s, "b@example.com", "exam1", time.Hour, "docker")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +108,7 @@ func TestTransitionsAreForwardOnly(t *testing.T) {
 func TestAnswersAreDurableAndConfined(t *testing.T) {
 	s, rdb, dir := newStore(t)
 	ctx := context.Background()
-	sess, _, _ := s.Login(ctx, "c@example.com", "exam1", time.Hour, "docker")
+	sess, _, _ := signIn(t, s, "c@example.com", "exam1", time.Hour, "docker")
 
 	a, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`{"text": "first"}`))
 	if err != nil {
@@ -140,9 +145,9 @@ func TestAnswersAreDurableAndConfined(t *testing.T) {
 	if _, err := s.SaveAnswer(ctx, "../../etc", "t1", json.RawMessage(`"x"`)); !errors.Is(err, store.ErrBadID) {
 		t.Fatalf("bad session id: %v", err)
 	}
-	// Nothing but t1.json (and no temp files) landed anywhere.
+	// Nothing but t1.json (and no temp files) landed in the sessions.
 	var files []string
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(dir, "sessions"), func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			files = append(files, strings.TrimPrefix(p, dir))
 		}
@@ -184,7 +189,7 @@ func TestListFiltersSortsAndPages(t *testing.T) {
 	ctx := context.Background()
 	var ids []string
 	for i := 0; i < 7; i++ {
-		sess, _, err := s.Login(ctx, fmt.Sprintf("user%d@example.com", i), "exam1", time.Hour, "docker")
+		sess, _, err := signIn(t, s, fmt.Sprintf("user%d@example.com", i), "exam1", time.Hour, "docker")
 		if err != nil {
 			t.Fatal(err)
 		}

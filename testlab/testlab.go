@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,6 +53,7 @@ type Stack struct {
 	URL        string
 	AdminToken string
 	t          testing.TB
+	codes      *codeBook
 }
 
 // Start builds and starts the platform; it is shut down when the test ends.
@@ -73,6 +75,9 @@ func Start(t testing.TB, o Options) *Stack {
 	// on the shared engine.
 	cfg.Instance = "t-" + strings.ToLower(store.NewSessionID())
 	cfg.WorkerConcurrency = 8
+	// Tests sign candidates in by email through the practice sitting;
+	// tests of the front door itself make their own sittings.
+	cfg.Practice = true
 	if o.Config != nil {
 		o.Config(&cfg)
 	}
@@ -91,7 +96,7 @@ func Start(t testing.TB, o Options) *Stack {
 	if err := p.Start(ctx); err != nil {
 		t.Fatalf("start platform: %v", err)
 	}
-	s := &Stack{Platform: p, AdminToken: cfg.AdminToken, t: t}
+	s := &Stack{Platform: p, AdminToken: cfg.AdminToken, t: t, codes: &codeBook{m: map[string]string{}}}
 	if a := p.APIAddr(); a != "" {
 		s.URL = "http://" + a
 	}
@@ -115,12 +120,21 @@ type Client struct {
 	Base  string
 	Token string // sent as a bearer token when set
 	HTTP  *http.Client
+	codes *codeBook
+}
+
+// codeBook remembers the access code the practice sitting issued to each
+// email, so a test can sign the same candidate in again (a second window)
+// the way a person would: with their code.
+type codeBook struct {
+	mu sync.Mutex
+	m  map[string]string
 }
 
 // Client returns a fresh client for the stack.
 func (s *Stack) Client() *Client {
 	jar, _ := cookiejar.New(nil)
-	return &Client{Base: s.URL, HTTP: &http.Client{Jar: jar, Timeout: 30 * time.Second}}
+	return &Client{Base: s.URL, HTTP: &http.Client{Jar: jar, Timeout: 30 * time.Second}, codes: s.codes}
 }
 
 // Admin returns a client carrying the admin token.
@@ -194,10 +208,22 @@ func (c *Client) Login(t testing.TB, email string) string {
 	var out struct {
 		SessionID string `json:"session_id"`
 		Token     string `json:"token"`
+		Code      string `json:"code"`
 	}
-	code, err := c.Do("POST", "/api/login", map[string]string{"email": email}, &out)
+	body := map[string]string{"email": email}
+	if c.codes != nil {
+		c.codes.mu.Lock()
+		defer c.codes.mu.Unlock()
+		if code := c.codes.m[email]; code != "" {
+			body = map[string]string{"code": code}
+		}
+	}
+	code, err := c.Do("POST", "/api/login", body, &out)
 	if err != nil || code != 200 {
 		t.Fatalf("login %s: %d %v", email, code, err)
+	}
+	if out.Code != "" && c.codes != nil {
+		c.codes.m[email] = out.Code
 	}
 	c.Token = out.Token
 	return out.SessionID

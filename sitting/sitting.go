@@ -1,0 +1,127 @@
+// Package sitting is how candidates are let in: an exam is held in
+// sittings (an exam, a window, a capacity and a roster), each roster entry
+// carries a secret access code, and only a code — or, where a sitting
+// explicitly allows it, an email alone — signs someone in. The rules live
+// here; store persists sittings and rosters, api serves them.
+package sitting
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Errors of the front door; api/ maps them to status codes.
+var (
+	// ErrInvalid: a sitting or roster row breaks a rule; the message
+	// names the field.
+	ErrInvalid = errors.New("invalid")
+	// ErrNotOpen: the sitting's window has not opened yet.
+	ErrNotOpen = errors.New("the sitting has not opened yet")
+	// ErrClosed: the sitting's window has closed.
+	ErrClosed = errors.New("the sitting is closed")
+	// ErrBadCode: a code of the wrong shape (length or alphabet).
+	ErrBadCode = errors.New("an access code is 16 letters and digits, like 7KQ2-M9XD-4HTV-P0RC")
+	// ErrUnknownCode: a well-formed code that admits no one.
+	ErrUnknownCode = errors.New("that access code is not valid")
+)
+
+var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,39}$`)
+
+// ValidID reports whether id can name a sitting: 2 to 40 of [a-z0-9-],
+// not starting with a dash.
+func ValidID(id string) bool { return idPattern.MatchString(id) }
+
+// Sitting is one holding of an exam: sittings/{id}/sitting.json.
+type Sitting struct {
+	ID     string `json:"id"`
+	ExamID string `json:"exam_id"`
+	Title  string `json:"title,omitempty"`
+	// Opens and Closes bound when its candidates may sign in and start.
+	Opens  time.Time `json:"opens"`
+	Closes time.Time `json:"closes"`
+	// Capacity is how many of its labs may run at once; 0 means no limit
+	// of its own (the deployment's EXAMLAB_MAX_LABS still applies).
+	Capacity int `json:"capacity"`
+	// OpenRegistration lets anyone sign in with an email alone and be
+	// added to the roster (demos, practice). Off unless set.
+	OpenRegistration bool      `json:"open_registration"`
+	CreatedAt        time.Time `json:"created_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
+	Version          int64     `json:"version"`
+}
+
+// Limits on a sitting's fields.
+const (
+	MaxTitle    = 200
+	MaxCapacity = 10000
+	MaxWindow   = 366 * 24 * time.Hour
+)
+
+// Validate checks every field and names the first that is wrong.
+func (s *Sitting) Validate() error {
+	switch {
+	case !ValidID(s.ID):
+		return fmt.Errorf("%w: id %q: 2 to 40 lower-case letters, digits and dashes", ErrInvalid, s.ID)
+	case s.ExamID == "":
+		return fmt.Errorf("%w: exam_id is required", ErrInvalid)
+	case len(s.Title) > MaxTitle:
+		return fmt.Errorf("%w: title is longer than %d characters", ErrInvalid, MaxTitle)
+	case s.Opens.IsZero() || s.Closes.IsZero():
+		return fmt.Errorf("%w: opens and closes are required", ErrInvalid)
+	case !s.Closes.After(s.Opens):
+		return fmt.Errorf("%w: closes must be after opens", ErrInvalid)
+	case s.Closes.Sub(s.Opens) > MaxWindow:
+		return fmt.Errorf("%w: the window is longer than a year", ErrInvalid)
+	case s.Capacity < 0 || s.Capacity > MaxCapacity:
+		return fmt.Errorf("%w: capacity must be from 0 (no limit of its own) to %d", ErrInvalid, MaxCapacity)
+	}
+	return nil
+}
+
+// Admits reports whether candidates may sign in and start at now: nil
+// inside the window, ErrNotOpen before it, ErrClosed after.
+func (s *Sitting) Admits(now time.Time) error {
+	switch {
+	case now.Before(s.Opens):
+		return fmt.Errorf("%w: it opens at %s", ErrNotOpen, s.Opens.UTC().Format("2006-01-02 15:04 MST"))
+	case !now.Before(s.Closes):
+		return ErrClosed
+	}
+	return nil
+}
+
+// Entry is one candidate on a sitting's roster.
+type Entry struct {
+	// ID is stable for the entry's life; invitation links and admin
+	// actions name it.
+	ID         string `json:"id"`
+	Email      string `json:"email"`
+	Name       string `json:"name"`
+	ExternalID string `json:"external_id,omitempty"`
+	// CodeHash is the sha256 of the entry's current access code; the code
+	// itself is shown once, when issued, and never stored.
+	CodeHash     string    `json:"code_hash"`
+	CodeIssuedAt time.Time `json:"code_issued_at"`
+	// SessionID is the entry's one session, once it signed in. Only an
+	// admin's reset clears it, so a candidate cannot take a second lab.
+	SessionID string    `json:"session_id,omitempty"`
+	AddedAt   time.Time `json:"added_at"`
+	// Line is the entry's line in the file it was imported from; it keeps
+	// a roster in the file's order.
+	Line int `json:"line,omitempty"`
+	// SelfRegistered marks entries added by open registration.
+	SelfRegistered bool `json:"self_registered,omitempty"`
+}
+
+// NormalizeEmail lower-cases and trims an address and checks its shape.
+func NormalizeEmail(email string) (string, error) {
+	e := strings.ToLower(strings.TrimSpace(email))
+	at := strings.LastIndexByte(e, '@')
+	if len(e) > MaxEmail || at < 1 || at == len(e)-1 || strings.ContainsAny(e, " \t\r\n<>\"'\\/,;") || !strings.Contains(e[at:], ".") {
+		return "", fmt.Errorf("%w: email %q is not a valid address", ErrInvalid, email)
+	}
+	return e, nil
+}
