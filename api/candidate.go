@@ -152,6 +152,44 @@ func (s *Server) login(c *fiber.Ctx) error {
 	return s.signIn(c, st, &issued[0].Entry, issued[0].Code)
 }
 
+// signinOptions tells the sign-in page whether an email alone may be used
+// anywhere right now: the sittings open now with open registration.
+func (s *Server) signinOptions(c *fiber.Ctx) error {
+	all, err := s.o.Store.Sittings(c.UserContext())
+	if err != nil {
+		return err
+	}
+	type openSitting struct {
+		ID     string    `json:"id"`
+		Title  string    `json:"title"`
+		Closes time.Time `json:"closes"`
+	}
+	open := []openSitting{}
+	now := s.o.Now()
+	for _, st := range all {
+		if st.OpenRegistration && st.Admits(now) == nil {
+			open = append(open, openSitting{st.ID, st.Title, st.Closes})
+		}
+	}
+	return c.JSON(fiber.Map{"open_registration": open})
+}
+
+// sittingAdmits refuses a start outside the window of the session's
+// sitting (a deleted sitting admits no one either).
+func (s *Server) sittingAdmits(ctx context.Context, sess *session.Session) error {
+	if sess.SittingID == "" {
+		return nil
+	}
+	st, err := s.o.Store.GetSitting(ctx, sess.SittingID)
+	if errors.Is(err, store.ErrNoSitting) {
+		return fail(fiber.StatusForbidden, "this sitting no longer exists; ask the exam staff")
+	}
+	if err != nil {
+		return err
+	}
+	return st.Admits(s.o.Now())
+}
+
 // errNeedCode refuses an email-only sign-in the same way whether or not the
 // email is on a roster.
 var errNeedCode = fail(fiber.StatusUnauthorized, "sign in with the access code from your invitation")
@@ -260,6 +298,9 @@ func (s *Server) start(c *fiber.Ctx) error {
 		return c.JSON(s.view(sess))
 	default:
 		return fail(fiber.StatusConflict, "session is "+string(sess.Status)+"; it cannot be started")
+	}
+	if err := s.sittingAdmits(ctx, sess); err != nil {
+		return err
 	}
 	sess, err = scheduler.Start(ctx, s.o.Store, s.o.Enqueuer, sess.ID, s.o.Now())
 	if errors.Is(err, scheduler.ErrNotQueued) {

@@ -5,10 +5,13 @@ package api
 // comes from /api/... and /ws/..., which check the candidate's cookie.
 //
 //	GET /                 the exam page (sign-in, tasks, terminals)
+//	GET /join             the same page, opened from an invitation link
+//	                      (/join#code=…: the code stays in the fragment,
+//	                      which browsers never send to a server)
 //	GET /static/*         its script and stylesheet
 //	GET /static/vendor/*  xterm.js
 func (s *Server) pageRoutes() {
-	s.servePage("web/candidate", "/static", pageCSP, "/")
+	s.servePage("web/candidate", "/static", pageCSP, "/", "/join")
 }
 
 // pageCSP allows the page's own scripts only (no inline script), and

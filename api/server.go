@@ -129,6 +129,7 @@ func (s *Server) routes() {
 	// Candidate: login and the session they own.
 	a.Post("/api/login", login, s.login)
 	a.Post("/api/logout", s.logout)
+	a.Get("/api/signin", s.signinOptions)
 	a.Get("/api/exam", s.examInfo)
 	a.Get("/api/me", s.requireCandidate, s.me)
 

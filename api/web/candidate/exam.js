@@ -90,10 +90,16 @@
   // ---- session flow ------------------------------------------------------
 
   function boot() {
+    var linkCode = codeFromLink();
     api('GET', '/api/exam').then(function (exam) {
       state.exam = exam;
       $('exam-title').textContent = exam.title;
       document.title = exam.title + ' · examlab';
+      if (linkCode) {
+        // Opened from an invitation: sign in as its candidate.
+        $('login-code').value = linkCode;
+        return signIn({ code: linkCode });
+      }
       return api('GET', '/api/me').then(enter, function (err) {
         if (err.status === 401 || err.status === 403) {
           // A finished session no longer answers to its cookie; this
@@ -118,31 +124,85 @@
     $('clock').hidden = true;
     $('who').hidden = true;
     show('login');
-    $('login-email').focus();
+    $('login-code').focus();
+    // Where a sitting is open to anyone (practice, demos), an email may be
+    // used instead of a code; the server decides, this only shows the way.
+    api('GET', '/api/signin').then(function (opts) {
+      var open = opts.open_registration || [];
+      var sel = $('login-sitting');
+      sel.textContent = '';
+      open.forEach(function (o) {
+        var opt = document.createElement('option');
+        opt.value = o.id;
+        opt.textContent = o.title || o.id;
+        sel.appendChild(opt);
+      });
+      sel.hidden = open.length < 2;
+      if (open.length === 1) {
+        $('login-open-text').textContent = 'No code? “' + (open[0].title || open[0].id) +
+          '” lets anyone sign in with an email address:';
+      }
+      $('login-open').hidden = open.length === 0;
+    }).catch(function () { $('login-open').hidden = true; });
   }
 
-  $('login-form').addEventListener('submit', function (ev) {
-    ev.preventDefault();
-    var email = $('login-email').value.trim();
+  // An invitation link is /join#code=XXXX-XXXX-XXXX-XXXX: the code rides in
+  // the fragment, which is never sent to a server. It is read once and
+  // taken out of the address bar.
+  function codeFromLink() {
+    var m = /(?:^#|&)code=([^&]+)/.exec(location.hash || '');
+    if (!m) { return ''; }
+    try { history.replaceState(null, '', location.pathname); } catch (e) { /* keep going */ }
+    return decodeURIComponent(m[1]);
+  }
+
+  function signIn(body) {
     var errEl = $('login-error');
     errEl.hidden = true;
-    if (!email || email.indexOf('@') < 1) {
-      errEl.textContent = 'Enter a valid email address.';
-      errEl.hidden = false;
-      return;
-    }
     $('login-submit').disabled = true;
     try { sessionStorage.removeItem(DONE_KEY); } catch (e) { /* nothing to forget */ }
-    api('POST', '/api/login', { email: email }).then(function (res) {
+    return api('POST', '/api/login', body).then(function (res) {
       return api('GET', '/api/exam').then(function (exam) {
         state.exam = exam;
         $('exam-title').textContent = exam.title;
         enter(res.session);
+        if (res.code) {
+          banner('Your access code is ' + res.code + '. Write it down: you need it to sign in again, ' +
+            'from this or another browser.');
+        }
       });
     }).catch(function (err) {
+      show('login');
       errEl.textContent = err.message;
       errEl.hidden = false;
     }).then(function () { $('login-submit').disabled = false; });
+  }
+
+  $('login-form').addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    var code = $('login-code').value.trim();
+    var email = $('login-email').value.trim();
+    var errEl = $('login-error');
+    if (code) {
+      if (code.replace(/[\s-]/g, '').length !== 16) {
+        errEl.textContent = 'An access code has 16 letters and digits, like 7KQ2-M9XD-4HTV-P0RC.';
+        errEl.hidden = false;
+        return;
+      }
+      signIn({ code: code });
+      return;
+    }
+    if (!$('login-open').hidden && email) {
+      if (email.indexOf('@') < 1) {
+        errEl.textContent = 'Enter a valid email address.';
+        errEl.hidden = false;
+        return;
+      }
+      signIn({ email: email, sitting: $('login-sitting').value });
+      return;
+    }
+    errEl.textContent = 'Enter the access code from your invitation.';
+    errEl.hidden = false;
   });
 
   $('signout').addEventListener('click', function () {
