@@ -14,7 +14,15 @@ import (
 const (
 	localSession = "session"
 	localAdmin   = "admin"
+	// localSessionID is the session a route acts on, as its guard admitted
+	// it: the :id of /api/session/:id, or the caller's own session on the
+	// seed's routes, which name none.
+	localSessionID = "session-id"
 )
+
+// sessionID is the session the route's guard admitted; "" (which no
+// session has) on a route without one.
+func sessionID(c *fiber.Ctx) string { id, _ := c.Locals(localSessionID).(string); return id }
 
 func bearer(c *fiber.Ctx) string { return auth.Bearer(c.Get(fiber.HeaderAuthorization)) }
 
@@ -52,6 +60,7 @@ func (s *Server) requireAdmin(c *fiber.Ctx) error {
 func (s *Server) requireOwner(c *fiber.Ctx) error {
 	if s.isAdmin(c) {
 		c.Locals(localAdmin, true)
+		c.Locals(localSessionID, c.Params("id"))
 		return c.Next()
 	}
 	sess, err := s.candidate(c)
@@ -63,6 +72,7 @@ func (s *Server) requireOwner(c *fiber.Ctx) error {
 		return fail(fiber.StatusForbidden, "not your session")
 	}
 	c.Locals(localSession, sess)
+	c.Locals(localSessionID, sess.ID)
 	return c.Next()
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/examlab/examlab/auth"
+	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
@@ -267,8 +268,9 @@ func (s *Server) me(c *fiber.Ctx) error {
 	return c.JSON(s.view(sess))
 }
 
+// loadSession reads the session the route's guard admitted.
 func (s *Server) loadSession(c *fiber.Ctx) (*session.Session, error) {
-	return s.o.Store.Get(c.UserContext(), c.Params("id"))
+	return s.o.Store.Get(c.UserContext(), sessionID(c))
 }
 
 func (s *Server) sessionStatus(c *fiber.Ctx) error {
@@ -314,7 +316,7 @@ func (s *Server) start(c *fiber.Ctx) error {
 }
 
 func (s *Server) answers(c *fiber.Ctx) error {
-	as, err := s.o.Store.Answers(c.UserContext(), c.Params("id"))
+	as, err := s.o.Store.Answers(c.UserContext(), sessionID(c))
 	if err != nil {
 		return err
 	}
@@ -324,20 +326,15 @@ func (s *Server) answers(c *fiber.Ctx) error {
 // saveAnswer stores one task's answer and acknowledges only once it is on
 // disk. The body is {"value": <any JSON>}.
 func (s *Server) saveAnswer(c *fiber.Ctx) error {
-	ctx := c.UserContext()
-	sess, err := s.loadSession(c)
+	sess, ex, err := s.sessionExam(c)
 	if err != nil {
 		return err
 	}
 	taskID := c.Params("taskId")
-	ex, ok := s.o.Exams(sess.ExamID)
-	if !ok {
-		return fail(fiber.StatusConflict, "the session's exam is not loaded")
+	if err := knownTask(ex, taskID); err != nil {
+		return err
 	}
-	if _, ok := ex.Task(taskID); !ok {
-		return fail(fiber.StatusNotFound, "no task "+quote(taskID)+" in this exam")
-	}
-	if len(c.Body()) > s.o.Store.MaxAnswerBytes()+64 {
+	if len(c.Body()) > s.o.Store.MaxAnswerBytes()+answerSlack {
 		return fail(fiber.StatusRequestEntityTooLarge, "answer too large")
 	}
 	var req struct {
@@ -346,14 +343,51 @@ func (s *Server) saveAnswer(c *fiber.Ctx) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	if len(req.Value) == 0 {
-		return fail(fiber.StatusBadRequest, `request body needs a "value"`)
+	if err := s.checkValue(req.Value); err != nil {
+		return err
 	}
-	a, err := s.o.Store.SaveAnswer(ctx, sess.ID, taskID, req.Value)
+	a, err := s.o.Store.SaveAnswer(c.UserContext(), sess.ID, taskID, req.Value)
 	if err != nil {
 		return err
 	}
 	return c.JSON(a)
+}
+
+// answerSlack is what a request body may hold beyond an answer's value:
+// the braces, the key and, in a batch, the task id.
+const answerSlack = 64
+
+// sessionExam loads the route's session and the exam it takes.
+func (s *Server) sessionExam(c *fiber.Ctx) (*session.Session, *exam.Exam, error) {
+	sess, err := s.loadSession(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	ex, ok := s.o.Exams(sess.ExamID)
+	if !ok {
+		return nil, nil, fail(fiber.StatusConflict, "the session's exam is not loaded")
+	}
+	return sess, ex, nil
+}
+
+// knownTask refuses a task id the exam does not have.
+func knownTask(ex *exam.Exam, taskID string) error {
+	if _, ok := ex.Task(taskID); !ok {
+		return fail(fiber.StatusNotFound, "no task "+quote(taskID)+" in this exam")
+	}
+	return nil
+}
+
+// checkValue refuses an answer the store would not keep, so that a batch
+// is refused whole before any of it is saved.
+func (s *Server) checkValue(value json.RawMessage) error {
+	if len(value) == 0 {
+		return fail(fiber.StatusBadRequest, `request body needs a "value"`)
+	}
+	if len(value) > s.o.Store.MaxAnswerBytes() {
+		return fail(fiber.StatusRequestEntityTooLarge, "answer too large")
+	}
+	return nil
 }
 
 // submit ends the candidate's work: the session moves to submitted and the
@@ -364,7 +398,7 @@ func (s *Server) submit(c *fiber.Ctx) error {
 	if isAdminCtx(c) {
 		reason = session.ByAdmin
 	}
-	sess, err := s.submitSession(ctx, c.Params("id"), reason)
+	sess, err := s.submitSession(ctx, sessionID(c), reason)
 	if err != nil {
 		return err
 	}

@@ -48,10 +48,18 @@ func chromiumPath(t *testing.T) string {
 func typeInTerminal(t *testing.T, st *testlab.Stack, token, id, node, line, want string) {
 	t.Helper()
 	url := "ws" + strings.TrimPrefix(st.URL, "http") + "/ws/session/" + id + "/terminal/" + node
+	runInTerminal(t, url, http.Header{"Authorization": {"Bearer " + token}}, line, want)
+}
+
+// runInTerminal opens the terminal WebSocket at url presenting header,
+// types line once the shell shows its prompt and waits until want appears
+// in the output.
+func runInTerminal(t *testing.T, url string, header http.Header, line, want string) {
+	t.Helper()
 	d := websocket.Dialer{HandshakeTimeout: terminalTimeout}
-	ws, _, err := d.Dial(url, http.Header{"Authorization": {"Bearer " + token}})
+	ws, _, err := d.Dial(url, header)
 	if err != nil {
-		t.Fatalf("open terminal %s: %v", node, err)
+		t.Fatalf("open terminal %s: %v", url, err)
 	}
 	defer ws.Close()
 	var out bytes.Buffer
@@ -61,7 +69,7 @@ func typeInTerminal(t *testing.T, st *testlab.Stack, token, id, node, line, want
 	for !strings.Contains(out.String(), want) {
 		typ, b, err := ws.ReadMessage()
 		if err != nil {
-			t.Fatalf("terminal %s: %v; output so far: %q", node, err, out.String())
+			t.Fatalf("terminal %s: %v; output so far: %q", url, err, out.String())
 		}
 		if typ == websocket.BinaryMessage {
 			out.Write(b)

@@ -143,6 +143,9 @@ func (s *Server) routes() {
 	own.Post("/submit", s.submit)
 	own.Post("/terminal/:terminalId/history", s.postHistory)
 
+	// Candidate: the seed's routes, kept for clients written against it.
+	s.seedRoutes(login)
+
 	// Admin: the seed's endpoints, same paths.
 	a.Post("/api/admin/login", login, s.adminLogin)
 	a.Post("/api/admin/logout", s.adminLogout)

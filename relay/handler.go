@@ -147,28 +147,63 @@ func (r *Relay) nodeOf(sess *session.Session, node string) (*exam.Exam, bool) {
 // admit runs the checks every terminal WebSocket starts with: the Origin,
 // then a credential (the named cookie, a bearer header or a first-frame
 // token). It refuses the connection and reports false when one fails.
-func (r *Relay) admit(ws *websocket.Conn, cookie string) (termKey, string, bool) {
-	key := termKey{session: ws.Params("id"), node: ws.Params("node")}
+func (r *Relay) admit(ws *websocket.Conn, cookie string) (string, bool) {
 	if origin := ws.Headers("Origin"); !r.originAllowed(origin) {
 		refuse(ws, CloseForbidden, "origin "+strconv.Quote(origin)+" is not allowed")
-		return key, "", false
+		return "", false
 	}
 	token, err := r.credential(ws, cookie)
 	if err != nil {
 		refuse(ws, CloseAuth, err.Error())
-		return key, "", false
+		return "", false
 	}
-	return key, token, true
+	return token, true
+}
+
+// ownTerminal is what tells the candidate routes apart: which node of the
+// caller's own session the route names, or why the route names none of
+// theirs. Every other check is serveOwn's, the same for each route.
+type ownTerminal func(ws *websocket.Conn, sess *session.Session) (node string, refused *attachErr)
+
+// sessionTerminal reads GET /ws/session/:id/terminal/:node, where the
+// session is named and must be the caller's.
+func sessionTerminal(ws *websocket.Conn, sess *session.Session) (string, *attachErr) {
+	if ws.Params("id") != sess.ID {
+		// Whether the other session exists is not revealed.
+		return "", &attachErr{CloseForbidden, "not your session"}
+	}
+	return ws.Params("node"), nil
+}
+
+// containerTerminal reads GET /api/terminal/:container, the seed's route:
+// the container is named exam-{id8}-{node} (lab.ContainerName) and must be
+// one of the caller's lab.
+func containerTerminal(ws *websocket.Conn, sess *session.Session) (string, *attachErr) {
+	node, ok := strings.CutPrefix(ws.Params("container"), lab.ContainerName(sess.ID, ""))
+	if !ok {
+		// Whether the other container exists is not revealed.
+		return "", &attachErr{CloseForbidden, "not a container of your lab"}
+	}
+	return node, nil
 }
 
 // serveCandidate is GET /ws/session/:id/terminal/:node.
-func (r *Relay) serveCandidate(ws *websocket.Conn) {
+func (r *Relay) serveCandidate(ws *websocket.Conn) { r.serveOwn(ws, sessionTerminal) }
+
+// serveContainer is GET /api/terminal/:container.
+func (r *Relay) serveContainer(ws *websocket.Conn) { r.serveOwn(ws, containerTerminal) }
+
+// serveOwn admits a candidate to a terminal of their own session, the one
+// path every candidate route takes: Origin and credential, a candidate's
+// token (not the admin's), the node the route names, a live lab, a node of
+// the exam and a free slot.
+func (r *Relay) serveOwn(ws *websocket.Conn, terminal ownTerminal) {
 	if !r.enter() {
 		refuse(ws, CloseGoingAway, "the terminal relay is restarting; reconnect in a moment")
 		return
 	}
 	defer r.handlers.Done()
-	key, token, ok := r.admit(ws, auth.CandidateCookie)
+	token, ok := r.admit(ws, auth.CandidateCookie)
 	if !ok {
 		return
 	}
@@ -187,9 +222,11 @@ func (r *Relay) serveCandidate(ws *websocket.Conn) {
 		r.log.Error("look up terminal token", "err", err)
 		refuse(ws, CloseInternal, "could not check your sign-in; try again")
 		return
-	case sess.ID != key.session:
-		// Whether the other session exists is not revealed.
-		refuse(ws, CloseForbidden, "not your session")
+	}
+	node, refused := terminal(ws, sess)
+	switch {
+	case refused != nil:
+		refuse(ws, refused.code, refused.reason)
 		return
 	case sess.Status == session.StateCreated:
 		refuse(ws, CloseUnavailable, "the lab is not started yet")
@@ -198,10 +235,11 @@ func (r *Relay) serveCandidate(ws *websocket.Conn) {
 		refuse(ws, CloseEnded, "the session is "+string(sess.Status)+"; the terminals are closed")
 		return
 	}
-	if _, ok := r.nodeOf(sess, key.node); !ok {
-		refuse(ws, CloseNotFound, "there is no node "+strconv.Quote(key.node)+" in this lab")
+	if _, ok := r.nodeOf(sess, node); !ok {
+		refuse(ws, CloseNotFound, "there is no node "+strconv.Quote(node)+" in this lab")
 		return
 	}
+	key := termKey{session: sess.ID, node: node}
 	if !r.takeSlot(key) {
 		refuse(ws, CloseTooMany, fmt.Sprintf("at most %d terminals may be open at once", r.o.MaxTerminals))
 		return
@@ -220,10 +258,11 @@ func (r *Relay) serveAdmin(ws *websocket.Conn) {
 		return
 	}
 	defer r.handlers.Done()
-	key, token, ok := r.admit(ws, auth.AdminCookie)
+	token, ok := r.admit(ws, auth.AdminCookie)
 	if !ok {
 		return
 	}
+	key := termKey{session: ws.Params("id"), node: ws.Params("node")}
 	if !r.o.Auth.IsAdmin(token) {
 		refuse(ws, CloseForbidden, "admin credentials required")
 		return

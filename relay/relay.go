@@ -8,7 +8,14 @@
 // same candidate reattaches to it and first receives a replay of recent
 // output. Shells live in this process's memory, so reattaching needs the same
 // relay process: run one relay, or route each session to the same relay
-// (sticky routing on the session id in the path).
+// (sticky routing on the session id in the path, or on the eight-character
+// prefix in the container name of the seed's /api/terminal/:container
+// route, which is unique among live sessions).
+//
+// Clients written against the seed name a terminal by its container,
+// exam-{id8}-{node}: that route takes the session from the credential (the
+// name only has to be of the caller's lab) and is the same terminal,
+// admitted by the same checks.
 //
 // # Protocol
 //
@@ -287,6 +294,7 @@ func New(o Options) (*Relay, error) {
 // Register mounts the terminal routes on rt:
 //
 //	GET /ws/session/:id/terminal/:node        the candidate's terminal
+//	GET /api/terminal/:container              the same, by container name (the seed's route)
 //	GET /ws/admin/session/:id/terminal/:node  an admin's read-only view
 func (r *Relay) Register(rt fiber.Router) {
 	cfg := websocket.Config{
@@ -297,6 +305,7 @@ func (r *Relay) Register(rt fiber.Router) {
 		RecoverHandler:  r.recoverPanic,
 	}
 	rt.Get("/ws/session/:id/terminal/:node", requireUpgrade, websocket.New(r.serveCandidate, cfg))
+	rt.Get("/api/terminal/:container", requireUpgrade, websocket.New(r.serveContainer, cfg))
 	rt.Get("/ws/admin/session/:id/terminal/:node", requireUpgrade, websocket.New(r.serveAdmin, cfg))
 }
 

@@ -130,6 +130,11 @@ func (ls *labStack) termURL(node string) string {
 	return "ws://" + ls.addr + "/ws/session/" + ls.session + "/terminal/" + node
 }
 
+// containerURL is the seed's route to a terminal, by container name.
+func (ls *labStack) containerURL(session, node string) string {
+	return "ws://" + ls.addr + "/api/terminal/" + lab.ContainerName(session, node)
+}
+
 func (ls *labStack) adminURL(node string) string {
 	return "ws://" + ls.addr + "/ws/admin/session/" + ls.session + "/terminal/" + node
 }
@@ -172,7 +177,7 @@ func TestTerminals(t *testing.T) {
 
 	t.Run("refusals", func(t *testing.T) {
 		other := ls.Client()
-		other.Login(t, "someone-else@example.com")
+		otherID := other.Login(t, "someone-else@example.com")
 		cases := []struct {
 			name string
 			url  string
@@ -193,6 +198,10 @@ func TestTerminals(t *testing.T) {
 			{"candidate on the admin route", ls.adminURL("tokyo"), dialOpts{cookie: auth.AdminCookie + "=" + ls.token, origin: ls.origin}, "", relay.CloseForbidden},
 			{"candidate cookie on the admin route", ls.adminURL("tokyo"), ls.browser(), "x", relay.CloseAuth},
 			{"admin on a node outside the lab", ls.adminURL("mars"), dialOpts{bearer: ls.AdminToken}, "", relay.CloseNotFound},
+			{"seed route to another candidate's container", ls.containerURL(otherID, "tokyo"), ls.browser(), "", relay.CloseForbidden},
+			{"seed route with another candidate's token", ls.containerURL(ls.session, "tokyo"), dialOpts{bearer: other.Token}, "", relay.CloseForbidden},
+			{"seed route to a node outside the lab", ls.containerURL(ls.session, "mars"), ls.browser(), "", relay.CloseNotFound},
+			{"seed route from a foreign origin", ls.containerURL(ls.session, "tokyo"), dialOpts{cookie: auth.CandidateCookie + "=" + ls.token, origin: "http://evil.example"}, "", relay.CloseForbidden},
 		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
@@ -338,6 +347,21 @@ func TestTerminals(t *testing.T) {
 		again.waitLine("X is 42")
 	})
 
+	t.Run("the seed's route by container name is the same terminal", func(t *testing.T) {
+		tm := dial(t, ls.termURL("phoenix"), ls.browser())
+		tm.waitReady()
+		tm.send("export Y=7; echo set-$((3+4))\r")
+		tm.waitLine("set-7")
+		tm.drop()
+
+		seed := dial(t, ls.containerURL(ls.session, "phoenix"), dialOpts{firstAuth: ls.token})
+		if ready := seed.waitReady(); ready["reattached"] != true || ready["node"] != "phoenix" || ready["session"] != ls.session {
+			t.Errorf("ready %v: want phoenix of %s, reattached", ready, ls.session)
+		}
+		seed.send("echo Y is $Y\r")
+		seed.waitLine("Y is 7")
+	})
+
 	t.Run("admins watch read-only", func(t *testing.T) {
 		cand := dial(t, ls.termURL("g2"), ls.browser())
 		cand.waitReady()
@@ -446,6 +470,10 @@ func TestTerminals(t *testing.T) {
 		tm.waitReady()
 		tm.send("hostname\r")
 		tm.waitLine("g4")
+		seed := dial(t, "ws://"+addr+"/api/terminal/"+lab.ContainerName(ls.session, "kyoto"), ls.browser())
+		seed.waitReady()
+		seed.send("hostname\r")
+		seed.waitLine("kyoto")
 	})
 
 	t.Run("limits, idle and grace", func(t *testing.T) {
