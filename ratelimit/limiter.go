@@ -1,5 +1,6 @@
 // Package ratelimit keeps request budgets in Redis, so that every API
-// process charges the same counters.
+// process charges the same counters, and finds the client address they
+// are keyed by behind trusted proxies.
 package ratelimit
 
 import (
