@@ -96,6 +96,9 @@ func (s *Server) login(c *fiber.Ctx) error {
 	if err != nil {
 		return fail(fiber.StatusBadRequest, "a valid email address is required")
 	}
+	if err := s.signin.Attempt(c, email); err != nil {
+		return err
+	}
 	sess, token, err := s.o.Store.Login(c.UserContext(), email, s.o.Exam.ID, s.o.Exam.Duration.Duration, s.o.RuntimeName)
 	if err != nil {
 		return err

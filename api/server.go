@@ -10,12 +10,12 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/gofiber/fiber/v2/middleware/limiter"
 	"github.com/gofiber/fiber/v2/middleware/recover"
 
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/store"
 )
 
@@ -33,7 +33,7 @@ type statuser interface {
 	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
 }
 
-// Options wires the API. Store, Enqueuer, Exam and Auth are required.
+// Options wires the API. Store, Enqueuer, Exam, Auth and Signin are required.
 type Options struct {
 	Store    *store.Store
 	Enqueuer enqueuer
@@ -48,6 +48,12 @@ type Options struct {
 	Auth *auth.Auth
 	// CookieSecure marks cookies Secure (serve behind HTTPS).
 	CookieSecure bool
+	// Signin limits sign-ins, in Redis so that every API process shares
+	// the budgets.
+	Signin *ratelimit.Signin
+	// Proxies decide each request's client address: the forwarding header
+	// is read only from a trusted proxy. Zero: the socket peer.
+	Proxies ratelimit.Proxies
 	// Mounts run after the API's own routes are registered: the relay's
 	// WebSocket routes, the queue monitor, metrics.
 	Mounts []func(app *fiber.App)
@@ -64,15 +70,16 @@ type Options struct {
 
 // Server is the Fiber application.
 type Server struct {
-	o   Options
-	app *fiber.App
-	log *slog.Logger
+	o      Options
+	app    *fiber.App
+	log    *slog.Logger
+	signin signin
 }
 
 // New builds the API's routes.
 func New(o Options) (*Server, error) {
-	if o.Store == nil || o.Enqueuer == nil || o.Exam == nil || o.Auth == nil {
-		return nil, errors.New("new api: store, enqueuer, exam and auth are required")
+	if o.Store == nil || o.Enqueuer == nil || o.Exam == nil || o.Auth == nil || o.Signin == nil {
+		return nil, errors.New("new api: store, enqueuer, exam, auth and signin are required")
 	}
 	if o.Exams == nil {
 		o.Exams = func(id string) (*exam.Exam, bool) { return o.Exam, id == o.Exam.ID }
@@ -86,7 +93,7 @@ func New(o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{o: o, log: o.Logger}
+	s := &Server{o: o, log: o.Logger, signin: signin{limits: o.Signin, log: o.Logger}}
 	s.app = fiber.New(fiber.Config{
 		AppName:               "examlab",
 		BodyLimit:             o.BodyLimit,
@@ -97,6 +104,7 @@ func New(o Options) (*Server, error) {
 	})
 	s.app.Use(recover.New())
 	s.app.Use(securityHeaders)
+	s.app.Use(s.resolveClient)
 	s.routes()
 	for _, m := range o.Mounts {
 		m(s.app)
@@ -124,10 +132,10 @@ func securityHeaders(c *fiber.Ctx) error {
 
 func (s *Server) routes() {
 	a := s.app
-	login := limiter.New(limiter.Config{Max: 30, Expiration: time.Minute})
 
-	// Candidate: login and the session they own.
-	a.Post("/api/login", login, s.login)
+	// Candidate: login and the session they own. Sign-ins are limited
+	// inside the handlers (s.signin), which know the account.
+	a.Post("/api/login", s.login)
 	a.Post("/api/logout", s.logout)
 	a.Get("/api/exam", s.examInfo)
 	a.Get("/api/me", s.requireCandidate, s.me)
@@ -143,7 +151,7 @@ func (s *Server) routes() {
 	own.Post("/terminal/:terminalId/history", s.postHistory)
 
 	// Admin: the seed's endpoints, same paths.
-	a.Post("/api/admin/login", login, s.adminLogin)
+	a.Post("/api/admin/login", s.adminLogin)
 	a.Post("/api/admin/logout", s.adminLogout)
 	adm := a.Group("/api/admin", s.requireAdmin)
 	adm.Get("/sessions", s.adminSessions)
