@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -128,6 +129,32 @@ func securityHeaders(c *fiber.Ctx) error {
 	c.Set("Referrer-Policy", "no-referrer")
 	c.Set("Cache-Control", "no-store")
 	return c.Next()
+}
+
+// localClient holds the request's client address (resolveClient).
+const localClient = "client"
+
+// resolveClient records the one client address every later handler, limit
+// and log uses: the client the forwarding header names when the peer is
+// a trusted proxy, else the peer. Fiber's c.IP() is left as the socket
+// peer (its proxy support believes the leftmost, client-written entry),
+// and the API does not use it.
+func (s *Server) resolveClient(c *fiber.Ctx) error {
+	peer, _ := netip.AddrFromSlice(c.Context().RemoteIP())
+	var values []string
+	if s.o.Proxies.Trusted(peer) {
+		for _, v := range c.Request().Header.PeekAll(s.o.Proxies.Header()) {
+			values = append(values, string(v))
+		}
+	}
+	c.Locals(localClient, s.o.Proxies.ClientAddr(peer, values))
+	return c.Next()
+}
+
+// clientAddr is the request's client address (see resolveClient).
+func clientAddr(c *fiber.Ctx) netip.Addr {
+	a, _ := c.Locals(localClient).(netip.Addr)
+	return a
 }
 
 func (s *Server) routes() {
