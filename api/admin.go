@@ -22,7 +22,11 @@ func (s *Server) adminLogin(c *fiber.Ctx) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
+	if err := s.signin.Attempt(c, adminAccount); err != nil {
+		return err
+	}
 	if req.Token == "" || !s.o.Auth.IsAdmin(req.Token) {
+		s.signin.Failed(c, adminAccount)
 		return fail(fiber.StatusUnauthorized, "wrong admin token")
 	}
 	s.setCookie(c, auth.AdminCookie, req.Token, 12*time.Hour)

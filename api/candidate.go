@@ -107,9 +107,24 @@ func (s *Server) login(c *fiber.Ctx) error {
 	if req.Code != "" {
 		norm, err := sitting.NormalizeCode(req.Code)
 		if err != nil {
+			// A malformed code is still an attempt and a failure of its
+			// address, or the shape check would be a free oracle.
+			if lerr := s.signin.Attempt(c, ""); lerr != nil {
+				return lerr
+			}
+			s.signin.Failed(c, "")
+			return err
+		}
+		// The account a code sign-in is counted under is the code itself
+		// (hashed): its failures throttle whoever guesses at it.
+		account := "code:" + sitting.HashCode(norm)
+		if err := s.signin.Attempt(c, account); err != nil {
 			return err
 		}
 		st, e, err := s.o.Store.EntryByCode(ctx, norm)
+		if errors.Is(err, sitting.ErrUnknownCode) {
+			s.signin.Failed(c, account)
+		}
 		if err != nil {
 			return err
 		}
@@ -128,13 +143,21 @@ func (s *Server) login(c *fiber.Ctx) error {
 	if len(req.Name) > sitting.MaxName {
 		return fail(fiber.StatusBadRequest, "the name is too long")
 	}
+	account := "email:" + email
+	if err := s.signin.Attempt(c, account); err != nil {
+		return err
+	}
 	st, err := s.openRegistration(ctx, req.Sitting, now)
+	if errors.Is(err, errNeedCode) {
+		s.signin.Failed(c, account)
+	}
 	if err != nil {
 		return err
 	}
 	// Signing in again goes through the code issued the first time: an
 	// email alone must never reach someone else's session.
 	if _, err := s.o.Store.EntryByEmail(ctx, st.ID, email); err == nil {
+		s.signin.Failed(c, account)
 		return errNeedCode
 	} else if !errors.Is(err, store.ErrNoEntry) {
 		return err

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/sitting"
 	"github.com/examlab/examlab/store"
@@ -53,6 +55,8 @@ func statusOf(err error) int {
 	case errors.Is(err, store.ErrBadID), errors.Is(err, errBadJSON), errors.Is(err, store.ErrBadQuery), errors.Is(err, exam.ErrInvalid),
 		errors.Is(err, session.ErrTooShort), errors.Is(err, sitting.ErrBadCode), errors.Is(err, sitting.ErrInvalid):
 		return fiber.StatusBadRequest
+	case errors.Is(err, ratelimit.ErrLimited):
+		return fiber.StatusTooManyRequests
 	case errors.Is(err, store.ErrTooLarge), errors.Is(err, sitting.ErrRosterTooLarge):
 		return fiber.StatusRequestEntityTooLarge
 	case errors.Is(err, store.ErrClosed), errors.Is(err, session.ErrNotAllowed), errors.Is(err, store.ErrExists), errors.Is(err, store.ErrLiveSession):
@@ -66,14 +70,19 @@ func statusOf(err error) int {
 }
 
 // errorHandler writes every error as {"error": "..."}; internal errors are
-// logged in full and answered without detail.
+// logged in full and answered without detail. A rate limit's refusal
+// also says when to come back, in Retry-After.
 func errorHandler(log *slog.Logger) fiber.ErrorHandler {
 	return func(c *fiber.Ctx, err error) error {
 		code := statusOf(err)
 		msg := err.Error()
 		if code >= 500 && code != fiber.StatusServiceUnavailable {
-			log.Error("request failed", "method", c.Method(), "path", c.Path(), "err", err)
+			log.Error("request failed", "method", c.Method(), "path", c.Path(), "client", clientAddr(c), "err", err)
 			msg = "internal error"
+		}
+		var lim *ratelimit.Limited
+		if errors.As(err, &lim) {
+			c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(ratelimit.RetrySeconds(lim.RetryAfter).Seconds())))
 		}
 		return c.Status(code).JSON(fiber.Map{"error": msg})
 	}

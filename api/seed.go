@@ -17,9 +17,9 @@ import (
 // the credential, and is the modern route's handler behind a guard that
 // says which session that is. The terminal route is the relay's
 // (/api/terminal/:container).
-func (s *Server) seedRoutes(login fiber.Handler) {
+func (s *Server) seedRoutes() {
 	a := s.app
-	a.Post("/api/candidate/login", login, s.login)
+	a.Post("/api/candidate/login", s.login)
 	a.Post("/api/candidate/:email/start", s.requireOwnSession, s.requireOwnEmail, s.start)
 	a.Post("/api/candidate/answers", s.requireOwnSession, s.saveSeedAnswers)
 	a.Post("/api/candidate/submit", s.requireOwnSession, s.submit)

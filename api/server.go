@@ -7,15 +7,16 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/gofiber/fiber/v2/middleware/limiter"
 	"github.com/gofiber/fiber/v2/middleware/recover"
 
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/store"
 )
 
@@ -33,7 +34,7 @@ type statuser interface {
 	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
 }
 
-// Options wires the API. Store, Enqueuer, Exam and Auth are required.
+// Options wires the API. Store, Enqueuer, Exam, Auth and Signin are required.
 type Options struct {
 	Store    *store.Store
 	Enqueuer enqueuer
@@ -48,6 +49,12 @@ type Options struct {
 	Auth *auth.Auth
 	// CookieSecure marks cookies Secure (serve behind HTTPS).
 	CookieSecure bool
+	// Signin limits sign-ins, in Redis so that every API process shares
+	// the budgets.
+	Signin *ratelimit.Signin
+	// Proxies decide each request's client address: the forwarding header
+	// is read only from a trusted proxy. Zero: the socket peer.
+	Proxies ratelimit.Proxies
 	// Mounts run after the API's own routes are registered: the relay's
 	// WebSocket routes, the queue monitor, metrics.
 	Mounts []func(app *fiber.App)
@@ -64,15 +71,16 @@ type Options struct {
 
 // Server is the Fiber application.
 type Server struct {
-	o   Options
-	app *fiber.App
-	log *slog.Logger
+	o      Options
+	app    *fiber.App
+	log    *slog.Logger
+	signin signin
 }
 
 // New builds the API's routes.
 func New(o Options) (*Server, error) {
-	if o.Store == nil || o.Enqueuer == nil || o.Exam == nil || o.Auth == nil {
-		return nil, errors.New("new api: store, enqueuer, exam and auth are required")
+	if o.Store == nil || o.Enqueuer == nil || o.Exam == nil || o.Auth == nil || o.Signin == nil {
+		return nil, errors.New("new api: store, enqueuer, exam, auth and signin are required")
 	}
 	if o.Exams == nil {
 		o.Exams = func(id string) (*exam.Exam, bool) { return o.Exam, id == o.Exam.ID }
@@ -86,7 +94,7 @@ func New(o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{o: o, log: o.Logger}
+	s := &Server{o: o, log: o.Logger, signin: signin{limits: o.Signin, log: o.Logger}}
 	s.app = fiber.New(fiber.Config{
 		AppName:               "examlab",
 		BodyLimit:             o.BodyLimit,
@@ -97,6 +105,7 @@ func New(o Options) (*Server, error) {
 	})
 	s.app.Use(recover.New())
 	s.app.Use(securityHeaders)
+	s.app.Use(s.resolveClient)
 	s.routes()
 	for _, m := range o.Mounts {
 		m(s.app)
@@ -122,12 +131,38 @@ func securityHeaders(c *fiber.Ctx) error {
 	return c.Next()
 }
 
+// localClient holds the request's client address (resolveClient).
+const localClient = "client"
+
+// resolveClient records the one client address every later handler, limit
+// and log uses: the client the forwarding header names when the peer is
+// a trusted proxy, else the peer. Fiber's c.IP() is left as the socket
+// peer (its proxy support believes the leftmost, client-written entry),
+// and the API does not use it.
+func (s *Server) resolveClient(c *fiber.Ctx) error {
+	peer, _ := netip.AddrFromSlice(c.Context().RemoteIP())
+	var values []string
+	if s.o.Proxies.Trusted(peer) {
+		for _, v := range c.Request().Header.PeekAll(s.o.Proxies.Header()) {
+			values = append(values, string(v))
+		}
+	}
+	c.Locals(localClient, s.o.Proxies.ClientAddr(peer, values))
+	return c.Next()
+}
+
+// clientAddr is the request's client address (see resolveClient).
+func clientAddr(c *fiber.Ctx) netip.Addr {
+	a, _ := c.Locals(localClient).(netip.Addr)
+	return a
+}
+
 func (s *Server) routes() {
 	a := s.app
-	login := limiter.New(limiter.Config{Max: 30, Expiration: time.Minute})
 
-	// Candidate: login and the session they own.
-	a.Post("/api/login", login, s.login)
+	// Candidate: login and the session they own. Sign-ins are limited
+	// inside the handlers (s.signin), which know the account.
+	a.Post("/api/login", s.login)
 	a.Post("/api/logout", s.logout)
 	a.Get("/api/signin", s.signinOptions)
 	a.Get("/api/exam", s.examInfo)
@@ -144,10 +179,10 @@ func (s *Server) routes() {
 	own.Post("/terminal/:terminalId/history", s.postHistory)
 
 	// Candidate: the seed's routes, kept for clients written against it.
-	s.seedRoutes(login)
+	s.seedRoutes()
 
 	// Admin: the seed's endpoints, same paths.
-	a.Post("/api/admin/login", login, s.adminLogin)
+	a.Post("/api/admin/login", s.adminLogin)
 	a.Post("/api/admin/logout", s.adminLogout)
 	adm := a.Group("/api/admin", s.requireAdmin)
 	adm.Get("/sessions", s.adminSessions)

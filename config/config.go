@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/examlab/examlab/ratelimit"
 )
 
 // Runtimes a session's lab can run on.
@@ -45,6 +47,18 @@ type Config struct {
 	AllowedOrigins []string
 	// CookieSecure marks the session cookie Secure (behind HTTPS). EXAMLAB_COOKIE_SECURE, false.
 	CookieSecure bool
+	// TrustedProxies are the peers (addresses and CIDRs) whose forwarding
+	// header names the client; a request from anyone else is counted and
+	// logged as its socket peer. EXAMLAB_TRUSTED_PROXIES (comma separated), none.
+	TrustedProxies []string
+	// ProxyHeader is the header the trusted proxies append the client to:
+	// X-Forwarded-For or Forwarded (RFC 7239). EXAMLAB_PROXY_HEADER, X-Forwarded-For.
+	ProxyHeader string
+	// Signin are the sign-in budgets, each "limit/window", kept in Redis
+	// and shared by every API process:
+	// EXAMLAB_SIGNIN_PER_ADDRESS 600/1m, EXAMLAB_SIGNIN_PER_ACCOUNT 10/1m,
+	// EXAMLAB_SIGNIN_FAILURES_PER_ADDRESS 100/10m, EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT 10/10m.
+	Signin ratelimit.SigninBudgets
 
 	// Redis is host:port or unix:///path. EXAMLAB_REDIS, 127.0.0.1:6379.
 	Redis         string
@@ -116,6 +130,8 @@ func Default() Config {
 		StateDir:          "./var",
 		Listen:            "127.0.0.1:8080",
 		RelayListen:       "127.0.0.1:8081",
+		ProxyHeader:       ratelimit.HeaderXForwardedFor,
+		Signin:            ratelimit.DefaultSigninBudgets(),
 		Redis:             "127.0.0.1:6379",
 		RedisPrefix:       "examlab:",
 		Instance:          "examlab",
@@ -174,6 +190,16 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 			*dst = b
 		}
 	}
+	budget := func(name string, dst *ratelimit.Budget) {
+		if v := getenv(name); v != "" {
+			b, err := ratelimit.ParseBudget(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				return
+			}
+			*dst = b
+		}
+	}
 	list := func(name string, dst *[]string) {
 		if v := getenv(name); v != "" {
 			*dst = splitList(v)
@@ -186,6 +212,12 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	str("EXAMLAB_PUBLIC_URL", &c.PublicURL)
 	list("EXAMLAB_ALLOWED_ORIGINS", &c.AllowedOrigins)
 	boolean("EXAMLAB_COOKIE_SECURE", &c.CookieSecure)
+	list("EXAMLAB_TRUSTED_PROXIES", &c.TrustedProxies)
+	str("EXAMLAB_PROXY_HEADER", &c.ProxyHeader)
+	budget("EXAMLAB_SIGNIN_PER_ADDRESS", &c.Signin.PerAddress)
+	budget("EXAMLAB_SIGNIN_PER_ACCOUNT", &c.Signin.PerAccount)
+	budget("EXAMLAB_SIGNIN_FAILURES_PER_ADDRESS", &c.Signin.FailuresPerAddress)
+	budget("EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT", &c.Signin.FailuresPerAccount)
 	str("EXAMLAB_REDIS", &c.Redis)
 	str("EXAMLAB_REDIS_PASSWORD", &c.RedisPassword)
 	num("EXAMLAB_REDIS_DB", &c.RedisDB)
@@ -260,6 +292,27 @@ func (c *Config) Validate() error {
 		bad("public url: %q must start with http:// or https://", c.PublicURL)
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if p, err := ratelimit.NewProxies(nil, c.ProxyHeader); err != nil {
+		bad("proxy header: %q must be %s or %s", c.ProxyHeader, ratelimit.HeaderXForwardedFor, ratelimit.HeaderForwarded)
+	} else {
+		c.ProxyHeader = p.Header()
+	}
+	if _, err := ratelimit.NewProxies(c.TrustedProxies, ""); err != nil {
+		bad("trusted proxies: %v", err)
+	}
+	for _, b := range []struct {
+		name string
+		b    ratelimit.Budget
+	}{
+		{"signin per address", c.Signin.PerAddress},
+		{"signin per account", c.Signin.PerAccount},
+		{"signin failures per address", c.Signin.FailuresPerAddress},
+		{"signin failures per account", c.Signin.FailuresPerAccount},
+	} {
+		if b.b.Limit < 1 || b.b.Limit > maxBudgetLimit || b.b.Window < time.Second || b.b.Window > 24*time.Hour {
+			bad("%s: %q must be 1..%d per 1s..24h", b.name, b.b.String(), maxBudgetLimit)
+		}
+	}
 	if c.Redis == "" {
 		bad("redis: required")
 	}
@@ -348,6 +401,10 @@ func (c *Config) EnsureAdminToken() (token string, path string, created bool, er
 	c.AdminToken = tok
 	return tok, path, true, nil
 }
+
+// maxBudgetLimit bounds a sign-in budget's limit: far above any hall, so
+// that a slip of extra zeros is refused rather than turning a limit off.
+const maxBudgetLimit = 100_000
 
 var instancePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 

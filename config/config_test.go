@@ -68,6 +68,17 @@ func TestInvalidSettingsAreNamed(t *testing.T) {
 		{"bad instance", map[string]string{"EXAMLAB_INSTANCE": "Prod Lab"}, "instance"},
 		{"negative retention", map[string]string{"EXAMLAB_RETENTION_DAYS": "-1"}, "retention days"},
 		{"bad public url", map[string]string{"EXAMLAB_PUBLIC_URL": "ftp://x"}, "public url"},
+		{"budget without window", map[string]string{"EXAMLAB_SIGNIN_PER_ADDRESS": "600"}, "EXAMLAB_SIGNIN_PER_ADDRESS"},
+		{"budget not a number", map[string]string{"EXAMLAB_SIGNIN_PER_ACCOUNT": "ten/1m"}, "EXAMLAB_SIGNIN_PER_ACCOUNT"},
+		{"budget bad window", map[string]string{"EXAMLAB_SIGNIN_FAILURES_PER_ADDRESS": "30/soon"}, "EXAMLAB_SIGNIN_FAILURES_PER_ADDRESS"},
+		{"budget zero", map[string]string{"EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT": "0/10m"}, "EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT"},
+		{"budget window too short", map[string]string{"EXAMLAB_SIGNIN_PER_ADDRESS": "600/100ms"}, "signin per address"},
+		{"budget window too long", map[string]string{"EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT": "10/30d"}, "EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT"},
+		{"budget window over a day", map[string]string{"EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT": "10/25h"}, "signin failures per account"},
+		{"budget limit too high", map[string]string{"EXAMLAB_SIGNIN_PER_ACCOUNT": "1000000/1m"}, "signin per account"},
+		{"trusted proxy hostname", map[string]string{"EXAMLAB_TRUSTED_PROXIES": "10.0.0.0/8, proxy.internal"}, "trusted proxies"},
+		{"trusted proxy bad CIDR", map[string]string{"EXAMLAB_TRUSTED_PROXIES": "10.0.0.0/40"}, "trusted proxies"},
+		{"unknown proxy header", map[string]string{"EXAMLAB_PROXY_HEADER": "X-Real-IP"}, "proxy header"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -105,5 +116,45 @@ func TestAdminTokenIsGeneratedOnceAndKeptPrivate(t *testing.T) {
 	set.AdminToken = "configured-token-0123456789"
 	if tok3, p, created3, _ := set.EnsureAdminToken(); tok3 != set.AdminToken || p != "" || created3 {
 		t.Fatalf("configured token not used: %q %q %v", tok3, p, created3)
+	}
+}
+
+// TestFrontDoorSettings reads the trusted proxies, the proxy header and
+// the sign-in budgets, and keeps the defaults for what is not set.
+func TestFrontDoorSettings(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.TrustedProxies) != 0 || c.ProxyHeader != "X-Forwarded-For" {
+		t.Errorf("default proxies: %q via %q, want none via X-Forwarded-For", c.TrustedProxies, c.ProxyHeader)
+	}
+	want := map[string]string{"per address": "600/1m", "per account": "10/1m", "failures per address": "100/10m", "failures per account": "10/10m"}
+	got := map[string]string{"per address": c.Signin.PerAddress.String(), "per account": c.Signin.PerAccount.String(),
+		"failures per address": c.Signin.FailuresPerAddress.String(), "failures per account": c.Signin.FailuresPerAccount.String()}
+	for k := range want {
+		if got[k] != want[k] {
+			t.Errorf("default sign-in %s = %s, want %s", k, got[k], want[k])
+		}
+	}
+
+	c = Default()
+	err := c.FromEnv(envOf(map[string]string{
+		"EXAMLAB_TRUSTED_PROXIES":             "10.0.0.0/8, 192.0.2.7 ,2001:db8::/32",
+		"EXAMLAB_PROXY_HEADER":                "forwarded",
+		"EXAMLAB_SIGNIN_PER_ADDRESS":          "1200/2m",
+		"EXAMLAB_SIGNIN_FAILURES_PER_ACCOUNT": "5/h",
+	}))
+	if err == nil {
+		err = c.Validate()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.TrustedProxies, " ") != "10.0.0.0/8 192.0.2.7 2001:db8::/32" || c.ProxyHeader != "Forwarded" {
+		t.Errorf("proxies: %q via %q", c.TrustedProxies, c.ProxyHeader)
+	}
+	if c.Signin.PerAddress.String() != "1200/2m" || c.Signin.FailuresPerAccount.String() != "5/1h" || c.Signin.PerAccount.String() != "10/1m" {
+		t.Errorf("budgets: %+v", c.Signin)
 	}
 }

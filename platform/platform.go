@@ -25,6 +25,7 @@ import (
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/metrics"
 	"github.com/examlab/examlab/nomad"
+	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/relay"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/store"
@@ -170,10 +171,21 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		}
 	}
 	if roles.API {
+		// The budgets live in Redis so that they hold across every API
+		// process of the deployment.
+		signin, err := ratelimit.NewSignin(ratelimit.SigninOptions{Redis: p.Redis, Prefix: cfg.RedisPrefix, Budgets: cfg.Signin})
+		if err != nil {
+			return nil, err
+		}
+		proxies, err := ratelimit.NewProxies(cfg.TrustedProxies, cfg.ProxyHeader)
+		if err != nil {
+			return nil, err
+		}
 		p.API, err = api.New(api.Options{
 			Store: p.Store, Enqueuer: p.Enqueuer, Exam: p.Exam, Exams: exams,
 			Runtime: p.Runtime, RuntimeName: cfg.Runtime, Auth: p.Auth,
-			CookieSecure: cfg.CookieSecure, Logger: log, Mounts: p.mounts(roles),
+			CookieSecure: cfg.CookieSecure, Signin: signin, Proxies: proxies,
+			Logger: log, Mounts: p.mounts(roles),
 			Ops: p.opsOptions(), RetentionDays: cfg.RetentionDays,
 		})
 		if err != nil {
