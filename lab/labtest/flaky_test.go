@@ -16,6 +16,7 @@ func TestFlakyPassesThrough(t *testing.T) {
 	Run(t, Harness{
 		Runtime:         f,
 		Inventory:       func(t testing.TB, sessionID string) Inventory { return m.Inventory(sessionID) },
+		Addresses:       true,
 		CrashKeepsFiles: true,
 	})
 	if f.Calls("Provision") < 4 || f.Calls("Exec") == 0 || f.Calls("Ping") != 0 {

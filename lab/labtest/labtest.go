@@ -64,6 +64,8 @@ type Harness struct {
 	// cloud metadata, not another lab — even when they rewrite their
 	// routes. The nodes have the lab image's tools (ping, nc, ip).
 	Network bool
+	// Addresses: Status reports each running node's address.
+	Addresses bool
 	// Containers: nodes are Linux containers of the lab image, with
 	// exactly the spec's capabilities, and an export holds the image's
 	// whole filesystem.
@@ -138,6 +140,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("implementation", func(t *testing.T) { h.Inspect(t, Labs{Main: s.main, Other: s.other}) })
 	}
 	t.Run("status reports every node running in spec order", s.testStatus)
+	t.Run("status reports each node's address", s.testAddresses)
 	t.Run("hostname is the node name", s.testHostname)
 	t.Run("exec", s.testExec)
 	t.Run("tty takes its initial size and follows resizes", s.testTTY)

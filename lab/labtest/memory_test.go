@@ -25,6 +25,7 @@ func TestMemory(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
+		Addresses:       true,
 		CrashKeepsFiles: true,
 	})
 }

@@ -88,12 +88,11 @@ func (s *suite) testIsolation(t *testing.T) {
 		}
 	}()
 
-	gateway := s.gateway(t, sid, "tokyo")
-	theirs := s.status(t, s.other)[0].IP
-	mine := s.status(t, s.main)[0].IP
-	if theirs == "" || mine == "" {
-		t.Fatalf("nodes without addresses: %q %q", mine, theirs)
-	}
+	// Addresses as the nodes see them: not every runtime's Status knows.
+	myNet := s.address(t, sid, "tokyo")
+	mine := myNet.Addr().String()
+	theirs := s.address(t, s.other.SessionID, s.other.Nodes[0].Name).Addr().String()
+	gateway := myNet.Masked().Addr().Next().String()
 	cases := []struct {
 		name    string
 		session string
@@ -112,21 +111,38 @@ func (s *suite) testIsolation(t *testing.T) {
 		{"metadata from a node that rewrites its routes", sid, "g2",
 			"ip route replace default dev eth0 || echo reroute failed; nc -z -w2 169.254.169.254 80"},
 	}
-	// Each blocked probe waits out its timeout; run them side by side.
-	t.Run("probes", func(t *testing.T) {
-		for _, tc := range cases {
-			t.Run(tc.name, func(t *testing.T) {
-				t.Parallel()
-				out, code := s.run(t, tc.session, tc.node, "sh", "-c", tc.cmd)
-				if code == 0 {
-					t.Errorf("%q in %s succeeded, want it blocked: %s", tc.cmd, tc.node, out)
-				}
-				if strings.Contains(out, "reroute failed") {
-					t.Errorf("the node could not reroute, so the probe proves nothing: %s", out)
-				}
-			})
-		}
-	})
+	// Each blocked probe waits out its timeout; run them all at once (not
+	// as parallel subtests, which -parallel caps at the number of CPUs),
+	// then report each.
+	type result struct {
+		out  string
+		code int
+		err  error
+	}
+	results := make([]result, len(cases))
+	var wg sync.WaitGroup
+	for i, tc := range cases {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(s.ctx, execTimeout)
+			defer cancel()
+			r := &results[i]
+			r.out, r.code, r.err = lab.Output(ctx, s.rt, tc.session, tc.node, "sh", "-c", tc.cmd)
+		})
+	}
+	wg.Wait()
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := results[i]
+			switch {
+			case r.err != nil:
+				t.Errorf("exec %q in %s: %v", tc.cmd, tc.node, r.err)
+			case r.code == 0:
+				t.Errorf("%q in %s succeeded, want it blocked: %s", tc.cmd, tc.node, r.out)
+			case strings.Contains(r.out, "reroute failed"):
+				t.Errorf("the node could not reroute, so the probe proves nothing: %s", r.out)
+			}
+		})
+	}
 	ln.Close()
 	<-accepted
 	mu.Lock()
@@ -136,9 +152,9 @@ func (s *suite) testIsolation(t *testing.T) {
 	}
 }
 
-// gateway returns the first address of the node's subnet, where a bridge
-// gateway sits, as the node itself sees its address.
-func (s *suite) gateway(t *testing.T, sessionID, node string) string {
+// address returns the node's IPv4 address on its lab network, with the
+// network's prefix, as the node itself sees it.
+func (s *suite) address(t *testing.T, sessionID, node string) netip.Prefix {
 	t.Helper()
 	out, code := s.run(t, sessionID, node, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
 	f := strings.Fields(out)
@@ -147,11 +163,11 @@ func (s *suite) gateway(t *testing.T, sessionID, node string) string {
 			continue
 		}
 		if p, err := netip.ParsePrefix(f[i+1]); err == nil {
-			return p.Masked().Addr().Next().String()
+			return p
 		}
 	}
 	t.Fatalf("no IPv4 address on eth0 of %s (exit %d): %q", node, code, out)
-	return ""
+	return netip.Prefix{}
 }
 
 // primaryIPv4 returns an address the host holds on a real interface, not
