@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/lab/labtest"
 )
@@ -37,6 +38,10 @@ func TestLab(t *testing.T) {
 			if err := stopContainer(ctx, r, lab.ContainerName(sessionID, node)); err != nil {
 				t.Fatal(err)
 			}
+			// A stopped container is reported as exited, not as gone.
+			if st := nodeStatus(t, r, sessionID, node); st.State != lab.StateExited {
+				t.Errorf("stopped %s is %s, want exited", node, st.State)
+			}
 		},
 		Inspect:         func(t *testing.T, labs labtest.Labs) { inspectLab(t, r, labs.Main) },
 		Network:         true,
@@ -44,6 +49,28 @@ func TestLab(t *testing.T) {
 		Containers:      true,
 		CrashKeepsFiles: true,
 	})
+}
+
+// nodeStatus is what the runtime reports of one node of a default lab.
+func nodeStatus(t testing.TB, r *Runtime, sessionID, node string) lab.NodeStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+	defer cancel()
+	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: sessionID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.Status(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range st {
+		if n.Name == node {
+			return n
+		}
+	}
+	t.Fatalf("no node %s in the status of %s", node, sessionID)
+	return lab.NodeStatus{}
 }
 
 // inspectLab checks what the one-host runtime made of spec on the engine.

@@ -19,7 +19,7 @@ func TestFlakyPassesThrough(t *testing.T) {
 		Addresses:       true,
 		CrashKeepsFiles: true,
 	})
-	if f.Calls("Provision") < 4 || f.Calls("Exec") == 0 || f.Calls("Ping") != 0 {
+	if f.Calls("Provision") < 4 || f.Calls("Exec") == 0 || f.Calls("Ping") != 1 {
 		t.Errorf("calls: provision %d exec %d ping %d", f.Calls("Provision"), f.Calls("Exec"), f.Calls("Ping"))
 	}
 }

@@ -139,6 +139,7 @@ func Run(t *testing.T, h Harness) {
 	if h.Inspect != nil {
 		t.Run("implementation", func(t *testing.T) { h.Inspect(t, Labs{Main: s.main, Other: s.other}) })
 	}
+	t.Run("ping answers", s.testPing)
 	t.Run("status reports every node running in spec order", s.testStatus)
 	t.Run("status reports each node's address", s.testAddresses)
 	t.Run("hostname is the node name", s.testHostname)
