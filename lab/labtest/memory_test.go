@@ -72,6 +72,12 @@ func TestMemoryShell(t *testing.T) {
 		{"env runs a command", []string{"env", "A=1", "printenv", "A"}, "1\n", 0},
 		{"stty needs a terminal", []string{"stty", "size"}, "stty: 'standard input': Inappropriate ioctl for device\n", 1},
 		{"syntax error", []string{"sh", "-c", "echo a |"}, "sh: 1: syntax error: '|' is not supported\n", 2},
+		{"arithmetic", []string{"sh", "-c", "echo x-$((6*7)) $((2+3*(4-1))) $((7/2)) $((-3%2))"}, "x-42 11 3 -1\n", 0},
+		{"variables", []string{"sh", "-c", `X=4; export Y=2; echo $X ${Y} "$X$Y" '$X' $((X*Y)) $((X-$Y))`}, "4 2 42 $X 8 2\n", 0},
+		{"exit status", []string{"sh", "-c", "false; echo $?; true; echo $?"}, "1\n0\n", 0},
+		{"assignment for one command", []string{"sh", "-c", "A=1 printenv A; printenv A || echo unset"}, "1\nunset\n", 0},
+		{"division by zero", []string{"sh", "-c", "echo $((1/0))"}, "sh: 1: arithmetic expression: division by zero\n", 2},
+		{"a lone dollar", []string{"sh", "-c", "echo $ 5$"}, "$ 5$\n", 0},
 	}
 	m, spec := memoryLab(t)
 	for _, tc := range cases {
@@ -135,5 +141,33 @@ func TestMemoryReadFileAndErrors(t *testing.T) {
 	}
 	if err := m.ExportFS(ctx, spec.SessionID, "g1", io.Discard); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestMemoryTerminal: a shell on a terminal echoes what is typed, keeps its
+// variables from line to line, and sees its size.
+func TestMemoryTerminal(t *testing.T) {
+	m, spec := memoryLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p, err := m.Exec(ctx, spec.SessionID, "g2", lab.ExecRequest{Cmd: []string{"bash"}, TTY: true, Size: lab.Size{Rows: 24, Cols: 80}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	io.WriteString(p, "export X=42\necho X is $X; stty size\nexit 5\n")
+	out, err := io.ReadAll(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Typed ahead, the echo and the prompts interleave as on any terminal.
+	screen := strings.ReplaceAll(string(out), "# ", "")
+	for _, want := range []string{"export X=42\r\n", "echo X is $X; stty size\r\n", "X is 42\r\n24 80\r\n"} {
+		if !strings.Contains(screen, want) {
+			t.Errorf("screen %q lacks %q", out, want)
+		}
+	}
+	if code, err := p.Wait(ctx); err != nil || code != 5 {
+		t.Errorf("wait: %d %v", code, err)
 	}
 }

@@ -20,8 +20,11 @@ import (
 // core utilities for tests, on the node's in-memory files.
 //
 //	sh [-c SCRIPT]   scripts of simple commands joined by ; && || and
-//	                 newlines, with 'single' and "double" quotes and the
-//	                 redirections > >> < 2> 2>&1 >&2 (and /dev/null)
+//	                 newlines, with 'single' and "double" quotes, the
+//	                 expansions $NAME ${NAME} $? $((arithmetic)), NAME=value
+//	                 assignments, and the redirections > >> < 2> 2>&1 >&2
+//	                 (and /dev/null)
+//	export NAME=value…  unset NAME…
 //	echo [-n] …      cat [FILE…]      printenv [NAME…]   env [K=V…] [CMD…]
 //	true  false  :   exit [N]         hostname [-i]      id   pwd   cd DIR
 //	touch FILE…      rm [-rf] PATH…   mkdir [-p] DIR…    ls [DIR]
@@ -34,6 +37,7 @@ type shell struct {
 	node   *memNode
 	env    map[string]string
 	cwd    string
+	last   int // exit status of the last command: $?
 	tty    bool
 	size   func() (lab.Size, bool)
 	stdin  *bufio.Reader
@@ -87,6 +91,18 @@ func (sh *shell) command(ctx context.Context, argv []string, in io.Reader, out, 
 			n, _ = strconv.Atoi(args[0])
 		}
 		return n & 0xff, true
+	case "export":
+		for _, a := range args {
+			if k, v, ok := strings.Cut(a, "="); ok && validName(k) {
+				sh.env[k] = v
+			}
+		}
+		return 0, false
+	case "unset":
+		for _, a := range args {
+			delete(sh.env, a)
+		}
+		return 0, false
 	case "true", ":":
 		return 0, false
 	case "false":
@@ -286,6 +302,7 @@ func (sh *shell) run(ctx context.Context, src string, in io.Reader, out, errw io
 			}
 		}
 		code, exit = sh.simple(ctx, c, in, out, errw)
+		sh.last = code
 		if exit {
 			return code, true
 		}
@@ -293,8 +310,42 @@ func (sh *shell) run(ctx context.Context, src string, in io.Reader, out, errw io
 	return code, false
 }
 
-// simple runs one parsed command with its redirections.
+// simple runs one parsed command with its expansions, variable
+// assignments and redirections.
 func (sh *shell) simple(ctx context.Context, c parsed, in io.Reader, out, errw io.Writer) (int, bool) {
+	var argv []string
+	assign := map[string]string{}
+	for _, w := range c.argv {
+		s, err := sh.expand(w)
+		if err != nil {
+			fmt.Fprintf(errw, "sh: 1: %v\n", err)
+			return 2, false
+		}
+		if name, value, ok := strings.Cut(s, "="); ok && len(argv) == 0 && len(w) > 0 && w[0].kind == 0 &&
+			strings.Contains(w[0].text, "=") && validName(name) {
+			assign[name] = value
+			continue
+		}
+		argv = append(argv, s)
+	}
+	run := sh
+	if len(argv) == 0 {
+		for k, v := range assign {
+			sh.env[k] = v
+		}
+	} else if len(assign) > 0 {
+		// NAME=value cmd: the variables are the command's alone.
+		sub := *sh
+		sub.env = make(map[string]string, len(sh.env)+len(assign))
+		for k, v := range sh.env {
+			sub.env[k] = v
+		}
+		for k, v := range assign {
+			sub.env[k] = v
+		}
+		run = &sub
+	}
+
 	type sink struct {
 		path   string
 		buf    *bytes.Buffer
@@ -302,16 +353,21 @@ func (sh *shell) simple(ctx context.Context, c parsed, in io.Reader, out, errw i
 	}
 	var sinks []sink
 	for _, r := range c.redirs {
+		target, err := sh.expand(r.target)
+		if err != nil {
+			fmt.Fprintf(errw, "sh: 1: %v\n", err)
+			return 2, false
+		}
 		var w io.Writer
 		switch {
 		case r.op == "<":
-			if r.target == "/dev/null" {
+			if target == "/dev/null" {
 				in = strings.NewReader("")
 				continue
 			}
-			b, err := sh.read(r.target)
+			b, err := sh.read(target)
 			if err != nil {
-				fmt.Fprintf(errw, "sh: 1: cannot open %s: %v\n", r.target, err)
+				fmt.Fprintf(errw, "sh: 1: cannot open %s: %v\n", target, err)
 				return 2, false
 			}
 			in = bytes.NewReader(b)
@@ -320,16 +376,16 @@ func (sh *shell) simple(ctx context.Context, c parsed, in io.Reader, out, errw i
 			w = out
 		case r.dup == 2:
 			w = errw
-		case r.target == "/dev/null":
+		case target == "/dev/null":
 			w = io.Discard
 		default:
-			if !sh.isDir(path.Dir(cleanPath(sh.cwd, r.target))) {
-				fmt.Fprintf(errw, "sh: 1: cannot create %s: Directory nonexistent\n", r.target)
+			if !sh.isDir(path.Dir(cleanPath(sh.cwd, target))) {
+				fmt.Fprintf(errw, "sh: 1: cannot create %s: Directory nonexistent\n", target)
 				return 2, false
 			}
-			s := sink{path: r.target, buf: &bytes.Buffer{}, append: r.op == ">>"}
+			s := sink{path: target, buf: &bytes.Buffer{}, append: r.op == ">>"}
 			if err := sh.write(s.path, nil, s.append); err != nil {
-				fmt.Fprintf(errw, "sh: 1: cannot create %s: %v\n", r.target, err)
+				fmt.Fprintf(errw, "sh: 1: cannot create %s: %v\n", target, err)
 				return 2, false
 			}
 			sinks = append(sinks, s)
@@ -341,7 +397,7 @@ func (sh *shell) simple(ctx context.Context, c parsed, in io.Reader, out, errw i
 			out = w
 		}
 	}
-	code, exit := sh.command(ctx, c.argv, in, out, errw)
+	code, exit := run.command(ctx, argv, in, out, errw)
 	for _, s := range sinks {
 		if err := sh.write(s.path, s.buf.Bytes(), true); err != nil {
 			fmt.Fprintf(errw, "sh: 1: write %s: %v\n", s.path, err)
@@ -549,139 +605,4 @@ func (sh *shell) ls(args []string, out io.Writer, fail func(string, ...any) int)
 		fmt.Fprintln(out, n)
 	}
 	return 0
-}
-
-// parsed is one simple command of a list.
-type parsed struct {
-	argv   []string
-	redirs []redir
-	// then joins it to the next command: ";", "&&" or "||".
-	then string
-}
-
-type redir struct {
-	fd     int    // 1 or 2: the stream redirected
-	op     string // ">", ">>" or "<"
-	target string // a path, unless dup is set
-	dup    int    // >&N: the stream to join
-}
-
-// parse splits a script into simple commands. It knows quotes, the list
-// operators and redirections, and nothing of pipes, variables or globs.
-func parse(src string) ([]parsed, error) {
-	var list []parsed
-	cur := parsed{}
-	var word strings.Builder
-	inWord := false
-	var pending *redir // a redirection waiting for its target
-	endWord := func() error {
-		if !inWord {
-			return nil
-		}
-		w := word.String()
-		word.Reset()
-		inWord = false
-		if pending != nil {
-			pending.target = w
-			cur.redirs = append(cur.redirs, *pending)
-			pending = nil
-			return nil
-		}
-		cur.argv = append(cur.argv, w)
-		return nil
-	}
-	endCommand := func(then string) error {
-		endWord()
-		if pending != nil {
-			return errors.New("syntax error: redirection without a target")
-		}
-		if len(cur.argv) == 0 && len(cur.redirs) == 0 {
-			if then == ";" {
-				return nil
-			}
-			return fmt.Errorf("syntax error: %q unexpected", then)
-		}
-		cur.then = then
-		list = append(list, cur)
-		cur = parsed{}
-		return nil
-	}
-	for i := 0; i < len(src); i++ {
-		c := src[i]
-		switch {
-		case c == '\'':
-			j := strings.IndexByte(src[i+1:], '\'')
-			if j < 0 {
-				return nil, errors.New("syntax error: unterminated quoted string")
-			}
-			word.WriteString(src[i+1 : i+1+j])
-			inWord = true
-			i += j + 1
-		case c == '"':
-			i++
-			for ; i < len(src) && src[i] != '"'; i++ {
-				if src[i] == '\\' && i+1 < len(src) && strings.IndexByte(`"\$`+"`", src[i+1]) >= 0 {
-					i++
-				}
-				word.WriteByte(src[i])
-			}
-			if i >= len(src) {
-				return nil, errors.New("syntax error: unterminated quoted string")
-			}
-			inWord = true
-		case c == '\\' && i+1 < len(src):
-			i++
-			word.WriteByte(src[i])
-			inWord = true
-		case c == ' ' || c == '\t' || c == '\r':
-			endWord()
-		case c == '\n' || c == ';':
-			if err := endCommand(";"); err != nil {
-				return nil, err
-			}
-		case c == '&' && i+1 < len(src) && src[i+1] == '&', c == '|' && i+1 < len(src) && src[i+1] == '|':
-			if err := endCommand(src[i : i+2]); err != nil {
-				return nil, err
-			}
-			i++
-		case c == '&' || c == '|':
-			return nil, fmt.Errorf("syntax error: %q is not supported", c)
-		case c == '>' || c == '<':
-			r := redir{fd: 1, op: string(c)}
-			if c == '<' {
-				r.fd = 0
-			}
-			// A lone digit right before the operator names the stream.
-			if w := word.String(); inWord && (w == "1" || w == "2") && i > 0 && src[i-1] == w[0] {
-				r.fd, _ = strconv.Atoi(w)
-				word.Reset()
-				inWord = false
-			}
-			endWord()
-			if pending != nil {
-				return nil, errors.New("syntax error: redirection without a target")
-			}
-			if c == '>' && i+1 < len(src) && src[i+1] == '>' {
-				r.op = ">>"
-				i++
-			}
-			if c == '>' && i+2 < len(src) && src[i+1] == '&' && (src[i+2] == '1' || src[i+2] == '2') {
-				r.dup = int(src[i+2] - '0')
-				cur.redirs = append(cur.redirs, r)
-				i += 2
-				continue
-			}
-			pending = &r
-		default:
-			word.WriteByte(c)
-			inWord = true
-		}
-	}
-	if err := endCommand(";"); err != nil {
-		return nil, err
-	}
-	if len(list) > 0 && list[len(list)-1].then != ";" {
-		return nil, errors.New("syntax error: end of file unexpected")
-	}
-	return list, nil
 }
