@@ -103,7 +103,8 @@ type Labs struct {
 	// Main is the default exam's eight-node lab; most subtests use it.
 	Main lab.Spec
 	// Other is a second session's lab, the default exam's first node
-	// alone, to check that labs are apart.
+	// alone: the lab Main must be kept apart from, and the one the crash
+	// and spec-change subtests repair.
 	Other lab.Spec
 }
 

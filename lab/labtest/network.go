@@ -99,21 +99,22 @@ func (s *suite) testIsolation(t *testing.T) {
 		node    string
 		cmd     string
 	}{
-		{"host service on the bridge gateway", sid, "tokyo", "nc -z -w2 " + gateway + " " + port},
-		{"host service on the host's primary address", sid, "tokyo", "nc -z -w2 " + hostIP + " " + port},
-		{"cloud metadata", sid, "tokyo", "nc -z -w2 169.254.169.254 80"},
-		{"other session's node", sid, "tokyo", "ping -c1 -W2 " + theirs},
-		{"this session's node from the other", s.other.SessionID, s.other.Nodes[0].Name, "ping -c1 -W2 " + mine},
+		{"host service on the bridge gateway", sid, "tokyo", "nc -z -w1 " + gateway + " " + port},
+		{"host service on the host's primary address", sid, "tokyo", "nc -z -w1 " + hostIP + " " + port},
+		{"cloud metadata", sid, "tokyo", "nc -z -w1 169.254.169.254 80"},
+		{"other session's node", sid, "tokyo", "ping -c1 -W1 " + theirs},
+		{"this session's node from the other", s.other.SessionID, s.other.Nodes[0].Name, "ping -c1 -W1 " + mine},
 		// g1 and g2 have NET_ADMIN: they may reroute, and still must not
 		// get out.
 		{"host from a node that rewrites its routes", sid, "g1",
-			"ip route replace default dev eth0 || echo reroute failed; nc -z -w2 " + hostIP + " " + port},
+			"ip route replace default dev eth0 || echo reroute failed; nc -z -w1 " + hostIP + " " + port},
 		{"metadata from a node that rewrites its routes", sid, "g2",
-			"ip route replace default dev eth0 || echo reroute failed; nc -z -w2 169.254.169.254 80"},
+			"ip route replace default dev eth0 || echo reroute failed; nc -z -w1 169.254.169.254 80"},
 	}
-	// Each blocked probe waits out its timeout; run them all at once (not
-	// as parallel subtests, which -parallel caps at the number of CPUs),
-	// then report each.
+	// Each blocked probe waits out its timeout, a second: plenty for an
+	// answer across one bridge, as the peers' check gets. Run them all at
+	// once (not as parallel subtests, which -parallel caps at the number
+	// of CPUs), then report each.
 	type result struct {
 		out  string
 		code int
