@@ -27,7 +27,8 @@ import (
 
 // The fake-backed tests run every lab for real on the local Docker engine
 // (DOCKER_HOST, else its socket) from the image `make image` builds. They
-// create sessions whose ids start with "n" and remove them again.
+// create sessions whose ids start with "n" (those of the contract suite,
+// labtest, with "lt") and remove them again.
 
 const testImage = "examlab/node:bookworm"
 

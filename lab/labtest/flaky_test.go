@@ -14,8 +14,13 @@ func TestFlakyPassesThrough(t *testing.T) {
 	m := NewMemory(MemoryOptions{NodeDelay: 10 * time.Millisecond})
 	f := NewFlaky(m)
 	Run(t, Harness{
-		Runtime:         f,
-		Inventory:       func(t testing.TB, sessionID string) Inventory { return m.Inventory(sessionID) },
+		Runtime:   f,
+		Inventory: func(t testing.TB, sessionID string) Inventory { return m.Inventory(sessionID) },
+		Crash: func(t testing.TB, sessionID, node string) {
+			if err := m.Crash(sessionID, node); err != nil {
+				t.Fatal(err)
+			}
+		},
 		Addresses:       true,
 		CrashKeepsFiles: true,
 	})
