@@ -2,111 +2,11 @@ package docker
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"io"
 	"strings"
-	"sync"
 	"testing"
-	"time"
-
-	"github.com/examlab/examlab/lab"
 )
-
-// testExec runs against a provisioned lab; TestLab calls it.
-func testExec(t *testing.T, r *Runtime, sessionID string) {
-	t.Run("stdin streams in and end of input reaches the process", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
-		defer cancel()
-		p, err := r.Exec(ctx, sessionID, "tokyo", lab.ExecRequest{Cmd: []string{"cat"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		if _, err := io.WriteString(p, "hello examlab\n"); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		out, err := io.ReadAll(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(out) != "hello examlab\n" {
-			t.Errorf("cat echoed %q", out)
-		}
-		if code, err := p.Wait(ctx); err != nil || code != 0 {
-			t.Errorf("wait: %d %v", code, err)
-		}
-	})
-
-	t.Run("stdout and stderr merge and the exit code comes back", func(t *testing.T) {
-		out, code := run(t, r, sessionID, "tokyo", "sh", "-c", "echo out; echo err >&2; exit 3")
-		if code != 3 || !strings.Contains(out, "out\n") || !strings.Contains(out, "err\n") {
-			t.Errorf("got %q exit %d", out, code)
-		}
-	})
-
-	t.Run("tty takes its initial size and follows resizes", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
-		defer cancel()
-		p, err := r.Exec(ctx, sessionID, "kyoto", lab.ExecRequest{
-			Cmd:  []string{"/bin/sh"},
-			TTY:  true,
-			Size: lab.Size{Rows: 33, Cols: 101},
-			Env:  []string{"TERM=xterm"},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		term := &screen{}
-		go func() { _, _ = io.Copy(term, p) }()
-
-		io.WriteString(p, "stty size\n")
-		term.waitFor(t, "33 101")
-		if err := p.Resize(ctx, lab.Size{Rows: 40, Cols: 132}); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(p, "stty size; exit 7\n")
-		term.waitFor(t, "40 132")
-		if code, err := p.Wait(ctx); err != nil || code != 7 {
-			t.Errorf("wait: %d %v", code, err)
-		}
-	})
-}
-
-// screen collects a terminal's output for tests to wait on.
-type screen struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *screen) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(b)
-}
-
-func (s *screen) waitFor(t *testing.T, text string) {
-	t.Helper()
-	deadline := time.Now().Add(execTimeout)
-	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		// The terminal echoes the command line itself; count only what
-		// follows a line break after it.
-		ok := strings.Contains(s.buf.String(), text+"\r\n")
-		s.mu.Unlock()
-		if ok {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t.Fatalf("terminal never showed %q; it shows %q", text, s.buf.String())
-}
 
 func frame(stream byte, payload string) []byte {
 	h := make([]byte, 8, 8+len(payload))

@@ -14,7 +14,8 @@ import (
 
 // These tests drive a real Docker engine (DOCKER_HOST, else the local
 // socket) and the lab image built by `make image` (deploy/image/build.sh).
-// They create only sessions whose ids start with "t" and remove them again.
+// They create only sessions whose ids start with "t" (those of the
+// contract suite, labtest, with "lt") and remove them again.
 
 const testImage = "examlab/node:bookworm"
 

@@ -19,13 +19,16 @@ import (
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/nomad"
 	"github.com/examlab/examlab/nomad/nomadfake"
+	"github.com/examlab/examlab/testlab"
 )
 
 // The fake-backed tests run every lab for real on the local Docker engine
 // (DOCKER_HOST, else its socket) from the image `make image` builds. They
-// create sessions whose ids start with "n" and remove them again.
+// create sessions whose ids start with "n" (those of the contract suite,
+// labtest, with "lt") and remove them again.
 
 const testImage = "examlab/node:bookworm"
 
@@ -36,8 +39,6 @@ const (
 	// blockingWait is the fake-backed runtime's wait per blocking query:
 	// short, so a missed wake-up shows as slowness, not as a hang.
 	blockingWait = 5 * time.Second
-	// screenPoll is how often a test looks at a terminal's output again.
-	screenPoll = 50 * time.Millisecond
 )
 
 // fakeEnv is a Nomad runtime talking to the fake, whose client runs labs
@@ -132,6 +133,20 @@ func newLab(t testing.TB, rt *nomad.Runtime) lab.Spec {
 		}
 	})
 	return spec
+}
+
+// engineInventory lists what the engine holds of a session: a node
+// instance per container, and its networks.
+func engineInventory(t testing.TB, eng *testlab.Engine, sessionID string) labtest.Inventory {
+	t.Helper()
+	var inv labtest.Inventory
+	for _, c := range eng.Containers(t, sessionID) {
+		inv.Nodes = append(inv.Nodes, labtest.Instance{Node: c.Labels[lab.LabelNode], Name: strings.Join(c.Names, ","), Running: c.State == "running"})
+	}
+	for _, n := range eng.Networks(t, sessionID) {
+		inv.Others = append(inv.Others, "network "+n.Name)
+	}
+	return inv
 }
 
 // tarEntries reads a tar stream into name → content (content only for

@@ -9,9 +9,12 @@ import (
 
 	"github.com/hashicorp/nomad/api"
 
+	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/nomad"
+	"github.com/examlab/examlab/testlab"
 )
 
 // skipWithoutNomad is the message the real-cluster tests skip with.
@@ -65,23 +68,60 @@ func TestRealNomadLifecycle(t *testing.T) {
 	})
 }
 
-// TestRealNomadReset checks on a real client that a node reset gives the
-// node a fresh container.
-func TestRealNomadReset(t *testing.T) {
-	rt, _ := realRuntime(t)
-	spec := newLab(t, rt)
-	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+// TestRealNomadLab runs the runtime contract suite (lab/labtest) against a
+// real Nomad agent whose client runs on this host's engine.
+func TestRealNomadLab(t *testing.T) {
+	rt, client := realRuntime(t)
+	eng := testlab.NewEngine(t)
+	labtest.Run(t, labtest.Harness{
+		Runtime: rt,
+		Inventory: func(t testing.TB, sessionID string) labtest.Inventory {
+			inv := engineInventory(t, eng, sessionID)
+			job, _, err := client.Jobs().Info(jobspecs.JobName(sessionID), nil)
+			switch {
+			case err == nil:
+				inv.Others = append(inv.Others, "job "+*job.ID)
+			case !strings.Contains(err.Error(), "404"):
+				t.Fatalf("look up job of %s: %v", sessionID, err)
+			}
+			return inv
+		},
+		Crash: func(t testing.TB, sessionID, node string) {
+			for _, c := range eng.Containers(t, sessionID) {
+				if c.Labels[lab.LabelNode] == node && c.State == "running" {
+					eng.Stop(t, c.ID)
+				}
+			}
+			// The client restarts the task after the job's restart delay;
+			// return once the cluster has seen it die.
+			waitNotRunning(t, rt, sessionID, node)
+		},
+		Network:     true,
+		Containers:  true,
+		NotExported: []string{"dev", "secrets", "alloc", "local"},
+	})
+}
+
+// waitNotRunning waits until the runtime no longer reports node running.
+func waitNotRunning(t testing.TB, rt *nomad.Runtime, sessionID, node string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
 	defer cancel()
-	if err := rt.Provision(ctx, spec); err != nil {
+	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: sessionID})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, code, err := lab.Output(ctx, rt, spec.SessionID, "g1", "touch", "/root/mark"); err != nil || code != 0 {
-		t.Fatalf("touch: %d %v", code, err)
+	for ctx.Err() == nil {
+		st, err := rt.Status(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range st {
+			if n.Name == node && n.State != lab.StateRunning {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	if err := rt.ResetNode(ctx, spec, "g1"); err != nil {
-		t.Fatal(err)
-	}
-	if _, code, _ := lab.Output(ctx, rt, spec.SessionID, "g1", "test", "-e", "/root/mark"); code == 0 {
-		t.Error("g1 kept /root/mark across a reset")
-	}
+	t.Fatalf("the cluster still runs %s after its container was stopped", node)
 }

@@ -1,188 +1,74 @@
 package nomad_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/nomad/api"
 
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/nomad"
 	"github.com/examlab/examlab/nomad/nomadfake"
 	"github.com/examlab/examlab/testlab"
 )
 
-// TestLabThroughNomad provisions a lab through the fake Nomad API onto real
-// containers and uses every runtime method on it: the job registered once
-// and only if absent, placement watched with blocking queries, exec with
-// and without a TTY, the filesystem export, logs, a node reset, and a
-// destroy that purges the job and leaves nothing on the engine.
+// TestLabThroughNomad runs the runtime contract suite (lab/labtest)
+// through the fake Nomad API onto real containers, and checks on the
+// suite's labs what is the Nomad runtime's own: the job registered once
+// and only if absent, placement watched with blocking queries, one
+// allocation running every node, the lifecycle tasks out of reach, the
+// task's mounts left out of exports; and once the suite is done, that the
+// terminal's keystrokes and sizes travelled as exec frames, that destroy
+// purged the jobs, and that the runtime called only what Nomad serves.
 func TestLabThroughNomad(t *testing.T) {
 	env := newFakeEnv(t)
 	eng := testlab.NewEngine(t)
-	spec := newLab(t, env.rt)
-	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
-	defer cancel()
-	jobID := jobspecs.JobName(spec.SessionID)
-
-	if err := env.rt.Provision(ctx, spec); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
-	regs := env.fake.Registers()
-	if len(regs) != 1 {
-		t.Fatalf("%d register requests, want 1", len(regs))
-	}
-	if r := regs[0]; !r.EnforceIndex || r.JobModifyIndex != 0 || r.Err != "" || len(r.Problems) > 0 {
-		t.Errorf("register: enforce=%v index=%d err=%q problems=%v; want only-if-absent and accepted",
-			r.EnforceIndex, r.JobModifyIndex, r.Err, r.Problems)
-	}
-	// Placement was watched with blocking queries, not a tight poll.
-	var allocPolls, blocked int
-	for _, r := range env.fake.Requests() {
-		if r.Method == "GET" && r.Path == "/v1/job/"+jobID+"/allocations" {
-			allocPolls++
-			if r.Index > 0 {
-				blocked++
+	var labs labtest.Labs
+	labtest.Run(t, labtest.Harness{
+		Runtime: env.rt,
+		Inventory: func(t testing.TB, sessionID string) labtest.Inventory {
+			inv := engineInventory(t, eng, sessionID)
+			if job := env.fake.Job(jobspecs.JobName(sessionID)); job != nil {
+				inv.Others = append(inv.Others, "job "+*job.ID)
 			}
-		}
-	}
-	if allocPolls == 0 || blocked < allocPolls-1 || allocPolls > 40 {
-		t.Errorf("%d allocation queries, %d of them blocking: want every one after the first to block, and few", allocPolls, blocked)
-	}
-
-	// A retried provision registers nothing and places nothing new.
-	if err := env.rt.Provision(ctx, spec); err != nil {
-		t.Fatalf("second provision: %v", err)
-	}
-	if n := len(env.fake.Registers()); n != 1 {
-		t.Errorf("a retried provision registered again: %d registers", n)
-	}
-
-	nodes, err := env.rt.Status(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !lab.AllRunning(nodes) || len(nodes) != len(spec.Nodes) {
-		t.Fatalf("status after provision: %+v", nodes)
-	}
-	alloc := nodes[0].AllocID
-	for _, n := range nodes {
-		if n.AllocID == "" || n.AllocID != alloc || n.ClientNode != "fake-client" || n.Container != n.Name+"-"+alloc {
-			t.Errorf("node %s: alloc %q client %q container %q", n.Name, n.AllocID, n.ClientNode, n.Container)
-		}
-	}
-	if cs := eng.Containers(t, spec.SessionID); len(cs) != len(spec.Nodes) {
-		t.Errorf("engine has %d containers for the session: %s", len(cs), testlab.Summary(cs))
-	}
-
-	t.Run("exec", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(ctx, execTimeout)
-		defer cancel()
-		out, code, err := lab.Output(ctx, env.rt, spec.SessionID, "tokyo", "hostname")
-		if err != nil || code != 0 || strings.TrimSpace(out) != "tokyo" {
-			t.Errorf("hostname in tokyo = %q, exit %d, %v", out, code, err)
-		}
-		if out, code, err := lab.Output(ctx, env.rt, spec.SessionID, "tokyo", "ping", "-c1", "-W3", "osaka"); err != nil || code != 0 {
-			t.Errorf("tokyo cannot ping osaka by name: exit %d %v\n%s", code, err, out)
-		}
-		if _, code, _ := lab.Output(ctx, env.rt, spec.SessionID, "tokyo", "sh", "-c", "exit 7"); code != 7 {
-			t.Errorf("exit code = %d, want 7", code)
-		}
-		p, err := env.rt.Exec(ctx, spec.SessionID, "osaka", lab.ExecRequest{Cmd: []string{"printenv", "EXAMLAB_X"}, Env: []string{"EXAMLAB_X=42"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(p)
-		p.Close()
-		if strings.TrimSpace(string(b)) != "42" {
-			t.Errorf("env not passed: %q", b)
-		}
-	})
-
-	t.Run("tty", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(ctx, execTimeout)
-		defer cancel()
-		before := len(env.fake.Execs())
-		p, err := env.rt.Exec(ctx, spec.SessionID, "kyoto", lab.ExecRequest{Cmd: []string{"/bin/sh"}, TTY: true, Size: lab.Size{Rows: 30, Cols: 100}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		var mu sync.Mutex
-		var screen bytes.Buffer
-		go func() {
-			buf := make([]byte, 4096)
-			for {
-				n, err := p.Read(buf)
-				mu.Lock()
-				screen.Write(buf[:n])
-				mu.Unlock()
-				if err != nil {
-					return
-				}
-			}
-		}()
-		waitScreen := func(want string) {
-			t.Helper()
-			for ctx.Err() == nil {
-				mu.Lock()
-				ok := strings.Contains(screen.String(), want)
-				mu.Unlock()
-				if ok {
-					return
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(screenPoll):
-				}
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			t.Fatalf("terminal never showed %q; screen:\n%s", want, screen.String())
-		}
-		if _, err := io.WriteString(p, "stty size\n"); err != nil {
-			t.Fatal(err)
-		}
-		waitScreen("30 100")
-		if err := p.Resize(ctx, lab.Size{Rows: 41, Cols: 132}); err != nil {
-			t.Fatal(err)
-		}
-		// The size and the keystrokes travel in separate frames from
-		// separate senders, so ask until the new size shows.
-		for i := 0; ; i++ {
-			if _, err := io.WriteString(p, "stty size\n"); err != nil {
+			return inv
+		},
+		Crash: func(t testing.TB, sessionID, node string) {
+			if err := env.fake.CrashTask(sessionID, node); err != nil {
 				t.Fatal(err)
 			}
-			mu.Lock()
-			ok := strings.Contains(screen.String(), "41 132")
-			mu.Unlock()
-			if ok || i == 100 {
-				break
+		},
+		Inspect: func(t *testing.T, l labtest.Labs) {
+			labs = l
+			inspectFakeLab(t, env, l)
+		},
+		Network:     true,
+		Containers:  true,
+		NotExported: []string{"dev", "secrets", "alloc", "local"},
+	})
+	if labs.Main.SessionID == "" {
+		return // the suite stopped before its labs came up
+	}
+
+	t.Run("terminal input and sizes travel as exec frames", func(t *testing.T) {
+		var ttys []nomadfake.Exec
+		for _, e := range env.fake.Execs() {
+			if e.TTY {
+				ttys = append(ttys, e)
 			}
-			time.Sleep(4 * screenPoll)
 		}
-		waitScreen("41 132")
-		if _, err := io.WriteString(p, "exit 3\n"); err != nil {
-			t.Fatal(err)
-		}
-		if code, err := p.Wait(ctx); err != nil || code != 3 {
-			t.Errorf("wait = %d, %v; want 3", code, err)
-		}
-		execs := env.fake.Execs()[before:]
-		if len(execs) != 1 || !execs[0].TTY || execs[0].Task != "kyoto" {
-			t.Fatalf("exec sessions recorded: %+v", execs)
+		if len(ttys) != 1 || ttys[0].Task != "kyoto" {
+			t.Fatalf("tty exec sessions recorded: %+v", ttys)
 		}
 		var sizes []api.TerminalSize
 		var typed strings.Builder
-		for _, f := range execs[0].Frames {
+		for _, f := range ttys[0].Frames {
 			if f.TTYSize != nil {
 				sizes = append(sizes, *f.TTYSize)
 			}
@@ -190,106 +76,97 @@ func TestLabThroughNomad(t *testing.T) {
 				typed.Write(f.Stdin.Data)
 			}
 		}
-		if !slices.Equal(sizes, []api.TerminalSize{{Height: 30, Width: 100}, {Height: 41, Width: 132}}) {
-			t.Errorf("tty size frames = %v, want the initial size then the resize", sizes)
+		want := []api.TerminalSize{
+			{Height: int(labtest.TTYSize.Rows), Width: int(labtest.TTYSize.Cols)},
+			{Height: int(labtest.TTYResize.Rows), Width: int(labtest.TTYResize.Cols)},
+		}
+		if !slices.Equal(sizes, want) {
+			t.Errorf("tty size frames = %v, want the initial size then the resize %v", sizes, want)
 		}
 		if !strings.HasPrefix(typed.String(), "stty size\n") || !strings.HasSuffix(typed.String(), "stty size\nexit 3\n") {
 			t.Errorf("stdin frames carried %q", typed.String())
 		}
 	})
-
-	t.Run("not a node", func(t *testing.T) {
-		for _, node := range []string{jobspecs.NomadLabnetUp, jobspecs.NomadLabnetDown, "nowhere", "../tokyo"} {
-			if _, err := env.rt.Exec(ctx, spec.SessionID, node, lab.ExecRequest{Cmd: []string{"id"}}); !errors.Is(err, lab.ErrNotFound) {
-				t.Errorf("exec in %q: err = %v, want ErrNotFound", node, err)
+	t.Run("destroy purged the jobs", func(t *testing.T) {
+		purged := map[string]bool{}
+		for _, d := range env.fake.Deregisters() {
+			if !d.Purge {
+				t.Errorf("job %s deregistered without purge", d.JobID)
+			}
+			purged[d.JobID] = true
+		}
+		for _, spec := range []lab.Spec{labs.Main, labs.Other} {
+			if id := jobspecs.JobName(spec.SessionID); !purged[id] || env.fake.Job(id) != nil {
+				t.Errorf("job %s: purged %v, still registered %v", id, purged[id], env.fake.Job(id) != nil)
 			}
 		}
-		if _, err := env.rt.Exec(ctx, newSessionID(t), "tokyo", lab.ExecRequest{Cmd: []string{"id"}}); !errors.Is(err, lab.ErrNotFound) {
-			t.Errorf("exec in another session: err = %v, want ErrNotFound", err)
-		}
 	})
-
-	t.Run("export and logs", func(t *testing.T) {
-		if _, code, err := lab.Output(ctx, env.rt, spec.SessionID, "phoenix", "sh", "-c", "echo answer-42 > /root/work.txt"); err != nil || code != 0 {
-			t.Fatalf("write work file: %d %v", code, err)
-		}
-		var tarball bytes.Buffer
-		if err := env.rt.ExportFS(ctx, spec.SessionID, "phoenix", &tarball); err != nil {
-			t.Fatal(err)
-		}
-		entries := tarEntries(t, &tarball)
-		if entries["root/work.txt"] != "answer-42\n" {
-			t.Errorf("archive holds root/work.txt = %q", entries["root/work.txt"])
-		}
-		if _, ok := entries["etc/debian_version"]; !ok {
-			t.Errorf("archive lacks etc/debian_version (%d entries)", len(entries))
-		}
-		for name := range entries {
-			for _, skip := range []string{"proc/", "sys/", "dev/", "secrets/"} {
-				if strings.HasPrefix(name, skip) {
-					t.Errorf("archive holds %s from a pseudo or task filesystem", name)
-				}
-			}
-		}
-		var logs bytes.Buffer
-		if err := env.rt.Logs(ctx, spec.SessionID, "phoenix", &logs); err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(logs.String(), "phoenix") {
-			t.Errorf("phoenix's log does not mention it: %q", logs.String())
-		}
-	})
-
-	t.Run("reset node", func(t *testing.T) {
-		if _, code, err := lab.Output(ctx, env.rt, spec.SessionID, "g1", "touch", "/root/mark"); err != nil || code != 0 {
-			t.Fatalf("touch: %d %v", code, err)
-		}
-		if err := env.rt.ResetNode(ctx, spec, "g1"); err != nil {
-			t.Fatal(err)
-		}
-		if _, code, _ := lab.Output(ctx, env.rt, spec.SessionID, "g1", "test", "-e", "/root/mark"); code == 0 {
-			t.Error("g1 kept /root/mark across a reset")
-		}
-	})
-
-	t.Run("labs", func(t *testing.T) {
-		labs, err := env.rt.Labs(ctx)
-		if err != nil || !slices.Contains(labs, spec.SessionID) {
-			t.Errorf("labs = %v, %v; want %s among them", labs, err, spec.SessionID)
-		}
-	})
-
-	if err := env.rt.Destroy(ctx, spec.SessionID); err != nil {
-		t.Fatalf("destroy: %v", err)
-	}
-	if err := env.rt.Destroy(ctx, spec.SessionID); err != nil {
-		t.Errorf("second destroy: %v", err)
-	}
-	dereg := env.fake.Deregisters()
-	if len(dereg) == 0 || !dereg[0].Purge || dereg[0].JobID != jobID {
-		t.Errorf("deregisters = %+v, want a purge of %s", dereg, jobID)
-	}
-	if env.fake.Job(jobID) != nil {
-		t.Errorf("job %s still registered after destroy", jobID)
-	}
-	if cs := eng.Containers(t, spec.SessionID); len(cs) != 0 {
-		t.Errorf("containers left after destroy: %s", testlab.Summary(cs))
-	}
-	if nets := eng.Networks(t, spec.SessionID); len(nets) != 0 {
-		t.Errorf("networks left after destroy: %+v", nets)
-	}
-	nodes, err = env.rt.Status(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range nodes {
-		if n.State != lab.StatePending {
-			t.Errorf("node %s after destroy: %s", n.Name, n.State)
-		}
-	}
 	if u := env.fake.Unknown(); len(u) > 0 {
 		t.Errorf("the runtime called endpoints the fake does not serve: %v", u)
 	}
+}
+
+// inspectFakeLab checks, with the fake's records, what the Nomad runtime
+// did to bring the suite's labs up.
+func inspectFakeLab(t *testing.T, env *fakeEnv, labs labtest.Labs) {
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+	defer cancel()
+	mainJob, otherJob := jobspecs.JobName(labs.Main.SessionID), jobspecs.JobName(labs.Other.SessionID)
+	t.Run("each job was registered once, only if absent", func(t *testing.T) {
+		n := map[string]int{}
+		for _, r := range env.fake.Registers() {
+			n[*r.Job.ID]++
+			if !r.EnforceIndex || r.JobModifyIndex != 0 || r.Err != "" || len(r.Problems) > 0 {
+				t.Errorf("register of %s: enforce=%v index=%d err=%q problems=%v; want only-if-absent and accepted",
+					*r.Job.ID, r.EnforceIndex, r.JobModifyIndex, r.Err, r.Problems)
+			}
+		}
+		// Main was provisioned three times: the retries registered nothing.
+		if n[mainJob] != 1 || n[otherJob] != 1 {
+			t.Errorf("registers per job: %v, want one each for %s and %s", n, mainJob, otherJob)
+		}
+	})
+	t.Run("placement was watched with blocking queries", func(t *testing.T) {
+		// Other was provisioned once and nothing else has asked about it.
+		var allocPolls, blocked int
+		for _, r := range env.fake.Requests() {
+			if r.Method == "GET" && r.Path == "/v1/job/"+otherJob+"/allocations" {
+				allocPolls++
+				if r.Index > 0 {
+					blocked++
+				}
+			}
+		}
+		if allocPolls == 0 || blocked < allocPolls-1 || allocPolls > 40 {
+			t.Errorf("%d allocation queries, %d of them blocking: want every one after the first to block, and few", allocPolls, blocked)
+		}
+	})
+	t.Run("one allocation runs every node", func(t *testing.T) {
+		c, err := api.NewClient(&api.Config{Address: env.fake.URL()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if allocs, _, err := c.Jobs().Allocations(mainJob, true, nil); err != nil || len(allocs) != 1 {
+			t.Errorf("%s has %d allocations (%v), want 1: the retries placed nothing new", mainJob, len(allocs), err)
+		}
+		nodes, err := env.rt.Status(ctx, labs.Main)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alloc := nodes[0].AllocID
+		for _, n := range nodes {
+			if n.AllocID == "" || n.AllocID != alloc || n.ClientNode != "fake-client" || n.Container != n.Name+"-"+alloc {
+				t.Errorf("node %s: alloc %q client %q container %q", n.Name, n.AllocID, n.ClientNode, n.Container)
+			}
+		}
+	})
+	t.Run("lifecycle tasks are not nodes", func(t *testing.T) {
+		for _, task := range []string{jobspecs.NomadLabnetUp, jobspecs.NomadLabnetDown} {
+			if _, err := env.rt.Exec(ctx, labs.Main.SessionID, task, lab.ExecRequest{Cmd: []string{"id"}}); !errors.Is(err, lab.ErrNotFound) {
+				t.Errorf("exec in %q: err = %v, want ErrNotFound", task, err)
+			}
+		}
+	})
 }
 
 // TestRegisterIsConditional checks what Provision writes when a job of the

@@ -57,6 +57,7 @@ func labelFilter(sessionID string) url.Values {
 
 // EngineContainer is what tests read of a container.
 type EngineContainer struct {
+	ID     string `json:"Id"`
 	Names  []string
 	State  string
 	Labels map[string]string
@@ -68,6 +69,20 @@ func (e *Engine) Containers(t testing.TB, sessionID string) []EngineContainer {
 	var out []EngineContainer
 	e.get(t, "/containers/json", labelFilter(sessionID), &out)
 	return out
+}
+
+// Stop stops a container at once (SIGKILL, no grace period), the way a
+// crash would stop it.
+func (e *Engine) Stop(t testing.TB, id string) {
+	t.Helper()
+	resp, err := e.hc.Post("http://docker/v1.41/containers/"+url.PathEscape(id)+"/stop?t=0", "", nil)
+	if err != nil {
+		t.Fatalf("docker engine: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified {
+		t.Fatalf("docker engine: stop %s: %s", id, resp.Status)
+	}
 }
 
 // EngineNetwork is what tests read of a network.
@@ -98,7 +113,7 @@ func (e *Engine) Inspect(t testing.TB, name string) map[string]any {
 	return out
 }
 
-// String summarises containers for failure messages.
+// Summary summarises containers for failure messages.
 func Summary(cs []EngineContainer) string {
 	var b strings.Builder
 	for _, c := range cs {

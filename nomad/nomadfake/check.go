@@ -16,7 +16,8 @@ var jobIDPattern = regexp.MustCompile(`^exam-[a-z0-9]{8}$`)
 // CheckJob lists what is wrong with a lab job as examlab must register it:
 // its names and meta, one group that cannot be rescheduled, the labnet
 // prestart and poststop tasks, and nodes docker tasks that are isolated
-// and limited. An empty list means the job is complete and sane.
+// and limited (exactly nodes of them; any number from one up when nodes is
+// 0). An empty list means the job is complete and sane.
 func CheckJob(job *api.Job, nodes int) []string {
 	var p []string
 	bad := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
@@ -82,8 +83,11 @@ func CheckJob(job *api.Job, nodes int) []string {
 	if up != 1 || down != 1 {
 		bad("%d prestart and %d poststop labnet tasks, want 1 each", up, down)
 	}
-	if docker != nodes {
+	switch {
+	case nodes > 0 && docker != nodes:
 		bad("%d node tasks, want %d", docker, nodes)
+	case docker == 0:
+		bad("no node tasks")
 	}
 	return p
 }

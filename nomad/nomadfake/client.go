@@ -222,6 +222,43 @@ func (s *Server) settle(a *allocation, run lab.Spec, failures map[string]failure
 	return true
 }
 
+// CrashTask makes a node task of the session's running allocation crash
+// for good, as a node does that keeps dying past the lab's restart policy:
+// the task fails, its siblings are killed, the allocation fails and its
+// containers and network are removed. Nothing replaces the allocation
+// until a provision asks for it. CrashTask returns once all that is done.
+func (s *Server) CrashTask(sessionID, task string) error {
+	s.mu.Lock()
+	var a *allocation
+	for _, x := range s.allocs {
+		if x.session == sessionID && x.DesiredStatus == api.AllocDesiredStatusRun && x.ClientStatus == api.AllocClientStatusRunning {
+			a = x
+		}
+	}
+	if a == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("nomadfake: session %s has no running allocation", sessionID)
+	}
+	if _, ok := a.lab.Node(task); !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("nomadfake: %q is not a node of session %s", task, sessionID)
+	}
+	term := event(api.TaskTerminated, "Exit Code: 137, Exit Message: \"Docker container exited with non-zero exit code: 137\"")
+	term.Details["exit_code"], term.ExitCode = "137", 137
+	setTask(a, task, "dead", true, event(api.TaskRestarting, "Task restarting in 5s"), event(api.TaskStarted, "Task started by client"),
+		term, event(api.TaskNotRestarting, `Exceeded allowed attempts 2 in interval 5m0s and mode is "fail"`))
+	for _, n := range a.lab.Nodes {
+		if n.Name != task {
+			setTask(a, n.Name, "dead", false, event(api.TaskSiblingFailed, fmt.Sprintf("Task's sibling %q failed", task)))
+		}
+	}
+	a.ClientStatus, a.ClientDescription = api.AllocClientStatusFailed, "Failed tasks"
+	a.ModifyIndex = s.bump()
+	s.mu.Unlock()
+	s.stopAlloc(a)
+	return nil
+}
+
 // teardown stops an allocation: its containers go, then the poststop task
 // removes the session network, then the allocation is complete.
 func (s *Server) teardown(a *allocation) {
