@@ -117,7 +117,8 @@ func TestBadInputIsRefused(t *testing.T) {
 	})
 
 	// Nothing was stored by any refused request: only the two sessions'
-	// metadata exists, and nothing sits outside sessions/.
+	// metadata exists, beside the practice sitting they signed in through
+	// (its record and their two roster entries).
 	var files []string
 	root := st.Config.StateDir
 	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
@@ -130,12 +131,18 @@ func TestBadInputIsRefused(t *testing.T) {
 		"sessions/" + aliceID + "/metadata.json": true,
 		"sessions/" + bobID + "/metadata.json":   true,
 	}
+	want["sittings/practice/sitting.json"] = true
+	entries := 0
 	for _, f := range files {
+		if strings.HasPrefix(f, "sittings/practice/batches/") && strings.HasSuffix(f, ".json") && strings.Count(f, "/") == 4 {
+			entries++
+			continue
+		}
 		if !want[f] {
 			t.Errorf("unexpected file %s after refused requests", f)
 		}
 	}
-	if len(files) != len(want) {
+	if len(files) != len(want)+2 || entries != 2 {
 		t.Errorf("files = %v", files)
 	}
 

@@ -163,10 +163,22 @@ func TestCandidateLifecycle(t *testing.T) {
 		}
 	}
 
-	// The same candidate again: a fresh session, which runs too.
+	// The same candidate again: their one session, completed; only once
+	// an admin frees their roster entry do they get a fresh one, which
+	// runs too.
+	if again := c.Login(t, "ada@example.com"); again != id {
+		t.Fatalf("sign-in after completion made session %s, want the completed %s", again, id)
+	}
+	done, err := st.Store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Store.ResetEntry(context.Background(), done.SittingID, done.EntryID); err != nil {
+		t.Fatalf("reset the roster entry: %v", err)
+	}
 	id2 := c.Login(t, "ada@example.com")
 	if id2 == id {
-		t.Fatal("login after completion returned the completed session")
+		t.Fatal("sign-in after a reset returned the completed session")
 	}
 	t.Cleanup(func() { st.Runtime.Destroy(context.Background(), id2) })
 	c.StartLab(t, id2)

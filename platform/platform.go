@@ -110,8 +110,10 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	if err != nil {
 		return nil, err
 	}
-	if p.Auth, err = auth.New(cfg.AdminToken, p.Store); err != nil {
-		return nil, err
+	if roles.API || roles.Relay {
+		if p.Auth, err = auth.New(cfg.AdminToken, p.Store); err != nil {
+			return nil, err
+		}
 	}
 	p.Runtime = o.Runtime
 	if p.Runtime == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -224,7 +225,7 @@ func TestArchiveOnlySubmittedSessions(t *testing.T) {
 func TestCleanup(t *testing.T) {
 	cases := []struct {
 		reason string
-		want   scheduler.State
+		want   session.State
 	}{
 		{"candidate", stateCompleted},
 		{"admin", stateCompleted},

@@ -14,6 +14,8 @@ import (
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/store/storetest"
 )
 
 func TestProvision(t *testing.T) {
@@ -152,7 +154,7 @@ func TestProvisionThroughAsynq(t *testing.T) {
 		name      string
 		failures  int
 		maxRetry  int
-		want      scheduler.State
+		want      session.State
 		task      asynq.TaskState
 		attempts  int
 		labRemain bool
@@ -250,10 +252,7 @@ func TestProvisionRefuses(t *testing.T) {
 			return provisionTask(t, labtest.NewSessionID())
 		}},
 		{"a session of an unknown exam", func(t *testing.T, e *env) *asynq.Task {
-			sess, _, err := e.store.Login(context.Background(), "eve@example.com", "no-such-exam", examDuration, "memory")
-			if err != nil {
-				t.Fatal(err)
-			}
+			sess, _ := storetest.SignIn(t, e.store, "eve@example.com", "no-such-exam", examDuration, "memory")
 			return provisionTask(t, sess.ID)
 		}},
 	}

@@ -16,7 +16,10 @@ import (
 // Expire submits every open session whose deadline has passed and
 // enqueues its archive. Several workers may run it at once: the state
 // machine lets only one submit win, and the archive's task id is per
-// session, so the archive is enqueued once.
+// session, so the archive is enqueued once. It also re-enqueues the
+// archive of every session still submitted (a submit whose enqueue
+// failed, Redis having been down a moment), which the task id makes a
+// no-op for the ones already queued.
 func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 	now := h.o.Now()
 	ids, err := h.o.Store.DueDeadlines(ctx, now, 500)
@@ -36,6 +39,21 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 		if moved {
 			h.log.Info("deadline passed; session submitted", "session", id)
 			_ = h.o.Store.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "deadline-submit"})
+		}
+	}
+	stragglers, err := h.o.Store.List(ctx, store.ListQuery{Status: []session.State{session.StateSubmitted}, Sort: "updated", Limit: 500})
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("expire: list submitted sessions: %w", err))...)
+	}
+	for _, sum := range stragglers.Sessions {
+		sess, err := h.o.Store.Get(ctx, sum.ID)
+		if err != nil || sess.Status != session.StateSubmitted {
+			continue
+		}
+		if queued, err := h.o.Enqueuer.Archive(ctx, sess.ID, sess.SubmitReason); err != nil {
+			errs = append(errs, fmt.Errorf("expire: re-enqueue archive of %s: %w", sess.ID, err))
+		} else if queued {
+			h.log.Warn("archive of a submitted session was not queued; queued it now", "session", sess.ID)
 		}
 	}
 	return errors.Join(errs...)

@@ -14,7 +14,9 @@ import (
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/store/storetest"
 	"github.com/examlab/examlab/testlab/redistest"
 	"github.com/examlab/examlab/workers"
 )
@@ -24,19 +26,18 @@ import (
 // redis-server (`make deps` installs it) and a recording enqueuer: no
 // containers, so each test takes milliseconds.
 
-// The session record and its states are named here only, so that moving
-// them to another package changes these lines and no test.
-type record = store.Session
+// The session record and its states, by short names.
+type record = session.Session
 
 const (
-	stateCreated      = scheduler.StateCreated
-	stateProvisioning = scheduler.StateProvisioning
-	stateReady        = scheduler.StateReady
-	stateSubmitted    = scheduler.StateSubmitted
-	stateArchiving    = scheduler.StateArchiving
-	stateCompleted    = scheduler.StateCompleted
-	stateFailed       = scheduler.StateFailed
-	stateExpired      = scheduler.StateExpired
+	stateCreated      = session.StateCreated
+	stateProvisioning = session.StateProvisioning
+	stateReady        = session.StateReady
+	stateSubmitted    = session.StateSubmitted
+	stateArchiving    = session.StateArchiving
+	stateCompleted    = session.StateCompleted
+	stateFailed       = session.StateFailed
+	stateExpired      = session.StateExpired
 )
 
 // examDuration is the time allowance of the test sessions.
@@ -102,10 +103,7 @@ func (e *env) clock() time.Time {
 // login creates a session of the default exam and returns its id.
 func (e *env) login(t *testing.T, email string) string {
 	t.Helper()
-	sess, _, err := e.store.Login(context.Background(), email, exam.Default().ID, examDuration, "memory")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, _ := storetest.SignIn(t, e.store, email, exam.Default().ID, examDuration, "memory")
 	return sess.ID
 }
 
@@ -148,18 +146,23 @@ func (e *env) submit(t *testing.T, id, reason string) {
 	t.Helper()
 	now := e.clock().UTC()
 	if _, err := e.store.Update(context.Background(), id, func(s *record) error {
-		s.Status, s.SubmittedAt, s.SubmitReason = stateSubmitted, now, reason
-		return nil
+		_, err := s.Submit(reason, now)
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// setDeadline moves the session's deadline, as an admin's extension does.
+// setDeadline moves the session's deadline, as an admin's extension does
+// (Extend), or — where the time allowance could not shrink that far — as
+// if the lab had been ready that much earlier.
 func (e *env) setDeadline(t *testing.T, id string, deadline time.Time) {
 	t.Helper()
 	if _, err := e.store.Update(context.Background(), id, func(s *record) error {
-		s.Deadline = deadline
+		if err := s.Extend(deadline.Sub(s.Deadline)); err == nil {
+			return nil
+		}
+		s.Deadline = deadline // a fixture: the clock ran out earlier
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -169,7 +172,7 @@ func (e *env) setDeadline(t *testing.T, id string, deadline time.Time) {
 // fail ends the session as failed without touching its lab.
 func (e *env) fail(t *testing.T, id string) {
 	t.Helper()
-	if _, err := e.store.Transition(context.Background(), id, stateFailed, nil); err != nil {
+	if _, err := e.store.Update(context.Background(), id, func(s *record) error { return s.Fail("failed for the test", e.clock()) }); err != nil {
 		t.Fatal(err)
 	}
 }
