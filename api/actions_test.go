@@ -189,7 +189,7 @@ func contains(xs []string, x string) bool {
 // TestAdminActionsRefuseBadInput: every malformed or out-of-place request
 // gets a 4xx that says why, and nothing changes.
 func TestAdminActionsRefuseBadInput(t *testing.T) {
-	st := startStack(t, nil)
+	st := memStack(t, nil)
 	c := st.Client()
 	id := c.Login(t, "cy@example.com") // created: no lab yet
 	done := st.Client()
@@ -255,7 +255,7 @@ func TestAdminActionsRefuseBadInput(t *testing.T) {
 // reveal nothing), metrics need the admin on the API, and a process's ops
 // listener serves all three for worker-only deployments.
 func TestOpsEndpoints(t *testing.T) {
-	st := startStack(t, func(c *config.Config) { c.OpsListen = "127.0.0.1:0" })
+	st := memStack(t, func(c *config.Config) { c.OpsListen = "127.0.0.1:0" })
 	st.Client().Login(t, "ops@example.com")
 	ops := "http://" + st.OpsAddr()
 	if st.OpsAddr() == "" {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/config"
+	"github.com/examlab/examlab/lab/labtest"
+	"github.com/examlab/examlab/platform"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
@@ -57,6 +59,26 @@ func requireLabImage(t testing.TB) {
 }
 
 // startStack runs the platform with the two-node exam and fast sweeps.
+// memStack is startStack on the in-memory lab runtime (lab/labtest): for
+// tests of the API's own logic that start no real lab, in milliseconds and
+// without Docker.
+func memStack(t *testing.T, edit func(*config.Config)) *testlab.Stack {
+	t.Helper()
+	examFile, err := filepath.Abs("testdata/two-nodes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testlab.Start(t, testlab.Options{
+		Platform: platform.Options{Runtime: labtest.NewMemory(labtest.MemoryOptions{})},
+		Config: func(c *config.Config) {
+			c.ExamFile = examFile
+			if edit != nil {
+				edit(c)
+			}
+		},
+	})
+}
+
 func startStack(t *testing.T, edit func(*config.Config)) *testlab.Stack {
 	t.Helper()
 	requireLabImage(t)

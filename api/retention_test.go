@@ -15,7 +15,7 @@ import (
 // TestRetentionDryRunListsOnlyOldEndedSessions: the admin's dry run names
 // the ended sessions a policy of N days would delete, and deletes nothing.
 func TestRetentionDryRunListsOnlyOldEndedSessions(t *testing.T) {
-	st := startStack(t, nil)
+	st := memStack(t, nil)
 	st.Client().Login(t, "recent@example.com") // open and new: never a victim
 	// An exam from 40 days ago, restored from its files.
 	old := session.Session{ID: "oldsession01", Short: "oldsessi", Email: "old@example.com", ExamID: "admin-test",

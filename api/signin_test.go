@@ -36,7 +36,7 @@ func login(t *testing.T, c *testlab.Client, body map[string]string) (int, loginA
 // window; nothing else admits anyone, and no refusal tells whether an
 // email is on the roster.
 func TestSignInWithCodes(t *testing.T) {
-	st := startStack(t, func(c *config.Config) { c.Practice = false })
+	st := memStack(t, func(c *config.Config) { c.Practice = false })
 	ctx := context.Background()
 	now := time.Now().UTC()
 	mk := func(id string, opens, closes time.Time) []store.IssuedCode {
@@ -133,7 +133,7 @@ func TestSignInWithCodes(t *testing.T) {
 // new candidate in and issues them a code; the email alone never signs
 // them in again, the code does.
 func TestOpenRegistration(t *testing.T) {
-	st := startStack(t, nil) // the practice sitting is on
+	st := memStack(t, nil) // the practice sitting is on
 	code, first := login(t, st.Client(), map[string]string{"email": "Newcomer@Example.com", "name": "New Comer"})
 	if code != 200 || first.SessionID == "" {
 		t.Fatalf("open registration: %d %+v", code, first)
