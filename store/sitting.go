@@ -356,11 +356,14 @@ func (s *Store) Entry(ctx context.Context, sittingID, entryID string) (*sitting.
 	return e, err
 }
 
-// UpdateEntry applies fn to one entry under its sitting's lock and
+// UpdateEntry applies fn to one entry under the entry's lock and
 // rewrites the entry's file. A changed code is re-indexed and the old one
 // stops admitting at once.
 func (s *Store) UpdateEntry(ctx context.Context, sittingID, entryID string, fn func(*sitting.Entry) error) (*sitting.Entry, error) {
-	unlock, err := s.lock(ctx, "sitting", sittingID)
+	// Each entry has a lock of its own, so a hall of candidates signing in
+	// at once do not queue behind one another; whoever holds the
+	// sitting's lock too takes it first.
+	unlock, err := s.lock(ctx, "entry", entryID)
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +433,7 @@ func (s *Store) ReissueAll(ctx context.Context, sittingID string) ([]IssuedCode,
 	out := make([]IssuedCode, 0, len(entries))
 	for _, old := range entries {
 		code, hash := sitting.NewCode()
-		e, err := s.updateEntryLocked(ctx, sittingID, old.ID, func(e *sitting.Entry) error {
+		e, err := s.UpdateEntry(ctx, sittingID, old.ID, func(e *sitting.Entry) error {
 			e.CodeHash = hash
 			e.CodeIssuedAt = s.now().UTC()
 			return nil
@@ -534,6 +537,11 @@ func (s *Store) RemoveEntry(ctx context.Context, sittingID, entryID string) erro
 		return err
 	}
 	defer unlock()
+	unlockEntry, err := s.lock(ctx, "entry", entryID)
+	if err != nil {
+		return err
+	}
+	defer unlockEntry()
 	sid, _, p, err := s.entryPath(ctx, entryID)
 	if err != nil {
 		return err

@@ -189,7 +189,7 @@ type SignIn struct {
 // its session whatever becomes of it (a finished candidate sees that their
 // work was received) until an admin resets the entry.
 func (s *Store) SignIn(ctx context.Context, in SignIn) (*session.Session, string, error) {
-	unlock, err := s.lock(ctx, "sitting", in.SittingID)
+	unlock, err := s.lock(ctx, "entry", in.EntryID)
 	if err != nil {
 		return nil, "", err
 	}
