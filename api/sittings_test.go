@@ -13,9 +13,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 
 	"github.com/examlab/examlab/platform"
 	"github.com/examlab/examlab/session"
@@ -780,4 +784,108 @@ func TestSittingRoutesRefuseOthers(t *testing.T) {
 			t.Fatalf("%d, want 413 or the upload cut off", code)
 		}
 	})
+}
+
+// TestSittingsPanelInBrowser drives the panel's sittings in headless
+// Chromium: sign in, create a sitting, choose a roster file with a bad row
+// (highlighted, Import stays off), then a good one, import it, see the
+// roster, and reissue one code, which then signs the candidate in.
+func TestSittingsPanelInBrowser(t *testing.T) {
+	chromium := chromiumPath(t)
+	st := sittingStack(t)
+	dir := t.TempDir()
+	badFile, goodFile := filepath.Join(dir, "bad.csv"), filepath.Join(dir, "good.csv")
+	if err := os.WriteFile(badFile, []byte("email,name\numa@example.com,Uma\nnot-an-email,Vic\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(goodFile, []byte("email,name,external_id\r\numa@example.com,Uma,U-1\r\nvic@example.com,Vic,U-2\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
+		chromedp.Flag("disable-dev-shm-usage", true))...)
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancel = context.WithTimeout(ctx, browserTimeout)
+	t.Cleanup(cancel)
+
+	step := func(name string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+			t.Fatalf("%s: %v\npage:\n%s", name, err, page)
+		}
+	}
+	js := func(expr string) chromedp.Action[chromedp.Void] {
+		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := chromedp.Evaluate[any](expr)(ctx, tg)
+			return err
+		})
+	}
+	poll := func(expr string) chromedp.Action[chromedp.Void] {
+		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := chromedp.Poll[bool](expr)(ctx, tg)
+			return err
+		})
+	}
+	byID := func(id string) string { return `document.getElementById(` + jsString(id) + `)` }
+
+	step("sign in on the sittings page",
+		chromedp.Navigate(st.URL+"/admin/sittings"),
+		chromedp.WaitVisible(chromedp.CSS("#login-token")),
+		chromedp.SendKeys(chromedp.CSS("#login-token"), st.AdminToken),
+		chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#sittings")),
+		poll(`document.querySelector('#sittings-table tr[data-id="practice"]') !== null`),
+	)
+	step("create a sitting open since ten minutes ago",
+		poll(byID("c-opens")+`.value !== ""`),
+		js(`(function(){var d=new Date(Date.now()-10*60000), p=function(n){return String(n).padStart(2,"0");};
+			`+byID("c-opens")+`.value=d.getFullYear()+"-"+p(d.getMonth()+1)+"-"+p(d.getDate())+"T"+p(d.getHours())+":"+p(d.getMinutes());})()`),
+		chromedp.SendKeys(chromedp.CSS("#c-id"), "browser-day"),
+		chromedp.SendKeys(chromedp.CSS("#c-title"), "Browser day"),
+		chromedp.Click(chromedp.CSS(`#create-form button[type="submit"]`)),
+		poll(`location.pathname === "/admin/sittings/browser-day" && `+byID("t-id")+`.textContent === "browser-day"`),
+		poll(byID("t-state")+`.textContent === "open"`),
+	)
+	step("a file with a bad row: highlighted, nothing to import",
+		chromedp.SetUploadFiles(chromedp.CSS("#roster-file"), []string{badFile}),
+		poll(byID("preview-summary")+`.textContent.includes("1 row with problems")`),
+		poll(`document.querySelectorAll("#preview tbody tr.bad").length === 1`),
+	)
+	bad, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("#preview tbody tr.bad").textContent`))
+	if err != nil || !strings.Contains(bad, "not-an-email,Vic") || !strings.Contains(bad, "email:") {
+		t.Fatalf("the bad row shows %q (%v), want its line and the problem", bad, err)
+	}
+	if off, err := chromedp.Run(ctx, chromedp.Evaluate[bool](byID("import")+`.disabled`)); err != nil || !off {
+		t.Fatalf("Import enabled with a bad row in the file (%v)", err)
+	}
+	step("a good file: previewed, imported, on the roster",
+		chromedp.SetUploadFiles(chromedp.CSS("#roster-file"), []string{goodFile}),
+		poll(byID("preview-summary")+`.textContent.includes("2 candidates ready to import")`),
+		poll(`document.querySelectorAll("#preview tbody tr").length === 2 && !`+byID("import")+`.disabled`),
+		chromedp.Click(chromedp.CSS("#import")),
+		poll(`document.querySelectorAll("#roster tbody tr[data-entry]").length === 2`),
+		poll(byID("t-message")+`.textContent.includes("Imported 2 candidates")`),
+	)
+	step("reissue a code: shown once",
+		js(`window.confirm = function () { return true; }`),
+		chromedp.Click(chromedp.CSS(`#roster tr[data-email="vic@example.com"] .row-actions button`)),
+		chromedp.WaitVisible(chromedp.CSS("#issued")),
+		poll(byID("issued-code")+`.value.length === 19`),
+		poll(`document.getElementById("t-audit").textContent.includes("code-reissue")`),
+	)
+	code, err := chromedp.Run(ctx, chromedp.Evaluate[string](byID("issued-code")+`.value`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, _ := chromedp.Run(ctx, chromedp.Evaluate[string](byID("issued-link")+`.value`))
+	if link != st.Config.PublicURL+"/join#code="+code {
+		t.Fatalf("the panel shows link %q for code %q", link, code)
+	}
+	if status, out := signIn(t, st, code); status != 200 || out.SessionID == "" {
+		t.Fatalf("sign in with the code the panel showed: %d %+v", status, out)
+	}
 }
