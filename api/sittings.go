@@ -419,13 +419,16 @@ func (s *Server) importRoster(c *fiber.Ctx) error {
 }
 
 // flagQuery reads a yes/no query parameter strictly: a misspelt value must
-// not turn a preview into an import.
+// not turn a preview into an import, and ?preview alone means yes.
 func flagQuery(c *fiber.Ctx, name string) (bool, error) {
-	switch strings.ToLower(c.Query(name)) {
-	case "", "0", "false", "no":
+	if !c.Context().QueryArgs().Has(name) {
 		return false, nil
-	case "1", "true", "yes":
+	}
+	switch strings.ToLower(c.Query(name)) {
+	case "", "1", "true", "yes":
 		return true, nil
+	case "0", "false", "no":
+		return false, nil
 	}
 	return false, fail(fiber.StatusBadRequest, name+" must be 1 or 0")
 }
