@@ -8,10 +8,12 @@ package api
 //
 //	GET /admin                   sessions list (or the login form)
 //	GET /admin/session/:id       one session
+//	GET /admin/sittings          sittings list and the new-sitting form
+//	GET /admin/sittings/:id      one sitting and its roster
 //	GET /admin/assets/*          the panel's scripts and styles
 //	GET /admin/assets/vendor/*   xterm.js
 func (s *Server) panelRoutes() {
-	s.servePage("web/admin", "/admin/assets", panelCSP, "/admin", "/admin/session/:id")
+	s.servePage("web/admin", "/admin/assets", panelCSP, "/admin", "/admin/session/:id", "/admin/sittings", "/admin/sittings/:id")
 }
 
 // panelCSP keeps the panel to its own scripts: no inline script, no other

@@ -55,6 +55,9 @@ type Options struct {
 	// Proxies decide each request's client address: the forwarding header
 	// is read only from a trusted proxy. Zero: the socket peer.
 	Proxies ratelimit.Proxies
+	// PublicURL is how browsers reach the API; invitation links start
+	// with it. Default: the URL of the request that asks for a link.
+	PublicURL string
 	// Mounts run after the API's own routes are registered: the relay's
 	// WebSocket routes, the queue monitor, metrics.
 	Mounts []func(app *fiber.App)
@@ -190,6 +193,7 @@ func (s *Server) routes() {
 	a.Post("/api/session/:id/snapshot", s.requireAdmin, s.adminSnapshot)
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
 	s.actionRoutes(adm)
+	s.sittingRoutes(adm)
 	s.downloadRoutes(adm)
 	s.opsRoutes()
 	s.panelRoutes()

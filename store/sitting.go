@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/sitting"
 )
 
@@ -24,12 +26,13 @@ var (
 	ErrLiveSession = errors.New("the candidate's session is still running; submit it first")
 )
 
-// A sitting lives in sittings/{id}/: sitting.json, and its roster in
-// batches/{batch}/{entry}.json. An import writes its entries into a
-// staging folder and renames the folder into batches/ in one step, so a
-// crash never leaves half a file imported; later changes to an entry (a
-// new code, its session) rewrite that entry's file alone. Redis indexes
-// codes and emails to entries for the sign-in path.
+// A sitting lives in sittings/{id}/: sitting.json, the admins' audit
+// trail audit.jsonl, and its roster in batches/{batch}/{entry}.json. An
+// import writes its entries into a staging folder and renames the folder
+// into batches/ in one step, so a crash never leaves half a file imported;
+// later changes to an entry (a new code, its session) rewrite that entry's
+// file alone. Redis indexes codes and emails to entries for the sign-in
+// path.
 const (
 	sittingsDir = "sittings"
 	sittingFile = "sitting.json"
@@ -623,4 +626,157 @@ func (s *Store) rebuildSittings(ctx context.Context) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// SessionStatuses reads the states of the given sessions from the listing
+// index (no metadata file is opened): what a roster page shows beside each
+// entry. Ids the index does not know are left out.
+func (s *Store) SessionStatuses(ctx context.Context, ids []string) (map[string]session.State, error) {
+	out := make(map[string]session.State, len(ids))
+	err := s.summaries(ctx, func(all map[string]*Summary) {
+		for _, id := range ids {
+			if sum, ok := all[id]; ok {
+				out[id] = sum.Status
+			}
+		}
+	})
+	return out, err
+}
+
+// AuditSitting appends an entry to the sitting's own trail,
+// sittings/{id}/audit.jsonl: who created, edited or deleted it, imported
+// or exported its roster, reissued a code or reset or removed an entry.
+func (s *Store) AuditSitting(ctx context.Context, id string, e AuditEntry) error {
+	dir, err := s.sittingDir(id)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, sittingFile)); err != nil {
+		return fmt.Errorf("sitting %s: %w", id, ErrNoSitting)
+	}
+	return s.appendAudit(ctx, "sitting-audit:"+id, filepath.Join(dir, auditFile), e)
+}
+
+// SittingAudit returns the sitting's trail, oldest first.
+func (s *Store) SittingAudit(ctx context.Context, id string) ([]AuditEntry, error) {
+	dir, err := s.sittingDir(id)
+	if err != nil {
+		return nil, err
+	}
+	return readAudit(filepath.Join(dir, auditFile))
+}
+
+// appendAudit writes one line of an audit trail and syncs it, under a lock
+// so that lines from several processes never interleave.
+func (s *Store) appendAudit(ctx context.Context, lockName, path string, e AuditEntry) error {
+	if e.At.IsZero() {
+		e.At = s.now().UTC()
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode audit entry: %w", err)
+	}
+	unlock, err := s.lock(ctx, "audit", lockName)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("write audit log: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync audit log: %w", err)
+	}
+	return nil
+}
+
+// readAudit reads an audit trail; a missing file is an empty trail and a
+// torn last line (a crash mid-append) is skipped.
+func readAudit(path string) ([]AuditEntry, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return []AuditEntry{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	defer f.Close()
+	out := []AuditEntry{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e AuditEntry
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, sc.Err()
+}
+
+// deletedDir keeps the record of deleted sittings. Its name is not a valid
+// sitting id, so listings and rebuild-index pass it by.
+const deletedDir = "_deleted"
+
+// DeleteSitting takes a sitting out of service: it refuses with
+// ErrLiveSession while any of its candidates' sessions has not ended;
+// otherwise every code and email of its roster is unindexed (from then on
+// its codes admit no one) and its folder — roster and audit trail, with
+// record appended — moves to sittings/_deleted/{id}-{time}, freeing the
+// id. The candidates' sessions keep their records.
+func (s *Store) DeleteSitting(ctx context.Context, id string, record AuditEntry) error {
+	dir, err := s.sittingDir(id)
+	if err != nil {
+		return err
+	}
+	unlock, err := s.lock(ctx, "sitting", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	entries, err := s.Roster(ctx, id)
+	if err != nil {
+		return err
+	}
+	live := 0
+	for i := range entries {
+		l, err := s.entryLive(ctx, &entries[i])
+		if err != nil {
+			return err
+		}
+		if l {
+			live++
+		}
+	}
+	if live > 0 {
+		return fmt.Errorf("sitting %s: %d of its sessions have not ended: %w", id, live, ErrLiveSession)
+	}
+	if err := s.AuditSitting(ctx, id, record); err != nil {
+		return err
+	}
+	// Unindex first: from here no code of the sitting admits anyone, even
+	// if the move below is interrupted (a second delete finishes it).
+	var keys []string
+	for _, e := range entries {
+		keys = append(keys, s.key("code", e.CodeHash), s.key("sitting", id, "email", e.Email), s.key("entry", e.ID))
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), 3000)
+		if err := s.rdb.Del(ctx, keys[:n]...).Err(); err != nil {
+			return fmt.Errorf("delete sitting %s: %w", id, err)
+		}
+		keys = keys[n:]
+	}
+	trash := filepath.Join(s.dir, sittingsDir, deletedDir)
+	if err := os.MkdirAll(trash, 0o750); err != nil {
+		return fmt.Errorf("delete sitting %s: %w", id, err)
+	}
+	if err := os.Rename(dir, filepath.Join(trash, id+"-"+s.now().UTC().Format("20060102T150405.000000000Z"))); err != nil {
+		return fmt.Errorf("delete sitting %s: %w", id, err)
+	}
+	return syncDir(filepath.Join(s.dir, sittingsDir))
 }

@@ -6,18 +6,30 @@
   var STATES = ["created", "provisioning", "ready", "submitted", "archiving", "completed", "failed", "expired"];
   var $ = function (id) { return document.getElementById(id); };
 
-  function api(method, path, body) {
+  // api calls the admin API with a JSON body, or with o.contentType a body
+  // sent as it is (a file); it answers the JSON, or with o.blob the body.
+  // A refusal throws its reason, with the whole answer as .data.
+  function api(method, path, body, o) {
+    o = o || {};
     var opts = { method: method, credentials: "same-origin", headers: {} };
-    if (body !== undefined) {
+    if (o.contentType) {
+      opts.headers["Content-Type"] = o.contentType;
+      opts.body = body;
+    } else if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
     }
     return fetch(path, opts).then(function (r) {
+      if (r.ok && o.blob) return r.blob();
       return r.text().then(function (t) {
         var data = null;
         try { data = t ? JSON.parse(t) : null; } catch (e) { data = null; }
         if (r.status === 401 || r.status === 403) { showLogin(); throw new Error("admin sign-in required"); }
-        if (!r.ok) throw new Error((data && data.error) || r.status + " " + r.statusText);
+        if (!r.ok) {
+          var err = new Error((data && data.error) || r.status + " " + r.statusText);
+          err.data = data;
+          throw err;
+        }
         return data;
       });
     });
@@ -51,7 +63,7 @@
     return n.toFixed(1) + " " + u[i];
   }
   function show(section) {
-    ["login", "list", "session"].forEach(function (s) { $(s).hidden = s !== section; });
+    ["login", "list", "session", "sittings", "sitting"].forEach(function (s) { $(s).hidden = s !== section; });
     $("logout").hidden = section === "login";
   }
 
@@ -324,10 +336,16 @@
     });
   });
 
+  // ---- sittings and rosters (sittings.js) ----
+  var sittings = window.ExamlabSittings.create({
+    $: $, api: api, el: el, row: row, badge: badge, when: when, size: size, show: show, goSession: goSession
+  });
+
   // ---- routing ----
   function route() {
     closeLive();
     if (player) player.pause();
+    if (sittings.route(location.pathname)) return;
     var m = /^\/admin\/session\/([^/]+)\/?$/.exec(location.pathname);
     if (m) {
       message("");
