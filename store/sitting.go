@@ -11,8 +11,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sys/unix"
 
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/sitting"
@@ -34,6 +36,9 @@ var (
 // file alone. Redis indexes codes and emails to entries for the sign-in
 // path.
 const (
+	// longLockTTL bounds the sitting lock of a whole-roster operation
+	// (import, export with new codes) on a roster of thousands.
+	longLockTTL = 10 * time.Minute
 	sittingsDir = "sittings"
 	sittingFile = "sitting.json"
 	batchesDir  = "batches"
@@ -247,7 +252,7 @@ func (s *Store) AddEntries(ctx context.Context, id string, rows []sitting.Row, s
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := s.lock(ctx, "sitting", id)
+	unlock, err := s.lockFor(ctx, "sitting", id, longLockTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -277,12 +282,19 @@ func (s *Store) AddEntries(ctx context.Context, id string, rows []sitting.Row, s
 		code, hash := sitting.NewCode()
 		e := sitting.Entry{ID: newEntryID(), Email: r.Email, Name: r.Name, ExternalID: r.ExternalID,
 			CodeHash: hash, CodeIssuedAt: now, AddedAt: now, Line: r.Line, SelfRegistered: selfRegistered}
-		if err := writeEntry(stage, &e); err != nil {
-			return nil, err
+		// The staging folder is not yet the record, so each file is
+		// written plainly; one sync of the filesystem below makes them all
+		// durable before the rename commits them.
+		b, err := json.MarshalIndent(&e, "", "  ")
+		if err != nil {
+			return nil, fmt.Errorf("encode roster entry: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(stage, e.ID+".json"), b, 0o640); err != nil {
+			return nil, fmt.Errorf("import roster of %s: %w", id, err)
 		}
 		issued = append(issued, IssuedCode{Entry: e, Code: code})
 	}
-	if err := syncDir(stage); err != nil {
+	if err := syncFS(stage); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, batchesDir), 0o750); err != nil {
@@ -424,7 +436,7 @@ func (s *Store) ReissueCode(ctx context.Context, sittingID, entryID string) (Iss
 // ReissueAll gives every entry of the sitting a new code (for an export of
 // the roster with codes): every earlier code stops working.
 func (s *Store) ReissueAll(ctx context.Context, sittingID string) ([]IssuedCode, error) {
-	unlock, err := s.lock(ctx, "sitting", sittingID)
+	unlock, err := s.lockFor(ctx, "sitting", sittingID, longLockTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -779,4 +791,18 @@ func (s *Store) DeleteSitting(ctx context.Context, id string, record AuditEntry)
 		return fmt.Errorf("delete sitting %s: %w", id, err)
 	}
 	return syncDir(filepath.Join(s.dir, sittingsDir))
+}
+
+// syncFS makes everything written to dir's filesystem durable: one call for
+// a staging folder of thousands of files instead of an fsync each.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }

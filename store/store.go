@@ -310,11 +310,18 @@ func (s *Store) write(ctx context.Context, sess *session.Session) error {
 // lock takes a short Redis lock so that writers in different processes
 // (API, workers, relay) serialise their read-modify-write of one record.
 func (s *Store) lock(ctx context.Context, kind, name string) (func(), error) {
+	return s.lockFor(ctx, kind, name, s.lockTTL)
+}
+
+// lockFor is lock with a TTL of its own, for the few operations that may
+// hold a lock longer than a record's read-modify-write (a roster import of
+// thousands of rows).
+func (s *Store) lockFor(ctx context.Context, kind, name string, ttl time.Duration) (func(), error) {
 	key := s.key("lock", kind, name)
 	tok, _ := auth.NewToken()
-	deadline := time.Now().Add(s.lockTTL)
+	deadline := time.Now().Add(ttl)
 	for {
-		ok, err := s.rdb.SetNX(ctx, key, tok, s.lockTTL).Result()
+		ok, err := s.rdb.SetNX(ctx, key, tok, ttl).Result()
 		if err != nil {
 			return nil, fmt.Errorf("lock %s %s: %w", kind, name, err)
 		}

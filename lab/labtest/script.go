@@ -33,18 +33,6 @@ type part struct {
 	text string
 }
 
-// literal is the word's text if it has no expansions.
-func (w word) literal() (string, bool) {
-	var b strings.Builder
-	for _, p := range w {
-		if p.kind != 0 {
-			return "", false
-		}
-		b.WriteString(p.text)
-	}
-	return b.String(), true
-}
-
 // parse splits a script into simple commands. It knows quotes, the list
 // operators, redirections and $ expansions, and nothing of pipes, globs,
 // or word splitting of expanded text.

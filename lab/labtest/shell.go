@@ -55,11 +55,6 @@ func envMap(env []string) map[string]string {
 	return m
 }
 
-// errExit unwinds a script on `exit`.
-type errExit struct{ code int }
-
-func (e errExit) Error() string { return "exit " + strconv.Itoa(e.code) }
-
 // main runs the command a process was started with.
 func (sh *shell) main(ctx context.Context, argv []string) int {
 	code, _ := sh.command(ctx, argv, sh.stdin, sh.stdout, sh.stderr)
@@ -452,6 +447,7 @@ func cleanPath(dir, p string) string {
 // key is the node's file key of p: no leading slash, "" for the root.
 func (sh *shell) key(p string) string { return strings.TrimPrefix(cleanPath(sh.cwd, p), "/") }
 
+//lint:ignore ST1005 the words a shell prints
 var errNoEntry = errors.New("No such file or directory")
 
 func (sh *shell) read(p string) ([]byte, error) {
@@ -474,6 +470,7 @@ func (sh *shell) write(p string, data []byte, appendTo bool) error {
 		return errNoEntry
 	}
 	if sh.node.dirs[k] || k == "" {
+		//lint:ignore ST1005 the words a shell prints
 		return errors.New("Is a directory")
 	}
 	f := sh.node.files[k]
