@@ -245,9 +245,9 @@ func (s *Server) sessionStatus(c *fiber.Ctx) error {
 	return c.JSON(v)
 }
 
-// start moves the session to provisioning and enqueues the provision; it
-// returns at once. Starting again re-enqueues, which the task id makes a
-// no-op while the first provision is queued or running.
+// start queues the session for a lab slot and, when one is free, admits
+// it and enqueues the provision (scheduler.Start); it returns at once.
+// Starting again keeps the session's place in line.
 func (s *Server) start(c *fiber.Ctx) error {
 	ctx := c.UserContext()
 	sess, err := s.loadSession(c)
@@ -255,7 +255,7 @@ func (s *Server) start(c *fiber.Ctx) error {
 		return err
 	}
 	switch sess.Status {
-	case session.StateCreated, session.StateProvisioning:
+	case session.StateCreated, session.StateQueued, session.StateProvisioning:
 	case session.StateReady:
 		return c.JSON(s.view(sess))
 	default:

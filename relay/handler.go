@@ -191,7 +191,7 @@ func (r *Relay) serveCandidate(ws *websocket.Conn) {
 		// Whether the other session exists is not revealed.
 		refuse(ws, CloseForbidden, "not your session")
 		return
-	case sess.Status == session.StateCreated:
+	case sess.Status.Pending():
 		refuse(ws, CloseUnavailable, "the lab is not started yet")
 		return
 	case !sess.Status.LiveLab():
@@ -383,7 +383,7 @@ func (r *Relay) viewerShell(c *client) (*shell, error) {
 			ctx, cancel := context.WithTimeout(r.ctx, lookupTimeout)
 			sess, err := r.o.Store.Get(ctx, c.key.session)
 			cancel()
-			if err == nil && !sess.Status.LiveLab() && sess.Status != session.StateCreated {
+			if err == nil && !sess.Status.LiveLab() && !sess.Status.Pending() {
 				return nil, &attachErr{CloseEnded, "the session is " + string(sess.Status) + "; no terminal is live"}
 			}
 		}
