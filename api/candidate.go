@@ -34,6 +34,11 @@ type sessionView struct {
 	Nodes       []lab.NodeStatus `json:"nodes"`
 	Error       string           `json:"error,omitempty"`
 	ServerTime  time.Time        `json:"server_time"`
+	// While queued (status and start only): the place in line, how many
+	// go first, and a rough wait when there is one (see queuePlace).
+	QueuePosition   int    `json:"queue_position,omitempty"`
+	QueueAhead      *int   `json:"queue_ahead,omitempty"`
+	EstimateSeconds *int64 `json:"estimate_seconds,omitempty"`
 }
 
 func (s *Server) view(sess *session.Session) sessionView {
@@ -242,6 +247,7 @@ func (s *Server) sessionStatus(c *fiber.Ctx) error {
 	if live := s.liveNodes(c.UserContext(), sess); live != nil {
 		v.Nodes = live
 	}
+	s.queuePlace(c.UserContext(), sess, &v)
 	return c.JSON(v)
 }
 
@@ -269,7 +275,9 @@ func (s *Server) start(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusAccepted).JSON(s.view(sess))
+	v := s.view(sess)
+	s.queuePlace(ctx, sess, &v)
+	return c.Status(fiber.StatusAccepted).JSON(v)
 }
 
 func (s *Server) answers(c *fiber.Ctx) error {

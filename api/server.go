@@ -151,6 +151,7 @@ func (s *Server) routes() {
 	a.Post("/api/session/:id/snapshot", s.requireAdmin, s.adminSnapshot)
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
 	s.actionRoutes(adm)
+	s.queueRoutes(adm)
 	s.downloadRoutes(adm)
 	s.opsRoutes()
 	s.panelRoutes()
