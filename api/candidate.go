@@ -34,7 +34,7 @@ type sessionView struct {
 	Nodes       []lab.NodeStatus `json:"nodes"`
 	Error       string           `json:"error,omitempty"`
 	ServerTime  time.Time        `json:"server_time"`
-	// While queued (status and start only): the place in line, how many
+	// While queued (me, status and start): the place in line, how many
 	// go first, and a rough wait when there is one (see queuePlace).
 	QueuePosition   int    `json:"queue_position,omitempty"`
 	QueueAhead      *int   `json:"queue_ahead,omitempty"`
@@ -231,7 +231,9 @@ func (s *Server) examInfo(c *fiber.Ctx) error {
 
 func (s *Server) me(c *fiber.Ctx) error {
 	sess := c.Locals(localSession).(*session.Session)
-	return c.JSON(s.view(sess))
+	v := s.view(sess)
+	s.queuePlace(c.UserContext(), sess, &v)
+	return c.JSON(v)
 }
 
 func (s *Server) loadSession(c *fiber.Ctx) (*session.Session, error) {
