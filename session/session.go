@@ -136,8 +136,8 @@ func (s *Session) move(action string, next State) error {
 
 // Start records that the candidate pressed start: the session joins the
 // queue for a lab slot, its place in line being StartedAt. Starting again
-// while it waits, or once admitted, changes nothing, so a duplicate start
-// keeps its place.
+// while it waits, or while its lab comes up, changes nothing, so a
+// duplicate start keeps its place.
 func (s *Session) Start(now time.Time) error {
 	switch s.Status {
 	case StateCreated:
