@@ -35,6 +35,11 @@ type sessionView struct {
 	Nodes       []lab.NodeStatus `json:"nodes"`
 	Error       string           `json:"error,omitempty"`
 	ServerTime  time.Time        `json:"server_time"`
+	// While queued (me, status and start): the place in line, how many
+	// go first, and a rough wait when there is one (see queuePlace).
+	QueuePosition   int    `json:"queue_position,omitempty"`
+	QueueAhead      *int   `json:"queue_ahead,omitempty"`
+	EstimateSeconds *int64 `json:"estimate_seconds,omitempty"`
 }
 
 func (s *Server) view(sess *session.Session) sessionView {
@@ -288,7 +293,9 @@ func (s *Server) examInfo(c *fiber.Ctx) error {
 
 func (s *Server) me(c *fiber.Ctx) error {
 	sess := c.Locals(localSession).(*session.Session)
-	return c.JSON(s.view(sess))
+	v := s.view(sess)
+	s.queuePlace(c.UserContext(), sess, &v)
+	return c.JSON(v)
 }
 
 // loadSession reads the session the route's guard admitted.
@@ -305,12 +312,13 @@ func (s *Server) sessionStatus(c *fiber.Ctx) error {
 	if live := s.liveNodes(c.UserContext(), sess); live != nil {
 		v.Nodes = live
 	}
+	s.queuePlace(c.UserContext(), sess, &v)
 	return c.JSON(v)
 }
 
-// start moves the session to provisioning and enqueues the provision; it
-// returns at once. Starting again re-enqueues, which the task id makes a
-// no-op while the first provision is queued or running.
+// start queues the session for a lab slot and, when one is free, admits
+// it and enqueues the provision (scheduler.Start); it returns at once.
+// Starting again keeps the session's place in line.
 func (s *Server) start(c *fiber.Ctx) error {
 	ctx := c.UserContext()
 	sess, err := s.loadSession(c)
@@ -318,7 +326,7 @@ func (s *Server) start(c *fiber.Ctx) error {
 		return err
 	}
 	switch sess.Status {
-	case session.StateCreated, session.StateProvisioning:
+	case session.StateCreated, session.StateQueued, session.StateProvisioning:
 	case session.StateReady:
 		return c.JSON(s.view(sess))
 	default:
@@ -335,7 +343,9 @@ func (s *Server) start(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusAccepted).JSON(s.view(sess))
+	v := s.view(sess)
+	s.queuePlace(ctx, sess, &v)
+	return c.Status(fiber.StatusAccepted).JSON(v)
 }
 
 func (s *Server) answers(c *fiber.Ctx) error {

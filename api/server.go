@@ -194,6 +194,7 @@ func (s *Server) routes() {
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
 	s.actionRoutes(adm)
 	s.sittingRoutes(adm)
+	s.queueRoutes(adm)
 	s.downloadRoutes(adm)
 	s.opsRoutes()
 	s.panelRoutes()

@@ -98,6 +98,14 @@ type Config struct {
 	// job's prestart task to create the session network. EXAMLAB_NOMAD_LABNET, /usr/local/bin/examlab.
 	NomadLabnet string
 
+	// MaxLabs is how many labs the deployment runs at once; starts beyond
+	// it (or beyond a sitting's capacity) wait in the admission queue.
+	// EXAMLAB_MAX_LABS, 0: on docker, as many as the subnet pool has
+	// subnets (1024 for the default pool), past which a lab could not get
+	// a network; on nomad, no limit (Nomad places labs, and each client
+	// has the pool to itself). Set it to what the hosts hold.
+	MaxLabs int
+
 	// WorkerConcurrency is how many tasks one worker runs at once. EXAMLAB_WORKER_CONCURRENCY, 8.
 	WorkerConcurrency int
 	// ProvisionTimeout bounds one provision attempt. EXAMLAB_PROVISION_TIMEOUT, 5m.
@@ -119,9 +127,13 @@ type Config struct {
 	RetentionDays   int
 	RetentionDryRun bool
 
-	// Sweep intervals. EXAMLAB_EXPIRE_EVERY 15s, EXAMLAB_REAP_EVERY 1m.
+	// Sweep intervals. EXAMLAB_EXPIRE_EVERY 15s, EXAMLAB_REAP_EVERY 1m,
+	// EXAMLAB_ADMIT_EVERY 10s (the admission queue's repair and pass; a
+	// lab ending admits the next at once, this only catches what a
+	// killed process left).
 	ExpireEvery time.Duration
 	ReapEvery   time.Duration
+	AdmitEvery  time.Duration
 }
 
 // Default returns the configuration with every default filled in.
@@ -149,6 +161,7 @@ func Default() Config {
 		MaxAnswerBytes:    64 << 10,
 		ExpireEvery:       15 * time.Second,
 		ReapEvery:         time.Minute,
+		AdmitEvery:        10 * time.Second,
 	}
 }
 
@@ -232,6 +245,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	num("EXAMLAB_SUBNET_PREFIX", &c.SubnetPrefix)
 	list("EXAMLAB_NOMAD_DATACENTERS", &c.NomadDatacenters)
 	str("EXAMLAB_NOMAD_LABNET", &c.NomadLabnet)
+	num("EXAMLAB_MAX_LABS", &c.MaxLabs)
 	num("EXAMLAB_WORKER_CONCURRENCY", &c.WorkerConcurrency)
 	dur("EXAMLAB_PROVISION_TIMEOUT", &c.ProvisionTimeout)
 	num("EXAMLAB_MAX_TERMINALS", &c.MaxTerminals)
@@ -242,6 +256,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	boolean("EXAMLAB_RETENTION_DRY_RUN", &c.RetentionDryRun)
 	dur("EXAMLAB_EXPIRE_EVERY", &c.ExpireEvery)
 	dur("EXAMLAB_REAP_EVERY", &c.ReapEvery)
+	dur("EXAMLAB_ADMIT_EVERY", &c.AdmitEvery)
 	return errors.Join(errs...)
 }
 
@@ -260,6 +275,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SubnetPool, "subnet-pool", c.SubnetPool, "pool for per-session subnets")
 	fs.IntVar(&c.SubnetPrefix, "subnet-prefix", c.SubnetPrefix, "prefix length of each session subnet")
 	fs.IntVar(&c.WorkerConcurrency, "concurrency", c.WorkerConcurrency, "tasks one worker runs at once")
+	fs.IntVar(&c.MaxLabs, "max-labs", c.MaxLabs, "labs the deployment runs at once; more starts wait in the queue (0: as many as the subnet pool holds)")
 	fs.IntVar(&c.RetentionDays, "retention-days", c.RetentionDays, "delete archived sessions older than this (0: keep)")
 	fs.BoolVar(&c.RetentionDryRun, "retention-dry-run", c.RetentionDryRun, "report what retention would delete, delete nothing")
 }
@@ -328,6 +344,18 @@ func (c *Config) Validate() error {
 		bad("subnet pool: %q: %v", c.SubnetPool, err)
 	} else if c.SubnetPrefix < p.Bits() || c.SubnetPrefix > 28 {
 		bad("subnet prefix: /%d must be between the pool's /%d and /28", c.SubnetPrefix, p.Bits())
+	} else if c.MaxLabs < 0 {
+		bad("max labs: %d must not be negative", c.MaxLabs)
+	} else if c.Runtime == RuntimeDocker {
+		// On one host each lab takes a subnet of the pool: more labs than
+		// subnets would fail to provision rather than wait. (On Nomad each
+		// client has the pool to itself.)
+		subnets := 1 << min(c.SubnetPrefix-p.Bits(), 20)
+		if c.MaxLabs == 0 {
+			c.MaxLabs = subnets
+		} else if c.MaxLabs > subnets {
+			bad("max labs: %d is more than the %d subnets of the pool %s in /%d blocks", c.MaxLabs, subnets, c.SubnetPool, c.SubnetPrefix)
+		}
 	}
 	if c.WorkerConcurrency < 1 || c.WorkerConcurrency > 256 {
 		bad("worker concurrency: %d must be 1..256", c.WorkerConcurrency)
@@ -347,7 +375,7 @@ func (c *Config) Validate() error {
 	if c.ProvisionTimeout < 10*time.Second {
 		bad("provision timeout: %s is too short", c.ProvisionTimeout)
 	}
-	if c.ExpireEvery < time.Second || c.ReapEvery < time.Second {
+	if c.ExpireEvery < time.Second || c.ReapEvery < time.Second || c.AdmitEvery < time.Second {
 		bad("sweep intervals must be at least 1s")
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {

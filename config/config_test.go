@@ -67,6 +67,9 @@ func TestInvalidSettingsAreNamed(t *testing.T) {
 		{"short admin token", map[string]string{"EXAMLAB_ADMIN_TOKEN": "short"}, "admin token"},
 		{"bad instance", map[string]string{"EXAMLAB_INSTANCE": "Prod Lab"}, "instance"},
 		{"negative retention", map[string]string{"EXAMLAB_RETENTION_DAYS": "-1"}, "retention days"},
+		{"negative lab limit", map[string]string{"EXAMLAB_MAX_LABS": "-1"}, "max labs"},
+		{"more labs than subnets", map[string]string{"EXAMLAB_MAX_LABS": "65", "EXAMLAB_SUBNET_POOL": "10.9.0.0/20"}, "max labs"},
+		{"lab limit not a number", map[string]string{"EXAMLAB_MAX_LABS": "many"}, "EXAMLAB_MAX_LABS"},
 		{"bad public url", map[string]string{"EXAMLAB_PUBLIC_URL": "ftp://x"}, "public url"},
 		{"budget without window", map[string]string{"EXAMLAB_SIGNIN_PER_ADDRESS": "600"}, "EXAMLAB_SIGNIN_PER_ADDRESS"},
 		{"budget not a number", map[string]string{"EXAMLAB_SIGNIN_PER_ACCOUNT": "ten/1m"}, "EXAMLAB_SIGNIN_PER_ACCOUNT"},
@@ -156,5 +159,35 @@ func TestFrontDoorSettings(t *testing.T) {
 	}
 	if c.Signin.PerAddress.String() != "1200/2m" || c.Signin.FailuresPerAccount.String() != "5/1h" || c.Signin.PerAccount.String() != "10/1m" {
 		t.Errorf("budgets: %+v", c.Signin)
+	}
+}
+
+// TestMaxLabsDefault: unset, the lab limit is what the subnet pool holds
+// on one host, and none on Nomad; a set limit is kept.
+func TestMaxLabsDefault(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want int
+	}{
+		{"default pool", nil, 1024},
+		{"smaller pool", map[string]string{"EXAMLAB_SUBNET_POOL": "10.9.0.0/20"}, 64},
+		{"set", map[string]string{"EXAMLAB_MAX_LABS": "8"}, 8},
+		{"nomad", map[string]string{"EXAMLAB_RUNTIME": "nomad"}, 0},
+		{"nomad, set", map[string]string{"EXAMLAB_RUNTIME": "nomad", "EXAMLAB_MAX_LABS": "5000"}, 5000},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			if err := c.FromEnv(envOf(tc.env)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			if c.MaxLabs != tc.want {
+				t.Fatalf("max labs = %d, want %d", c.MaxLabs, tc.want)
+			}
+		})
 	}
 }

@@ -106,7 +106,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		p.Redis.Close()
 		return nil, fmt.Errorf("connect redis %s: %w", cfg.Redis, err)
 	}
-	p.Store, err = store.New(store.Options{Dir: cfg.StateDir, Redis: p.Redis, Prefix: cfg.RedisPrefix, MaxAnswerBytes: cfg.MaxAnswerBytes})
+	p.Store, err = store.New(store.Options{Dir: cfg.StateDir, Redis: p.Redis, Prefix: cfg.RedisPrefix, MaxAnswerBytes: cfg.MaxAnswerBytes, MaxLabs: cfg.MaxLabs})
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			TaskCheckInterval: 100 * time.Millisecond,
 		})
 		if !o.NoScheduler {
-			p.sched = scheduler.NewPeriodic(p.Enqueuer, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery, Logger: log})
+			p.sched = scheduler.NewPeriodic(p.Enqueuer, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery, Admission: cfg.AdmitEvery, Logger: log})
 		}
 	}
 	if roles.Relay {

@@ -25,6 +25,7 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 	cfg := config.Default()
 	cfg.Redis = testlab.Redis(t)
 	cfg.StateDir = t.TempDir()
+	cfg.AdminToken = "test-admin-token-0123456789"
 	ctx := context.Background()
 	p, err := platform.New(ctx, cfg, platform.Roles{Worker: true}, platform.Options{NoScheduler: true})
 	if err != nil {
@@ -38,6 +39,11 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Runtime.Destroy(context.Background(), sess.ID) })
+	// Admitted (nothing limits it), with its provision queued: the worker
+	// server is not running, so the handler is driven by hand below.
+	if sess, err = scheduler.Start(ctx, p.Store, p.Enqueuer, sess.ID, time.Now()); err != nil || sess.Status != session.StateProvisioning {
+		t.Fatalf("start: %v %v", sess, err)
+	}
 	task, err := scheduler.NewProvisionTask(sess.ID)
 	if err != nil {
 		t.Fatal(err)

@@ -228,7 +228,7 @@ func (r *Relay) serveOwn(ws *websocket.Conn, terminal ownTerminal) {
 	case refused != nil:
 		refuse(ws, refused.code, refused.reason)
 		return
-	case sess.Status == session.StateCreated:
+	case sess.Status.Pending():
 		refuse(ws, CloseUnavailable, "the lab is not started yet")
 		return
 	case !sess.Status.LiveLab():
@@ -422,7 +422,7 @@ func (r *Relay) viewerShell(c *client) (*shell, error) {
 			ctx, cancel := context.WithTimeout(r.ctx, lookupTimeout)
 			sess, err := r.o.Store.Get(ctx, c.key.session)
 			cancel()
-			if err == nil && !sess.Status.LiveLab() && sess.Status != session.StateCreated {
+			if err == nil && !sess.Status.LiveLab() && !sess.Status.Pending() {
 				return nil, &attachErr{CloseEnded, "the session is " + string(sess.Status) + "; no terminal is live"}
 			}
 		}

@@ -25,17 +25,34 @@ type archiveQueue interface {
 	Archive(ctx context.Context, sessionID, reason string) (bool, error)
 }
 
-// Start moves a session to provisioning (session.Session.Start) and
-// enqueues its provision. Starting a session that is provisioning again
-// re-enqueues, which the task id makes a no-op while the first provision
-// is queued or running.
+// Start records that the candidate pressed start (session.Session.Start:
+// the session is queued), puts it in its sitting's line and runs an
+// admission pass, which admits it at once when a slot is free (and
+// enqueues its provision). Start never fails because every slot is taken:
+// the session waits in line, and a lab ending admits the next. Starting
+// again keeps the session's place in line, or re-enqueues the provision
+// of an admitted one, which the task id makes a no-op while the first
+// provision is queued or running.
 func Start(ctx context.Context, st *store.Store, q provisionQueue, id string, now time.Time) (*session.Session, error) {
 	sess, err := st.Update(ctx, id, func(x *session.Session) error { return x.Start(now) })
 	if err != nil {
 		return nil, err
 	}
-	if _, err := q.Provision(ctx, sess.ID); err != nil {
-		return sess, fmt.Errorf("start session %s: %w: %w", sess.ID, ErrNotQueued, err)
+	if sess.Status == session.StateQueued {
+		if err := st.JoinQueue(ctx, sess); err != nil {
+			return sess, fmt.Errorf("start session %s: %w: %w", sess.ID, ErrNotQueued, err)
+		}
+		// Whatever this pass cannot finish for others, the admission sweep
+		// does; this session's own outcome is read back below.
+		_, _ = Admit(ctx, st, q, now)
+		if sess, err = st.Get(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	if sess.Status == session.StateProvisioning {
+		if _, err := q.Provision(ctx, sess.ID); err != nil {
+			return sess, fmt.Errorf("start session %s: %w: %w", sess.ID, ErrNotQueued, err)
+		}
 	}
 	return sess, nil
 }
@@ -43,7 +60,8 @@ func Start(ctx context.Context, st *store.Store, q provisionQueue, id string, no
 // Submit ends a session's work for reason (session.ByCandidate, ByAdmin,
 // ByDeadline) and enqueues its archive. It is the one submit: the API's
 // candidate and admin submits and the deadline sweep all come here. It
-// reports whether this call made the move; a session already submitted
+// reports whether this call made the move; a session submitted while it
+// waited in the queue leaves the line; a session already submitted
 // gets its archive enqueued again, which the task id makes a no-op, so a
 // submit whose enqueue failed is completed by the next one.
 //
@@ -51,10 +69,10 @@ func Start(ctx context.Context, st *store.Store, q provisionQueue, id string, no
 // (it may have been extended since it was listed); otherwise nothing
 // changes and Submit returns the session with moved false.
 func Submit(ctx context.Context, st *store.Store, q archiveQueue, id, reason string, now time.Time) (*session.Session, bool, error) {
-	moved := false
+	moved, waited := false, false
 	due := true
 	sess, err := st.Update(ctx, id, func(x *session.Session) error {
-		moved = false
+		moved, waited = false, x.Status == session.StateQueued
 		if reason == session.ByDeadline && x.Status.Open() && !x.PastDeadline(now) {
 			due = false
 			return nil
@@ -68,6 +86,13 @@ func Submit(ctx context.Context, st *store.Store, q archiveQueue, id, reason str
 	}
 	if !due {
 		return sess, false, nil
+	}
+	if waited {
+		// Submitted while it waited: it leaves the line now. (Should this
+		// fail, the line gives its slot straight back when it gets there.)
+		if _, err := st.ReleaseSlot(ctx, sess.ID); err != nil {
+			return sess, moved, fmt.Errorf("submit session %s: leave the queue: %w", sess.ID, err)
+		}
 	}
 	if _, err := q.Archive(ctx, sess.ID, sess.SubmitReason); err != nil {
 		return sess, moved, fmt.Errorf("submit session %s: %w: %w", sess.ID, ErrNotQueued, err)

@@ -16,6 +16,7 @@ import (
 type PeriodicOptions struct {
 	Expire    time.Duration // default 15s
 	Reap      time.Duration // default 1m
+	Admission time.Duration // default 10s; negative disables
 	Retention time.Duration // default 1h; negative disables
 	Logger    *slog.Logger
 }
@@ -25,7 +26,7 @@ type taskEnqueuer interface {
 	Enqueue(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (bool, error)
 }
 
-// Periodic enqueues the sweeps (expire, reap, retention) on a grid of the
+// Periodic enqueues the sweeps (expire, reap, admission, retention) on a grid of the
 // wall clock. Every worker process runs one, and they must not each
 // trigger every sweep: asynq's own scheduler ticks from its start time and
 // a uniqueness lock is released as soon as the task finishes, so two
@@ -57,6 +58,9 @@ func NewPeriodic(e taskEnqueuer, o PeriodicOptions) *Periodic {
 	if o.Reap == 0 {
 		o.Reap = time.Minute
 	}
+	if o.Admission == 0 {
+		o.Admission = 10 * time.Second
+	}
 	if o.Retention == 0 {
 		o.Retention = time.Hour
 	}
@@ -67,6 +71,7 @@ func NewPeriodic(e taskEnqueuer, o PeriodicOptions) *Periodic {
 	for _, en := range []periodicEntry{
 		{o.Expire, NewExpireTask},
 		{o.Reap, NewReapTask},
+		{o.Admission, NewAdmissionTask},
 		{o.Retention, NewRetentionTask},
 	} {
 		if en.every > 0 {

@@ -25,6 +25,7 @@ const (
 	TypeExpire    = "sweep:expire" // periodic: submit sessions past their deadline
 	TypeReap      = "sweep:reap"   // periodic: remove labs whose session is gone
 	TypeRetention = "sweep:retention"
+	TypeAdmission = "sweep:admission" // periodic: repair the admission queue from the records, admit
 )
 
 // Queues, by urgency: a candidate waits on provision; archive and cleanup
@@ -119,7 +120,8 @@ func NewResetNodeTask(sessionID, node, nonce string) (*asynq.Task, error) {
 	return newSessionTask(TypeResetNode, QueueCritical, SessionPayload{SessionID: sessionID, Node: node, Nonce: nonce}, 5, 5*time.Minute, node, nonce)
 }
 
-// NewExpireTask, NewReapTask and NewRetentionTask are the periodic sweeps.
+// NewExpireTask, NewReapTask, NewAdmissionTask and NewRetentionTask are
+// the periodic sweeps.
 // They carry no session; Periodic gives each tick a task id from its slot
 // on the wall-clock grid, so that several worker processes enqueue a tick
 // once.
@@ -130,6 +132,12 @@ func NewExpireTask() *asynq.Task {
 // NewReapTask finds and removes labs whose session is gone.
 func NewReapTask() *asynq.Task {
 	return asynq.NewTask(TypeReap, nil, asynq.Queue(QueueLow), asynq.MaxRetry(1), asynq.Timeout(10*time.Minute))
+}
+
+// NewAdmissionTask repairs the admission queue and its slots from the
+// session records and admits whom a free slot allows.
+func NewAdmissionTask() *asynq.Task {
+	return asynq.NewTask(TypeAdmission, nil, asynq.Queue(QueueLow), asynq.MaxRetry(1), asynq.Timeout(5*time.Minute))
 }
 
 // NewRetentionTask deletes archived sessions older than the retention policy.

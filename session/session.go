@@ -7,9 +7,12 @@
 // A session's life, top to bottom:
 //
 //	created       the candidate signed in; nothing runs yet
-//	provisioning  Start: the candidate pressed start; a worker brings the
-//	              lab up (BeginProvision per attempt, ProvisionFailed on
-//	              an attempt that did not make it)
+//	queued        Start: the candidate pressed start; the session waits,
+//	              first come first served, for a lab slot of its sitting
+//	              (and of the deployment)
+//	provisioning  Admit: the session got a slot; a worker brings the lab
+//	              up (BeginProvision per attempt, ProvisionFailed on an
+//	              attempt that did not make it)
 //	ready         MarkReady: every node runs; the clock starts now, so
 //	              a slow start costs the candidate nothing
 //	submitted     Submit: by the candidate, an admin, or the deadline
@@ -60,9 +63,11 @@ type Session struct {
 	Status    State     `json:"status"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
-	// StartedAt is when the candidate pressed start. The deadline does not
-	// count from it but from ReadyAt.
-	StartedAt   time.Time `json:"started_at,omitzero"`
+	// StartedAt is when the candidate pressed start: their place in the
+	// queue. The deadline does not count from it but from ReadyAt.
+	StartedAt time.Time `json:"started_at,omitzero"`
+	// AdmittedAt is when the session got its lab slot.
+	AdmittedAt  time.Time `json:"admitted_at,omitzero"`
 	ReadyAt     time.Time `json:"ready_at,omitzero"`
 	SubmittedAt time.Time `json:"submitted_at,omitzero"`
 	CompletedAt time.Time `json:"completed_at,omitzero"`
@@ -129,26 +134,54 @@ func (s *Session) move(action string, next State) error {
 	return nil
 }
 
-// Start records that the candidate pressed start: the session goes to
-// provisioning. Starting again while it provisions changes nothing.
+// Start records that the candidate pressed start: the session joins the
+// queue for a lab slot, its place in line being StartedAt. Starting again
+// while it waits, or while its lab comes up, changes nothing, so a
+// duplicate start keeps its place.
 func (s *Session) Start(now time.Time) error {
-	if s.Status != StateCreated && s.Status != StateProvisioning {
-		return s.refuse("started")
-	}
-	if s.StartedAt.IsZero() {
+	switch s.Status {
+	case StateCreated:
 		s.StartedAt = now.UTC()
+		s.Status = StateQueued
+		return nil
+	case StateQueued, StateProvisioning:
+		return nil
 	}
-	return s.move("started", StateProvisioning)
+	return s.refuse("started")
 }
 
-// BeginProvision records one provision attempt by a worker.
+// Admit records that the session got a lab slot: it leaves the queue and
+// a worker brings its lab up. Admitting it again changes nothing.
+func (s *Session) Admit(now time.Time) error {
+	switch s.Status {
+	case StateQueued:
+		s.AdmittedAt = now.UTC()
+		s.Status = StateProvisioning
+		return nil
+	case StateProvisioning:
+		return nil
+	}
+	return s.refuse("admitted")
+}
+
+// HoldsSlot reports whether the session counts against its sitting's
+// capacity and the deployment's lab limit: from its admission until its
+// lab is removed (cleanup) or it ends. A session submitted while it
+// waited in the queue never held one. (Attempts stands in for AdmittedAt
+// on sessions started before there was a queue.)
+func (s *Session) HoldsSlot() bool {
+	return s.Status.HasLab() && (!s.AdmittedAt.IsZero() || s.Attempts > 0)
+}
+
+// BeginProvision records one provision attempt by a worker. Only an
+// admitted session is provisioned: one still queued holds no slot.
 func (s *Session) BeginProvision() error {
-	if s.Status != StateCreated && s.Status != StateProvisioning {
+	if s.Status != StateProvisioning {
 		return s.refuse("provisioned")
 	}
 	s.Attempts++
 	s.Error = ""
-	return s.move("provisioned", StateProvisioning)
+	return nil
 }
 
 // ProvisionFailed records why an attempt did not bring the lab up. On the
@@ -269,7 +302,7 @@ func (s *Session) Remaining(now time.Time) time.Duration {
 }
 
 // WalkTo moves the session forward to state to along the path a real
-// session takes (start, provision, ready, submit, archive, complete), one
+// session takes (start, admit, provision, ready, submit, archive, complete), one
 // transition at a time, so every timestamp on the way is set as it would
 // be. A submit on the way to expired is a deadline submit. It is for
 // tests and tools that need a session in a given state; WalkTo to the
@@ -290,6 +323,8 @@ func (s *Session) WalkTo(to State, now time.Time) error {
 		switch s.Status {
 		case StateCreated:
 			err = s.Start(now)
+		case StateQueued:
+			err = s.Admit(now)
 		case StateProvisioning:
 			if s.Attempts == 0 {
 				err = s.BeginProvision()

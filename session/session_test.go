@@ -46,18 +46,38 @@ func TestTransitions(t *testing.T) {
 			name: "Start",
 			do:   func(s *Session) (bool, error) { return true, s.Start(t1) },
 			want: map[State]result{
-				StateCreated:      {StateProvisioning, true},
+				StateCreated:      {StateQueued, true},
+				StateQueued:       {StateQueued, true},
 				StateProvisioning: {StateProvisioning, true},
 			},
 			check: func(t *testing.T, before, after *Session) {
 				if before.Status == StateCreated && !after.StartedAt.Equal(t1) {
 					t.Errorf("StartedAt = %v, want %v", after.StartedAt, t1)
 				}
-				if before.Status == StateProvisioning && !after.StartedAt.Equal(before.StartedAt) {
-					t.Errorf("a second start moved StartedAt to %v", after.StartedAt)
+				if before.Status != StateCreated && !after.StartedAt.Equal(before.StartedAt) {
+					t.Errorf("a second start moved StartedAt (the place in line) to %v", after.StartedAt)
+				}
+				if !after.Deadline.IsZero() || !after.AdmittedAt.Equal(before.AdmittedAt) {
+					t.Error("start set a deadline or an admission: the clock starts only when the lab is ready")
+				}
+			},
+		},
+		{
+			name: "Admit",
+			do:   func(s *Session) (bool, error) { return true, s.Admit(t1) },
+			want: map[State]result{
+				StateQueued:       {StateProvisioning, true},
+				StateProvisioning: {StateProvisioning, true},
+			},
+			check: func(t *testing.T, before, after *Session) {
+				if before.Status == StateQueued && !after.AdmittedAt.Equal(t1) {
+					t.Errorf("AdmittedAt = %v, want %v", after.AdmittedAt, t1)
+				}
+				if before.Status == StateProvisioning && !after.AdmittedAt.Equal(before.AdmittedAt) {
+					t.Errorf("a second admission moved AdmittedAt to %v", after.AdmittedAt)
 				}
 				if !after.Deadline.IsZero() {
-					t.Error("start set a deadline: the clock starts only when the lab is ready")
+					t.Error("admission set a deadline: the clock starts only when the lab is ready")
 				}
 			},
 		},
@@ -65,7 +85,6 @@ func TestTransitions(t *testing.T) {
 			name: "BeginProvision",
 			do:   func(s *Session) (bool, error) { return true, s.BeginProvision() },
 			want: map[State]result{
-				StateCreated:      {StateProvisioning, true},
 				StateProvisioning: {StateProvisioning, true},
 			},
 			check: func(t *testing.T, before, after *Session) {
@@ -98,6 +117,7 @@ func TestTransitions(t *testing.T) {
 			do:   func(s *Session) (bool, error) { return s.Submit(ByAdmin, t2) },
 			want: map[State]result{
 				StateCreated:      {StateSubmitted, true},
+				StateQueued:       {StateSubmitted, true},
 				StateProvisioning: {StateSubmitted, true},
 				StateReady:        {StateSubmitted, true},
 				StateSubmitted:    {StateSubmitted, false},
@@ -141,6 +161,7 @@ func TestTransitions(t *testing.T) {
 			do:   func(s *Session) (bool, error) { return true, s.Fail("engine gone", t2) },
 			want: map[State]result{
 				StateCreated:      {StateFailed, true},
+				StateQueued:       {StateFailed, true},
 				StateProvisioning: {StateFailed, true},
 				StateReady:        {StateFailed, true},
 				StateSubmitted:    {StateFailed, true},
@@ -181,6 +202,43 @@ func TestTransitions(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestHoldsSlot: a session holds a lab slot from its admission until its
+// lab is removed; one submitted while it waited never held one.
+func TestHoldsSlot(t *testing.T) {
+	tests := []struct {
+		name string
+		s    func(t *testing.T) *Session
+		want bool
+	}{
+		{"created", func(t *testing.T) *Session { return in(t, StateCreated) }, false},
+		{"queued", func(t *testing.T) *Session { return in(t, StateQueued) }, false},
+		{"admitted", func(t *testing.T) *Session { return in(t, StateProvisioning) }, true},
+		{"ready", func(t *testing.T) *Session { return in(t, StateReady) }, true},
+		{"archiving", func(t *testing.T) *Session { return in(t, StateArchiving) }, true},
+		{"completed", func(t *testing.T) *Session { return in(t, StateCompleted) }, false},
+		{"failed", func(t *testing.T) *Session { return in(t, StateFailed) }, false},
+		{"submitted while queued", func(t *testing.T) *Session {
+			s := in(t, StateQueued)
+			if _, err := s.Submit(ByAdmin, t1); err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}, false},
+		{"started before the queue existed", func(t *testing.T) *Session {
+			s := in(t, StateReady)
+			s.AdmittedAt = time.Time{}
+			return s
+		}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.s(t).HoldsSlot(); got != tc.want {
+				t.Fatalf("HoldsSlot() = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -6,6 +6,7 @@ type State string
 // Session states.
 const (
 	StateCreated      State = "created"
+	StateQueued       State = "queued"
 	StateProvisioning State = "provisioning"
 	StateReady        State = "ready"
 	StateSubmitted    State = "submitted"
@@ -17,7 +18,7 @@ const (
 
 // States lists every state in lifecycle order.
 var States = []State{
-	StateCreated, StateProvisioning, StateReady, StateSubmitted,
+	StateCreated, StateQueued, StateProvisioning, StateReady, StateSubmitted,
 	StateArchiving, StateCompleted, StateFailed, StateExpired,
 }
 
@@ -25,24 +26,29 @@ var States = []State{
 // are terminal like completed.
 var rank = map[State]int{
 	StateCreated:      0,
-	StateProvisioning: 1,
-	StateReady:        2,
-	StateSubmitted:    3,
-	StateArchiving:    4,
-	StateCompleted:    5,
-	StateExpired:      5,
-	StateFailed:       5,
+	StateQueued:       1,
+	StateProvisioning: 2,
+	StateReady:        3,
+	StateSubmitted:    4,
+	StateArchiving:    5,
+	StateCompleted:    6,
+	StateExpired:      6,
+	StateFailed:       6,
 }
 
 // Valid reports whether s is a known state.
 func (s State) Valid() bool { _, ok := rank[s]; return ok }
 
 // Terminal reports whether nothing more happens to a session in s.
-func (s State) Terminal() bool { return rank[s] == 5 }
+func (s State) Terminal() bool { return rank[s] == rank[StateCompleted] }
 
 // Open reports whether the candidate can still work in the session: it has
 // not been submitted, archived or ended.
 func (s State) Open() bool { return rank[s] <= rank[StateReady] }
+
+// Pending reports whether the session has no lab yet but may get one:
+// signed in, or waiting in the queue.
+func (s State) Pending() bool { return s == StateCreated || s == StateQueued }
 
 // HasLab reports whether a lab may exist for a session in s.
 func (s State) HasLab() bool {

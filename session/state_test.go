@@ -7,6 +7,8 @@ func TestStateMachineMovesForwardOnly(t *testing.T) {
 		from, to State
 		ok       bool
 	}{
+		{StateCreated, StateQueued, true},
+		{StateQueued, StateProvisioning, true},
 		{StateCreated, StateProvisioning, true},
 		{StateProvisioning, StateReady, true},
 		{StateReady, StateSubmitted, true},
@@ -16,6 +18,10 @@ func TestStateMachineMovesForwardOnly(t *testing.T) {
 		{StateReady, StateReady, true}, // retried handlers converge
 		{StateCreated, StateSubmitted, true},
 		{StateProvisioning, StateFailed, true},
+		{StateQueued, StateSubmitted, true},
+		{StateQueued, StateFailed, true},
+		{StateProvisioning, StateQueued, false},
+		{StateQueued, StateCreated, false},
 		{StateReady, StateProvisioning, false},
 		{StateSubmitted, StateReady, false},
 		{StateCompleted, StateArchiving, false},
@@ -40,8 +46,11 @@ func TestStatePredicates(t *testing.T) {
 			t.Errorf("%s is both open and terminal", s)
 		}
 	}
-	if !StateReady.Open() || StateSubmitted.Open() {
-		t.Error("ready must be open, submitted must not")
+	if !StateReady.Open() || !StateQueued.Open() || StateSubmitted.Open() {
+		t.Error("queued and ready must be open, submitted must not")
+	}
+	if StateQueued.HasLab() || StateQueued.LiveLab() || !StateQueued.Pending() || StateProvisioning.Pending() {
+		t.Error("a queued session has no lab yet and is pending; a provisioning one is not")
 	}
 	if !StateArchiving.HasLab() || StateCompleted.HasLab() {
 		t.Error("archiving has a lab, completed does not")

@@ -378,6 +378,11 @@ func (s *Store) Rebuild(ctx context.Context) (int, error) {
 	if _, err := s.rebuildSittings(ctx); err != nil {
 		return n, err
 	}
+	// The queue and the slots come from the records too. Admissions the
+	// repair finds unrecorded are rolled forward by the admission sweep.
+	if _, err := s.RepairQueue(ctx); err != nil {
+		return n, err
+	}
 	return n, nil
 }
 

@@ -46,6 +46,9 @@ type Options struct {
 	LockTTL time.Duration
 	// MaxAnswerBytes bounds one answer's value; default 64 KiB.
 	MaxAnswerBytes int
+	// MaxLabs bounds the labs of the whole deployment at once (the
+	// admission queue's global limit); 0: no limit.
+	MaxLabs int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -57,6 +60,7 @@ type Store struct {
 	prefix  string
 	lockTTL time.Duration
 	maxAns  int
+	maxLabs int
 	now     func() time.Time
 	cache   summaryCache
 }
@@ -81,6 +85,9 @@ func New(o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MaxLabs < 0 {
+		return nil, errors.New("open store: a negative lab limit")
+	}
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -88,7 +95,7 @@ func New(o Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "sessions"), 0o750); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{dir: dir, rdb: o.Redis, prefix: o.Prefix, lockTTL: o.LockTTL, maxAns: o.MaxAnswerBytes, now: o.Now}, nil
+	return &Store{dir: dir, rdb: o.Redis, prefix: o.Prefix, lockTTL: o.LockTTL, maxAns: o.MaxAnswerBytes, maxLabs: o.MaxLabs, now: o.Now}, nil
 }
 
 // Redis returns the index client, for callers that share it (health checks).

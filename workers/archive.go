@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
@@ -160,7 +161,8 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 // Cleanup removes the session's lab and, once an archive has run, marks
-// the session completed (or expired when its deadline forced the submit).
+// the session completed (or expired when its deadline forced the submit),
+// then gives its lab slot to the next session in line.
 func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
 	_, sess, err := h.session(ctx, t)
 	if err != nil {
@@ -185,6 +187,11 @@ func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
 	}
 	if sess.Status.Terminal() {
 		if err := h.o.Store.ReleaseShort(ctx, sess); err != nil {
+			return fmt.Errorf("cleanup %s: %w", sess.ID, err)
+		}
+		// A failed release retries the task, which converges: the lab is
+		// gone and the session ended already.
+		if err := scheduler.Release(ctx, h.o.Store, h.o.Enqueuer, sess.ID, h.o.Now()); err != nil {
 			return fmt.Errorf("cleanup %s: %w", sess.ID, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -25,7 +26,12 @@ import (
 // for reason.
 func (e *env) submittedLab(t *testing.T, reason string) string {
 	t.Helper()
-	id := e.readyLab(t, "ada@example.com")
+	// One session per candidate: each submitted lab is a candidate of its own.
+	e.mu.Lock()
+	e.submitted++
+	email := fmt.Sprintf("submitter%d@example.com", e.submitted)
+	e.mu.Unlock()
+	id := e.readyLab(t, email)
 	if _, code, err := lab.Output(context.Background(), e.mem, id, "tokyo", "sh", "-c", "echo candidate-work > /root/work.txt"); err != nil || code != 0 {
 		t.Fatalf("write work file: %d %v", code, err)
 	}

@@ -9,22 +9,28 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
-// Provision brings a session's lab up and marks the session ready. The
-// runtime's Provision is idempotent, so a rerun after a crash reuses what
-// the first run created and starts what it did not.
+// Provision brings an admitted session's lab up and marks the session
+// ready. The runtime's Provision is idempotent, so a rerun after a crash
+// reuses what the first run created and starts what it did not. A
+// provision that fails for good gives the session's slot back.
 func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	p, sess, err := h.session(ctx, t)
 	if err != nil {
 		return err
 	}
 	switch sess.Status {
-	case session.StateCreated, session.StateProvisioning:
+	case session.StateProvisioning:
 	case session.StateReady:
 		return nil // a duplicate run after success
+	case session.StateCreated, session.StateQueued:
+		// Not admitted: it holds no slot, so no lab may start for it.
+		h.log.Warn("provision skipped: session not admitted", "session", p.SessionID, "status", sess.Status)
+		return nil
 	default:
 		// Submitted or ended while queued: there is nothing to bring up.
 		h.log.Info("provision skipped", "session", p.SessionID, "status", sess.Status)
@@ -58,9 +64,17 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 			return nil
 		})
 		if final {
-			// A lab that will never be used must not linger.
-			if derr := h.o.Runtime.Destroy(context.WithoutCancel(ctx), sess.ID); derr != nil {
+			// A lab that will never be used must not linger, nor its slot
+			// stay taken. (Had the session been submitted meanwhile, its
+			// archive and cleanup end it and give the slot back.)
+			bg := context.WithoutCancel(ctx)
+			if derr := h.o.Runtime.Destroy(bg, sess.ID); derr != nil {
 				h.log.Warn("destroy failed lab", "session", sess.ID, "err", derr)
+			}
+			if cur, gerr := h.o.Store.Get(bg, sess.ID); gerr == nil && cur.Status.Terminal() {
+				if rerr := scheduler.Release(bg, h.o.Store, h.o.Enqueuer, sess.ID, h.o.Now()); rerr != nil {
+					h.log.Warn("give back the slot of a failed lab; the admission sweep will", "session", sess.ID, "err", rerr)
+				}
 			}
 			return fmt.Errorf("provision %s: %w: %w", sess.ID, perr, asynq.SkipRetry)
 		}

@@ -21,7 +21,7 @@ import (
 func TestProvision(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	id := e.login(t, "ada@example.com")
+	id := e.started(t, "ada@example.com")
 	if err := e.h.Provision(ctx, provisionTask(t, id)); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestProvisionRetriesConverge(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			ctx := context.Background()
-			id := e.login(t, "ada@example.com")
+			id := e.started(t, "ada@example.com")
 			tc.arrange(e, id)
 
 			err := e.h.Provision(ctx, provisionTask(t, id))
@@ -126,7 +126,7 @@ func TestProvisionRetriesConverge(t *testing.T) {
 func TestProvisionGivesUp(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	id := e.login(t, "ada@example.com")
+	id := e.started(t, "ada@example.com")
 	// An earlier attempt got halfway.
 	half := spec(t, id)
 	half.Nodes = half.Nodes[:3]
@@ -168,7 +168,7 @@ func TestProvisionThroughAsynq(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			id := e.login(t, "ada@example.com")
+			id := e.started(t, "ada@example.com")
 			e.flaky.FailNext("Provision", tc.failures, errors.New("no capacity"))
 			e.serve(t)
 			client := asynq.NewClient(asynq.RedisClientOpt{Network: "unix", Addr: e.redis})
@@ -253,6 +253,7 @@ func TestProvisionRefuses(t *testing.T) {
 		}},
 		{"a session of an unknown exam", func(t *testing.T, e *env) *asynq.Task {
 			sess, _ := storetest.SignIn(t, e.store, "eve@example.com", "no-such-exam", examDuration, "memory")
+			e.start(t, sess.ID)
 			return provisionTask(t, sess.ID)
 		}},
 	}
@@ -274,7 +275,7 @@ func TestProvisionRefuses(t *testing.T) {
 func TestProvisionAfterSubmit(t *testing.T) {
 	t.Run("submitted while queued", func(t *testing.T) {
 		e := newEnv(t)
-		id := e.login(t, "ada@example.com")
+		id := e.started(t, "ada@example.com")
 		e.submit(t, id, "candidate")
 		if err := e.h.Provision(context.Background(), provisionTask(t, id)); err != nil {
 			t.Fatal(err)
@@ -285,7 +286,7 @@ func TestProvisionAfterSubmit(t *testing.T) {
 	})
 	t.Run("submitted while the lab came up", func(t *testing.T) {
 		e := newEnv(t)
-		id := e.login(t, "ada@example.com")
+		id := e.started(t, "ada@example.com")
 		e.flaky.FailWhen(func(c labtest.Call) error {
 			if c.Method == "Provision" {
 				e.submit(t, id, "candidate")

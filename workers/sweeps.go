@@ -94,6 +94,22 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 	return removed, errors.Join(errs...)
 }
 
+// Admission is the admission sweep (scheduler.Repair): the queue and its
+// slots are brought in line with the session records, admissions a
+// killed process left unrecorded are rolled forward, and free slots go to
+// the heads of the lines. It is what makes a worker or API process killed
+// mid-admission lose no candidate and no slot.
+func (h *Handlers) Admission(ctx context.Context, _ *asynq.Task) error {
+	rep, admitted, err := scheduler.Repair(ctx, h.o.Store, h.o.Enqueuer, h.o.Now())
+	if len(rep.Fixed) > 0 || len(rep.Unrecorded) > 0 {
+		h.log.Warn("admission queue repaired from the records", "fixed", rep.Fixed, "unrecorded_admissions", rep.Unrecorded)
+	}
+	if len(admitted) > 0 {
+		h.log.Info("admitted from the queue", "sessions", admitted)
+	}
+	return err
+}
+
 // Retention deletes ended sessions older than the retention policy.
 func (h *Handlers) Retention(ctx context.Context, _ *asynq.Task) error {
 	if h.o.RetentionDays <= 0 {

@@ -31,8 +31,10 @@ type labRuntime interface {
 	Labs(ctx context.Context) ([]string, error)
 }
 
-// enqueuer chains follow-up tasks (archive → cleanup).
+// enqueuer chains follow-up tasks (archive → cleanup) and queues the
+// provision of sessions the admission queue admits.
 type enqueuer interface {
+	Provision(ctx context.Context, sessionID string) (bool, error)
 	Archive(ctx context.Context, sessionID, reason string) (bool, error)
 	Cleanup(ctx context.Context, sessionID, reason string) (bool, error)
 }
@@ -104,6 +106,7 @@ func (h *Handlers) Mux() *asynq.ServeMux {
 	mux.HandleFunc(scheduler.TypeResetNode, h.ResetNode)
 	mux.HandleFunc(scheduler.TypeExpire, h.Expire)
 	mux.HandleFunc(scheduler.TypeReap, h.Reap)
+	mux.HandleFunc(scheduler.TypeAdmission, h.Admission)
 	mux.HandleFunc(scheduler.TypeRetention, h.Retention)
 	return mux
 }

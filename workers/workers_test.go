@@ -57,8 +57,9 @@ type env struct {
 	obs   *observer
 	h     *workers.Handlers
 
-	mu  sync.Mutex
-	now time.Time
+	mu        sync.Mutex
+	now       time.Time
+	submitted int // candidates submittedLab has made
 }
 
 func newEnv(t *testing.T) *env {
@@ -107,6 +108,26 @@ func (e *env) login(t *testing.T, email string) string {
 	return sess.ID
 }
 
+// started signs a candidate in and starts their session, as the API's
+// start does: queued, then admitted (nothing is full here), so that a
+// provision has a slot to work in.
+func (e *env) started(t *testing.T, email string) string {
+	t.Helper()
+	id := e.login(t, email)
+	e.start(t, id)
+	return id
+}
+
+func (e *env) start(t *testing.T, id string) {
+	t.Helper()
+	if _, err := scheduler.Start(context.Background(), e.store, e.enq, id, e.clock()); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.get(t, id); s.Status != stateProvisioning {
+		t.Fatalf("session %s is %s after start, want provisioning", id, s.Status)
+	}
+}
+
 func (e *env) get(t *testing.T, id string) *record {
 	t.Helper()
 	sess, err := e.store.Get(context.Background(), id)
@@ -130,7 +151,7 @@ func spec(t *testing.T, id string) lab.Spec {
 // handler, as a started session would be.
 func (e *env) readyLab(t *testing.T, email string) string {
 	t.Helper()
-	id := e.login(t, email)
+	id := e.started(t, email)
 	if err := e.h.Provision(context.Background(), provisionTask(t, id)); err != nil {
 		t.Fatal(err)
 	}
@@ -209,11 +230,12 @@ func skipsRetry(err error) bool { return errors.Is(err, asynq.SkipRetry) }
 // recorder is the enqueuer double: it records every follow-up task and,
 // like the real one with task ids, queues each (operation, session) once.
 type recorder struct {
-	mu       sync.Mutex
-	archives []enqueued
-	cleanups []enqueued
-	queued   map[string]bool
-	err      error // returned by every call when set
+	mu         sync.Mutex
+	archives   []enqueued
+	cleanups   []enqueued
+	provisions []enqueued
+	queued     map[string]bool
+	err        error // returned by every call when set
 }
 
 type enqueued struct{ SessionID, Reason string }
@@ -231,6 +253,10 @@ func (r *recorder) add(list *[]enqueued, op, id, reason string) (bool, error) {
 	}
 	r.queued[key] = true
 	return true, nil
+}
+
+func (r *recorder) Provision(ctx context.Context, id string) (bool, error) {
+	return r.add(&r.provisions, "provision", id, "")
 }
 
 func (r *recorder) Archive(ctx context.Context, id, reason string) (bool, error) {

@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  var STATES = ["created", "provisioning", "ready", "submitted", "archiving", "completed", "failed", "expired"];
+  var STATES = ["created", "queued", "provisioning", "ready", "submitted", "archiving", "completed", "failed", "expired"];
   var $ = function (id) { return document.getElementById(id); };
 
   // api calls the admin API with a JSON body, or with o.contentType a body
@@ -240,8 +240,8 @@
     });
 
     clearTimeout(refreshTimer);
-    // Live states while a lab may be up; a finished session stays still.
-    if (["provisioning", "ready", "submitted", "archiving"].indexOf(s.status) >= 0) {
+    // Live states while the session waits or a lab may be up; a finished session stays still.
+    if (["queued", "provisioning", "ready", "submitted", "archiving"].indexOf(s.status) >= 0) {
       refreshTimer = setTimeout(function () { if (current && current.session.id === s.id) loadSession(s.id, true); }, 5000);
     }
   }

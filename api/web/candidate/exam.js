@@ -223,6 +223,7 @@
       case 'created':
         showIntro();
         break;
+      case 'queued':
       case 'provisioning':
         showProvisioning(view);
         poll(POLL_PROVISIONING_MS);
@@ -252,6 +253,7 @@
         state.session = v;
         syncClock(v);
         if (v.status === 'provisioning') { renderNodes(v.nodes); }
+        if (v.status === 'queued') { renderQueue(v); }
         if (!state.ended) { state.pollTimer = setTimeout(tick, every); }
         if ($('banner').textContent.indexOf('exam server') >= 0) { banner(''); }
       }, function (err) {
@@ -294,7 +296,35 @@
 
   function showProvisioning(view) {
     renderNodes(view.nodes);
+    renderQueue(view);
     show('provision');
+  }
+
+  // renderQueue tells a queued candidate their place in line and, when the
+  // server has one, about how long until their lab starts; once the lab is
+  // being prepared the view reads as it always did.
+  function renderQueue(view) {
+    var note = $('provision-note');
+    var title = document.querySelector('#view-provision h1');
+    var queued = view.status === 'queued';
+    [note, title].forEach(function (e) {
+      if (!e.hasAttribute('data-default')) { e.setAttribute('data-default', e.textContent); }
+    });
+    title.textContent = queued ? 'Waiting for a free lab' : title.getAttribute('data-default');
+    $('node-progress').hidden = queued;
+    if (!queued) {
+      note.textContent = note.getAttribute('data-default');
+      return;
+    }
+    var n = view.queue_position;
+    var text = n === 1 ? 'You are next in line' : (n ? 'You are number ' + n + ' in line' : 'You are in line');
+    if (typeof view.estimate_seconds === 'number') {
+      var m = view.estimate_seconds < 60 ? 0 : Math.round(view.estimate_seconds / 60);
+      text += m < 1 ? '; less than a minute' :
+        '; about ' + (m === 1 ? '1 minute' : m < 90 ? m + ' minutes' : Math.round(m / 60) + ' hours');
+    }
+    note.textContent = text + '. Your lab starts as soon as one is free, and your time starts only when it is ready. ' +
+      'This page updates by itself.';
   }
 
   function renderNodes(nodes) {
