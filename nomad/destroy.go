@@ -10,34 +10,40 @@ import (
 	"github.com/hashicorp/nomad/api"
 )
 
-// Destroy deregisters the session's job with purge and waits until its
-// allocation has stopped, poststop task (which removes the session's
-// network) included. Destroying a lab that is already gone succeeds.
+// Destroy stops the session's job, waits until its allocation has
+// stopped — poststop task, which removes the session's network, included —
+// and only then purges the job. The order matters: a purge deletes the
+// job's allocations from the servers at once while the client is still
+// stopping them, after which nothing in the API tells when the lab is
+// really gone. Destroying a lab that is already gone succeeds.
 func (r *Runtime) Destroy(ctx context.Context, sessionID string) error {
 	if !lab.ValidSessionID(sessionID) {
 		return fmt.Errorf("destroy lab: invalid session id %q", sessionID)
 	}
 	id := jobspecs.JobName(sessionID)
-	_, err := r.sessionJob(ctx, sessionID)
+	job, err := r.sessionJob(ctx, sessionID)
 	switch {
-	case errors.Is(err, ErrForeignJob):
-		// The name is another session's now; ours is long gone.
+	case errors.Is(err, ErrForeignJob), errors.Is(err, lab.ErrNotFound):
+		// Purged already (or the name is another session's now): its
+		// allocation was waited for before the purge.
 		return nil
-	case errors.Is(err, lab.ErrNotFound):
-		// Purged already, perhaps by a destroy that died before its
-		// allocation stopped: still wait for that below.
 	case err != nil:
 		return fmt.Errorf("destroy lab %s: %w", sessionID, err)
-	default:
-		_, _, err := r.client.Jobs().DeregisterOpts(id, &api.DeregisterOptions{Purge: true}, r.write(ctx))
+	}
+	if job.Stop == nil || !*job.Stop {
+		_, _, err := r.client.Jobs().DeregisterOpts(id, &api.DeregisterOptions{Purge: false}, r.write(ctx))
 		if err != nil && !isNotFound(err) {
-			return fmt.Errorf("destroy lab %s: deregister job %s: %w", sessionID, id, err)
+			return fmt.Errorf("destroy lab %s: stop job %s: %w", sessionID, id, err)
 		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, destroyTimeout)
 	defer cancel()
 	if err := r.waitStopped(wctx, id); err != nil {
 		return fmt.Errorf("destroy lab %s: %w", sessionID, err)
+	}
+	_, _, err = r.client.Jobs().DeregisterOpts(id, &api.DeregisterOptions{Purge: true}, r.write(ctx))
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("destroy lab %s: purge job %s: %w", sessionID, id, err)
 	}
 	return nil
 }

@@ -88,10 +88,17 @@ func TestLabThroughNomad(t *testing.T) {
 		}
 	})
 	t.Run("destroy purged the jobs", func(t *testing.T) {
-		purged := map[string]bool{}
+		// Each job is stopped first and purged only once its allocation
+		// has stopped: a purge deletes the allocations from the servers
+		// while the client is still tearing them down.
+		purged, stopped := map[string]bool{}, map[string]bool{}
 		for _, d := range env.fake.Deregisters() {
 			if !d.Purge {
-				t.Errorf("job %s deregistered without purge", d.JobID)
+				stopped[d.JobID] = true
+				continue
+			}
+			if !stopped[d.JobID] {
+				t.Errorf("job %s purged before it was stopped", d.JobID)
 			}
 			purged[d.JobID] = true
 		}

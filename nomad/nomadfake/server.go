@@ -571,10 +571,19 @@ func (s *Server) deregisterJob(w http.ResponseWriter, r *http.Request) {
 		Type: api.JobTypeService, CreateIndex: idx, ModifyIndex: idx}
 	s.evals[ev.ID] = ev
 	var stop []*allocation
-	for _, a := range s.allocs {
-		if a.JobID == id && a.DesiredStatus == api.AllocDesiredStatusRun {
+	for aid, a := range s.allocs {
+		if a.JobID != id {
+			continue
+		}
+		if a.DesiredStatus == api.AllocDesiredStatusRun {
 			a.DesiredStatus = api.AllocDesiredStatusStop
 			stop = append(stop, a)
+		}
+		if purge {
+			// As Nomad does: a purge deletes the job's allocations from
+			// the server's state at once, while the client is still
+			// stopping them, so the API can no longer tell when they end.
+			delete(s.allocs, aid)
 		}
 	}
 	s.mu.Unlock()
