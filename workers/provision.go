@@ -38,6 +38,10 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	}
 	spec, err := h.spec(sess)
 	if err != nil {
+		// The session's exam is gone (or its lab cannot be rendered): no
+		// attempt will ever succeed, so it fails now rather than holding
+		// its slot until an admin notices.
+		h.failForGood(ctx, sess.ID, "the lab for this exam cannot be prepared; ask the exam staff", err)
 		return err
 	}
 	sess, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error { return s.BeginProvision() })
@@ -130,4 +134,19 @@ func (h *Handlers) ResetNode(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("reset %s/%s: record status: %w", sess.ID, p.Node, err)
 	}
 	return h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "node-reset-done", Detail: map[string]any{"node": p.Node}})
+}
+
+// failForGood ends a session whose provision can never succeed, with a
+// reason in plain words (the cause goes to the log), and gives its slot
+// back.
+func (h *Handlers) failForGood(ctx context.Context, id, reason string, cause error) {
+	bg := context.WithoutCancel(ctx)
+	h.log.Error("provision can never succeed; session failed", "session", id, "err", cause)
+	if _, err := h.o.Store.Update(bg, id, func(s *session.Session) error { return s.Fail(reason, h.o.Now()) }); err != nil {
+		h.log.Warn("mark session failed", "session", id, "err", err)
+		return
+	}
+	if err := scheduler.Release(bg, h.o.Store, h.o.Enqueuer, id, h.o.Now()); err != nil {
+		h.log.Warn("give back the slot of a failed session; the admission sweep will", "session", id, "err", err)
+	}
 }

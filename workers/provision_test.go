@@ -257,6 +257,23 @@ func TestProvisionRefuses(t *testing.T) {
 			return provisionTask(t, sess.ID)
 		}},
 	}
+	// A session whose exam is gone fails at once, in plain words, and its
+	// slot goes back.
+	t.Run("the unknown exam's session fails and frees its slot", func(t *testing.T) {
+		e := newEnv(t)
+		sess, _ := storetest.SignIn(t, e.store, "eve@example.com", "no-such-exam", examDuration, "memory")
+		e.start(t, sess.ID)
+		if err := e.h.Provision(context.Background(), provisionTask(t, sess.ID)); !skipsRetry(err) {
+			t.Fatalf("err = %v, want SkipRetry", err)
+		}
+		s := e.get(t, sess.ID)
+		if s.Status != stateFailed || strings.Contains(s.Error, "no-such-exam") || !strings.Contains(s.Error, "exam staff") {
+			t.Fatalf("session %s with error %q; want failed, in plain words", s.Status, s.Error)
+		}
+		if q, err := e.store.Queue(context.Background()); err != nil || q.Running != 0 {
+			t.Fatalf("labs running after the failure: %+v %v; want none", q, err)
+		}
+	})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
