@@ -26,12 +26,6 @@ func sessionID(c *fiber.Ctx) string { id, _ := c.Locals(localSessionID).(string)
 
 func bearer(c *fiber.Ctx) string { return auth.Bearer(c.Get(fiber.HeaderAuthorization)) }
 
-// isAdmin reports whether the request carries the admin token, as a
-// bearer token or the admin cookie.
-func (s *Server) isAdmin(c *fiber.Ctx) bool {
-	return s.o.Auth.AnyAdmin(bearer(c), c.Cookies(auth.AdminCookie))
-}
-
 // candidate resolves the candidate's session from bearer token or cookie.
 func (s *Server) candidate(c *fiber.Ctx) (*session.Session, error) {
 	sess, err := s.o.Auth.Candidate(c.UserContext(), bearer(c), c.Cookies(auth.CandidateCookie))
@@ -41,13 +35,36 @@ func (s *Server) candidate(c *fiber.Ctx) (*session.Session, error) {
 	return sess, err
 }
 
+// adminCredential reports whether the request carries the admin token.
+// A presented credential is a guess at that token unless it proves to be
+// the token, so the client address's wrong-credential budget (the one
+// sign-ins spend) is checked first and charged when the credential is
+// nobody's: the admin routes are no way around the sign-in limits.
+func (s *Server) adminCredential(c *fiber.Ctx) (bool, error) {
+	b, ck := bearer(c), c.Cookies(auth.AdminCookie)
+	if b == "" && ck == "" {
+		return false, nil
+	}
+	if err := s.signin.Guard(c); err != nil {
+		return false, err
+	}
+	return s.o.Auth.AnyAdmin(b, ck), nil
+}
+
 // requireAdmin guards admin routes.
 func (s *Server) requireAdmin(c *fiber.Ctx) error {
-	if !s.isAdmin(c) {
+	ok, err := s.adminCredential(c)
+	if err != nil {
+		return err
+	}
+	if !ok {
 		// A signed-in candidate is known but not allowed; anyone else has
 		// not authenticated as an admin at all.
 		if _, err := s.candidate(c); err == nil {
 			return fail(fiber.StatusForbidden, "admin credentials required")
+		}
+		if bearer(c) != "" || c.Cookies(auth.AdminCookie) != "" {
+			s.signin.Failed(c, adminAccount)
 		}
 		return fail(fiber.StatusUnauthorized, "admin credentials required")
 	}
@@ -58,12 +75,23 @@ func (s *Server) requireAdmin(c *fiber.Ctx) error {
 // requireOwner guards /api/session/:id routes: the candidate who owns the
 // session, or an admin.
 func (s *Server) requireOwner(c *fiber.Ctx) error {
-	if s.isAdmin(c) {
-		c.Locals(localAdmin, true)
-		c.Locals(localSessionID, c.Params("id"))
-		return c.Next()
-	}
+	// The candidate's own token first: a hall's candidates never wait on
+	// the address's wrong-credential budget (spent, perhaps, by typos).
 	sess, err := s.candidate(c)
+	if errors.Is(err, errAuth) {
+		ok, aerr := s.adminCredential(c)
+		if aerr != nil {
+			return aerr
+		}
+		if ok {
+			c.Locals(localAdmin, true)
+			c.Locals(localSessionID, c.Params("id"))
+			return c.Next()
+		}
+		if bearer(c) != "" || c.Cookies(auth.AdminCookie) != "" {
+			s.signin.Failed(c, adminAccount)
+		}
+	}
 	if err != nil {
 		return err
 	}

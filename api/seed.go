@@ -8,6 +8,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
@@ -30,8 +31,17 @@ func (s *Server) seedRoutes() {
 // credential at all, as on the relay's candidate routes.
 func (s *Server) requireOwnSession(c *fiber.Ctx) error {
 	sess, err := s.candidate(c)
-	if errors.Is(err, errAuth) && s.isAdmin(c) {
-		return fail(fiber.StatusForbidden, "these routes act on a candidate's own session; admins use /api/session/:id")
+	if errors.Is(err, errAuth) {
+		admin, aerr := s.adminCredential(c)
+		if aerr != nil {
+			return aerr
+		}
+		if admin {
+			return fail(fiber.StatusForbidden, "these routes act on a candidate's own session; admins use /api/session/:id")
+		}
+		if bearer(c) != "" || c.Cookies(auth.AdminCookie) != "" {
+			s.signin.Failed(c, adminAccount)
+		}
 	}
 	if err != nil {
 		return err

@@ -44,3 +44,9 @@ func (g signin) Failed(c *fiber.Ctx, account string) {
 		g.log.Error("sign-in failure not counted", "client", clientAddr(c), "err", err)
 	}
 }
+
+// Guard refuses a request carrying credentials from an address whose
+// wrong-credential budget is spent, the way a sign-in would be refused.
+func (g signin) Guard(c *fiber.Ctx) error {
+	return g.limits.Guard(c.UserContext(), clientAddr(c))
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -247,5 +248,46 @@ func TestClientAddressBehindProxy(t *testing.T) {
 				t.Errorf("%v after %v: %d %q, want it counted as the same client and refused", tc.second, tc.first, a.status, a.err)
 			}
 		})
+	}
+}
+
+// TestAdminTokenGuessesSpendTheFailureBudget: an admin token sent as a
+// bearer on the admin routes is no way around the sign-in limits. Wrong
+// ones are charged to the address's failure budget; once it is spent the
+// address is refused (the right token too, so a guess that hits is not
+// told apart), while candidates at that address keep working.
+func TestAdminTokenGuessesSpendTheFailureBudget(t *testing.T) {
+	const budget = 5
+	st := apiOnly(t, testlab.Redis(t), t.TempDir(), func(c *config.Config) {
+		c.Signin.FailuresPerAddress = ratelimit.Budget{Limit: budget, Window: 10 * time.Minute}
+		c.Practice = true
+	})
+	cand := st.Client()
+	id := cand.Login(t, "guessing-hall@example.com")
+	get := func(c *testlab.Client, path string) int {
+		t.Helper()
+		code, err := c.Do("GET", path, nil, nil)
+		if err != nil && !strings.Contains(err.Error(), "decode") {
+			t.Fatal(err)
+		}
+		return code
+	}
+	guesser := st.Client()
+	for i := range budget {
+		guesser.Token = fmt.Sprintf("wrong-admin-token-%02d-xxxxxxxx", i)
+		paths := []string{"/api/admin/sessions", "/api/session/" + id + "/status"}
+		if code := get(guesser, paths[i%2]); code != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d, want 401", i+1, code)
+		}
+	}
+	guesser.Token = "wrong-admin-token-last-xxxxxxxx"
+	if code := get(guesser, "/api/admin/sessions"); code != http.StatusTooManyRequests {
+		t.Fatalf("a guess past the budget: %d, want 429", code)
+	}
+	if code := get(st.Admin(), "/api/admin/sessions"); code != http.StatusTooManyRequests {
+		t.Fatalf("the right token from the guessing address: %d, want 429 like any other", code)
+	}
+	if code := get(cand, "/api/session/"+id+"/status"); code != http.StatusOK {
+		t.Fatalf("a candidate at the same address: %d, want 200", code)
 	}
 }

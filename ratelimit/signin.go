@@ -115,6 +115,18 @@ func (s *Signin) Attempt(ctx context.Context, addr netip.Addr, account string) e
 	return r.Err()
 }
 
+// Guard checks, charging nothing, that addr has wrong-credential budget
+// left: for credentials presented outside a sign-in (an admin token sent
+// as a bearer on any admin route), which must not be a way around the
+// sign-in's failure budget. A wrong one is then charged with Failed.
+func (s *Signin) Guard(ctx context.Context, addr netip.Addr) error {
+	r, err := s.l.Check(ctx, BucketSigninFailureAddress, AddressKey(addr))
+	if err != nil {
+		return fmt.Errorf("check sign-in limits: %w", err)
+	}
+	return r.Err()
+}
+
 // Failed charges a wrong credential to addr and account. Charges beyond
 // a spent budget are dropped: the next Attempt is refused regardless.
 func (s *Signin) Failed(ctx context.Context, addr netip.Addr, account string) error {
