@@ -10,10 +10,11 @@ package api
 //	GET /admin/session/:id       one session
 //	GET /admin/sittings          sittings list and the new-sitting form
 //	GET /admin/sittings/:id      one sitting and its roster
+//	GET /admin/queue             the admission queue: every sitting's labs and line (?sitting= one)
 //	GET /admin/assets/*          the panel's scripts and styles
 //	GET /admin/assets/vendor/*   xterm.js
 func (s *Server) panelRoutes() {
-	s.servePage("web/admin", "/admin/assets", panelCSP, "/admin", "/admin/session/:id", "/admin/sittings", "/admin/sittings/:id")
+	s.servePage("web/admin", "/admin/assets", panelCSP, "/admin", "/admin/session/:id", "/admin/sittings", "/admin/sittings/:id", "/admin/queue")
 }
 
 // panelCSP keeps the panel to its own scripts: no inline script, no other

@@ -63,7 +63,7 @@
     return n.toFixed(1) + " " + u[i];
   }
   function show(section) {
-    ["login", "list", "session", "sittings", "sitting"].forEach(function (s) { $(s).hidden = s !== section; });
+    ["login", "list", "session", "sittings", "sitting", "queue"].forEach(function (s) { $(s).hidden = s !== section; });
     $("logout").hidden = section === "login";
   }
 
@@ -336,15 +336,20 @@
     });
   });
 
-  // ---- sittings and rosters (sittings.js) ----
-  var sittings = window.ExamlabSittings.create({
-    $: $, api: api, el: el, row: row, badge: badge, when: when, size: size, show: show, goSession: goSession
-  });
+  // ---- sittings and rosters (sittings.js), the admission queue (queue.js) ----
+  function go(path) {
+    history.pushState(null, "", path);
+    route();
+  }
+  var helpers = { $: $, api: api, el: el, row: row, badge: badge, when: when, size: size, show: show, goSession: goSession, go: go, route: route };
+  var sittings = window.ExamlabSittings.create(helpers);
+  var queue = window.ExamlabQueue.create(helpers);
 
   // ---- routing ----
   function route() {
     closeLive();
     if (player) player.pause();
+    if (queue.route(location.pathname)) return;
     if (sittings.route(location.pathname)) return;
     var m = /^\/admin\/session\/([^/]+)\/?$/.exec(location.pathname);
     if (m) {

@@ -1,8 +1,9 @@
-// The panel's sittings and rosters: list and create sittings, edit or
-// delete one, import a roster with a preview of every row, export it with
-// new codes, and reissue, reset or remove one entry. admin.js owns
-// sign-in and routing and hands in its helpers; as everywhere in the
-// panel, values are written as text, never as HTML.
+// The panel's sittings and rosters: list and create sittings; show one,
+// with how many of its candidates wait in the admission queue, and edit or
+// delete it; import a roster with a preview of every row, export it with
+// new codes, and reissue, reset or remove one entry. admin.js owns sign-in
+// and routing and hands in its helpers; as everywhere in the panel, values
+// are written as text, never as HTML.
 "use strict";
 
 window.ExamlabSittings = {
@@ -128,6 +129,10 @@ window.ExamlabSittings = {
         facts.appendChild(el("dt", f[0]));
         facts.appendChild(el("dd", f[1]));
       });
+      facts.appendChild(el("dt", "Admission queue"));
+      var line = el("dd");
+      facts.appendChild(line);
+      queueFact(s.id, line);
       $("e-title").value = s.title || "";
       $("e-opens").value = toLocalInput(s.opens);
       $("e-closes").value = toLocalInput(s.closes);
@@ -139,6 +144,22 @@ window.ExamlabSittings = {
       (d.audit || []).slice().reverse().forEach(function (e) {
         audit.appendChild(row([when(e.at), e.actor, e.action, e.detail ? JSON.stringify(e.detail) : ""]));
       });
+    }
+
+    // queueFact says how many of the sitting's candidates wait for a lab,
+    // with a link to its line in the queue view, where they can be admitted
+    // or removed.
+    function queueFact(id, dd) {
+      var a = el("a", "see its line");
+      a.id = "t-queue-link";
+      a.href = "/admin/queue?sitting=" + encodeURIComponent(id);
+      a.addEventListener("click", function (ev) { ev.preventDefault(); h.go(a.getAttribute("href")); });
+      dd.appendChild(a);
+      api("GET", "/api/admin/queue").then(function (res) {
+        var q = (res.sittings || []).filter(function (x) { return x.sitting_id === id; })[0];
+        if (!q) return;
+        dd.insertBefore(el("span", (q.queued.length ? plural(q.queued.length, "candidate") + " waiting" : "nobody waiting") + ": "), a);
+      }).catch(function () { /* the link alone still leads there */ });
     }
 
     $("edit-form").addEventListener("submit", function (ev) {
