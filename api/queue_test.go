@@ -291,6 +291,9 @@ func TestQueueAdminActions(t *testing.T) {
 	if v := viewOf(t, cs[1], ids[1]); v.Status != "failed" || v.Error != "removed from the queue by the exam staff: wrong sitting" {
 		t.Fatalf("removed candidate sees %+v", v)
 	}
+	// The first in line holds the slot; once its lab is up it waits for
+	// nothing (while it provisions, an admit of it is a no-op, not a 409).
+	cs[0].WaitStatus(t, ids[0], testlab.ProvisionTimeout, "ready")
 	for _, r := range []struct{ method, path string }{
 		{"POST", "/api/admin/queue/" + ids[0] + "/admit"},
 		{"DELETE", "/api/admin/queue/" + ids[0]},

@@ -1,6 +1,7 @@
 package nomad
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -29,16 +30,26 @@ func (r *Runtime) ExportFS(ctx context.Context, sessionID, node string, w io.Wri
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// The exec stream drops write errors, so a failing w must stop it.
-	sink := &stopWriter{w: w, stop: cancel}
+	check := newTarCheck()
+	defer check.abort()
+	sink := &stopWriter{w: io.MultiWriter(w, check), stop: cancel}
 	var stderr bytes.Buffer
 	errw := &limitWriter{w: &stderr, n: 8 << 10}
-	code, err := r.client.Allocations().Exec(ectx, alloc, node, false, exportCmd,
+	code, err := r.client.Allocations().Exec(ectx, alloc, node, false, lingering(exportCmd, exportLinger),
 		strings.NewReader(""), sink, errw, nil, r.query(ectx))
 	if werr := sink.failed(); werr != nil {
 		return fmt.Errorf("export filesystem of %s: %w", node, werr)
 	}
 	if err != nil {
 		return fmt.Errorf("export filesystem of %s: %w", node, err)
+	}
+	// Output can still be cut short by the exec stream (see lingering):
+	// an archive that does not end as tar ends is refused, so the archive
+	// task retries rather than keep half a filesystem.
+	if code == 0 || code == 1 {
+		if err := check.complete(); err != nil {
+			return fmt.Errorf("export filesystem of %s: %w", node, err)
+		}
 	}
 	// GNU tar exits 1 when a file changed while it was read: the archive is
 	// complete, that file as it was at some moment.
@@ -111,4 +122,101 @@ func (r *Runtime) streamLog(ctx context.Context, alloc *api.Allocation, node, ki
 			return fmt.Errorf("read %s of %s: %w", kind, node, ctx.Err())
 		}
 	}
+}
+
+// ErrExportCut: an export stream ended before its archive did.
+var ErrExportCut = errors.New("the export stream ended before the archive did")
+
+// tarTail watches the end of a tar stream: a whole archive is a multiple
+// of 512-byte blocks and ends with two blocks of zeros (tar pads its last
+// record with more).
+type tarTail struct {
+	n    int64
+	last [1024]byte // the stream's last 1024 bytes, as a ring
+}
+
+func (t *tarTail) Write(b []byte) (int, error) {
+	for _, c := range b {
+		t.last[t.n%int64(len(t.last))] = c
+		t.n++
+	}
+	return len(b), nil
+}
+
+// complete reports ErrExportCut unless the stream ends like a tar archive.
+func (t *tarTail) complete() error {
+	if t.n < int64(len(t.last)) || t.n%512 != 0 {
+		return fmt.Errorf("%w (%d bytes)", ErrExportCut, t.n)
+	}
+	for _, c := range t.last {
+		if c != 0 {
+			return fmt.Errorf("%w (%d bytes, no end-of-archive blocks)", ErrExportCut, t.n)
+		}
+	}
+	return nil
+}
+
+// tarCheck reads a tar stream as it passes, header by header, and tells
+// whether it was whole: every member as long as its header says, then the
+// end-of-archive blocks.
+type tarCheck struct {
+	pw   *io.PipeWriter
+	tail tarTail
+	done chan struct{} // closed when the reader has finished; err is set
+	err  error
+	bad  bool
+}
+
+func newTarCheck() *tarCheck {
+	pr, pw := io.Pipe()
+	c := &tarCheck{pw: pw, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		tr := tar.NewReader(pr)
+		for {
+			_, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err == nil {
+				_, err = io.Copy(io.Discard, tr)
+			}
+			if err != nil {
+				pr.CloseWithError(err)
+				c.err = err
+				return
+			}
+		}
+		_, c.err = io.Copy(io.Discard, pr) // tar's padding after the end
+	}()
+	return c
+}
+
+// Write never fails: the check must not stop the export it watches.
+func (c *tarCheck) Write(b []byte) (int, error) {
+	c.tail.Write(b)
+	if !c.bad {
+		if _, err := c.pw.Write(b); err != nil {
+			c.bad = true
+		}
+	}
+	return len(b), nil
+}
+
+// complete ends the stream and reports ErrExportCut unless it held a
+// whole archive.
+func (c *tarCheck) complete() error {
+	c.pw.Close()
+	<-c.done
+	if c.err != nil {
+		return fmt.Errorf("%w: %v", ErrExportCut, c.err)
+	}
+	return c.tail.complete()
+}
+
+// abort releases the reader of an export that ended otherwise; after
+// complete it does nothing.
+func (c *tarCheck) abort() {
+	c.pw.CloseWithError(ErrExportCut)
+	<-c.done
 }

@@ -49,6 +49,9 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 	if len(req.Env) > 0 {
 		cmd = append(append([]string{"env"}, req.Env...), req.Cmd...)
 	}
+	if !req.TTY {
+		cmd = lingering(cmd, execLinger)
+	}
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	ectx, cancel := context.WithCancel(ctx)
@@ -95,6 +98,27 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// Nomad's docker driver reports an exec's exit as soon as it sees the
+// process gone (it polls every 100 ms) and closes the stream without
+// waiting for the output still in flight: the tail of a command's output,
+// or all of a short one, can be lost while the exit code says 0 (seen on a
+// real agent: 1 to 3 in 100 short commands, a third of 1 MiB outputs;
+// hashicorp/nomad#27146). A command run without a TTY is therefore kept
+// alive a moment after it ends, so that its output is through before the
+// driver looks; its exit code is passed on unchanged.
+const (
+	execLinger   = 300 * time.Millisecond
+	exportLinger = time.Second
+)
+
+// lingering wraps cmd so that it exits with cmd's code, linger after cmd
+// ends. The node's /bin/sh runs the wrapper; cmd's words are passed as
+// arguments, never parsed as shell.
+func lingering(cmd []string, linger time.Duration) []string {
+	script := fmt.Sprintf(`"$@"; rc=$?; sleep %.2f; exit $rc`, linger.Seconds())
+	return append([]string{"/bin/sh", "-c", script, "examlab-exec"}, cmd...)
 }
 
 // initialSizeSettle is how long input waits after the initial terminal
