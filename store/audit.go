@@ -25,6 +25,22 @@ func (s *Store) Audit(ctx context.Context, id string, e AuditEntry) error {
 	if err != nil {
 		return err
 	}
+	return s.appendAudit(ctx, id, p, e)
+}
+
+// AuditLog returns the session's audit entries, oldest first. A torn last
+// line (a crash mid-append) is skipped.
+func (s *Store) AuditLog(ctx context.Context, id string) ([]AuditEntry, error) {
+	p, err := s.Path(id, auditFile)
+	if err != nil {
+		return nil, err
+	}
+	return readAudit(p)
+}
+
+// appendAudit writes one line of an audit trail and syncs it, under a lock
+// so that lines from several processes never interleave.
+func (s *Store) appendAudit(ctx context.Context, lockName, path string, e AuditEntry) error {
 	if e.At.IsZero() {
 		e.At = s.now().UTC()
 	}
@@ -32,12 +48,12 @@ func (s *Store) Audit(ctx context.Context, id string, e AuditEntry) error {
 	if err != nil {
 		return fmt.Errorf("encode audit entry: %w", err)
 	}
-	unlock, err := s.lock(ctx, "audit", id)
+	unlock, err := s.lock(ctx, "audit", lockName)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 	if err != nil {
 		return fmt.Errorf("open audit log: %w", err)
 	}
@@ -51,14 +67,10 @@ func (s *Store) Audit(ctx context.Context, id string, e AuditEntry) error {
 	return nil
 }
 
-// AuditLog returns the session's audit entries, oldest first. A torn last
-// line (a crash mid-append) is skipped.
-func (s *Store) AuditLog(ctx context.Context, id string) ([]AuditEntry, error) {
-	p, err := s.Path(id, auditFile)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(p)
+// readAudit reads an audit trail; a missing file is an empty trail and a
+// torn last line (a crash mid-append) is skipped.
+func readAudit(path string) ([]AuditEntry, error) {
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return []AuditEntry{}, nil
 	}

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -676,58 +675,6 @@ func (s *Store) SittingAudit(ctx context.Context, id string) ([]AuditEntry, erro
 		return nil, err
 	}
 	return readAudit(filepath.Join(dir, auditFile))
-}
-
-// appendAudit writes one line of an audit trail and syncs it, under a lock
-// so that lines from several processes never interleave.
-func (s *Store) appendAudit(ctx context.Context, lockName, path string, e AuditEntry) error {
-	if e.At.IsZero() {
-		e.At = s.now().UTC()
-	}
-	b, err := json.Marshal(e)
-	if err != nil {
-		return fmt.Errorf("encode audit entry: %w", err)
-	}
-	unlock, err := s.lock(ctx, "audit", lockName)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
-	if err != nil {
-		return fmt.Errorf("open audit log: %w", err)
-	}
-	defer f.Close()
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("write audit log: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync audit log: %w", err)
-	}
-	return nil
-}
-
-// readAudit reads an audit trail; a missing file is an empty trail and a
-// torn last line (a crash mid-append) is skipped.
-func readAudit(path string) ([]AuditEntry, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return []AuditEntry{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
-	}
-	defer f.Close()
-	out := []AuditEntry{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var e AuditEntry
-		if json.Unmarshal(sc.Bytes(), &e) == nil {
-			out = append(out, e)
-		}
-	}
-	return out, sc.Err()
 }
 
 // deletedDir keeps the record of deleted sittings. Its name is not a valid
