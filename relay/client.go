@@ -101,6 +101,7 @@ func (c *client) enqueueData(b []byte) bool {
 	}
 	c.qBytes += len(b)
 	c.r.addQueued(int64(len(b)))
+	c.r.notePeakConn(int64(c.qBytes))
 	signal(c.wake)
 	return true
 }

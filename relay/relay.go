@@ -218,6 +218,7 @@ type Relay struct {
 
 	queued     atomic.Int64
 	peakQueued atomic.Int64
+	peakConn   atomic.Int64
 }
 
 type termKey struct{ session, node string }
@@ -334,6 +335,9 @@ type Stats struct {
 	// PeakQueuedBytes the most ever waiting at once.
 	QueuedBytes     int64 `json:"queued_bytes"`
 	PeakQueuedBytes int64 `json:"peak_queued_bytes"`
+	// PeakConnQueuedBytes is the most one connection ever had waiting: the
+	// number QueueLimitBytes bounds.
+	PeakConnQueuedBytes int64 `json:"peak_conn_queued_bytes"`
 	// ReplayBytes is output held for reattach replays.
 	ReplayBytes int64 `json:"replay_bytes"`
 	// QueueLimitBytes bounds one connection's queue: QueuedBytes never
@@ -346,16 +350,28 @@ func (r *Relay) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := Stats{
-		Shells:          len(r.shells),
-		Connections:     len(r.clients),
-		QueuedBytes:     r.queued.Load(),
-		PeakQueuedBytes: r.peakQueued.Load(),
-		QueueLimitBytes: int64(r.o.SendQueueBytes),
+		Shells:              len(r.shells),
+		Connections:         len(r.clients),
+		QueuedBytes:         r.queued.Load(),
+		PeakQueuedBytes:     r.peakQueued.Load(),
+		PeakConnQueuedBytes: r.peakConn.Load(),
+		QueueLimitBytes:     int64(r.o.SendQueueBytes),
 	}
 	for _, s := range r.shells {
 		st.ReplayBytes += int64(s.replayLen())
 	}
 	return st
+}
+
+// notePeakConn records one connection's queue length if it is the most
+// any has had.
+func (r *Relay) notePeakConn(v int64) {
+	for {
+		p := r.peakConn.Load()
+		if v <= p || r.peakConn.CompareAndSwap(p, v) {
+			return
+		}
+	}
 }
 
 func (r *Relay) addQueued(n int64) {
