@@ -143,14 +143,7 @@ const localClient = "client"
 // peer (its proxy support believes the leftmost, client-written entry),
 // and the API does not use it.
 func (s *Server) resolveClient(c *fiber.Ctx) error {
-	peer, _ := netip.AddrFromSlice(c.Context().RemoteIP())
-	var values []string
-	if s.o.Proxies.Trusted(peer) {
-		for _, v := range c.Request().Header.PeekAll(s.o.Proxies.Header()) {
-			values = append(values, string(v))
-		}
-	}
-	c.Locals(localClient, s.o.Proxies.ClientAddr(peer, values))
+	c.Locals(localClient, s.o.Proxies.RequestClient(c))
 	return c.Next()
 }
 

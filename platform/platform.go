@@ -156,9 +156,22 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			p.sched = scheduler.NewPeriodic(p.Enqueuer, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery, Admission: cfg.AdmitEvery, Logger: log})
 		}
 	}
+	// The sign-in budgets live in Redis so that they hold across every API
+	// and relay process of the deployment.
+	var signin *ratelimit.Signin
+	var proxies ratelimit.Proxies
+	if roles.API || roles.Relay {
+		if signin, err = ratelimit.NewSignin(ratelimit.SigninOptions{Redis: p.Redis, Prefix: cfg.RedisPrefix, Budgets: cfg.Signin}); err != nil {
+			return nil, err
+		}
+		if proxies, err = ratelimit.NewProxies(cfg.TrustedProxies, cfg.ProxyHeader); err != nil {
+			return nil, err
+		}
+	}
 	if roles.Relay {
 		p.Relay, err = relay.New(relay.Options{
 			Store: p.Store, Runner: p.Runtime, Exams: exams, Origins: cfg.Origins(), Auth: p.Auth,
+			Limits: signin, Proxies: proxies,
 			MaxTerminals: cfg.MaxTerminals, MaxMessageBytes: cfg.MaxMessageBytes, IdleTimeout: cfg.TerminalIdle,
 			Observer: p.Metrics, Logger: log,
 		})
@@ -173,16 +186,6 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		}
 	}
 	if roles.API {
-		// The budgets live in Redis so that they hold across every API
-		// process of the deployment.
-		signin, err := ratelimit.NewSignin(ratelimit.SigninOptions{Redis: p.Redis, Prefix: cfg.RedisPrefix, Budgets: cfg.Signin})
-		if err != nil {
-			return nil, err
-		}
-		proxies, err := ratelimit.NewProxies(cfg.TrustedProxies, cfg.ProxyHeader)
-		if err != nil {
-			return nil, err
-		}
 		p.API, err = api.New(api.Options{
 			Store: p.Store, Enqueuer: p.Enqueuer, Exam: p.Exam, Exams: exams,
 			Runtime: p.Runtime, RuntimeName: cfg.Runtime, Auth: p.Auth,

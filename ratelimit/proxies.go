@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/gofiber/fiber/v2"
 )
 
 // Headers a trusted proxy may name the client in.
@@ -268,4 +270,17 @@ func validPort(s string) bool {
 		}
 	}
 	return true
+}
+
+// RequestClient is the client address of a request as Fiber holds it: the
+// forwarding header is read only when the socket peer is trusted.
+func (p Proxies) RequestClient(c *fiber.Ctx) netip.Addr {
+	peer, _ := netip.AddrFromSlice(c.Context().RemoteIP())
+	var values []string
+	if p.Trusted(peer) {
+		for _, v := range c.Request().Header.PeekAll(p.Header()) {
+			values = append(values, string(v))
+		}
+	}
+	return p.ClientAddr(peer, values)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
@@ -263,6 +265,25 @@ func (r *Relay) serveAdmin(ws *websocket.Conn) {
 		return
 	}
 	key := termKey{session: ws.Params("id"), node: ws.Params("node")}
+	if r.o.Limits != nil {
+		// A token offered here is a guess until it proves right: the
+		// address's wrong-credential budget is checked first and charged
+		// when it is wrong, as for a sign-in.
+		addr, _ := ws.Locals(localClient).(netip.Addr)
+		if err := r.o.Limits.Guard(r.ctx, addr); errors.Is(err, ratelimit.ErrLimited) {
+			refuse(ws, CloseTooMany, "too many wrong sign-ins from this address; try again later")
+			return
+		} else if err != nil {
+			r.log.Error("check sign-in limits", "err", err)
+			refuse(ws, CloseInternal, "could not check your sign-in; try again")
+			return
+		}
+		if !r.o.Auth.IsAdmin(token) {
+			if err := r.o.Limits.Failed(r.ctx, addr, ""); err != nil {
+				r.log.Error("charge a wrong admin token", "err", err)
+			}
+		}
+	}
 	if !r.o.Auth.IsAdmin(token) {
 		refuse(ws, CloseForbidden, "admin credentials required")
 		return

@@ -76,6 +76,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +87,7 @@ import (
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/store"
 )
 
@@ -104,7 +106,7 @@ const (
 	CloseIdle        = 4408 // no input for IdleTimeout
 	CloseReplaced    = 4409 // the same terminal was opened in another window
 	CloseEnded       = 4410 // the session ended or its lab is gone
-	CloseTooMany     = 4429 // MaxTerminals reached for the session
+	CloseTooMany     = 4429 // MaxTerminals reached for the session, or sign-in limits spent
 	CloseUnavailable = 4503 // the node did not come up in time
 )
 
@@ -152,6 +154,13 @@ type Options struct {
 	// Auth checks candidate and admin credentials, as the API does.
 	// Required.
 	Auth *auth.Auth
+	// Limits, when set, are the sign-in limits (ratelimit.Signin): an
+	// admin token offered to the read-only terminal view spends the client
+	// address's wrong-credential budget like a sign-in, and is refused
+	// (4429) while it is spent. Proxies tell the client address behind
+	// trusted proxies.
+	Limits  credentialLimits
+	Proxies ratelimit.Proxies
 	// Origins are the Origin header values accepted (scheme://host[:port]).
 	// Empty accepts no browser at all; connections without an Origin header
 	// are always admitted to authentication.
@@ -307,7 +316,7 @@ func (r *Relay) Register(rt fiber.Router) {
 	}
 	rt.Get("/ws/session/:id/terminal/:node", requireUpgrade, websocket.New(r.serveCandidate, cfg))
 	rt.Get("/api/terminal/:container", requireUpgrade, websocket.New(r.serveContainer, cfg))
-	rt.Get("/ws/admin/session/:id/terminal/:node", requireUpgrade, websocket.New(r.serveAdmin, cfg))
+	rt.Get("/ws/admin/session/:id/terminal/:node", requireUpgrade, r.noteClient, websocket.New(r.serveAdmin, cfg))
 }
 
 // requireUpgrade answers plain HTTP requests on the WebSocket routes.
@@ -323,6 +332,22 @@ func (r *Relay) recoverPanic(c *websocket.Conn) {
 		r.log.Error("terminal handler panicked", "panic", v, "path", c.Params("id")+"/"+c.Params("node"))
 		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseInternal, "internal error"), time.Now().Add(time.Second))
 	}
+}
+
+// credentialLimits is the part of the sign-in limits the relay uses.
+type credentialLimits interface {
+	Guard(ctx context.Context, addr netip.Addr) error
+	Failed(ctx context.Context, addr netip.Addr, account string) error
+}
+
+// localClient holds the client address a WebSocket was opened from.
+const localClient = "examlab.client"
+
+// noteClient records the client address before the upgrade, while the
+// request's headers are still at hand.
+func (r *Relay) noteClient(c *fiber.Ctx) error {
+	c.Locals(localClient, r.o.Proxies.RequestClient(c))
+	return c.Next()
 }
 
 // Stats are the relay's live counters.

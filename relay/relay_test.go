@@ -30,6 +30,7 @@ import (
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/platform"
+	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/relay"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
@@ -476,6 +477,33 @@ func TestTerminals(t *testing.T) {
 		seed.waitReady()
 		seed.send("hostname\r")
 		seed.waitLine("kyoto")
+	})
+
+	t.Run("wrong admin tokens spend the sign-in failure budget", func(t *testing.T) {
+		limits, err := ratelimit.NewSignin(ratelimit.SigninOptions{Redis: ls.Redis, Prefix: "relay-limits-test:",
+			Budgets: ratelimit.SigninBudgets{FailuresPerAddress: ratelimit.Budget{Limit: 3, Window: 10 * time.Minute}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, addr := ownRelay(t, ls, relay.Options{Limits: limits})
+		view := func(token string) (int, string) {
+			c := dial(t, "ws://"+addr+"/ws/admin/session/"+ls.session+"/terminal/tokyo",
+				dialOpts{cookie: auth.AdminCookie + "=" + token, origin: ls.origin})
+			return c.waitClose()
+		}
+		for i := range 3 {
+			if code, reason := view(fmt.Sprintf("not-the-admin-token-%d-xxxxxxxx", i)); code != relay.CloseForbidden {
+				t.Fatalf("wrong token %d: closed with %d %q, want %d", i+1, code, reason, relay.CloseForbidden)
+			}
+		}
+		if code, reason := view("not-the-admin-token-4-xxxxxxxx"); code != relay.CloseTooMany {
+			t.Fatalf("a wrong token past the budget: closed with %d %q, want %d", code, reason, relay.CloseTooMany)
+		}
+		// While the budget is spent the right token is refused too, so a
+		// guess that hits is not told apart.
+		if code, reason := view(ls.AdminToken); code != relay.CloseTooMany {
+			t.Fatalf("the right token from the guessing address: closed with %d %q, want %d", code, reason, relay.CloseTooMany)
+		}
 	})
 
 	t.Run("limits, idle and grace", func(t *testing.T) {
