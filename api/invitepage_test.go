@@ -2,8 +2,6 @@ package api_test
 
 import (
 	"context"
-	"net"
-	"os/exec"
 	"testing"
 
 	"github.com/chromedp/chromedp"
@@ -20,16 +18,7 @@ import (
 // page shows their place, the other candidate's submit frees the slot,
 // their lab comes up and its terminal answers.
 func TestInvitationToTerminalInBrowser(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatalf("chromium not found: run `make deps` (installs Debian's chromium): %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	edit := queueEdit(t)
 	st := testlab.Start(t, testlab.Options{Config: func(c *config.Config) {
 		edit(c)
@@ -46,29 +35,11 @@ func TestInvitationToTerminalInBrowser(t *testing.T) {
 	// The other candidate's lab takes the sitting's one slot.
 	cs[0].StartLab(t, holder)
 
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
-		chromedp.Flag("disable-dev-shm-usage", true))...)
-	t.Cleanup(cancel)
-	bctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(cancel)
-	bctx, cancel = context.WithTimeout(bctx, pageTestTimeout+testlab.ProvisionTimeout)
-	t.Cleanup(cancel)
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	poll := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(testlab.ProvisionTimeout))(ctx, tg)
-			return err
-		})
-	}
+	bctx := startBrowser(t, pageTestTimeout+testlab.ProvisionTimeout)
+	poll := func(expr string) chromedp.Action[chromedp.Void] { return pollJS(expr, testlab.ProvisionTimeout) }
 	step := func(name string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Do(bctx, actions...); err != nil {
-			page, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
-			t.Fatalf("%s: %v\npage:\n%s", name, err, page)
-		}
+		browserStep(t, bctx, name, actions...)
 	}
 	note := `document.getElementById('provision-note').textContent`
 

@@ -9,11 +9,9 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os/exec"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -39,12 +37,7 @@ const (
 // stay off: the orphan reaper would destroy other tests' labs.
 func startPageStack(t *testing.T) *testlab.Stack {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	return testlab.Start(t, testlab.Options{
 		Config:   func(c *config.Config) { c.Listen = addr; c.PublicURL = "http://" + addr },
 		Platform: platform.Options{NoScheduler: true},
@@ -197,8 +190,8 @@ func TestExamPageInBrowser(t *testing.T) {
 	}
 	// screenHas is true once the terminal of node shows line as a row.
 	screenHas := func(node, line string) string {
-		return `Array.from(document.querySelectorAll('.pane[data-node=` + jsLit(node) + `] .xterm-rows > div'))` +
-			`.some(function (r) { return r.textContent.trim() === ` + jsLit(line) + `; })`
+		return `Array.from(document.querySelectorAll('.pane[data-node=` + jsString(node) + `] .xterm-rows > div'))` +
+			`.some(function (r) { return r.textContent.trim() === ` + jsString(line) + `; })`
 	}
 	typeInto := func(node, keys string) chromedp.Action[chromedp.Void] {
 		return chromedp.Steps(
@@ -274,7 +267,7 @@ func TestExamPageInBrowser(t *testing.T) {
 	step("a reload keeps the answers and resumes the shell",
 		chromedp.Reload(),
 		poll(`!document.getElementById('view-work').hidden`, pageStepTimeout),
-		poll(`document.getElementById('answer-t1-addressing').value === `+jsLit(answer), pageStepTimeout),
+		poll(`document.getElementById('answer-t1-addressing').value === `+jsString(answer), pageStepTimeout),
 		poll(`document.getElementById('answer-t5-diagnosis-0').checked`, pageStepTimeout),
 		poll(`document.querySelector('.pane[data-node="tokyo"]').getAttribute('data-state') === 'connected'`, pageStepTimeout),
 		// The relay replays the shell's recent output into the new page.
@@ -309,7 +302,3 @@ func TestExamPageInBrowser(t *testing.T) {
 		poll(`document.querySelectorAll('.pane[data-state="connected"]').length === 0`, pageStepTimeout),
 	)
 }
-
-// jsLit quotes s as a JavaScript string literal (Go's quoting is a subset
-// JavaScript reads the same way for these ASCII values).
-func jsLit(s string) string { return strconv.Quote(s) }

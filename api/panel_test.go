@@ -8,9 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,18 +27,6 @@ const (
 	terminalTimeout = 30 * time.Second
 	downloadTimeout = 2 * time.Minute
 )
-
-// chromiumPath finds Debian's chromium, failing with how to install it.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Fatal("chromium not found: run `make deps` (installs Debian's chromium) for the browser tests")
-	return ""
-}
 
 // typeInTerminal opens the candidate's terminal on node through the relay,
 // runs line in the shell and waits until want appears in its output. The
@@ -263,7 +249,3 @@ func TestAdminPanelInBrowser(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
-
-// jsString quotes s as a JavaScript string literal (Go's quoting is a
-// subset JavaScript reads the same way for these ASCII values).
-func jsString(s string) string { return strconv.Quote(s) }

@@ -2,8 +2,6 @@ package api_test
 
 import (
 	"context"
-	"net"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -22,16 +20,7 @@ import (
 // then their lab being prepared. The platform runs without a worker, so
 // an admitted session holds its slot and no lab is ever made.
 func TestQueuedPageInBrowser(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatalf("chromium not found: run `make deps` (installs Debian's chromium): %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	edit := queueEdit(t)
 	st := testlab.Start(t, testlab.Options{Roles: &platform.Roles{API: true, Relay: true}, Config: func(c *config.Config) {
 		edit(c)
@@ -67,31 +56,13 @@ func TestQueuedPageInBrowser(t *testing.T) {
 		}
 	}
 
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
-		chromedp.Flag("disable-dev-shm-usage", true))...)
-	t.Cleanup(cancel)
-	bctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(cancel)
-	bctx, cancel = context.WithTimeout(bctx, pageTestTimeout)
-	t.Cleanup(cancel)
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	poll := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(pageStepTimeout))(ctx, tg)
-			return err
-		})
-	}
+	bctx := startBrowser(t, pageTestTimeout)
+	poll := func(expr string) chromedp.Action[chromedp.Void] { return pollJS(expr, pageStepTimeout) }
 	note := `document.getElementById('provision-note').textContent`
 	title := `document.querySelector('#view-provision h1').textContent`
 	step := func(name string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Do(bctx, actions...); err != nil {
-			page, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
-			t.Fatalf("%s: %v\npage:\n%s", name, err, page)
-		}
+		browserStep(t, bctx, name, actions...)
 	}
 
 	// The candidate signs in with their code (through the API, whatever
@@ -100,7 +71,7 @@ func TestQueuedPageInBrowser(t *testing.T) {
 	step("sign in and start",
 		chromedp.Navigate(st.URL+"/"),
 		chromedp.Evaluate[chromedp.Void](`fetch('/api/login', {method: 'POST', credentials: 'same-origin',
-			headers: {'Content-Type': 'application/json'}, body: JSON.stringify({code: `+jsLit(code)+`})})`, chromedp.EvalAwaitPromise),
+			headers: {'Content-Type': 'application/json'}, body: JSON.stringify({code: `+jsString(code)+`})})`, chromedp.EvalAwaitPromise),
 		chromedp.Navigate(st.URL+"/"),
 		chromedp.WaitVisible(chromedp.CSS("#start-exam")),
 		chromedp.Click(chromedp.CSS("#start-exam")),

@@ -40,7 +40,6 @@ func waitState(t *testing.T, st *testlab.Stack, id string, want session.State, t
 // it out with a reason, and is told in words when the candidate they
 // meant to remove had already left the line.
 func TestQueuePanelInBrowser(t *testing.T) {
-	chromium := chromiumPath(t)
 	st := testlab.Start(t, testlab.Options{Roles: &platform.Roles{API: true, Relay: true}, Config: queueEdit(t)})
 	cs, ids := candidates(t, st, "panel1", 1, 4)
 	start := func(i int) {
@@ -55,34 +54,14 @@ func TestQueuePanelInBrowser(t *testing.T) {
 	waitState(t, st, ids[0], session.StateProvisioning, pageStepTimeout)
 	waitState(t, st, ids[1], session.StateQueued, pageStepTimeout)
 
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
-		chromedp.Flag("disable-dev-shm-usage", true))...)
-	t.Cleanup(cancel)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(cancel)
-	ctx, cancel = context.WithTimeout(ctx, browserTimeout)
-	t.Cleanup(cancel)
+	ctx := startBrowser(t, browserTimeout)
 
 	step := func(name string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Do(ctx, actions...); err != nil {
-			page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
-			t.Fatalf("%s: %v\npage:\n%s", name, err, page)
-		}
+		browserStep(t, ctx, name, actions...)
 	}
-	js := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := chromedp.Evaluate[any](expr)(ctx, tg)
-			return err
-		})
-	}
-	poll := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(pageStepTimeout))(ctx, tg)
-			return err
-		})
-	}
+	js := evalJS
+	poll := func(expr string) chromedp.Action[chromedp.Void] { return pollJS(expr, pageStepTimeout) }
 	text := func(expr string) string { return expr + `.textContent` }
 	rowOf := func(id string) string {
 		return `document.querySelector('#q-sittings tr[data-session=` + jsString(id) + `]')`

@@ -821,7 +821,6 @@ func TestSittingRoutesRefuseOthers(t *testing.T) {
 // (highlighted, Import stays off), then a good one, import it, see the
 // roster, and reissue one code, which then signs the candidate in.
 func TestSittingsPanelInBrowser(t *testing.T) {
-	chromium := chromiumPath(t)
 	st := sittingStack(t)
 	dir := t.TempDir()
 	badFile, goodFile := filepath.Join(dir, "bad.csv"), filepath.Join(dir, "good.csv")
@@ -832,34 +831,14 @@ func TestSittingsPanelInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
-		chromedp.Flag("disable-dev-shm-usage", true))...)
-	t.Cleanup(cancel)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(cancel)
-	ctx, cancel = context.WithTimeout(ctx, browserTimeout)
-	t.Cleanup(cancel)
+	ctx := startBrowser(t, browserTimeout)
 
 	step := func(name string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Do(ctx, actions...); err != nil {
-			page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
-			t.Fatalf("%s: %v\npage:\n%s", name, err, page)
-		}
+		browserStep(t, ctx, name, actions...)
 	}
-	js := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := chromedp.Evaluate[any](expr)(ctx, tg)
-			return err
-		})
-	}
-	poll := func(expr string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := chromedp.Poll[bool](expr)(ctx, tg)
-			return err
-		})
-	}
+	js := evalJS
+	poll := func(expr string) chromedp.Action[chromedp.Void] { return pollJS(expr, browserTimeout) }
 	byID := func(id string) string { return `document.getElementById(` + jsString(id) + `)` }
 
 	step("sign in on the sittings page",

@@ -43,10 +43,7 @@ func TestMetricsReportPlatformState(t *testing.T) {
 	}
 	ctx := context.Background()
 	for _, e := range []string{"a@example.com", "b@example.com", "c@example.com"} {
-		sess, _, err := signIn(t, st, e, "exam1", time.Hour, "docker")
-		if err != nil {
-			t.Fatal(err)
-		}
+		sess, _ := storetest.SignIn(t, st, e, "exam1", time.Hour, "docker")
 		if e == "c@example.com" {
 			if _, err := st.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateReady, time.Now()) }); err != nil {
 				t.Fatal(err)
@@ -120,11 +117,4 @@ func TestNilMetricsRecordNothing(t *testing.T) {
 	if rec.Code != 404 {
 		t.Fatalf("nil metrics handler answered %d, want 404", rec.Code)
 	}
-}
-
-// signIn makes a session the way every session is made: a roster entry's
-// sign-in (see storetest).
-func signIn(t testing.TB, st *store.Store, email, examID string, d time.Duration, runtime string) (*session.Session, string, error) {
-	sess, tok := storetest.SignIn(t, st, email, examID, d, runtime)
-	return sess, tok, nil
 }

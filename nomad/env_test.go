@@ -1,11 +1,8 @@
 package nomad_test
 
 import (
-	"archive/tar"
 	"context"
 	"crypto/rand"
-	"errors"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -147,30 +144,4 @@ func engineInventory(t testing.TB, eng *testlab.Engine, sessionID string) labtes
 		inv.Others = append(inv.Others, "network "+n.Name)
 	}
 	return inv
-}
-
-// tarEntries reads a tar stream into name → content (content only for
-// regular files up to 64 KiB).
-func tarEntries(t testing.TB, r io.Reader) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("read tar: %v", err)
-		}
-		name := strings.TrimPrefix(h.Name, "./")
-		out[name] = ""
-		if h.Typeflag == tar.TypeReg && h.Size <= 64<<10 {
-			b, err := io.ReadAll(tr)
-			if err != nil {
-				t.Fatalf("read %s from tar: %v", name, err)
-			}
-			out[name] = string(b)
-		}
-	}
 }

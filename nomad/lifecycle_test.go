@@ -14,6 +14,7 @@ import (
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/nomad"
 	"github.com/examlab/examlab/platform"
 	"github.com/examlab/examlab/store"
@@ -160,7 +161,7 @@ func lifecycle(t *testing.T, rt *nomad.Runtime, jobGone func(t *testing.T, jobID
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if got := tarEntries(t, f)["root/work.txt"]; got != "candidate-work\n" {
+	if got := labtest.TarEntries(t, f)["root/work.txt"]; got != "candidate-work\n" {
 		t.Errorf("tokyo's archive holds work.txt = %q", got)
 	}
 

@@ -34,10 +34,7 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 	t.Cleanup(func() { p.Shutdown(context.Background()) })
 	eng := testlab.NewEngine(t)
 
-	sess, _, err := signIn(t, p.Store, "kill@example.com", p.Exam.ID, time.Hour, "docker")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, _ := storetest.SignIn(t, p.Store, "kill@example.com", p.Exam.ID, time.Hour, "docker")
 	t.Cleanup(func() { p.Runtime.Destroy(context.Background(), sess.ID) })
 	// Admitted (nothing limits it), with its provision queued: the worker
 	// server is not running, so the handler is driven by hand below.
@@ -180,11 +177,4 @@ func TestSavedAnswerSurvivesRestarts(t *testing.T) {
 		t.Fatalf("rebuild: %d %v", n, err)
 	}
 	check(second, "after redis loss and rebuild")
-}
-
-// signIn makes a session the way every session is made: a roster entry's
-// sign-in (see storetest).
-func signIn(t testing.TB, st *store.Store, email, examID string, d time.Duration, runtime string) (*session.Session, string, error) {
-	sess, tok := storetest.SignIn(t, st, email, examID, d, runtime)
-	return sess, tok, nil
 }

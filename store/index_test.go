@@ -22,10 +22,7 @@ func TestListSeesOtherProcessesChanges(t *testing.T) {
 	ctx := context.Background()
 	ids := map[string]string{}
 	for _, email := range []string{"ann@example.com", "bob@example.com", "cy@example.com"} {
-		sess, _, err := signIn(t, a, email, "exam1", time.Hour, "docker")
-		if err != nil {
-			t.Fatal(err)
-		}
+		sess, _ := storetest.SignIn(t, a, email, "exam1", time.Hour, "docker")
 		ids[email] = sess.ID
 	}
 	count := func(st *store.Store, status session.State) int {
@@ -92,10 +89,7 @@ func TestEndedBeforeKeepsLiveAndRecentSessions(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()
 	mk := func(email string, to session.State) string {
-		sess, _, err := signIn(t, s, email, "exam1", time.Hour, "docker")
-		if err != nil {
-			t.Fatal(err)
-		}
+		sess, _ := storetest.SignIn(t, s, email, "exam1", time.Hour, "docker")
 		if to != session.StateCreated {
 			if _, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(to, time.Now()) }); err != nil {
 				t.Fatal(err)
@@ -117,11 +111,4 @@ func TestEndedBeforeKeepsLiveAndRecentSessions(t *testing.T) {
 	if got, _ := s.EndedBefore(ctx, time.Now().Add(-time.Hour)); len(got) != 0 {
 		t.Fatalf("ended before an hour ago = %+v, want none", got)
 	}
-}
-
-// signIn makes a session the way every session is made: a roster entry's
-// sign-in (see storetest).
-func signIn(t testing.TB, st *store.Store, email, examID string, d time.Duration, runtime string) (*session.Session, string, error) {
-	sess, tok := storetest.SignIn(t, st, email, examID, d, runtime)
-	return sess, tok, nil
 }

@@ -90,18 +90,7 @@ func (s *Store) GetSitting(ctx context.Context, id string) (*sitting.Sitting, er
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, sittingFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("sitting %s: %w", id, ErrNoSitting)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read sitting %s: %w", id, err)
-	}
-	var st sitting.Sitting
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("decode sitting %s: %w", id, err)
-	}
-	return &st, nil
+	return readRecord[sitting.Sitting](filepath.Join(dir, sittingFile), "sitting", id, ErrNoSitting)
 }
 
 // UpdateSitting applies fn to the sitting under its lock; the result must
@@ -232,15 +221,7 @@ func (s *Store) Roster(ctx context.Context, id string) ([]sitting.Entry, error) 
 }
 
 func readEntry(p string) (*sitting.Entry, error) {
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return nil, fmt.Errorf("read roster entry: %w", err)
-	}
-	var e sitting.Entry
-	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("decode roster entry %s: %w", filepath.Base(p), err)
-	}
-	return &e, nil
+	return readRecord[sitting.Entry](p, "roster entry", strings.TrimSuffix(filepath.Base(p), ".json"), os.ErrNotExist)
 }
 
 // AddEntries puts rows on the sitting's roster, each with a fresh access

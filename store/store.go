@@ -168,18 +168,24 @@ func (s *Store) Get(ctx context.Context, id string) (*session.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(p)
+	return readRecord[session.Session](p, "session", id, ErrNotFound)
+}
+
+// readRecord reads one JSON record file; a missing file is missing (the
+// store's not-found error of its kind).
+func readRecord[T any](path, kind, id string, missing error) (*T, error) {
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("session %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("%s %s: %w", kind, id, missing)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read session %s: %w", id, err)
+		return nil, fmt.Errorf("read %s %s: %w", kind, id, err)
 	}
-	var sess session.Session
-	if err := json.Unmarshal(b, &sess); err != nil {
-		return nil, fmt.Errorf("decode session %s: %w", id, err)
+	var v T
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("decode %s %s: %w", kind, id, err)
 	}
-	return &sess, nil
+	return &v, nil
 }
 
 // SignIn is who signs in, to which exam, through which roster entry.

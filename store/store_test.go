@@ -83,14 +83,11 @@ func TestSignInKeepsOneSessionPerEntry(t *testing.T) {
 func TestTransitionsAreForwardOnly(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()
-	sess, _, err := signIn(t, s, "b@example.com", "exam1", time.Hour, "docker")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, _ := storetest.SignIn(t, s, "b@example.com", "exam1", time.Hour, "docker")
 	if _, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateReady, time.Now()) }); err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateProvisioning, time.Now()) })
+	_, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateProvisioning, time.Now()) })
 	if !errors.Is(err, session.ErrNotAllowed) {
 		t.Fatalf("backwards transition: %v", err)
 	}
@@ -108,7 +105,7 @@ func TestTransitionsAreForwardOnly(t *testing.T) {
 func TestAnswersAreDurableAndConfined(t *testing.T) {
 	s, rdb, dir := newStore(t)
 	ctx := context.Background()
-	sess, _, _ := signIn(t, s, "c@example.com", "exam1", time.Hour, "docker")
+	sess, _ := storetest.SignIn(t, s, "c@example.com", "exam1", time.Hour, "docker")
 
 	a, err := s.SaveAnswer(ctx, sess.ID, "t1", json.RawMessage(`{"text": "first"}`))
 	if err != nil {
@@ -189,10 +186,7 @@ func TestListFiltersSortsAndPages(t *testing.T) {
 	ctx := context.Background()
 	var ids []string
 	for i := 0; i < 7; i++ {
-		sess, _, err := signIn(t, s, fmt.Sprintf("user%d@example.com", i), "exam1", time.Hour, "docker")
-		if err != nil {
-			t.Fatal(err)
-		}
+		sess, _ := storetest.SignIn(t, s, fmt.Sprintf("user%d@example.com", i), "exam1", time.Hour, "docker")
 		ids = append(ids, sess.ID)
 		if i%2 == 0 {
 			if _, err := s.Update(ctx, sess.ID, func(x *session.Session) error { return x.WalkTo(session.StateReady, time.Now()) }); err != nil {

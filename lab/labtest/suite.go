@@ -224,9 +224,9 @@ func (s *suite) testNotFound(t *testing.T) {
 	}
 }
 
-// tarEntries reads a tar stream into name → content (content only for
-// regular files up to 64 KiB).
-func tarEntries(t testing.TB, r io.Reader) map[string]string {
+// TarEntries reads a tar stream (an export) into name → content, content
+// only for regular files up to 64 KiB.
+func TarEntries(t testing.TB, r io.Reader) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	tr := tar.NewReader(r)
@@ -260,7 +260,7 @@ func (s *suite) testExport(t *testing.T) {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(s.rt.ExportFS(ctx, sid, "phoenix", pw)) }()
 	defer pr.Close()
-	entries := tarEntries(t, pr)
+	entries := TarEntries(t, pr)
 
 	if got := entries["root/work.txt"]; got != "answer-42\n" {
 		t.Errorf("export holds root/work.txt = %q, want the work written", got)
