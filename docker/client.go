@@ -104,9 +104,18 @@ func (c *client) url(path string, q url.Values) string {
 	return s
 }
 
+// rawBody is a request body sent as it is (a tar archive), not as JSON.
+type rawBody struct {
+	r           io.Reader
+	contentType string
+}
+
 func encodeBody(body any) (io.Reader, error) {
 	if body == nil {
 		return nil, nil
+	}
+	if rb, ok := body.(rawBody); ok {
+		return rb.r, nil
 	}
 	b, err := json.Marshal(body)
 	if err != nil {
@@ -126,7 +135,9 @@ func (c *client) stream(ctx context.Context, method, path string, q url.Values, 
 	if err != nil {
 		return nil, err
 	}
-	if rd != nil {
+	if rb, ok := body.(rawBody); ok {
+		req.Header.Set("Content-Type", rb.contentType)
+	} else if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)

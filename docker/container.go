@@ -30,6 +30,7 @@ type logConfig struct {
 
 type hostConfig struct {
 	NetworkMode    string            `json:"NetworkMode"`
+	PidMode        string            `json:"PidMode,omitempty"`
 	Memory         int64             `json:"Memory"`
 	MemorySwap     int64             `json:"MemorySwap"`
 	NanoCPUs       int64             `json:"NanoCpus"`
@@ -59,8 +60,33 @@ type containerCreate struct {
 	Labels           map[string]string `json:"Labels"`
 	Tty              bool              `json:"Tty"`
 	OpenStdin        bool              `json:"OpenStdin"`
+	Entrypoint       []string          `json:"Entrypoint,omitempty"`
+	Cmd              []string          `json:"Cmd,omitempty"`
 	HostConfig       hostConfig        `json:"HostConfig"`
 	NetworkingConfig networkingConfig  `json:"NetworkingConfig"`
+}
+
+// networkNone is the network mode of a segmented lab's containers: a
+// namespace of their own with nothing but loopback until the switch wires
+// them.
+const networkNone = "none"
+
+// noIPv6 turns IPv6 off in a namespace, for the interfaces made later too.
+var noIPv6 = map[string]string{
+	"net.ipv6.conf.all.disable_ipv6":     "1",
+	"net.ipv6.conf.default.disable_ipv6": "1",
+}
+
+// withSysctls merges extra under the exam's own sysctls.
+func withSysctls(own, extra map[string]string) map[string]string {
+	out := make(map[string]string, len(own)+len(extra))
+	for k, v := range extra {
+		out[k] = v
+	}
+	for k, v := range own {
+		out[k] = v
+	}
+	return out
 }
 
 // containerSpec renders a node of a lab into the engine's create request,
@@ -104,15 +130,26 @@ func containerSpec(network string, n lab.Node) containerCreate {
 			// The image runs tini as PID 1 itself.
 			Init: false,
 		},
-		NetworkingConfig: networkingConfig{EndpointsConfig: map[string]endpointConfig{
-			network: {Aliases: []string{n.Name}},
-		}},
 	}
-	// json.Marshal writes map keys sorted, so equal specs hash equally.
+	if network == networkNone {
+		// A segmented lab's node: the switch plugs its interfaces in. It
+		// speaks IPv4 only, so that its addresses are the exam's alone.
+		cc.HostConfig.Sysctls = withSysctls(n.Sysctls, noIPv6)
+	} else {
+		cc.NetworkingConfig = networkingConfig{EndpointsConfig: map[string]endpointConfig{
+			network: {Aliases: []string{n.Name}},
+		}}
+	}
+	cc.Labels[labelConfig] = digest(cc)
+	return cc
+}
+
+// digest hashes a create request, for its labelConfig. json.Marshal writes
+// map keys sorted, so equal requests hash equally.
+func digest(cc containerCreate) string {
 	b, _ := json.Marshal(cc)
 	sum := sha256.Sum256(b)
-	cc.Labels[labelConfig] = hex.EncodeToString(sum[:8])
-	return cc
+	return hex.EncodeToString(sum[:8])
 }
 
 type containerState struct {
@@ -124,6 +161,7 @@ type containerState struct {
 	ExitCode   int    `json:"ExitCode"`
 	Error      string `json:"Error"`
 	StartedAt  string `json:"StartedAt"`
+	Pid        int    `json:"Pid"`
 }
 
 type endpointSettings struct {
@@ -143,6 +181,9 @@ type container struct {
 	NetworkSettings struct {
 		Networks map[string]endpointSettings `json:"Networks"`
 	} `json:"NetworkSettings"`
+	HostConfig struct {
+		NetworkMode string `json:"NetworkMode"`
+	} `json:"HostConfig"`
 }
 
 // containerSummary is one entry of the container list.

@@ -122,6 +122,13 @@ func (r *Runtime) ExecStreams(ctx context.Context, sessionID, node string, cmd [
 	if err != nil {
 		return -1, fmt.Errorf("exec in %s: %w", node, err)
 	}
+	return r.execIn(ctx, c, node, cmd, stdin, stdout, stderr)
+}
+
+// execIn runs cmd without a TTY in container c (named what for errors) and
+// copies its stdout and stderr to separate writers.
+func (r *Runtime) execIn(ctx context.Context, c container, what string, cmd []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	node := what
 	if !c.State.Running || c.State.Restarting {
 		return -1, fmt.Errorf("exec in %s: %w (%s)", node, lab.ErrNotRunning, c.State.Status)
 	}

@@ -35,7 +35,7 @@ func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) error {
 		return fmt.Errorf("provision lab: %w", err)
 	}
 	spec = r.stamp(spec)
-	netw, err := r.ensureNetwork(ctx, spec.SessionID, r.networkLabels(spec))
+	netw, err := r.labNetwork(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
 	}
@@ -69,7 +69,48 @@ func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) error {
 	if err := r.waitRunning(ctx, spec.SessionID, spec.Nodes); err != nil {
 		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
 	}
+	if err := r.prepare(ctx, spec, spec.Nodes); err != nil {
+		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
+	}
 	return nil
+}
+
+// labNetwork is where the lab's nodes are plugged in: the session's
+// network, or in a segmented lab no network at all (the switch wires them).
+func (r *Runtime) labNetwork(ctx context.Context, spec lab.Spec) (network, error) {
+	if spec.Segmented() {
+		return network{ID: networkNone, Name: networkNone}, nil
+	}
+	return r.ensureNetwork(ctx, spec.SessionID, r.networkLabels(spec))
+}
+
+// prepare wires and prepares the given running nodes of the lab (see
+// PrepareLab). A node whose setup failed is removed, so that the next
+// provision starts it afresh rather than running a setup twice in it.
+func (r *Runtime) prepare(ctx context.Context, spec lab.Spec, nodes []lab.Node) error {
+	if !spec.Segmented() {
+		any := false
+		for _, n := range nodes {
+			any = any || n.Prepared()
+		}
+		if !any {
+			return nil
+		}
+	}
+	refs := make(map[string]string, len(nodes))
+	for _, n := range nodes {
+		refs[n.Name] = lab.ContainerName(spec.SessionID, n.Name)
+	}
+	err := r.PrepareLab(ctx, spec, refs, r.networkLabels(spec))
+	if err == nil {
+		return nil
+	}
+	for _, name := range failedSetups(err) {
+		if rmErr := r.client.removeContainer(context.WithoutCancel(ctx), lab.ContainerName(spec.SessionID, name)); rmErr != nil {
+			return errors.Join(err, rmErr)
+		}
+	}
+	return err
 }
 
 // removeStrayNodes removes the session's containers for nodes the spec no
@@ -82,6 +123,12 @@ func (r *Runtime) removeStrayNodes(ctx context.Context, spec lab.Spec) error {
 	for _, c := range list {
 		if _, ok := spec.Node(c.Labels[lab.LabelNode]); ok {
 			continue
+		}
+		if c.Labels[lab.LabelPart] == lab.PartSwitch {
+			if spec.Segmented() {
+				continue
+			}
+			// The lab was segmented and no longer is.
 		}
 		if err := r.client.removeContainer(ctx, c.ID); err != nil {
 			return err
@@ -179,6 +226,9 @@ func reusable(c container, want containerCreate, netw network) bool {
 	if c.Config.Labels[labelConfig] != want.Labels[labelConfig] {
 		return false
 	}
+	if netw.Name == networkNone {
+		return c.HostConfig.NetworkMode == networkNone
+	}
 	ep, ok := c.NetworkSettings.Networks[netw.Name]
 	if !ok {
 		return false
@@ -238,7 +288,7 @@ func (r *Runtime) ResetNode(ctx context.Context, spec lab.Spec, node string) err
 	if !ok {
 		return fmt.Errorf("reset node %s of session %s: %w", node, spec.SessionID, lab.ErrNotFound)
 	}
-	netw, err := r.ensureNetwork(ctx, spec.SessionID, r.networkLabels(spec))
+	netw, err := r.labNetwork(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("reset node %s: %w", node, err)
 	}
@@ -258,6 +308,9 @@ func (r *Runtime) ResetNode(ctx context.Context, spec lab.Spec, node string) err
 		return fmt.Errorf("reset node %s: %w", node, err)
 	}
 	if err := r.waitRunning(ctx, spec.SessionID, []lab.Node{n}); err != nil {
+		return fmt.Errorf("reset node %s: %w", node, err)
+	}
+	if err := r.prepare(ctx, spec, []lab.Node{n}); err != nil {
 		return fmt.Errorf("reset node %s: %w", node, err)
 	}
 	return nil

@@ -38,6 +38,9 @@ type Options struct {
 	// labs in the default pool, well past the ~31 networks the engine's
 	// default pools allow.
 	SubnetPrefix int
+	// SwitchImage runs segmented labs' switches; empty means
+	// DefaultSwitchImage.
+	SwitchImage string
 	// Instance, when set, is stamped on every container and network this
 	// runtime creates (label examlab.instance), and Labs reports only labs
 	// that carry it. Empty means no stamp, and Labs sees every managed lab.
@@ -51,8 +54,9 @@ type Runtime struct {
 	pool   netip.Prefix
 	prefix int
 	// subnetMu serialises subnet allocation within this process.
-	subnetMu sync.Mutex
-	instance string
+	subnetMu    sync.Mutex
+	instance    string
+	switchImage string
 }
 
 // New returns a Runtime for the engine opts name. It does not contact the
@@ -85,7 +89,11 @@ func New(opts Options) (*Runtime, error) {
 	if prefix < pool.Bits() || prefix > 29 {
 		return nil, fmt.Errorf("new docker runtime: subnet prefix /%d must be between /%d and /29", prefix, pool.Bits())
 	}
-	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance}, nil
+	sw := opts.SwitchImage
+	if sw == "" {
+		sw = DefaultSwitchImage
+	}
+	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw}, nil
 }
 
 // Ping reports whether the engine answers.

@@ -14,13 +14,25 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 	if err := checkSpec(spec); err != nil {
 		return nil, fmt.Errorf("lab status: %w", err)
 	}
-	nets, err := r.client.networksNamed(ctx, lab.NetworkName(spec.SessionID))
-	if err != nil {
-		return nil, fmt.Errorf("lab status %s: %w", spec.SessionID, err)
-	}
+	// A node with no container is pending until the lab's network (or a
+	// segmented lab's switch) exists, and missing after.
 	absent := lab.StatePending
-	if len(nets) > 0 {
-		absent = lab.StateMissing
+	if spec.Segmented() {
+		_, err := r.client.inspectContainer(ctx, lab.SwitchName(spec.SessionID))
+		if err != nil && !isNotFound(err) {
+			return nil, fmt.Errorf("lab status %s: %w", spec.SessionID, err)
+		}
+		if err == nil {
+			absent = lab.StateMissing
+		}
+	} else {
+		nets, err := r.client.networksNamed(ctx, lab.NetworkName(spec.SessionID))
+		if err != nil {
+			return nil, fmt.Errorf("lab status %s: %w", spec.SessionID, err)
+		}
+		if len(nets) > 0 {
+			absent = lab.StateMissing
+		}
 	}
 	out := make([]lab.NodeStatus, 0, len(spec.Nodes))
 	for _, n := range spec.Nodes {
@@ -37,6 +49,10 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 			st.Detail = fmt.Sprintf("name taken by session %q", c.Config.Labels[lab.LabelSession])
 		default:
 			fillStatus(&st, c, lab.NetworkName(spec.SessionID))
+			if spec.Segmented() && st.State == lab.StateRunning {
+				// Fixed by the exam, the same in every lab.
+				st.IP = n.Address
+			}
 		}
 		out = append(out, st)
 	}

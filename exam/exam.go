@@ -7,6 +7,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"sort"
@@ -54,7 +55,40 @@ type Topology struct {
 	Image string `yaml:"image" json:"image"`
 	// Defaults apply to every node that leaves a field unset.
 	Defaults NodeDefaults `yaml:"defaults" json:"defaults"`
-	Nodes    []Node       `yaml:"nodes" json:"nodes"`
+	// Networks are the lab's named segments. Without any, the lab is one
+	// flat network with addresses from the runtime's pool, as before
+	// segments existed.
+	Networks []Network `yaml:"networks,omitempty" json:"networks,omitempty"`
+	Nodes    []Node    `yaml:"nodes" json:"nodes"`
+}
+
+// Network is one segment of a lab: a switch only its own lab's nodes are
+// plugged into. A network of two nodes is a point-to-point link.
+type Network struct {
+	Name   string `yaml:"name" json:"name"`
+	Subnet string `yaml:"subnet" json:"subnet"`
+}
+
+// Interface plugs a node into a network with a fixed address (CIDR
+// notation, the network's prefix length). A node's interfaces are eth0,
+// eth1, ... in the order it lists them.
+type Interface struct {
+	Network string `yaml:"network" json:"network"`
+	Address string `yaml:"address" json:"address"`
+}
+
+// Route is one entry of a node's routing table: To is "default" or a
+// prefix, Via an address on one of the node's own networks.
+type Route struct {
+	To  string `yaml:"to" json:"to"`
+	Via string `yaml:"via" json:"via"`
+}
+
+// File is placed in a node before it is ready. Mode is octal ("0644").
+type File struct {
+	Path    string `yaml:"path" json:"path"`
+	Mode    string `yaml:"mode,omitempty" json:"mode,omitempty"`
+	Content string `yaml:"content" json:"content"`
 }
 
 // NodeDefaults are the per-node settings a topology sets once.
@@ -72,6 +106,23 @@ type Node struct {
 	Limits       Limits            `yaml:"limits,omitempty" json:"limits"`
 	Capabilities []string          `yaml:"capabilities,omitempty" json:"capabilities,omitempty"`
 	Sysctls      map[string]string `yaml:"sysctls,omitempty" json:"sysctls,omitempty"`
+	// Interfaces, in order, become eth0, eth1, ...; they need
+	// topology.networks.
+	Interfaces []Interface `yaml:"interfaces,omitempty" json:"interfaces,omitempty"`
+	// Address is the address the node's name resolves to in its lab; empty
+	// means its first interface's.
+	Address string `yaml:"address,omitempty" json:"address,omitempty"`
+	// Routes are exactly the node's routes besides those of its own
+	// networks: no default route unless one is declared.
+	Routes []Route `yaml:"routes,omitempty" json:"routes,omitempty"`
+	// Files are written into the node before it is ready.
+	Files []File `yaml:"files,omitempty" json:"files,omitempty"`
+	// Setup is a shell script run once as root (with every capability,
+	// inside the node only) after the node has started and its network and
+	// files are in place, before the candidate gets in. A non-zero exit or
+	// one past SetupTimeout fails the provision.
+	Setup        string   `yaml:"setup,omitempty" json:"setup,omitempty"`
+	SetupTimeout Duration `yaml:"setup_timeout,omitempty" json:"setup_timeout"`
 }
 
 // Limits bound what one node may use.
@@ -188,6 +239,7 @@ func (e *Exam) applyDefaults() {
 			n.Limits.Pids = d.Limits.Pids
 		}
 		n.Capabilities = mergeCaps(d.Capabilities, n.Capabilities)
+		e.applyTopologyDefaults(n)
 	}
 }
 
@@ -259,6 +311,11 @@ func (e *Exam) Validate() error {
 	if len(nodes) > 32 {
 		return invalid("topology.nodes", "at most 32 nodes, got %d", len(nodes))
 	}
+	subnets, err := e.Topology.validateNetworks()
+	if err != nil {
+		return err
+	}
+	used := map[netip.Addr]string{}
 	names := map[string]bool{}
 	for i, n := range nodes {
 		f := fmt.Sprintf("topology.nodes[%d]", i)
@@ -293,6 +350,12 @@ func (e *Exam) Validate() error {
 			if !sysctlPattern.MatchString(k) {
 				return invalid(f+".sysctls", "%q is not a namespaced net.* sysctl", k)
 			}
+		}
+		if err := validateNodeNetwork(f, n, subnets, used); err != nil {
+			return err
+		}
+		if err := validateStartup(f, n); err != nil {
+			return err
 		}
 	}
 	return nil

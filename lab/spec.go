@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"regexp"
+	"time"
 
 	"github.com/examlab/examlab/exam"
 )
@@ -46,7 +47,39 @@ type Spec struct {
 	ExamID    string `json:"exam_id"`
 	Candidate string `json:"candidate"`
 	Network   string `json:"network"`
-	Nodes     []Node `json:"nodes"`
+	// Segments are the lab's own networks; none means one flat network
+	// (Network) with addresses from the runtime's pool.
+	Segments []Segment `json:"segments,omitempty"`
+	Nodes    []Node    `json:"nodes"`
+}
+
+// Segment is one network of a segmented lab, a bridge inside the lab's
+// switch: nothing outside the lab is plugged into it.
+type Segment struct {
+	Name   string `json:"name"`
+	Subnet string `json:"subnet"`
+}
+
+// Interface is a node's link to a segment, with its fixed address.
+type Interface struct {
+	// Name is the interface's name in the node: eth0, eth1, ...
+	Name    string `json:"name"`
+	Segment string `json:"segment"`
+	// Address is the node's address and the segment's prefix length.
+	Address string `json:"address"`
+}
+
+// Route is a route a node starts with: To is "default" or a prefix.
+type Route struct {
+	To  string `json:"to"`
+	Via string `json:"via"`
+}
+
+// File is written into a node before it is ready.
+type File struct {
+	Path    string `json:"path"`
+	Mode    uint32 `json:"mode"`
+	Content string `json:"content"`
 }
 
 // Node is one container of a lab.
@@ -62,7 +95,25 @@ type Node struct {
 	CapAdd    []string          `json:"cap_add"`
 	Sysctls   map[string]string `json:"sysctls,omitempty"`
 	Labels    map[string]string `json:"labels"`
+	// Interfaces, Routes and Address are set in a segmented lab only;
+	// Address is what the node's name resolves to.
+	Interfaces []Interface `json:"interfaces,omitempty"`
+	Routes     []Route     `json:"routes,omitempty"`
+	Address    string      `json:"address,omitempty"`
+	// Files and Setup prepare the node before it is ready; Setup must end
+	// within SetupTimeout.
+	Files        []File        `json:"files,omitempty"`
+	Setup        string        `json:"setup,omitempty"`
+	SetupTimeout time.Duration `json:"setup_timeout,omitempty"`
 }
+
+// Segmented reports whether the lab has segments of its own rather than
+// one flat network.
+func (l Spec) Segmented() bool { return len(l.Segments) > 0 }
+
+// Prepared reports whether the node has files or a setup to apply before
+// it is ready.
+func (n Node) Prepared() bool { return len(n.Files) > 0 || n.Setup != "" }
 
 // Session is what a lab spec needs to know of its session.
 type Session struct {
@@ -81,8 +132,11 @@ func NewSpec(ex *exam.Exam, s Session) (Spec, error) {
 		Candidate: s.Candidate,
 		Network:   NetworkName(s.ID),
 	}
+	for _, nw := range ex.Topology.Networks {
+		l.Segments = append(l.Segments, Segment{Name: nw.Name, Subnet: nw.Subnet})
+	}
 	for _, n := range ex.Topology.Nodes {
-		l.Nodes = append(l.Nodes, Node{
+		node := Node{
 			Name:      n.Name,
 			Role:      n.Role,
 			Container: ContainerName(s.ID, n.Name),
@@ -100,7 +154,22 @@ func NewSpec(ex *exam.Exam, s Session) (Spec, error) {
 				LabelRole:    n.Role,
 				LabelExam:    ex.ID,
 			},
-		})
+			Setup:        n.Setup,
+			SetupTimeout: n.SetupTimeout.Duration,
+		}
+		for i, ifc := range n.Interfaces {
+			node.Interfaces = append(node.Interfaces, Interface{Name: exam.InterfaceName(i), Segment: ifc.Network, Address: ifc.Address})
+		}
+		for _, r := range n.Routes {
+			node.Routes = append(node.Routes, Route{To: r.To, Via: r.Via})
+		}
+		if a := n.HostAddress(); a.IsValid() {
+			node.Address = a.String()
+		}
+		for _, f := range n.Files {
+			node.Files = append(node.Files, File{Path: f.Path, Mode: f.FileMode(), Content: f.Content})
+		}
+		l.Nodes = append(l.Nodes, node)
 	}
 	return l, nil
 }

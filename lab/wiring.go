@@ -1,0 +1,150 @@
+package lab
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// A segmented lab is wired inside one extra container of its own, the
+// switch: a network namespace with nothing in it but one bridge per
+// segment. Each node interface is one end of a veth pair whose other end is
+// a port of its segment's bridge. Nothing is on the host's side: no bridge,
+// no address, no route, so labs can use the same subnets side by side and
+// no segment reaches the host, another lab or the outside. The runtimes run
+// the scripts below: SwitchScript with every privilege in the switch (it
+// must see the nodes' processes to reach their network namespaces), then
+// NodeScript in each node whose interfaces it made.
+
+// SwitchName is a segmented lab's switch container: exam-{id8}.net. The dot
+// keeps it apart from every node's container name.
+func SwitchName(sessionID string) string { return "exam-" + Short(sessionID) + ".net" }
+
+// LabelPart marks a lab's containers that are not nodes (its switch).
+const (
+	LabelPart  = "examlab.part"
+	PartSwitch = "switch"
+)
+
+// PreparedMarker is the file a node holds once its files and setup have
+// been applied, so that a provision run again does not run setup twice.
+const PreparedMarker = "/var/lib/examlab/prepared"
+
+// NoIPExit is the exit code of NodeScript in a node without the ip
+// command: the shell's "command not found".
+const NoIPExit = 127
+
+// BridgeName is segment i's bridge in the switch.
+func BridgeName(i int) string { return "s" + strconv.Itoa(i) }
+
+// PortName is the switch's end of node i's interface j.
+func PortName(node, iface int) string { return "n" + strconv.Itoa(node) + "e" + strconv.Itoa(iface) }
+
+// WiredAlias marks a node's loopback once its network is configured.
+// The interfaces' addresses are lost with the namespace, and the alias with
+// them, so a node without it is (re)configured and one with it is left as
+// the candidate has made it.
+const WiredAlias = "examlab-wired"
+
+// SwitchScript is the shell script, run in the switch with NET_ADMIN,
+// SYS_ADMIN and SYS_PTRACE and the host's PID namespace, that makes the
+// lab's bridges and wires every node in pids (node name → the host PID of a
+// process in the node's network namespace): it plugs each interface into
+// its segment's bridge and, from inside the node's network namespace,
+// gives it its address, brings it up and adds the node's declared routes
+// (and no others: a fresh namespace has none but those of its own
+// networks). It is idempotent: a wired node is left alone. For each node it
+// wires it prints "wired NODE", so the runtime knows which nodes to finish.
+func SwitchScript(l Spec, pids map[string]int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `set -eu
+bridge() {
+	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type bridge
+	ip link set dev "$1" up
+}
+port() { # port NAME BRIDGE PID IFNAME
+	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type veth peer name "$4" netns "$3"
+	ip link set dev "$1" master "$2" up
+}
+wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
+`, WiredAlias)
+	bridges := make(map[string]string, len(l.Segments))
+	for i, s := range l.Segments {
+		bridges[s.Name] = BridgeName(i)
+		fmt.Fprintf(&b, "bridge %s # %s %s\n", BridgeName(i), s.Name, s.Subnet)
+	}
+	for i, n := range l.Nodes {
+		pid, ok := pids[n.Name]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(&b, "if ! wired %d; then # %s\n", pid, n.Name)
+		for j, ifc := range n.Interfaces {
+			fmt.Fprintf(&b, "\tport %s %s %d %s\n", PortName(i, j), bridges[ifc.Segment], pid, ifc.Name)
+		}
+		fmt.Fprintf(&b, "\tnsenter -t %d -n sh -ec '\n", pid)
+		b.WriteString("\t\tip link set dev lo up\n")
+		for _, ifc := range n.Interfaces {
+			fmt.Fprintf(&b, "\t\tip addr replace %s dev %s\n\t\tip link set dev %s up\n", ifc.Address, ifc.Name, ifc.Name)
+		}
+		for _, r := range n.Routes {
+			fmt.Fprintf(&b, "\t\tip route replace %s via %s\n", r.To, r.Via)
+		}
+		fmt.Fprintf(&b, "\t\tip link set dev lo alias %s'\n", WiredAlias)
+		fmt.Fprintf(&b, "\techo wired %s\nfi\n", n.Name)
+	}
+	return b.String()
+}
+
+// Wired parses SwitchScript's output into the names of the nodes it wired.
+func Wired(out string) []string {
+	seen := map[string]bool{}
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "wired "); ok && !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// NodeScript is the shell script, run in a node the switch has just
+// wired, with the node's own capabilities, that checks the node has the ip
+// command its candidate needs and writes the lab's names into /etc/hosts.
+// Names resolve from that file only: a lab has no name server.
+func NodeScript(l Spec) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `command -v ip >/dev/null 2>&1 || { echo "the image has no ip command (iproute2)" >&2; exit %d; }
+set -e
+cat >/etc/hosts <<'EXAMLAB_HOSTS'
+`, NoIPExit)
+	b.WriteString(HostsFile(l))
+	b.WriteString("EXAMLAB_HOSTS\n")
+	b.WriteString("printf '# this lab has no name server: names come from /etc/hosts\\n' >/etc/resolv.conf\n")
+	return b.String()
+}
+
+// SetupScript runs the node's setup once and then leaves PreparedMarker.
+// It is passed the setup as $1.
+const SetupScript = `set -e
+if [ -e ` + PreparedMarker + ` ]; then exit 0; fi
+sh -ec "$1"
+mkdir -p "$(dirname ` + PreparedMarker + `)"
+: >` + PreparedMarker + "\n"
+
+// HostsFile is every segmented lab node's /etc/hosts: each node by its
+// name and its container's name, at the address the exam gives it.
+func HostsFile(l Spec) string {
+	var b strings.Builder
+	b.WriteString("127.0.0.1\tlocalhost\n")
+	for _, n := range l.Nodes {
+		if n.Address == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "%s\t%s %s\n", n.Address, n.Name, ContainerName(l.SessionID, n.Name))
+	}
+	return b.String()
+}
