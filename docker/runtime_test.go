@@ -54,12 +54,18 @@ func TestLab(t *testing.T) {
 // nodeStatus is what the runtime reports of one node of a default lab.
 func nodeStatus(t testing.TB, r *Runtime, sessionID, node string) lab.NodeStatus {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
-	defer cancel()
 	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: sessionID})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return specNodeStatus(t, r, spec, node)
+}
+
+// specNodeStatus is the status of one node of spec.
+func specNodeStatus(t testing.TB, r *Runtime, spec lab.Spec, node string) lab.NodeStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+	defer cancel()
 	st, err := r.Status(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +75,7 @@ func nodeStatus(t testing.TB, r *Runtime, sessionID, node string) lab.NodeStatus
 			return n
 		}
 	}
-	t.Fatalf("no node %s in the status of %s", node, sessionID)
+	t.Fatalf("no node %s in the status of %s", node, spec.SessionID)
 	return lab.NodeStatus{}
 }
 

@@ -63,8 +63,8 @@ bridge() {
 	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type bridge
 	ip link set dev "$1" up
 }
-port() { # port NAME BRIDGE PID IFNAME
-	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type veth peer name "$4" netns "$3"
+port() { # port NAME BRIDGE PID IFNAME MAC
+	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type veth peer name "$4" address "$5" netns "$3"
 	ip link set dev "$1" master "$2" up
 }
 wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
@@ -81,7 +81,7 @@ wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
 		}
 		fmt.Fprintf(&b, "if ! wired %d; then # %s\n", pid, n.Name)
 		for j, ifc := range n.Interfaces {
-			fmt.Fprintf(&b, "\tport %s %s %d %s\n", PortName(i, j), bridges[ifc.Segment], pid, ifc.Name)
+			fmt.Fprintf(&b, "\tport %s %s %d %s %s\n", PortName(i, j), bridges[ifc.Segment], pid, ifc.Name, MAC(i, j))
 		}
 		fmt.Fprintf(&b, "\tnsenter -t %d -n sh -ec '\n", pid)
 		b.WriteString("\t\tip link set dev lo up\n")
@@ -95,6 +95,14 @@ wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
 		fmt.Fprintf(&b, "\techo wired %s\nfi\n", n.Name)
 	}
 	return b.String()
+}
+
+// MAC is the hardware address of the node's iface-th interface, the
+// node being the spec's node-th: the same in every lab of an exam and
+// across restarts of the node, so that its peers' ARP caches stay right
+// when a node comes back. It is locally administered and unicast.
+func MAC(node, iface int) string {
+	return fmt.Sprintf("02:e1:00:%02x:%02x:%02x", byte(node>>8), byte(node), byte(iface))
 }
 
 // Wired parses SwitchScript's output into the names of the nodes it wired.
