@@ -25,6 +25,10 @@ func TestLab(t *testing.T) {
 			conts, nets := sessionResources(t, r, sessionID)
 			var inv labtest.Inventory
 			for _, c := range conts {
+				if c.Labels[lab.LabelPart] == lab.PartSwitch {
+					inv.Others = append(inv.Others, "switch "+strings.Join(c.Names, ","))
+					continue
+				}
 				inv.Nodes = append(inv.Nodes, labtest.Instance{Node: c.Labels[lab.LabelNode], Name: strings.Join(c.Names, ","), Running: c.State == "running"})
 			}
 			for _, n := range nets {

@@ -29,7 +29,9 @@ const (
 
 // PreparedMarker is the file a node holds once its files and setup have
 // been applied, so that a provision run again does not run setup twice.
-const PreparedMarker = "/var/lib/examlab/prepared"
+const PreparedMarker = preparedDir + "/prepared"
+
+const preparedDir = "/var/lib/examlab"
 
 // NoIPExit is the exit code of NodeScript in a node without the ip
 // command: the shell's "command not found".
@@ -58,7 +60,11 @@ const WiredAlias = "examlab-wired"
 // wires it prints "wired NODE", so the runtime knows which nodes to finish.
 func SwitchScript(l Spec, pids map[string]int) string {
 	var b strings.Builder
+	// One wiring at a time: a provision cancelled halfway leaves its
+	// script running in the switch, and the next waits for it here.
 	fmt.Fprintf(&b, `set -eu
+exec 9>/tmp/examlab-wiring.lock
+flock 9
 bridge() {
 	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type bridge
 	ip link set dev "$1" up
@@ -135,13 +141,26 @@ cat >/etc/hosts <<'EXAMLAB_HOSTS'
 	return b.String()
 }
 
-// SetupScript runs the node's setup once and then leaves PreparedMarker.
-// It is passed the setup as $1.
+// SetupScript writes nothing itself: it runs the node's setup, passed as
+// $1, once, and then leaves PreparedMarker. Runs that overlap (a provision
+// cancelled halfway leaves its setup running, and a rerun starts) hand over
+// through a lock directory: the later one waits for the first to finish,
+// and fails if it fails.
 const SetupScript = `set -e
-if [ -e ` + PreparedMarker + ` ]; then exit 0; fi
+dir=` + preparedDir + `
+mkdir -p "$dir"
+[ -e "$dir/prepared" ] && exit 0
+if ! mkdir "$dir/setup.lock" 2>/dev/null; then
+	while [ ! -e "$dir/prepared" ]; do
+		[ -d "$dir/setup.lock" ] || { echo "the setup run this one waited for failed" >&2; exit 75; }
+		sleep 0.2
+	done
+	exit 0
+fi
+trap 'rmdir "$dir/setup.lock"' EXIT
 sh -ec "$1"
-mkdir -p "$(dirname ` + PreparedMarker + `)"
-: >` + PreparedMarker + "\n"
+: >"$dir/prepared"
+`
 
 // HostsFile is every segmented lab node's /etc/hosts: each node by its
 // name and its container's name, at the address the exam gives it.

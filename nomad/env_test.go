@@ -138,6 +138,10 @@ func engineInventory(t testing.TB, eng *testlab.Engine, sessionID string) labtes
 	t.Helper()
 	var inv labtest.Inventory
 	for _, c := range eng.Containers(t, sessionID) {
+		if c.Labels[lab.LabelPart] == lab.PartSwitch {
+			inv.Others = append(inv.Others, "switch "+strings.Join(c.Names, ","))
+			continue
+		}
 		inv.Nodes = append(inv.Nodes, labtest.Instance{Node: c.Labels[lab.LabelNode], Name: strings.Join(c.Names, ","), Running: c.State == "running"})
 	}
 	for _, n := range eng.Networks(t, sessionID) {

@@ -25,29 +25,58 @@ func (s *suite) testNetwork(t *testing.T) {
 	t.Run("isolation", s.testIsolation)
 }
 
+// peers returns two nodes of the lab that share a network: any two in a
+// flat lab, in a segmented one the first pair plugged into one segment.
+func peers(t testing.TB, l lab.Spec) (string, string) {
+	t.Helper()
+	if !l.Segmented() && len(l.Nodes) > 1 {
+		return l.Nodes[0].Name, l.Nodes[1].Name
+	}
+	for i, a := range l.Nodes {
+		for _, b := range l.Nodes[i+1:] {
+			for _, x := range a.Interfaces {
+				for _, y := range b.Interfaces {
+					if x.Segment == y.Segment {
+						return a.Name, b.Name
+					}
+				}
+			}
+		}
+	}
+	t.Fatal("no two nodes of the lab share a network")
+	return "", ""
+}
+
+// listen starts a TCP listener on port in a node, closed with the test.
+func (s *suite) listen(t *testing.T, sessionID, node, port string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(s.ctx)
+	p, err := s.rt.Exec(ctx, sessionID, node, lab.ExecRequest{Cmd: []string{"nc", "-lk", port}})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(); cancel() })
+}
+
 func (s *suite) testPeers(t *testing.T) {
 	sid := s.main.SessionID
-	if out, code := s.run(t, sid, "tokyo", "ping", "-c1", "-W2", "osaka"); code != 0 {
-		t.Fatalf("ping osaka from tokyo: exit %d: %s", code, out)
+	a, b := peers(t, s.main)
+	if out, code := s.run(t, sid, a, "ping", "-c1", "-W2", b); code != 0 {
+		t.Fatalf("ping %s from %s: exit %d: %s", b, a, code, out)
 	}
 	// A TCP listener on a peer doubles as the positive control for the
 	// isolation probes, which use the same nc probe.
-	ctx, cancel := context.WithTimeout(s.ctx, execTimeout)
-	defer cancel()
-	p, err := s.rt.Exec(ctx, sid, "osaka", lab.ExecRequest{Cmd: []string{"nc", "-lk", "7777"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	s.listen(t, sid, b, "7777")
 	code := -1
 	for range listenerTries {
-		if _, code = s.run(t, sid, "tokyo", "nc", "-z", "-w2", "osaka", "7777"); code == 0 {
+		if _, code = s.run(t, sid, a, "nc", "-z", "-w2", b, "7777"); code == 0 {
 			break
 		}
 		time.Sleep(pollInterval)
 	}
 	if code != 0 {
-		t.Errorf("nc -z osaka 7777 from tokyo: exit %d", code)
+		t.Errorf("nc -z %s 7777 from %s: exit %d", b, a, code)
 	}
 }
 
@@ -89,10 +118,19 @@ func (s *suite) testIsolation(t *testing.T) {
 	}()
 
 	// Addresses as the nodes see them: not every runtime's Status knows.
+	// A segmented lab's addresses are the same in every lab of its exam, so
+	// the probes between the labs aim at a port only the target listens
+	// on: a probe that lands on its own lab's twin of the target finds
+	// nothing there either way.
+	_, peer := peers(t, s.main)
 	myNet := s.address(t, sid, "tokyo")
-	mine := myNet.Addr().String()
-	theirs := s.address(t, s.other.SessionID, s.other.Nodes[0].Name).Addr().String()
+	mine := s.address(t, sid, peer).Addr().String()
+	theirNode := s.other.Nodes[0].Name
+	theirs := s.address(t, s.other.SessionID, theirNode).Addr().String()
 	gateway := myNet.Masked().Addr().Next().String()
+	const labPort = "7788"
+	s.listen(t, sid, peer, labPort)
+	s.listen(t, s.other.SessionID, theirNode, labPort)
 	cases := []struct {
 		name    string
 		session string
@@ -102,8 +140,8 @@ func (s *suite) testIsolation(t *testing.T) {
 		{"host service on the bridge gateway", sid, "tokyo", "nc -z -w1 " + gateway + " " + port},
 		{"host service on the host's primary address", sid, "tokyo", "nc -z -w1 " + hostIP + " " + port},
 		{"cloud metadata", sid, "tokyo", "nc -z -w1 169.254.169.254 80"},
-		{"other session's node", sid, "tokyo", "ping -c1 -W1 " + theirs},
-		{"this session's node from the other", s.other.SessionID, s.other.Nodes[0].Name, "ping -c1 -W1 " + mine},
+		{"other session's node", sid, peer, "nc -z -w1 " + theirs + " " + labPort},
+		{"this session's node from the other", s.other.SessionID, theirNode, "nc -z -w1 " + mine + " " + labPort},
 		// g1 and g2 have NET_ADMIN: they may reroute, and still must not
 		// get out.
 		{"host from a node that rewrites its routes", sid, "g1",
