@@ -90,6 +90,10 @@ type Config struct {
 	// EXAMLAB_SUBNET_POOL, 10.213.0.0/16; EXAMLAB_SUBNET_PREFIX, 26.
 	SubnetPool   string
 	SubnetPrefix int
+	// SwitchImage runs each segmented lab's switch on the one-host
+	// runtime: an image with sh, sleep, ip, nsenter and flock.
+	// EXAMLAB_SWITCH_IMAGE, examlab/node:bookworm.
+	SwitchImage string
 
 	// Nomad settings beyond what the Nomad api package reads itself
 	// (NOMAD_ADDR, NOMAD_TOKEN, NOMAD_REGION, NOMAD_NAMESPACE, NOMAD_CACERT…).
@@ -151,6 +155,7 @@ func Default() Config {
 		DockerHost:        "unix:///var/run/docker.sock",
 		SubnetPool:        "10.213.0.0/16",
 		SubnetPrefix:      26,
+		SwitchImage:       "examlab/node:bookworm",
 		NomadDatacenters:  []string{"dc1"},
 		NomadLabnet:       "/usr/local/bin/examlab",
 		WorkerConcurrency: 8,
@@ -243,6 +248,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	str("DOCKER_HOST", &c.DockerHost)
 	str("EXAMLAB_SUBNET_POOL", &c.SubnetPool)
 	num("EXAMLAB_SUBNET_PREFIX", &c.SubnetPrefix)
+	str("EXAMLAB_SWITCH_IMAGE", &c.SwitchImage)
 	list("EXAMLAB_NOMAD_DATACENTERS", &c.NomadDatacenters)
 	str("EXAMLAB_NOMAD_LABNET", &c.NomadLabnet)
 	num("EXAMLAB_MAX_LABS", &c.MaxLabs)
@@ -274,6 +280,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Runtime, "runtime", c.Runtime, "lab runtime: docker or nomad")
 	fs.StringVar(&c.SubnetPool, "subnet-pool", c.SubnetPool, "pool for per-session subnets")
 	fs.IntVar(&c.SubnetPrefix, "subnet-prefix", c.SubnetPrefix, "prefix length of each session subnet")
+	fs.StringVar(&c.SwitchImage, "switch-image", c.SwitchImage, "image of segmented labs' switches (sh, sleep, ip, nsenter)")
 	fs.IntVar(&c.WorkerConcurrency, "concurrency", c.WorkerConcurrency, "tasks one worker runs at once")
 	fs.IntVar(&c.MaxLabs, "max-labs", c.MaxLabs, "labs the deployment runs at once; more starts wait in the queue (0: as many as the subnet pool holds)")
 	fs.IntVar(&c.RetentionDays, "retention-days", c.RetentionDays, "delete archived sessions older than this (0: keep)")

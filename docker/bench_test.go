@@ -3,6 +3,8 @@ package docker
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"testing"
@@ -12,18 +14,37 @@ import (
 	"github.com/examlab/examlab/lab"
 )
 
-// The two benchmarks bring up the default eight-node lab, one through
-// Runtime.Provision and one with bare Engine API calls, so the runtime's
-// own cost (subnet allocation, convergence checks, waiting for running) is
-// the difference between them. Run with, for example:
+// The benchmarks bring up the default exam's lab cold: the segmented
+// eight-node lab it ships with, the same eight nodes flat on one network
+// (as every lab was before segments), each through Runtime.Provision and
+// with bare Engine API calls doing the same work. The runtime's own cost
+// (convergence checks, waiting for running, idempotent wiring) is the
+// difference between a pair; the price of segments is the difference
+// between the pairs. Run with, for example:
 //
 //	go test ./docker -run '^$' -bench . -benchtime 5x
 
+// flatDefault is the default exam's eight nodes on one flat network.
+func flatDefault() *exam.Exam {
+	ex := exam.Default()
+	ex.Topology.Networks = nil
+	for i := range ex.Topology.Nodes {
+		n := &ex.Topology.Nodes[i]
+		n.Interfaces, n.Routes, n.Address, n.Files, n.Setup = nil, nil, "", nil, ""
+		n.SetupTimeout.Duration = 0
+	}
+	return ex
+}
+
 // benchLab renders a fresh default lab and makes sure it is removed even if
 // the benchmark stops early.
-func benchLab(b *testing.B, r *Runtime) lab.Spec {
+func benchLab(b *testing.B, r *Runtime) lab.Spec { return benchLabOf(b, r, flatDefault()) }
+
+// benchLabOf renders a fresh lab of ex, removed even if the benchmark stops
+// early.
+func benchLabOf(b *testing.B, r *Runtime, ex *exam.Exam) lab.Spec {
 	b.Helper()
-	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: newSessionID(b), Candidate: "bench"})
+	spec, err := lab.NewSpec(ex, lab.Session{ID: newSessionID(b), Candidate: "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -44,6 +65,8 @@ func reportPerLab(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/lab")
 }
 
+// BenchmarkProvisionLab provisions the default eight nodes on one flat
+// network.
 func BenchmarkProvisionLab(b *testing.B) {
 	r := newTestRuntime(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -111,6 +134,133 @@ func BenchmarkRawEngineEightContainers(b *testing.B) {
 					mu.Unlock()
 				}
 			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			b.Fatal(err)
+		}
+
+		b.StopTimer()
+		benchDestroy(b, r, spec.SessionID)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	reportPerLab(b)
+}
+
+// BenchmarkProvisionSegmentedLab provisions the default exam's segmented
+// lab: switch, eight nodes, wiring, files and setup.
+func BenchmarkProvisionSegmentedLab(b *testing.B) {
+	r := newTestRuntime(b)
+	if !exam.Default().Topology.Segmented() {
+		b.Fatal("the default exam has no networks of its own")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		spec := benchLabOf(b, r, exam.Default())
+		b.StartTimer()
+		if err := r.Provision(ctx, spec); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		benchDestroy(b, r, spec.SessionID)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	reportPerLab(b)
+}
+
+// BenchmarkRawEngineSegmentedLab is the segmented lab's floor: the switch
+// and the eight containers created and started with the same requests and
+// parallelism as Provision, the same wiring script run once in the switch,
+// and each node's names, files and setup applied, with none of the
+// runtime's checks.
+func BenchmarkRawEngineSegmentedLab(b *testing.B) {
+	r := newTestRuntime(b)
+	c := r.client
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		spec := benchLabOf(b, r, exam.Default())
+		b.StartTimer()
+
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			errs []error
+			sem  = make(chan struct{}, provisionParallel)
+			ids  = map[string]string{}
+		)
+		fail := func(err error) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+		start := func(name string, cc containerCreate) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			id, err := c.createContainer(ctx, name, cc)
+			if err == nil {
+				err = c.startContainer(ctx, id)
+			}
+			if err != nil {
+				fail(err)
+				return
+			}
+			mu.Lock()
+			ids[name] = id
+			mu.Unlock()
+		}
+		wg.Add(len(spec.Nodes) + 1)
+		go start(lab.SwitchName(spec.SessionID), switchSpec(r.switchImage, networkLabels(spec)))
+		for _, n := range spec.Nodes {
+			go start(n.Container, containerSpec(networkNone, n))
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			b.Fatal(err)
+		}
+		conts := map[string]container{}
+		pids := map[string]int{}
+		for _, n := range append(spec.Nodes, lab.Node{Name: "switch", Container: lab.SwitchName(spec.SessionID)}) {
+			ct, err := c.inspectContainer(ctx, ids[n.Container])
+			if err != nil {
+				b.Fatal(err)
+			}
+			conts[n.Name] = ct
+			pids[n.Name] = ct.State.Pid
+		}
+		if code, err := r.execIn(ctx, conts["switch"], "switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, io.Discard, io.Discard); err != nil || code != 0 {
+			b.Fatalf("wire: exit %d, %v", code, err)
+		}
+		for _, n := range spec.Nodes {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				ct := conts[n.Name]
+				if code, err := r.execIn(ctx, ct, n.Name, []string{"sh", "-c", lab.NodeScript(spec)}, nil, io.Discard, io.Discard); err != nil || code != 0 {
+					fail(fmt.Errorf("names in %s: exit %d, %v", n.Name, code, err))
+					return
+				}
+				if !n.Prepared() {
+					return
+				}
+				if len(n.Files) > 0 {
+					if err := r.putFiles(ctx, ct.ID, n.Files); err != nil {
+						fail(err)
+						return
+					}
+				}
+				if code, err := r.execIn(ctx, ct, n.Name, []string{"sh", "-c", lab.SetupScript, "setup", n.Setup}, nil, io.Discard, io.Discard); err != nil || code != 0 {
+					fail(fmt.Errorf("setup in %s: exit %d, %v", n.Name, code, err))
+				}
+			})
 		}
 		wg.Wait()
 		if err := errors.Join(errs...); err != nil {

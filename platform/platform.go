@@ -316,7 +316,7 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 func NewRuntime(cfg config.Config) (lab.Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
-		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, Instance: cfg.Instance})
+		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, Instance: cfg.Instance})
 	case config.RuntimeNomad:
 		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
 		// NOMAD_REGION and the TLS variables itself.
