@@ -104,7 +104,9 @@ func (r *Runtime) node(ctx context.Context, sessionID, node string) (container, 
 	if err != nil {
 		return container{}, fmt.Errorf("inspect node %s of session %s: %w", node, sessionID, err)
 	}
-	if c.Config.Labels[lab.LabelSession] != sessionID || c.Config.Labels[lab.LabelManaged] != "true" {
+	// Never the lab's switch, whatever name it is asked by: it holds
+	// capabilities no candidate may have.
+	if c.Config.Labels[lab.LabelSession] != sessionID || c.Config.Labels[lab.LabelManaged] != "true" || c.Config.Labels[lab.LabelPart] != "" {
 		return container{}, fmt.Errorf("node %s of session %s: %w", node, sessionID, lab.ErrNotFound)
 	}
 	return c, nil
