@@ -35,6 +35,26 @@ const PreparedMarker = "/var/lib/examlab/prepared"
 // command: the shell's "command not found".
 const NoIPExit = 127
 
+// NoIPv6 returns the sysctls that turn IPv6 off in a network namespace,
+// for the interfaces made in it later too. A segmented lab's nodes and its
+// switch speak IPv4 only, so that a node's addresses are the exam's alone.
+func NoIPv6() map[string]string {
+	return map[string]string{
+		"net.ipv6.conf.all.disable_ipv6":     "1",
+		"net.ipv6.conf.default.disable_ipv6": "1",
+	}
+}
+
+// SegmentedSysctls are the node's sysctls in a segmented lab: NoIPv6 under
+// the node's own, which win.
+func (n Node) SegmentedSysctls() map[string]string {
+	out := NoIPv6()
+	for k, v := range n.Sysctls {
+		out[k] = v
+	}
+	return out
+}
+
 // BridgeName is segment i's bridge in the switch.
 func BridgeName(i int) string { return "s" + strconv.Itoa(i) }
 
