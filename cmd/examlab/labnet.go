@@ -2,25 +2,38 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/docker"
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
-// labnetDownWait is how long `labnet down` waits for the lab's containers
-// to leave the network; the poststop task runs as the nodes stop.
-const labnetDownWait = 2 * time.Minute
+// labnetWait is how long `labnet down` waits for the lab's containers to
+// leave the network (the poststop task runs as the nodes stop), and how
+// long `labnet up -plan` waits for the nodes' containers to run.
+const labnetWait = 2 * time.Minute
 
-// labnet creates or removes a Nomad lab's network on the client it runs
-// on. The session's job runs it as its prestart and poststop tasks:
+// labnet makes or removes a Nomad lab's network on the client it runs on.
+// The session's job runs it as its lifecycle tasks:
 //
 //	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N]
+//	examlab labnet up -session ID [-exam ID] -plan FILE [-alloc ID] [-wait 2m]
 //	examlab labnet down -session ID [-wait 2m]
+//
+// Without -plan, up creates a flat lab's session network before the nodes
+// start. With -plan (a segmented lab's spec, lab.Spec as JSON), it runs once
+// the nodes run: it finds their containers, makes the lab's switch, wires
+// them into their segments and prepares them (files, setup). Down removes
+// whichever the lab has. A failure exits non-zero with a one-line reason on
+// stderr: it is what `nomad alloc logs` shows, and what the runtime quotes.
 func labnet(ctx context.Context, args []string) error {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
 		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|down -session ID [flags]")
@@ -30,10 +43,12 @@ func labnet(ctx context.Context, args []string) error {
 	def := config.Default()
 	fs := flag.NewFlagSet("labnet "+verb, flag.ContinueOnError)
 	session := fs.String("session", "", "session id (required)")
-	examID := fs.String("exam", "", "exam id, kept as a label on the network (up)")
-	pool := fs.String("subnet-pool", def.SubnetPool, "pool the session's subnet is carved from (up)")
-	prefix := fs.Int("subnet-prefix", def.SubnetPrefix, "prefix length of the session's subnet (up)")
-	wait := fs.Duration("wait", labnetDownWait, "how long to wait for containers to leave the network (down)")
+	examID := fs.String("exam", "", "exam id, kept as a label on the network or switch (up)")
+	pool := fs.String("subnet-pool", def.SubnetPool, "pool a flat lab's subnet is carved from (up)")
+	prefix := fs.Int("subnet-prefix", def.SubnetPrefix, "prefix length of a flat lab's subnet (up)")
+	plan := fs.String("plan", "", "a segmented lab's spec, as JSON: wire and prepare its running nodes (up)")
+	alloc := fs.String("alloc", os.Getenv("NOMAD_ALLOC_ID"), "the allocation whose node containers to wire (up -plan; default: NOMAD_ALLOC_ID)")
+	wait := fs.Duration("wait", labnetWait, "how long to wait for the nodes' containers to run (up -plan) or to leave the network (down)")
 	host := fs.String("docker-host", os.Getenv("DOCKER_HOST"), "Docker Engine API address (default: DOCKER_HOST, else the local socket)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -45,7 +60,10 @@ func labnet(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if verb == "up" {
+	switch {
+	case verb == "up" && *plan != "":
+		return oneLine(wireLab(ctx, rt, *session, *examID, *alloc, *plan, *wait))
+	case verb == "up":
 		n, err := rt.LabnetUp(ctx, *session, *examID)
 		if err != nil {
 			return err
@@ -53,9 +71,66 @@ func labnet(ctx context.Context, args []string) error {
 		fmt.Printf("network %s (%s) subnet %s\n", n.Name, n.ID[:12], n.Subnet)
 		return nil
 	}
-	if err := rt.LabnetDown(ctx, *session, *wait); err != nil {
-		return err
+	// A lab has a network or a switch, never both; down removes either.
+	if err := errors.Join(rt.RemoveSwitch(ctx, *session), rt.LabnetDown(ctx, *session, *wait)); err != nil {
+		return oneLine(err)
 	}
 	fmt.Printf("network of session %s removed\n", *session)
 	return nil
+}
+
+// wireLab wires and prepares the running nodes of the segmented lab whose
+// spec is in the file plan.
+func wireLab(ctx context.Context, rt *docker.Runtime, session, examID, alloc, plan string, wait time.Duration) error {
+	b, err := os.ReadFile(plan)
+	if err != nil {
+		return fmt.Errorf("labnet up %s: read the plan: %w", session, err)
+	}
+	var spec lab.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("labnet up %s: decode the plan %s: %w", session, plan, err)
+	}
+	switch {
+	case spec.SessionID != session:
+		return fmt.Errorf("labnet up %s: the plan is session %q's", session, spec.SessionID)
+	case !spec.Segmented():
+		return fmt.Errorf("labnet up %s: the plan has no segments to wire", session)
+	}
+	if examID == "" {
+		examID = spec.ExamID
+	}
+	names := make([]string, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		names[i] = n.Name
+	}
+	nodes, err := rt.NodeContainers(ctx, session, alloc, names, wait)
+	if err != nil {
+		return fmt.Errorf("labnet up %s: %w", session, err)
+	}
+	// Not examlab.managed: that marks what the one-host runtime owns and
+	// reaps, and this switch is the Nomad lab's.
+	labels := map[string]string{
+		lab.LabelSession:      session,
+		lab.LabelExam:         examID,
+		jobspecs.LabelRuntime: "nomad",
+	}
+	if err := rt.PrepareLab(ctx, spec, nodes, labels); err != nil {
+		return fmt.Errorf("labnet up %s: %w", session, err)
+	}
+	fmt.Printf("lab %s wired: %d nodes on %d segments, switch %s\n", session, len(spec.Nodes), len(spec.Segments), lab.SwitchName(session))
+	return nil
+}
+
+// oneLine puts an error on one line: a joined error or a setup's output
+// has several, and an operator reading the task's log (or the runtime
+// quoting its last line) must see all of the reason together.
+func oneLine(err error) error {
+	if err == nil {
+		return nil
+	}
+	lines := strings.FieldsFunc(err.Error(), func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return errors.New(strings.Join(lines, " | "))
 }
