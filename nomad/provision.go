@@ -138,9 +138,9 @@ func renderedBy(job *api.Job) int {
 }
 
 // waitRunning watches the job's allocations with blocking queries until
-// every node of spec runs, and fails as soon as the lab cannot come up: no
-// client could place it, the session network could not be created, or a
-// node's task died.
+// every node of spec runs (and, in a segmented lab, labnet-up has wired and
+// prepared them), and fails as soon as the lab cannot come up: no client
+// could place it, labnet-up failed, or a node's task died.
 func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec lab.Spec) error {
 	var index uint64
 	for {
@@ -157,6 +157,9 @@ func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec
 			}
 		}
 		if a := currentAlloc(fresh); a != nil {
+			if labnetFailed(a) {
+				return r.labnetError(ctx, a, spec)
+			}
 			done, err := allocProgress(a, spec)
 			if err != nil || done {
 				return err
@@ -225,12 +228,10 @@ func newestEval(evals []*api.Evaluation, keep func(*api.Evaluation) bool) *api.E
 	return best
 }
 
-// allocProgress judges one allocation of the lab: done when every node
-// runs; an error once it can no longer get there by itself.
+// allocProgress judges one allocation of the lab whose labnet-up has not
+// failed: done when every node runs and, in a segmented lab, labnet-up has
+// finished wiring them; an error once it can no longer get there by itself.
 func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
-	if up := a.TaskStates[jobspecs.NomadLabnetUp]; up != nil && up.State == taskDead && up.Failed {
-		return false, fmt.Errorf("create the session network (allocation %s): %s", shortID(a.ID), eventSummary(up))
-	}
 	var errs []error
 	running := 0
 	for _, n := range spec.Nodes {
@@ -250,7 +251,60 @@ func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
 		return false, fmt.Errorf("allocation %s on %s is %s (desired %s): %s", shortID(a.ID), clientName(a),
 			a.ClientStatus, a.DesiredStatus, a.ClientDescription)
 	}
-	return running == len(spec.Nodes), nil
+	return running == len(spec.Nodes) && (!spec.Segmented() || labnetDone(a)), nil
+}
+
+// labnetDone reports whether the allocation's labnet-up has exited 0.
+func labnetDone(a *api.AllocationListStub) bool {
+	up := a.TaskStates[jobspecs.NomadLabnetUp]
+	return up != nil && up.State == taskDead && !up.Failed
+}
+
+// labnetFailed reports whether the allocation's labnet-up has failed for
+// good: the lab cannot come up.
+func labnetFailed(a *api.AllocationListStub) bool {
+	up := a.TaskStates[jobspecs.NomadLabnetUp]
+	return up != nil && up.State == taskDead && up.Failed
+}
+
+// labnetError is the provision error of an allocation whose labnet-up
+// failed.
+func (r *Runtime) labnetError(ctx context.Context, a *api.AllocationListStub, spec lab.Spec) error {
+	what := "create the session network"
+	if spec.Segmented() {
+		what = "wire the lab"
+	}
+	return fmt.Errorf("%s (allocation %s on %s): %s", what, shortID(a.ID), clientName(a), r.labnetReason(ctx, a))
+}
+
+// labnetTail bounds how much of labnet-up's stderr is read for its reason.
+const labnetTail = 4 << 10
+
+// labnetReason says why labnet-up failed: the last line it wrote to stderr
+// (examlab's one-line error, naming the node and what went wrong), else,
+// when its log cannot be read, its task events. A raw_exec task's exit
+// event carries only the exit code.
+func (r *Runtime) labnetReason(ctx context.Context, a *api.AllocationListStub) string {
+	events := eventSummary(a.TaskStates[jobspecs.NomadLabnetUp])
+	alloc, _, err := r.client.Allocations().Info(a.ID, r.query(ctx))
+	if err != nil {
+		return events
+	}
+	tail := &tailWriter{max: labnetTail}
+	if err := r.streamLog(ctx, alloc, jobspecs.NomadLabnetUp, "stderr", tail); err != nil {
+		return events
+	}
+	line := lastLine(tail.buf.String())
+	if line == "" {
+		return events
+	}
+	return strings.TrimPrefix(line, "examlab: ")
+}
+
+// lastLine is the last non-blank line of s, trimmed.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }
 
 func clientName(a *api.AllocationListStub) string {
