@@ -61,6 +61,16 @@ func BridgeName(i int) string { return "s" + strconv.Itoa(i) }
 // PortName is the switch's end of node i's interface j.
 func PortName(node, iface int) string { return "n" + strconv.Itoa(node) + "e" + strconv.Itoa(iface) }
 
+// InterfaceMAC is the hardware address of node i's interface j. It is
+// fixed, like the interface's IP address, so that a node whose container
+// is replaced (reset, or restarted after a crash) comes back with the same
+// one: its neighbours' ARP caches, which would otherwise send to the old
+// address for half a minute, stay right. Locally administered, it needs to
+// be unique only on the lab's own segments.
+func InterfaceMAC(node, iface int) string {
+	return fmt.Sprintf("02:e1:%02x:%02x:%02x:00", node>>8&0xff, node&0xff, iface&0xff)
+}
+
 // WiredAlias marks a node's loopback once its network is configured.
 // The interfaces' addresses are lost with the namespace, and the alias with
 // them, so a node without it is (re)configured and one with it is left as
@@ -83,8 +93,8 @@ bridge() {
 	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type bridge
 	ip link set dev "$1" up
 }
-port() { # port NAME BRIDGE PID IFNAME
-	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type veth peer name "$4" netns "$3"
+port() { # port NAME BRIDGE PID IFNAME MAC
+	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type veth peer name "$4" address "$5" netns "$3"
 	ip link set dev "$1" master "$2" up
 }
 wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
@@ -101,7 +111,7 @@ wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
 		}
 		fmt.Fprintf(&b, "if ! wired %d; then # %s\n", pid, n.Name)
 		for j, ifc := range n.Interfaces {
-			fmt.Fprintf(&b, "\tport %s %s %d %s\n", PortName(i, j), bridges[ifc.Segment], pid, ifc.Name)
+			fmt.Fprintf(&b, "\tport %s %s %d %s %s\n", PortName(i, j), bridges[ifc.Segment], pid, ifc.Name, InterfaceMAC(i, j))
 		}
 		fmt.Fprintf(&b, "\tnsenter -t %d -n sh -ec '\n", pid)
 		b.WriteString("\t\tip link set dev lo up\n")
