@@ -119,51 +119,23 @@ const NomadAllocLabel = "com.hashicorp.nomad.alloc_id"
 const nodeContainersPoll = 250 * time.Millisecond
 
 // NodeContainers finds the running containers of a Nomad lab's nodes on
-// this engine and returns each node's container id. A Nomad lab's node
-// containers carry the session's and the node's labels and
-// examlab.runtime=nomad (see jobspecs), and the driver's allocation label:
-// when allocID is set only that allocation's containers count. If a node
-// has several running containers the newest is taken. It waits up to wait
-// for every named node to have one; a node's container may be starting,
-// or restarting after a crash.
+// this engine (see RunningNodeContainers) and returns each named node's
+// container id. It waits up to wait for every one of them to have one; a
+// node's container may be starting, or restarting after a crash.
 func (r *Runtime) NodeContainers(ctx context.Context, sessionID, allocID string, names []string, wait time.Duration) (map[string]string, error) {
-	if !lab.ValidSessionID(sessionID) {
-		return nil, fmt.Errorf("find node containers: invalid session id %q", sessionID)
-	}
-	kv := []string{"label", lab.LabelSession + "=" + sessionID, "label", jobspecs.LabelRuntime + "=nomad", "status", "running"}
-	if allocID != "" {
-		kv = append(kv, "label", NomadAllocLabel+"="+allocID)
-	}
 	deadline := time.Now().Add(wait)
 	for {
-		list, err := r.client.listContainers(ctx, filters(kv...))
+		running, err := r.RunningNodeContainers(ctx, sessionID, allocID)
 		if err != nil {
-			return nil, fmt.Errorf("find node containers of %s: %w", sessionID, err)
-		}
-		running := map[string][]string{}
-		for _, c := range list {
-			if node := c.Labels[lab.LabelNode]; c.State == "running" && node != "" {
-				running[node] = append(running[node], c.ID)
-			}
+			return nil, err
 		}
 		out := make(map[string]string, len(names))
 		var missing []string
 		for _, n := range names {
-			switch ids := running[n]; len(ids) {
-			case 0:
+			if id, ok := running[n]; ok {
+				out[n] = id
+			} else {
 				missing = append(missing, n)
-			case 1:
-				out[n] = ids[0]
-			default:
-				id, err := r.newestStarted(ctx, ids)
-				switch {
-				case err != nil:
-					return nil, fmt.Errorf("find node containers of %s: node %s: %w", sessionID, n, err)
-				case id == "":
-					missing = append(missing, n) // all gone since the list
-				default:
-					out[n] = id
-				}
 			}
 		}
 		if len(missing) == 0 {
@@ -176,6 +148,47 @@ func (r *Runtime) NodeContainers(ctx context.Context, sessionID, allocID string,
 			return nil, fmt.Errorf("find node containers of %s: waiting for %s: %w", sessionID, strings.Join(missing, ", "), err)
 		}
 	}
+}
+
+// RunningNodeContainers returns the id of each node of a Nomad lab that
+// has a running container on this engine now. A Nomad lab's node
+// containers carry the session's and the node's labels and
+// examlab.runtime=nomad (see jobspecs), and the driver's allocation label:
+// when allocID is set only that allocation's containers count. If a node
+// has several running containers, the one started last is taken.
+func (r *Runtime) RunningNodeContainers(ctx context.Context, sessionID, allocID string) (map[string]string, error) {
+	if !lab.ValidSessionID(sessionID) {
+		return nil, fmt.Errorf("find node containers: invalid session id %q", sessionID)
+	}
+	kv := []string{"label", lab.LabelSession + "=" + sessionID, "label", jobspecs.LabelRuntime + "=nomad", "status", "running"}
+	if allocID != "" {
+		kv = append(kv, "label", NomadAllocLabel+"="+allocID)
+	}
+	list, err := r.client.listContainers(ctx, filters(kv...))
+	if err != nil {
+		return nil, fmt.Errorf("find node containers of %s: %w", sessionID, err)
+	}
+	running := map[string][]string{}
+	for _, c := range list {
+		if node := c.Labels[lab.LabelNode]; c.State == "running" && node != "" {
+			running[node] = append(running[node], c.ID)
+		}
+	}
+	out := make(map[string]string, len(running))
+	for node, ids := range running {
+		if len(ids) == 1 {
+			out[node] = ids[0]
+			continue
+		}
+		id, err := r.newestStarted(ctx, ids)
+		if err != nil {
+			return nil, fmt.Errorf("find node containers of %s: node %s: %w", sessionID, node, err)
+		}
+		if id != "" { // else all gone since the list
+			out[node] = id
+		}
+	}
+	return out, nil
 }
 
 // newestStarted returns the one of the containers ids that started last,

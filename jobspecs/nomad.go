@@ -39,7 +39,8 @@ const (
 //
 //  1. Flat labs: a prestart labnet-up makes the session network.
 //  2. Segmented labs: nodes without a network, wired by a poststart
-//     labnet-up from the lab's plan.
+//     labnet-up from the lab's plan, and rewired after a restart by the
+//     labnet-watch sidecar.
 const NomadRenderVersion = 2
 
 // renderFlat is the version a flat lab's job carries: version 2 renders
@@ -66,9 +67,17 @@ const (
 	// ready only once it has exited 0.
 	NomadLabnetUp   = "labnet-up"
 	NomadLabnetDown = "labnet-down"
+	// NomadLabnetWatch is a segmented lab's poststart sidecar: for the
+	// lab's life it wires and prepares each node container that replaces
+	// one labnet-up wired, since Nomad restarts a node (after a crash, or
+	// to reset it) in a fresh container with no network.
+	NomadLabnetWatch = "labnet-watch"
 	// NomadPlan is the file, in labnet-up's task directory, that a
 	// segmented lab's template writes the lab's spec (lab.Spec as JSON) to.
 	NomadPlan = "local/lab.json"
+	// NomadLabnetState is the file, in the allocation's shared directory,
+	// where labnet-up leaves what it wired for labnet-watch.
+	NomadLabnetState = "${NOMAD_ALLOC_DIR}/labnet.json"
 )
 
 // The template delimiters of the plan. Nothing in the plan is a template,
@@ -143,7 +152,8 @@ func (o NomadOptions) CPUMHz(cpus float64) int {
 // namespaces on it, reachable by name, and a poststop task that removes the
 // network again. A segmented lab's nodes start with no network at all; a
 // poststart task, given the lab's spec as a file, makes the lab's switch on
-// the client, wires every node into its segments and runs its setup, and
+// the client, wires every node into its segments and runs its setup; a
+// poststart sidecar does the same for every node Nomad restarts later; and
 // the poststop task removes the switch.
 func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	if !lab.ValidSessionID(l.SessionID) {
@@ -232,7 +242,7 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 		group.Tasks = append(group.Tasks, up)
 	}
 
-	seen := map[string]bool{NomadLabnetUp: true, NomadLabnetDown: true}
+	seen := map[string]bool{NomadLabnetUp: true, NomadLabnetDown: true, NomadLabnetWatch: true}
 	for _, n := range l.Nodes {
 		if seen[n.Name] {
 			return nil, fmt.Errorf("render nomad job %s: node name %q is taken", l.SessionID, n.Name)
@@ -241,7 +251,7 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 		group.Tasks = append(group.Tasks, nodeTask(l, n, network, o))
 	}
 	if l.Segmented() {
-		group.Tasks = append(group.Tasks, up)
+		group.Tasks = append(group.Tasks, up, watchTask(l, o))
 	}
 	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetDown, api.TaskLifecycleHookPoststop, o.Labnet,
 		[]string{"labnet", "down", "-session", l.SessionID}))
@@ -300,7 +310,7 @@ func wiringTask(l lab.Spec, o NomadOptions, args []string) (*api.Task, error) {
 		return nil, err
 	}
 	t := labnetTask(NomadLabnetUp, api.TaskLifecycleHookPoststart, o.Labnet,
-		append(args, "-plan", "${NOMAD_TASK_DIR}/"+strings.TrimPrefix(NomadPlan, "local/")))
+		append(args, "-plan", "${NOMAD_TASK_DIR}/"+strings.TrimPrefix(NomadPlan, "local/"), "-state", NomadLabnetState))
 	t.Templates = []*api.Template{{
 		EmbeddedTmpl: new(string(plan)),
 		DestPath:     new(NomadPlan),
@@ -310,6 +320,16 @@ func wiringTask(l lab.Spec, o NomadOptions, args []string) (*api.Task, error) {
 	}}
 	t.RestartPolicy = &api.RestartPolicy{Attempts: new(0), Mode: new("fail")}
 	return t, nil
+}
+
+// watchTask is a segmented lab's labnet-watch, a poststart sidecar. It
+// starts with labnet-up and waits for the state labnet-up leaves, which
+// holds the plan.
+func watchTask(l lab.Spec, o NomadOptions) *api.Task {
+	t := labnetTask(NomadLabnetWatch, api.TaskLifecycleHookPoststart, o.Labnet,
+		[]string{"labnet", "watch", "-session", l.SessionID, "-state", NomadLabnetState})
+	t.Lifecycle.Sidecar = true
+	return t
 }
 
 // Plan is the lab's spec as a segmented lab's labnet-up reads it: JSON,

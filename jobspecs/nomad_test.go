@@ -189,8 +189,8 @@ func TestNomadJobSegmentedShape(t *testing.T) {
 		t.Errorf("render version %s, want %d", job.Meta[MetaRender], NomadRenderVersion)
 	}
 	g := job.TaskGroups[0]
-	if len(g.Tasks) != len(l.Nodes)+2 {
-		t.Fatalf("%d tasks, want %d nodes + labnet-up + labnet-down", len(g.Tasks), len(l.Nodes))
+	if len(g.Tasks) != len(l.Nodes)+3 {
+		t.Fatalf("%d tasks, want %d nodes + labnet-up + labnet-watch + labnet-down", len(g.Tasks), len(l.Nodes))
 	}
 	for i, n := range l.Nodes {
 		task := g.Tasks[i]
@@ -216,15 +216,24 @@ func TestNomadJobSegmentedShape(t *testing.T) {
 			}
 		})
 	}
-	up, down := g.Tasks[len(l.Nodes)], g.Tasks[len(l.Nodes)+1]
+	up, watch, down := g.Tasks[len(l.Nodes)], g.Tasks[len(l.Nodes)+1], g.Tasks[len(l.Nodes)+2]
 	if up.Name != NomadLabnetUp || up.Driver != "raw_exec" || up.Lifecycle == nil ||
 		up.Lifecycle.Hook != api.TaskLifecycleHookPoststart || up.Lifecycle.Sidecar {
 		t.Errorf("task %s %s %+v, want labnet-up as a poststart raw_exec task, not a sidecar", up.Name, up.Driver, up.Lifecycle)
 	}
 	// The pool is the flat network's: a segmented lab takes nothing from it.
-	wantArgs := "labnet up -session golden0000s1 -exam segmented-lab -plan ${NOMAD_TASK_DIR}/lab.json"
+	wantArgs := "labnet up -session golden0000s1 -exam segmented-lab -plan ${NOMAD_TASK_DIR}/lab.json -state ${NOMAD_ALLOC_DIR}/labnet.json"
 	if got := strings.Join(up.Config["args"].([]string), " "); got != wantArgs {
 		t.Errorf("labnet-up runs %q, want %q", got, wantArgs)
+	}
+	if watch.Name != NomadLabnetWatch || watch.Driver != "raw_exec" || watch.Lifecycle == nil ||
+		watch.Lifecycle.Hook != api.TaskLifecycleHookPoststart || !watch.Lifecycle.Sidecar {
+		t.Errorf("task %s %s %+v, want labnet-watch as a poststart raw_exec sidecar", watch.Name, watch.Driver, watch.Lifecycle)
+	}
+	// It reads the state labnet-up leaves, where up wrote it.
+	wantWatch := "labnet watch -session golden0000s1 -state ${NOMAD_ALLOC_DIR}/labnet.json"
+	if got := strings.Join(watch.Config["args"].([]string), " "); got != wantWatch {
+		t.Errorf("labnet-watch runs %q, want %q", got, wantWatch)
 	}
 	if r := up.RestartPolicy; r == nil || *r.Attempts != 0 || *r.Mode != "fail" {
 		t.Errorf("labnet-up restart policy %+v, want none: a failed setup must not run twice", r)

@@ -153,8 +153,25 @@ cat >/etc/hosts <<'EXAMLAB_HOSTS'
 `, NoIPExit)
 	b.WriteString(HostsFile(l))
 	b.WriteString("EXAMLAB_HOSTS\n")
-	b.WriteString("printf '# this lab has no name server: names come from /etc/hosts\\n' >/etc/resolv.conf\n")
+	b.WriteString("printf '" + labResolvConf + "\\n' >/etc/resolv.conf\n")
 	return b.String()
+}
+
+// labResolvConf is the one line of a segmented lab node's resolv.conf,
+// which NodeScript writes last.
+const labResolvConf = "# this lab has no name server: names come from /etc/hosts"
+
+// ReadyCheck is a shell command that exits 0 in a segmented lab's node
+// once it has been wired (WiredAlias on its loopback), its names
+// written (NodeScript's resolv.conf) and, if it has files or a setup,
+// prepared (PreparedMarker): what a runtime waits for after Nomad, say,
+// has replaced the node's container behind its back.
+func ReadyCheck(n Node) string {
+	c := "ip link show dev lo | grep -q 'alias " + WiredAlias + "' && grep -qxF '" + labResolvConf + "' /etc/resolv.conf"
+	if n.Prepared() {
+		c += " && test -e " + PreparedMarker
+	}
+	return c
 }
 
 // SetupScript runs the node's setup once and then leaves PreparedMarker.

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/nomad/api"
 
@@ -382,9 +383,12 @@ func writeIndex(resp *api.JobRegisterResponse, wm *api.WriteMeta) uint64 {
 }
 
 // ResetNode restarts one node's task, which gives it a fresh container from
-// its image: whatever the candidate changed in it is discarded.
+// its image: whatever the candidate changed in it is discarded. In a
+// segmented lab the fresh container has no network until labnet-watch has
+// wired and prepared it, which ResetNode waits for.
 func (r *Runtime) ResetNode(ctx context.Context, spec lab.Spec, node string) error {
-	if _, ok := spec.Node(node); !ok {
+	n, ok := spec.Node(node)
+	if !ok {
 		return fmt.Errorf("reset node %s of session %s: %w", node, spec.SessionID, lab.ErrNotFound)
 	}
 	alloc, ts, err := r.nodeAlloc(ctx, spec.SessionID, node)
@@ -410,8 +414,63 @@ func (r *Runtime) ResetNode(ctx context.Context, spec lab.Spec, node string) err
 		case ts.State == taskDead:
 			return fmt.Errorf("reset node %s: it did not come back: %s", node, eventSummary(ts))
 		case ts.State == taskRunning && ts.Restarts > before:
+			if !spec.Segmented() {
+				return nil
+			}
+			if err := r.waitRewired(ctx, spec, n, a); err != nil {
+				return fmt.Errorf("reset node %s: %w", node, err)
+			}
 			return nil
 		}
 		index = meta.LastIndex
 	}
+}
+
+// Bounds on waiting for labnet-watch to wire a reset node: it looks for
+// replaced containers every two seconds, then wires the node and runs its
+// setup, which has its own time limit on top.
+const (
+	rewireTimeout = time.Minute
+	rewirePoll    = 500 * time.Millisecond
+)
+
+// waitRewired waits until a restarted node of a segmented lab is wired and
+// prepared, as the node itself shows it (lab.ReadyCheck).
+func (r *Runtime) waitRewired(ctx context.Context, spec lab.Spec, n lab.Node, a *api.Allocation) error {
+	wctx, cancel := context.WithTimeout(ctx, rewireTimeout+n.SetupTimeout)
+	defer cancel()
+	for {
+		_, code, err := lab.Output(wctx, r, spec.SessionID, n.Name, "sh", "-c", lab.ReadyCheck(n))
+		if err == nil && code == 0 {
+			return nil
+		}
+		t := time.NewTimer(rewirePoll)
+		select {
+		case <-wctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		if wctx.Err() != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%s did not wire it within %s: %s", jobspecs.NomadLabnetWatch, rewireTimeout+n.SetupTimeout,
+				r.watchReason(ctx, a, n.Name))
+		}
+	}
+}
+
+// watchReason is labnet-watch's last word on a node: the last line of its
+// stderr that names it, or a pointer to its log.
+func (r *Runtime) watchReason(ctx context.Context, a *api.Allocation, node string) string {
+	tail := &tailWriter{max: labnetTail}
+	if err := r.streamLog(ctx, a, jobspecs.NomadLabnetWatch, "stderr", tail); err == nil {
+		lines := strings.Split(strings.TrimSpace(tail.buf.String()), "\n")
+		for i := len(lines) - 1; i >= 0; i-- {
+			if strings.Contains(lines[i], "node "+node+":") {
+				return strings.TrimPrefix(strings.TrimSpace(lines[i]), "examlab: ")
+			}
+		}
+	}
+	return "it reported nothing on the node (nomad alloc logs -stderr " + shortID(a.ID) + " " + jobspecs.NomadLabnetWatch + ")"
 }

@@ -132,6 +132,29 @@ func checkSegmentedLab(t *testing.T, rt lab.Runtime, spec lab.Spec) {
 	})
 }
 
+// checkSegmentedReset resets osaka in a lab checkSegmentedLab has routed:
+// the fresh node has lost the candidate's work but is wired and prepared
+// again, so tokyo reaches it as before.
+func checkSegmentedReset(t *testing.T, rt lab.Runtime, spec lab.Spec) {
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	if out, code, err := lab.Output(ctx, rt, spec.SessionID, "osaka", "sh", "-c", "echo work > /root/work && rm /root/setup-ran"); err != nil || code != 0 {
+		t.Fatalf("write in osaka: exit %d %v\n%s", code, err, out)
+	}
+	start := time.Now()
+	if err := rt.ResetNode(ctx, spec, "osaka"); err != nil {
+		t.Fatalf("reset osaka: %v", err)
+	}
+	t.Logf("osaka reset and rewired in %s", time.Since(start).Round(time.Millisecond))
+	out, code, err := lab.Output(ctx, rt, spec.SessionID, "osaka", "sh", "-c", "ls /root; ip -4 -o addr show dev eth0")
+	if err != nil || code != 0 || strings.Contains(out, "work") || !strings.Contains(out, "setup-ran") || !strings.Contains(out, "192.168.20.10/24") {
+		t.Errorf("osaka after its reset (exit %d %v):\n%s\nwant no work, its setup run again and its address", code, err, out)
+	}
+	if out, code, err := lab.Output(ctx, rt, spec.SessionID, "tokyo", "ping", "-c1", "-W3", "osaka"); err != nil || code != 0 {
+		t.Errorf("tokyo cannot ping osaka after its reset: exit %d %v\n%s", code, err, out)
+	}
+}
+
 // TestSegmentedLabThroughNomad runs the three-segment lab through the Nomad
 // runtime and the fake, whose client wires it on real containers: the job
 // registered is the segmented one, the lab is ready only once labnet-up has
@@ -181,6 +204,7 @@ func TestSegmentedLabThroughNomad(t *testing.T) {
 		t.Errorf("provision returned with labnet-up %+v, want it finished", up)
 	}
 	checkSegmentedLab(t, env.rt, spec)
+	t.Run("a reset node is wired and prepared again", func(t *testing.T) { checkSegmentedReset(t, env.rt, spec) })
 
 	if err := env.rt.Destroy(ctx, spec.SessionID); err != nil {
 		t.Fatal(err)

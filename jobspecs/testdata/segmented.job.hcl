@@ -8,7 +8,7 @@ job "exam-golden00" {
     "examlab.managed" = "true"
     "examlab.render" = "2"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "928e59b313b60937"
+    "examlab.spec" = "075cfeedf28c6b59"
   }
   group "lab" {
     count = 1
@@ -187,7 +187,7 @@ job "exam-golden00" {
         sidecar = false
       }
       config {
-        args = ["labnet", "up", "-session", "golden0000s1", "-exam", "segmented-lab", "-plan", "$${NOMAD_TASK_DIR}/lab.json"]
+        args = ["labnet", "up", "-session", "golden0000s1", "-exam", "segmented-lab", "-plan", "$${NOMAD_TASK_DIR}/lab.json", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
         command = "/usr/local/bin/examlab"
       }
       restart {
@@ -399,6 +399,25 @@ job "exam-golden00" {
   ]
 }
 EOT
+      }
+      resources {
+        cpu = 50
+        memory = 64
+      }
+      logs {
+        max_files = 1
+        max_file_size = 1
+      }
+    }
+    task "labnet-watch" {
+      driver = "raw_exec"
+      lifecycle {
+        hook = "poststart"
+        sidecar = true
+      }
+      config {
+        args = ["labnet", "watch", "-session", "golden0000s1", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
+        command = "/usr/local/bin/examlab"
       }
       resources {
         cpu = 50

@@ -75,7 +75,7 @@ func CheckJob(job *api.Job, nodes int) []string {
 	if segmented {
 		network, upHook = "none", api.TaskLifecycleHookPoststart
 	}
-	var up, down, docker int
+	var up, down, watch, docker int
 	var nodeTasks []*api.Task
 	var wiring *api.Task
 	for _, t := range g.Tasks {
@@ -84,6 +84,12 @@ func CheckJob(job *api.Job, nodes int) []string {
 			up++
 			checkLabnet(t, "up", session, bad)
 			wiring = t
+		case segmented && t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart && t.Lifecycle.Sidecar:
+			watch++
+			checkLabnet(t, "watch", session, bad)
+			if args := strings.Join(strList(t.Config["args"]), " "); !strings.HasSuffix(args, " -state "+jobspecs.NomadLabnetState) {
+				bad("labnet task %s runs %q, without the state labnet-up leaves", t.Name, args)
+			}
 		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststop:
 			down++
 			checkLabnet(t, "down", session, bad)
@@ -100,6 +106,9 @@ func CheckJob(job *api.Job, nodes int) []string {
 	}
 	if segmented && up == 1 {
 		checkWiring(wiring, job, nodeTasks, bad)
+	}
+	if segmented && watch != 1 {
+		bad("%d poststart labnet watch sidecars, want 1 to wire restarted nodes", watch)
 	}
 	switch {
 	case nodes > 0 && docker != nodes:
@@ -128,8 +137,8 @@ func checkLabnet(t *api.Task, verb, session string, bad func(string, ...any)) {
 // the plan its one template writes, is never restarted, and the plan is
 // the lab the job's node tasks are.
 func checkWiring(t *api.Task, job *api.Job, nodes []*api.Task, bad func(string, ...any)) {
-	if args := strings.Join(strList(t.Config["args"]), " "); !strings.Contains(args, " -plan ${NOMAD_TASK_DIR}/lab.json") {
-		bad("labnet task %s runs %q, without -plan ${NOMAD_TASK_DIR}/lab.json", t.Name, args)
+	if args := strings.Join(strList(t.Config["args"]), " "); !strings.Contains(args, " -plan ${NOMAD_TASK_DIR}/lab.json -state "+jobspecs.NomadLabnetState) {
+		bad("labnet task %s runs %q, without -plan ${NOMAD_TASK_DIR}/lab.json -state %s", t.Name, args, jobspecs.NomadLabnetState)
 	}
 	if r := t.RestartPolicy; r == nil || num(r.Attempts) != 0 {
 		bad("labnet task %s may be restarted: a setup that failed halfway would run twice", t.Name)

@@ -242,6 +242,10 @@ func (s *Server) placeSegmented(a *allocation, failures map[string]failureSpec) 
 		if a.DesiredStatus == api.AllocDesiredStatusRun {
 			setTask(a, jobspecs.NomadLabnetUp, "dead", false, event(api.TaskTerminated, "Exit Code: 0"))
 			a.stderr[jobspecs.NomadLabnetUp] = ""
+			// labnet-watch: the fake's restarts rewire a node themselves
+			// (the docker runtime's ResetNode), so it only keeps running.
+			setTask(a, jobspecs.NomadLabnetWatch, "running", false, event(api.TaskStarted, "Task started by client"))
+			a.stderr[jobspecs.NomadLabnetWatch] = ""
 			a.ModifyIndex = s.bump()
 		}
 		return
@@ -384,9 +388,12 @@ func (s *Server) stopAlloc(a *allocation) {
 			setTask(a, n.Name, "dead", false, event(api.TaskKilling, "Sent interrupt"), event(api.TaskKilled, "Task successfully killed"))
 		}
 	}
-	if ts := a.TaskStates[jobspecs.NomadLabnetUp]; ts != nil && ts.State != "dead" {
-		// A poststart task that never started: the allocation ended first.
-		setTask(a, jobspecs.NomadLabnetUp, "dead", false)
+	for _, task := range []string{jobspecs.NomadLabnetUp, jobspecs.NomadLabnetWatch} {
+		// A poststart task that never started, or a sidecar: the
+		// allocation has ended.
+		if ts := a.TaskStates[task]; ts != nil && ts.State != "dead" {
+			setTask(a, task, "dead", false, event(api.TaskKilled, "Task successfully killed"))
+		}
 	}
 	down := event(api.TaskTerminated, "Exit Code: 0")
 	failedDown := err != nil
