@@ -71,24 +71,6 @@ type containerCreate struct {
 // them.
 const networkNone = "none"
 
-// noIPv6 turns IPv6 off in a namespace, for the interfaces made later too.
-var noIPv6 = map[string]string{
-	"net.ipv6.conf.all.disable_ipv6":     "1",
-	"net.ipv6.conf.default.disable_ipv6": "1",
-}
-
-// withSysctls merges extra under the exam's own sysctls.
-func withSysctls(own, extra map[string]string) map[string]string {
-	out := make(map[string]string, len(own)+len(extra))
-	for k, v := range extra {
-		out[k] = v
-	}
-	for k, v := range own {
-		out[k] = v
-	}
-	return out
-}
-
 // containerSpec renders a node of a lab into the engine's create request,
 // its digest label included. network is the lab network's id (Provision
 // passes the id: a name can briefly match two networks) or its name.
@@ -134,7 +116,7 @@ func containerSpec(network string, n lab.Node) containerCreate {
 	if network == networkNone {
 		// A segmented lab's node: the switch plugs its interfaces in. It
 		// speaks IPv4 only, so that its addresses are the exam's alone.
-		cc.HostConfig.Sysctls = withSysctls(n.Sysctls, noIPv6)
+		cc.HostConfig.Sysctls = n.SegmentedSysctls()
 	} else {
 		cc.NetworkingConfig = networkingConfig{EndpointsConfig: map[string]endpointConfig{
 			network: {Aliases: []string{n.Name}},

@@ -110,6 +110,109 @@ func (r *Runtime) removeWhenEmpty(ctx context.Context, id string, deadline time.
 	}
 }
 
+// NomadAllocLabel is the label Nomad's docker driver puts on every task
+// container: the id of the allocation the task belongs to.
+const NomadAllocLabel = "com.hashicorp.nomad.alloc_id"
+
+// nodeContainersPoll is how often NodeContainers looks again while nodes
+// are still starting.
+const nodeContainersPoll = 250 * time.Millisecond
+
+// NodeContainers finds the running containers of a Nomad lab's nodes on
+// this engine (see RunningNodeContainers) and returns each named node's
+// container id. It waits up to wait for every one of them to have one; a
+// node's container may be starting, or restarting after a crash.
+func (r *Runtime) NodeContainers(ctx context.Context, sessionID, allocID string, names []string, wait time.Duration) (map[string]string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		running, err := r.RunningNodeContainers(ctx, sessionID, allocID)
+		if err != nil {
+			return nil, err
+		}
+		out := make(map[string]string, len(names))
+		var missing []string
+		for _, n := range names {
+			if id, ok := running[n]; ok {
+				out[n] = id
+			} else {
+				missing = append(missing, n)
+			}
+		}
+		if len(missing) == 0 {
+			return out, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("find node containers of %s: no running container for %s after %s", sessionID, strings.Join(missing, ", "), wait)
+		}
+		if err := sleep(ctx, nodeContainersPoll); err != nil {
+			return nil, fmt.Errorf("find node containers of %s: waiting for %s: %w", sessionID, strings.Join(missing, ", "), err)
+		}
+	}
+}
+
+// RunningNodeContainers returns the id of each node of a Nomad lab that
+// has a running container on this engine now. A Nomad lab's node
+// containers carry the session's and the node's labels and
+// examlab.runtime=nomad (see jobspecs), and the driver's allocation label:
+// when allocID is set only that allocation's containers count. If a node
+// has several running containers, the one started last is taken.
+func (r *Runtime) RunningNodeContainers(ctx context.Context, sessionID, allocID string) (map[string]string, error) {
+	if !lab.ValidSessionID(sessionID) {
+		return nil, fmt.Errorf("find node containers: invalid session id %q", sessionID)
+	}
+	kv := []string{"label", lab.LabelSession + "=" + sessionID, "label", jobspecs.LabelRuntime + "=nomad", "status", "running"}
+	if allocID != "" {
+		kv = append(kv, "label", NomadAllocLabel+"="+allocID)
+	}
+	list, err := r.client.listContainers(ctx, filters(kv...))
+	if err != nil {
+		return nil, fmt.Errorf("find node containers of %s: %w", sessionID, err)
+	}
+	running := map[string][]string{}
+	for _, c := range list {
+		if node := c.Labels[lab.LabelNode]; c.State == "running" && node != "" {
+			running[node] = append(running[node], c.ID)
+		}
+	}
+	out := make(map[string]string, len(running))
+	for node, ids := range running {
+		if len(ids) == 1 {
+			out[node] = ids[0]
+			continue
+		}
+		id, err := r.newestStarted(ctx, ids)
+		if err != nil {
+			return nil, fmt.Errorf("find node containers of %s: node %s: %w", sessionID, node, err)
+		}
+		if id != "" { // else all gone since the list
+			out[node] = id
+		}
+	}
+	return out, nil
+}
+
+// newestStarted returns the one of the containers ids that started last,
+// "" if they are all gone. The list's creation times are in seconds, too
+// coarse to tell apart a container from its replacement.
+func (r *Runtime) newestStarted(ctx context.Context, ids []string) (string, error) {
+	var best string
+	var bestAt time.Time
+	for _, id := range ids {
+		c, err := r.client.inspectContainer(ctx, id)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		at, _ := time.Parse(time.RFC3339Nano, c.State.StartedAt)
+		if best == "" || at.After(bestAt) {
+			best, bestAt = c.ID, at
+		}
+	}
+	return best, nil
+}
+
 // ExecStreams runs cmd without a TTY in a session's node and copies its
 // stdout and stderr to separate writers, as Nomad's alloc exec delivers
 // them (Exec merges the two, which is what a terminal wants). It returns

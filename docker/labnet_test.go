@@ -131,3 +131,52 @@ func TestLabnetDown(t *testing.T) {
 		}
 	})
 }
+
+// TestNodeContainersFindsTheAllocationsRunningNodes plays a Nomad client's
+// docker driver: it starts node containers labelled as a Nomad lab's tasks
+// are, one of them replaced, one stopped and one in another allocation.
+func TestNodeContainersFindsTheAllocationsRunningNodes(t *testing.T) {
+	r := newTestRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), labnetTimeout)
+	defer cancel()
+	id := newSessionID(t)
+	start := func(name, node, alloc string, running bool) string {
+		t.Helper()
+		cc := containerCreate{
+			Image:      testImage,
+			Entrypoint: []string{"sleep"},
+			Cmd:        []string{"infinity"},
+			Labels: map[string]string{
+				lab.LabelSession: id, lab.LabelNode: node, jobspecs.LabelRuntime: "nomad", NomadAllocLabel: alloc,
+			},
+			HostConfig: hostConfig{NetworkMode: networkNone, RestartPolicy: restartPolicy{Name: "no"}},
+		}
+		cid, err := r.client.createContainer(ctx, name+"-"+id, cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.client.removeContainer(context.Background(), cid) })
+		if running {
+			if err := r.client.startContainer(ctx, cid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return cid
+	}
+	start("tokyo-old", "tokyo", "alloc-a", true)
+	tokyo := start("tokyo", "tokyo", "alloc-a", true) // started last: the one that counts
+	start("g1-stopped", "g1", "alloc-a", false)
+	start("osaka", "osaka", "alloc-b", true)
+
+	got, err := r.NodeContainers(ctx, id, "", []string{"tokyo", "osaka"}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["tokyo"] != tokyo || got["osaka"] == "" || len(got) != 2 {
+		t.Errorf("containers %v, want tokyo's newest %s and osaka's", got, tokyo)
+	}
+	_, err = r.NodeContainers(ctx, id, "alloc-a", []string{"tokyo", "g1", "osaka"}, 500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "no running container for g1, osaka after 500ms") {
+		t.Errorf("err = %v, want one naming g1 (stopped) and osaka (another allocation's)", err)
+	}
+}

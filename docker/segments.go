@@ -54,7 +54,7 @@ func switchSpec(image string, labels map[string]string) containerCreate {
 			CapDrop:       []string{"ALL"},
 			CapAdd:        switchCaps,
 			SecurityOpt:   []string{"no-new-privileges"},
-			Sysctls:       noIPv6,
+			Sysctls:       lab.NoIPv6(),
 			RestartPolicy: restartPolicy{Name: "no"},
 			LogConfig:     logConfig{Type: "json-file", Config: map[string]string{"max-size": "1m", "max-file": "1"}},
 		},

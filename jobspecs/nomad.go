@@ -1,9 +1,11 @@
 // Package jobspecs renders a session's lab spec (lab.Spec) as the Nomad job
-// that runs it: one task group, a lifecycle task that makes the lab network,
-// and one docker task per node, as JSON for the API or HCL for people.
+// that runs it: one task group, lifecycle tasks that make and remove the
+// lab's network, and one docker task per node, as JSON for the API or HCL
+// for people.
 package jobspecs
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -34,7 +36,18 @@ const (
 // NomadRenderVersion counts changes to how NomadJob renders a lab. A
 // provision never replaces a job rendered by a newer examlab than itself:
 // during a rolling upgrade the older workers leave the newer jobs alone.
-const NomadRenderVersion = 1
+//
+//  1. Flat labs: a prestart labnet-up makes the session network.
+//  2. Segmented labs: nodes without a network, wired by a poststart
+//     labnet-up from the lab's plan, and rewired after a restart by the
+//     labnet-watch sidecar.
+const NomadRenderVersion = 2
+
+// renderFlat is the version a flat lab's job carries: version 2 renders
+// flat labs exactly as version 1 did, byte for byte, so that a lab running
+// through an upgrade keeps the job it has (its digest is unchanged) rather
+// than being replaced by an identical, empty one.
+const renderFlat = 1
 
 // LabelRuntime marks Docker objects that a Nomad lab owns. Those objects do
 // not carry LabelManaged: that label is what the one-host runtime lists and
@@ -46,10 +59,34 @@ const LabelRuntime = "examlab.runtime"
 const (
 	// NomadGroup is the one task group: all of a lab lands on one client.
 	NomadGroup = "lab"
-	// NomadLabnetUp and NomadLabnetDown are the lifecycle tasks that create
-	// the session network before the nodes start and remove it after they stop.
+	// NomadLabnetUp and NomadLabnetDown are the lifecycle tasks that make
+	// the lab's network and remove it after the nodes stop. In a flat lab
+	// labnet-up is a prestart task that creates the session network the
+	// nodes join; in a segmented lab it is a poststart task that wires the
+	// running nodes into their segments and prepares them, and the lab is
+	// ready only once it has exited 0.
 	NomadLabnetUp   = "labnet-up"
 	NomadLabnetDown = "labnet-down"
+	// NomadLabnetWatch is a segmented lab's poststart sidecar: for the
+	// lab's life it wires and prepares each node container that replaces
+	// one labnet-up wired, since Nomad restarts a node (after a crash, or
+	// to reset it) in a fresh container with no network.
+	NomadLabnetWatch = "labnet-watch"
+	// NomadPlan is the file, in labnet-up's task directory, that a
+	// segmented lab's template writes the lab's spec (lab.Spec as JSON) to.
+	NomadPlan = "local/lab.json"
+	// NomadLabnetState is the file, in the allocation's shared directory,
+	// where labnet-up leaves what it wired for labnet-watch.
+	NomadLabnetState = "${NOMAD_ALLOC_DIR}/labnet.json"
+)
+
+// The template delimiters of the plan. Nothing in the plan is a template,
+// so these must never occur in it: json.Marshal writes '<' and '>' inside
+// strings as \u003c and \u003e, so a delimiter holding either is safe
+// whatever an exam's files and setup scripts contain ("{{" included).
+const (
+	PlanLeftDelim  = "<examlab-plan<"
+	PlanRightDelim = ">examlab-plan>"
 )
 
 // Defaults for zero NomadOptions fields.
@@ -109,10 +146,15 @@ func (o NomadOptions) CPUMHz(cpus float64) int {
 }
 
 // NomadJob renders the session's Nomad job: one task group, so the whole lab
-// lands on one client; a prestart task that creates the session's internal
-// Docker network on that client; one docker task per node, each in its own
-// network namespace on that network, reachable by its name; and a poststop
-// task that removes the network again.
+// lands on one client, with one docker task per node, and lifecycle tasks
+// around them. A flat lab has a prestart task that creates the session's
+// internal Docker network on that client, nodes in their own network
+// namespaces on it, reachable by name, and a poststop task that removes the
+// network again. A segmented lab's nodes start with no network at all; a
+// poststart task, given the lab's spec as a file, makes the lab's switch on
+// the client, wires every node into its segments and runs its setup; a
+// poststart sidecar does the same for every node Nomad restarts later; and
+// the poststop task removes the switch.
 func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	if !lab.ValidSessionID(l.SessionID) {
 		return nil, fmt.Errorf("render nomad job: invalid session id %q", l.SessionID)
@@ -138,7 +180,7 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 			MetaSession:   l.SessionID,
 			MetaExam:      l.ExamID,
 			MetaCandidate: l.Candidate,
-			MetaRender:    strconv.Itoa(NomadRenderVersion),
+			MetaRender:    strconv.Itoa(renderFlat),
 		},
 	}
 	if o.Namespace != "" {
@@ -182,21 +224,34 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	}
 
 	labnetArgs := []string{"labnet", "up", "-session", l.SessionID, "-exam", l.ExamID}
-	if o.SubnetPool != "" {
-		labnetArgs = append(labnetArgs, "-subnet-pool", o.SubnetPool)
+	var up *api.Task
+	if l.Segmented() {
+		job.Meta[MetaRender] = strconv.Itoa(NomadRenderVersion)
+		var err error
+		if up, err = wiringTask(l, o, labnetArgs); err != nil {
+			return nil, fmt.Errorf("render nomad job %s: %w", l.SessionID, err)
+		}
+	} else {
+		if o.SubnetPool != "" {
+			labnetArgs = append(labnetArgs, "-subnet-pool", o.SubnetPool)
+		}
+		if o.SubnetPrefix != 0 {
+			labnetArgs = append(labnetArgs, "-subnet-prefix", strconv.Itoa(o.SubnetPrefix))
+		}
+		up = labnetTask(NomadLabnetUp, api.TaskLifecycleHookPrestart, o.Labnet, labnetArgs)
+		group.Tasks = append(group.Tasks, up)
 	}
-	if o.SubnetPrefix != 0 {
-		labnetArgs = append(labnetArgs, "-subnet-prefix", strconv.Itoa(o.SubnetPrefix))
-	}
-	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetUp, api.TaskLifecycleHookPrestart, o.Labnet, labnetArgs))
 
-	seen := map[string]bool{NomadLabnetUp: true, NomadLabnetDown: true}
+	seen := map[string]bool{NomadLabnetUp: true, NomadLabnetDown: true, NomadLabnetWatch: true}
 	for _, n := range l.Nodes {
 		if seen[n.Name] {
 			return nil, fmt.Errorf("render nomad job %s: node name %q is taken", l.SessionID, n.Name)
 		}
 		seen[n.Name] = true
 		group.Tasks = append(group.Tasks, nodeTask(l, n, network, o))
+	}
+	if l.Segmented() {
+		group.Tasks = append(group.Tasks, up, watchTask(l, o))
 	}
 	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetDown, api.TaskLifecycleHookPoststop, o.Labnet,
 		[]string{"labnet", "down", "-session", l.SessionID}))
@@ -232,7 +287,8 @@ func labnetTask(name, hook, labnet string, args []string) *api.Task {
 	return &api.Task{
 		Name:   name,
 		Driver: "raw_exec",
-		// Not a sidecar: the nodes start only once it has exited 0.
+		// Not a sidecar: it runs once, to the end. A prestart one must
+		// exit 0 before the nodes start.
 		Lifecycle: &api.TaskLifecycle{Hook: hook},
 		Config: map[string]any{
 			"command": labnet,
@@ -241,6 +297,54 @@ func labnetTask(name, hook, labnet string, args []string) *api.Task {
 		Resources: &api.Resources{CPU: new(50), MemoryMB: new(64)},
 		LogConfig: &api.LogConfig{MaxFiles: new(1), MaxFileSizeMB: new(1)},
 	}
+}
+
+// wiringTask is a segmented lab's labnet-up: a poststart task that runs
+// once the nodes run, with the lab's plan written by its template. It is
+// never restarted: a setup that failed halfway must not run again in the
+// same node, and the failure fails the lab at once, with its reason in the
+// task's stderr.
+func wiringTask(l lab.Spec, o NomadOptions, args []string) (*api.Task, error) {
+	plan, err := Plan(l)
+	if err != nil {
+		return nil, err
+	}
+	t := labnetTask(NomadLabnetUp, api.TaskLifecycleHookPoststart, o.Labnet,
+		append(args, "-plan", "${NOMAD_TASK_DIR}/"+strings.TrimPrefix(NomadPlan, "local/"), "-state", NomadLabnetState))
+	t.Templates = []*api.Template{{
+		EmbeddedTmpl: new(string(plan)),
+		DestPath:     new(NomadPlan),
+		ChangeMode:   new("noop"),
+		LeftDelim:    new(PlanLeftDelim),
+		RightDelim:   new(PlanRightDelim),
+	}}
+	t.RestartPolicy = &api.RestartPolicy{Attempts: new(0), Mode: new("fail")}
+	return t, nil
+}
+
+// watchTask is a segmented lab's labnet-watch, a poststart sidecar. It
+// starts with labnet-up and waits for the state labnet-up leaves, which
+// holds the plan.
+func watchTask(l lab.Spec, o NomadOptions) *api.Task {
+	t := labnetTask(NomadLabnetWatch, api.TaskLifecycleHookPoststart, o.Labnet,
+		[]string{"labnet", "watch", "-session", l.SessionID, "-state", NomadLabnetState})
+	t.Lifecycle.Sidecar = true
+	return t
+}
+
+// Plan is the lab's spec as a segmented lab's labnet-up reads it: JSON,
+// indented for people reading the job, ending in a newline.
+func Plan(l lab.Spec) ([]byte, error) {
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode the lab's plan: %w", err)
+	}
+	// json.Marshal escapes '<' and '>'; should that ever change, a plan
+	// holding a delimiter would be read as a template.
+	if bytes.Contains(b, []byte(PlanLeftDelim)) || bytes.Contains(b, []byte(PlanRightDelim)) {
+		return nil, fmt.Errorf("encode the lab's plan: it holds a template delimiter")
+	}
+	return append(b, '\n'), nil
 }
 
 func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task {
@@ -277,7 +381,12 @@ func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task 
 			LabelRuntime:     "nomad",
 		}},
 	}
-	if len(n.Sysctls) > 0 {
+	if l.Segmented() {
+		// No network until labnet-up plugs the node's interfaces in.
+		cfg["network_mode"] = "none"
+		delete(cfg, "network_aliases")
+		cfg["sysctl"] = []map[string]string{n.SegmentedSysctls()}
+	} else if len(n.Sysctls) > 0 {
 		sys := make(map[string]string, len(n.Sysctls))
 		for k, v := range n.Sysctls {
 			sys[k] = v

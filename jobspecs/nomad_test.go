@@ -6,8 +6,11 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
+	"text/template"
 
 	"github.com/hashicorp/nomad/api"
 
@@ -19,9 +22,20 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 const goldenSession = "golden0000s1"
 
-func goldenLab(t *testing.T) lab.Spec {
+// Exams the tests render, in testdata/: a flat lab of two nodes, and a
+// segmented lab of four on three segments.
+const (
+	flatExam      = "flat.exam.yaml"
+	segmentedExam = "segmented.exam.yaml"
+)
+
+func goldenLab(t *testing.T, file string) lab.Spec {
 	t.Helper()
-	l, err := lab.NewSpec(exam.Default(), lab.Session{ID: goldenSession, Candidate: "candidate@example.com"})
+	ex, err := exam.Load(filepath.Join("testdata", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := lab.NewSpec(ex, lab.Session{ID: goldenSession, Candidate: "candidate@example.com"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,37 +65,45 @@ func golden(t *testing.T, name string, got []byte) {
 }
 
 func TestNomadJobGolden(t *testing.T) {
-	job, err := NomadJob(goldenLab(t), NomadOptions{})
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct{ exam, golden string }{
+		{flatExam, "flat.job"},
+		{segmentedExam, "segmented.job"},
 	}
-	js, err := NomadJobJSON(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	golden(t, "default-exam.job.json", js)
-	hcl, err := NomadJobHCL(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	golden(t, "default-exam.job.hcl", hcl)
+	for _, tc := range tests {
+		t.Run(tc.golden, func(t *testing.T) {
+			job, err := NomadJob(goldenLab(t, tc.exam), NomadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			js, err := NomadJobJSON(job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, tc.golden+".json", js)
+			hcl, err := NomadJobHCL(job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, tc.golden+".hcl", hcl)
 
-	// The JSON reads back into the same job, as `nomad job run -json` reads it.
-	var back struct{ Job *api.Job }
-	if err := json.Unmarshal(js, &back); err != nil {
-		t.Fatalf("decode rendered job: %v", err)
-	}
-	sum, err := NomadJobDigest(back.Job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if sum != job.Meta[MetaSpec] {
-		t.Errorf("digest of the decoded job = %s, want %s", sum, job.Meta[MetaSpec])
+			// The JSON reads back into the same job, as `nomad job run -json` reads it.
+			var back struct{ Job *api.Job }
+			if err := json.Unmarshal(js, &back); err != nil {
+				t.Fatalf("decode rendered job: %v", err)
+			}
+			sum, err := NomadJobDigest(back.Job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum != job.Meta[MetaSpec] {
+				t.Errorf("digest of the decoded job = %s, want %s", sum, job.Meta[MetaSpec])
+			}
+		})
 	}
 }
 
 func TestNomadJobShape(t *testing.T) {
-	l := goldenLab(t)
+	l := goldenLab(t, flatExam)
 	job, err := NomadJob(l, NomadOptions{Datacenters: []string{"dc-a", "dc-b"}, Labnet: "/opt/examlab/bin/examlab",
 		SubnetPool: "10.77.0.0/16", SubnetPrefix: 27, MHzPerCPU: 2400, Namespace: "exams"})
 	if err != nil {
@@ -93,7 +115,8 @@ func TestNomadJobShape(t *testing.T) {
 	if *job.Namespace != "exams" || strings.Join(job.Datacenters, ",") != "dc-a,dc-b" {
 		t.Errorf("namespace %s datacenters %v", *job.Namespace, job.Datacenters)
 	}
-	for k, want := range map[string]string{MetaSession: goldenSession, MetaExam: "netops-fundamentals", MetaCandidate: "candidate@example.com", MetaManaged: "true"} {
+	for k, want := range map[string]string{MetaSession: goldenSession, MetaExam: "flat-lab", MetaCandidate: "candidate@example.com",
+		MetaManaged: "true", MetaRender: "1"} {
 		if job.Meta[k] != want {
 			t.Errorf("meta %s = %q, want %q", k, job.Meta[k], want)
 		}
@@ -112,7 +135,7 @@ func TestNomadJobShape(t *testing.T) {
 	if up.Name != NomadLabnetUp || up.Lifecycle.Hook != api.TaskLifecycleHookPrestart || up.Driver != "raw_exec" {
 		t.Errorf("first task %s %+v %s, want the prestart labnet", up.Name, up.Lifecycle, up.Driver)
 	}
-	wantArgs := "labnet up -session golden0000s1 -exam netops-fundamentals -subnet-pool 10.77.0.0/16 -subnet-prefix 27"
+	wantArgs := "labnet up -session golden0000s1 -exam flat-lab -subnet-pool 10.77.0.0/16 -subnet-prefix 27"
 	if got := strings.Join(up.Config["args"].([]string), " "); got != wantArgs || up.Config["command"] != "/opt/examlab/bin/examlab" {
 		t.Errorf("prestart runs %v %q, want %q", up.Config["command"], got, wantArgs)
 	}
@@ -156,8 +179,104 @@ func TestNomadJobShape(t *testing.T) {
 	}
 }
 
+func TestNomadJobSegmentedShape(t *testing.T) {
+	l := goldenLab(t, segmentedExam)
+	job, err := NomadJob(l, NomadOptions{Labnet: "/opt/examlab/bin/examlab", SubnetPool: "10.77.0.0/16", SubnetPrefix: 27})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Meta[MetaRender] != strconv.Itoa(NomadRenderVersion) {
+		t.Errorf("render version %s, want %d", job.Meta[MetaRender], NomadRenderVersion)
+	}
+	g := job.TaskGroups[0]
+	if len(g.Tasks) != len(l.Nodes)+3 {
+		t.Fatalf("%d tasks, want %d nodes + labnet-up + labnet-watch + labnet-down", len(g.Tasks), len(l.Nodes))
+	}
+	for i, n := range l.Nodes {
+		task := g.Tasks[i]
+		t.Run(n.Name, func(t *testing.T) {
+			c := task.Config
+			if task.Name != n.Name || task.Lifecycle != nil || c["network_mode"] != "none" {
+				t.Fatalf("task %s lifecycle %+v network_mode %v, want node %s with no network", task.Name, task.Lifecycle, c["network_mode"], n.Name)
+			}
+			if _, ok := c["network_aliases"]; ok {
+				t.Errorf("network_aliases %v on a node with no network", c["network_aliases"])
+			}
+			sys := c["sysctl"].([]map[string]string)[0]
+			for k, v := range n.Sysctls {
+				if sys[k] != v {
+					t.Errorf("sysctl %s = %q, want the node's own %q", k, sys[k], v)
+				}
+			}
+			if _, own := n.Sysctls["net.ipv6.conf.all.disable_ipv6"]; !own && sys["net.ipv6.conf.all.disable_ipv6"] != "1" {
+				t.Errorf("sysctls %v leave IPv6 on", sys)
+			}
+			if sys["net.ipv6.conf.default.disable_ipv6"] != "1" {
+				t.Errorf("sysctls %v leave IPv6 on for new interfaces", sys)
+			}
+		})
+	}
+	up, watch, down := g.Tasks[len(l.Nodes)], g.Tasks[len(l.Nodes)+1], g.Tasks[len(l.Nodes)+2]
+	if up.Name != NomadLabnetUp || up.Driver != "raw_exec" || up.Lifecycle == nil ||
+		up.Lifecycle.Hook != api.TaskLifecycleHookPoststart || up.Lifecycle.Sidecar {
+		t.Errorf("task %s %s %+v, want labnet-up as a poststart raw_exec task, not a sidecar", up.Name, up.Driver, up.Lifecycle)
+	}
+	// The pool is the flat network's: a segmented lab takes nothing from it.
+	wantArgs := "labnet up -session golden0000s1 -exam segmented-lab -plan ${NOMAD_TASK_DIR}/lab.json -state ${NOMAD_ALLOC_DIR}/labnet.json"
+	if got := strings.Join(up.Config["args"].([]string), " "); got != wantArgs {
+		t.Errorf("labnet-up runs %q, want %q", got, wantArgs)
+	}
+	if watch.Name != NomadLabnetWatch || watch.Driver != "raw_exec" || watch.Lifecycle == nil ||
+		watch.Lifecycle.Hook != api.TaskLifecycleHookPoststart || !watch.Lifecycle.Sidecar {
+		t.Errorf("task %s %s %+v, want labnet-watch as a poststart raw_exec sidecar", watch.Name, watch.Driver, watch.Lifecycle)
+	}
+	// It reads the state labnet-up leaves, where up wrote it.
+	wantWatch := "labnet watch -session golden0000s1 -state ${NOMAD_ALLOC_DIR}/labnet.json"
+	if got := strings.Join(watch.Config["args"].([]string), " "); got != wantWatch {
+		t.Errorf("labnet-watch runs %q, want %q", got, wantWatch)
+	}
+	if r := up.RestartPolicy; r == nil || *r.Attempts != 0 || *r.Mode != "fail" {
+		t.Errorf("labnet-up restart policy %+v, want none: a failed setup must not run twice", r)
+	}
+	if len(up.Templates) != 1 {
+		t.Fatalf("labnet-up has %d templates, want the plan", len(up.Templates))
+	}
+	tmpl := up.Templates[0]
+	if *tmpl.DestPath != NomadPlan || *tmpl.ChangeMode != "noop" {
+		t.Errorf("template to %s change mode %s", *tmpl.DestPath, *tmpl.ChangeMode)
+	}
+	t.Run("the plan reaches the file as it is", func(t *testing.T) {
+		// What the client's template runner does with it.
+		tt, err := template.New("plan").Delims(*tmpl.LeftDelim, *tmpl.RightDelim).Parse(*tmpl.EmbeddedTmpl)
+		if err != nil {
+			t.Fatalf("parse the plan as a template: %v", err)
+		}
+		var out bytes.Buffer
+		if err := tt.Execute(&out, nil); err != nil {
+			t.Fatal(err)
+		}
+		if out.String() != *tmpl.EmbeddedTmpl {
+			t.Errorf("the rendered plan differs from the plan:\n%s", out.String())
+		}
+		var back lab.Spec
+		if err := json.Unmarshal(out.Bytes(), &back); err != nil {
+			t.Fatalf("decode the plan: %v", err)
+		}
+		if !reflect.DeepEqual(back, l) {
+			t.Errorf("the plan decodes to\n%+v\nwant\n%+v", back, l)
+		}
+		if !strings.Contains(back.Nodes[0].Files[0].Content, "{{ .Lab }} at ${HOME}") {
+			t.Errorf("tokyo's file came through as %q", back.Nodes[0].Files[0].Content)
+		}
+	})
+	if down.Name != NomadLabnetDown || down.Lifecycle.Hook != api.TaskLifecycleHookPoststop ||
+		strings.Join(down.Config["args"].([]string), " ") != "labnet down -session golden0000s1" {
+		t.Errorf("last task %s %+v %v, want the poststop labnet down", down.Name, down.Lifecycle, down.Config["args"])
+	}
+}
+
 func TestNomadJobDigestTracksChanges(t *testing.T) {
-	l := goldenLab(t)
+	l := goldenLab(t, segmentedExam)
 	a, err := NomadJob(l, NomadOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -169,18 +288,32 @@ func TestNomadJobDigestTracksChanges(t *testing.T) {
 	if a.Meta[MetaSpec] != b.Meta[MetaSpec] {
 		t.Errorf("two renders of one lab differ: %s %s", a.Meta[MetaSpec], b.Meta[MetaSpec])
 	}
-	l.Nodes[0].MemoryMB++
-	c, err := NomadJob(l, NomadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Meta[MetaSpec] == a.Meta[MetaSpec] {
-		t.Error("changing a node's memory left the digest unchanged")
+	for _, tc := range []struct {
+		name string
+		edit func(*lab.Spec)
+	}{
+		{"a node's memory", func(l *lab.Spec) { l.Nodes[0].MemoryMB++ }},
+		// Only the plan carries these: the digest must cover it.
+		{"a node's setup", func(l *lab.Spec) { l.Nodes[3].Setup += "true\n" }},
+		{"a route", func(l *lab.Spec) { l.Nodes[0].Routes = nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := l
+			c.Nodes = append([]lab.Node(nil), l.Nodes...)
+			tc.edit(&c)
+			job, err := NomadJob(c, NomadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if job.Meta[MetaSpec] == a.Meta[MetaSpec] {
+				t.Error("the digest did not change")
+			}
+		})
 	}
 }
 
 func TestNomadJobRejects(t *testing.T) {
-	base := goldenLab(t)
+	base := goldenLab(t, flatExam)
 	tests := []struct {
 		name string
 		edit func(*lab.Spec, *NomadOptions)
@@ -189,7 +322,7 @@ func TestNomadJobRejects(t *testing.T) {
 		{"bad session id", func(l *lab.Spec, _ *NomadOptions) { l.SessionID = "../../etc" }, "invalid session id"},
 		{"no nodes", func(l *lab.Spec, _ *NomadOptions) { l.Nodes = nil }, "no nodes"},
 		{"relative labnet", func(_ *lab.Spec, o *NomadOptions) { o.Labnet = "bin/examlab" }, "must be absolute"},
-		{"node named like a lifecycle task", func(l *lab.Spec, _ *NomadOptions) { l.Nodes[2].Name = NomadLabnetUp }, "is taken"},
+		{"node named like a lifecycle task", func(l *lab.Spec, _ *NomadOptions) { l.Nodes[1].Name = NomadLabnetUp }, "is taken"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

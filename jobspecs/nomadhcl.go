@@ -151,6 +151,19 @@ func (w *hclWriter) task(t *api.Task) error {
 		}
 	}
 	w.close()
+	if r := t.RestartPolicy; r != nil {
+		w.open("restart")
+		if r.Attempts != nil {
+			w.attr("attempts", *r.Attempts)
+		}
+		if r.Mode != nil {
+			w.attr("mode", *r.Mode)
+		}
+		w.close()
+	}
+	for _, tmpl := range t.Templates {
+		w.template(tmpl)
+	}
 	if r := t.Resources; r != nil {
 		w.open("resources")
 		w.attr("cpu", deref(r.CPU))
@@ -169,6 +182,38 @@ func (w *hclWriter) task(t *api.Task) error {
 	w.mapBlock("meta", t.Meta)
 	w.close()
 	return nil
+}
+
+// heredocEnd closes a template's data.
+const heredocEnd = "EOT"
+
+// template writes a template block. Its data is a heredoc, so a plan reads
+// as the JSON it is; HCL still reads "${" and "%{" in a heredoc as
+// interpolation, so those are escaped as in a quoted string.
+func (w *hclWriter) template(t *api.Template) {
+	w.open("template")
+	w.attr("destination", deref(t.DestPath))
+	if t.ChangeMode != nil {
+		w.attr("change_mode", *t.ChangeMode)
+	}
+	if t.LeftDelim != nil {
+		w.attr("left_delimiter", *t.LeftDelim)
+	}
+	if t.RightDelim != nil {
+		w.attr("right_delimiter", *t.RightDelim)
+	}
+	data := deref(t.EmbeddedTmpl)
+	if !strings.HasSuffix(data, "\n") || strings.Contains("\n"+data, "\n"+heredocEnd+"\n") {
+		// A heredoc always ends in a newline and ends at its first
+		// closing line: data it cannot hold exactly is quoted.
+		w.attr("data", data)
+	} else {
+		w.line("data = <<%s", heredocEnd)
+		// Written as it is, not indented: a heredoc keeps its lines' spaces.
+		w.buf.WriteString(escapeTemplate(data))
+		w.buf.WriteString(heredocEnd + "\n")
+	}
+	w.close()
 }
 
 func hclValue(v any) string {
@@ -194,9 +239,14 @@ func hclValue(v any) string {
 // quote writes an HCL string literal. HCL escapes like JSON, plus "${" and
 // "%{", which would start an interpolation or a template directive.
 func quote(s string) string {
-	q := strconv.Quote(s)
-	q = strings.ReplaceAll(q, "${", "$${")
-	return strings.ReplaceAll(q, "%{", "%%{")
+	return escapeTemplate(strconv.Quote(s))
+}
+
+// escapeTemplate escapes what HCL would read as the start of an
+// interpolation or a template directive.
+func escapeTemplate(s string) string {
+	s = strings.ReplaceAll(s, "${", "$${")
+	return strings.ReplaceAll(s, "%{", "%%{")
 }
 
 func deref[T any](p *T) T {

@@ -37,11 +37,41 @@ const preparedDir = "/var/lib/examlab"
 // command: the shell's "command not found".
 const NoIPExit = 127
 
+// NoIPv6 returns the sysctls that turn IPv6 off in a network namespace,
+// for the interfaces made in it later too. A segmented lab's nodes and its
+// switch speak IPv4 only, so that a node's addresses are the exam's alone.
+func NoIPv6() map[string]string {
+	return map[string]string{
+		"net.ipv6.conf.all.disable_ipv6":     "1",
+		"net.ipv6.conf.default.disable_ipv6": "1",
+	}
+}
+
+// SegmentedSysctls are the node's sysctls in a segmented lab: NoIPv6 under
+// the node's own, which win.
+func (n Node) SegmentedSysctls() map[string]string {
+	out := NoIPv6()
+	for k, v := range n.Sysctls {
+		out[k] = v
+	}
+	return out
+}
+
 // BridgeName is segment i's bridge in the switch.
 func BridgeName(i int) string { return "s" + strconv.Itoa(i) }
 
 // PortName is the switch's end of node i's interface j.
 func PortName(node, iface int) string { return "n" + strconv.Itoa(node) + "e" + strconv.Itoa(iface) }
+
+// InterfaceMAC is the hardware address of node i's interface j. It is
+// fixed, like the interface's IP address, so that a node whose container
+// is replaced (reset, or restarted after a crash) comes back with the same
+// one: its neighbours' ARP caches, which would otherwise send to the old
+// address for half a minute, stay right. Locally administered, it needs to
+// be unique only on the lab's own segments.
+func InterfaceMAC(node, iface int) string {
+	return fmt.Sprintf("02:e1:%02x:%02x:%02x:00", node>>8&0xff, node&0xff, iface&0xff)
+}
 
 // WiredAlias marks a node's loopback once its network is configured.
 // The interfaces' addresses are lost with the namespace, and the alias with
@@ -87,7 +117,7 @@ wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
 		}
 		fmt.Fprintf(&b, "if ! wired %d; then # %s\n", pid, n.Name)
 		for j, ifc := range n.Interfaces {
-			fmt.Fprintf(&b, "\tport %s %s %d %s %s\n", PortName(i, j), bridges[ifc.Segment], pid, ifc.Name, MAC(i, j))
+			fmt.Fprintf(&b, "\tport %s %s %d %s %s\n", PortName(i, j), bridges[ifc.Segment], pid, ifc.Name, InterfaceMAC(i, j))
 		}
 		fmt.Fprintf(&b, "\tnsenter -t %d -n sh -ec '\n", pid)
 		b.WriteString("\t\tip link set dev lo up\n")
@@ -101,14 +131,6 @@ wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }
 		fmt.Fprintf(&b, "\techo wired %s\nfi\n", n.Name)
 	}
 	return b.String()
-}
-
-// MAC is the hardware address of the node's iface-th interface, the
-// node being the spec's node-th: the same in every lab of an exam and
-// across restarts of the node, so that its peers' ARP caches stay right
-// when a node comes back. It is locally administered and unicast.
-func MAC(node, iface int) string {
-	return fmt.Sprintf("02:e1:00:%02x:%02x:%02x", byte(node>>8), byte(node), byte(iface))
 }
 
 // Wired parses SwitchScript's output into the names of the nodes it wired.
@@ -137,8 +159,25 @@ cat >/etc/hosts <<'EXAMLAB_HOSTS'
 `, NoIPExit)
 	b.WriteString(HostsFile(l))
 	b.WriteString("EXAMLAB_HOSTS\n")
-	b.WriteString("printf '# this lab has no name server: names come from /etc/hosts\\n' >/etc/resolv.conf\n")
+	b.WriteString("printf '" + labResolvConf + "\\n' >/etc/resolv.conf\n")
 	return b.String()
+}
+
+// labResolvConf is the one line of a segmented lab node's resolv.conf,
+// which NodeScript writes last.
+const labResolvConf = "# this lab has no name server: names come from /etc/hosts"
+
+// ReadyCheck is a shell command that exits 0 in a segmented lab's node
+// once it has been wired (WiredAlias on its loopback), its names
+// written (NodeScript's resolv.conf) and, if it has files or a setup,
+// prepared (PreparedMarker): what a runtime waits for after Nomad, say,
+// has replaced the node's container behind its back.
+func ReadyCheck(n Node) string {
+	c := "ip link show dev lo | grep -q 'alias " + WiredAlias + "' && grep -qxF '" + labResolvConf + "' /etc/resolv.conf"
+	if n.Prepared() {
+		c += " && test -e " + PreparedMarker
+	}
+	return c
 }
 
 // SetupScript writes nothing itself: it runs the node's setup, passed as

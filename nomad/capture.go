@@ -67,6 +67,20 @@ type stopWriter struct {
 	err  error
 }
 
+// tailWriter keeps the last max bytes written.
+type tailWriter struct {
+	buf bytes.Buffer
+	max int
+}
+
+func (t *tailWriter) Write(b []byte) (int, error) {
+	t.buf.Write(b)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+	}
+	return len(b), nil
+}
+
 // limitWriter keeps the first n bytes written and discards the rest.
 type limitWriter struct {
 	w io.Writer

@@ -133,16 +133,17 @@ func newLab(t testing.TB, rt *nomad.Runtime) lab.Spec {
 }
 
 // engineInventory lists what the engine holds of a session: a node
-// instance per container, and its networks.
+// instance per node container, a segmented lab's switch, and its networks.
 func engineInventory(t testing.TB, eng *testlab.Engine, sessionID string) labtest.Inventory {
 	t.Helper()
 	var inv labtest.Inventory
 	for _, c := range eng.Containers(t, sessionID) {
+		name := strings.Join(c.Names, ",")
 		if c.Labels[lab.LabelPart] == lab.PartSwitch {
-			inv.Others = append(inv.Others, "switch "+strings.Join(c.Names, ","))
+			inv.Others = append(inv.Others, "switch "+name)
 			continue
 		}
-		inv.Nodes = append(inv.Nodes, labtest.Instance{Node: c.Labels[lab.LabelNode], Name: strings.Join(c.Names, ","), Running: c.State == "running"})
+		inv.Nodes = append(inv.Nodes, labtest.Instance{Node: c.Labels[lab.LabelNode], Name: name, Running: c.State == "running"})
 	}
 	for _, n := range eng.Networks(t, sessionID) {
 		inv.Others = append(inv.Others, "network "+n.Name)

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/nomad/api"
 
@@ -138,9 +139,9 @@ func renderedBy(job *api.Job) int {
 }
 
 // waitRunning watches the job's allocations with blocking queries until
-// every node of spec runs, and fails as soon as the lab cannot come up: no
-// client could place it, the session network could not be created, or a
-// node's task died.
+// every node of spec runs (and, in a segmented lab, labnet-up has wired and
+// prepared them), and fails as soon as the lab cannot come up: no client
+// could place it, labnet-up failed, or a node's task died.
 func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec lab.Spec) error {
 	var index uint64
 	for {
@@ -157,6 +158,9 @@ func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec
 			}
 		}
 		if a := currentAlloc(fresh); a != nil {
+			if labnetFailed(a) {
+				return r.labnetError(ctx, a, spec)
+			}
 			done, err := allocProgress(a, spec)
 			if err != nil || done {
 				return err
@@ -225,12 +229,10 @@ func newestEval(evals []*api.Evaluation, keep func(*api.Evaluation) bool) *api.E
 	return best
 }
 
-// allocProgress judges one allocation of the lab: done when every node
-// runs; an error once it can no longer get there by itself.
+// allocProgress judges one allocation of the lab whose labnet-up has not
+// failed: done when every node runs and, in a segmented lab, labnet-up has
+// finished wiring them; an error once it can no longer get there by itself.
 func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
-	if up := a.TaskStates[jobspecs.NomadLabnetUp]; up != nil && up.State == taskDead && up.Failed {
-		return false, fmt.Errorf("create the session network (allocation %s): %s", shortID(a.ID), eventSummary(up))
-	}
 	var errs []error
 	running := 0
 	for _, n := range spec.Nodes {
@@ -250,7 +252,60 @@ func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
 		return false, fmt.Errorf("allocation %s on %s is %s (desired %s): %s", shortID(a.ID), clientName(a),
 			a.ClientStatus, a.DesiredStatus, a.ClientDescription)
 	}
-	return running == len(spec.Nodes), nil
+	return running == len(spec.Nodes) && (!spec.Segmented() || labnetDone(a)), nil
+}
+
+// labnetDone reports whether the allocation's labnet-up has exited 0.
+func labnetDone(a *api.AllocationListStub) bool {
+	up := a.TaskStates[jobspecs.NomadLabnetUp]
+	return up != nil && up.State == taskDead && !up.Failed
+}
+
+// labnetFailed reports whether the allocation's labnet-up has failed for
+// good: the lab cannot come up.
+func labnetFailed(a *api.AllocationListStub) bool {
+	up := a.TaskStates[jobspecs.NomadLabnetUp]
+	return up != nil && up.State == taskDead && up.Failed
+}
+
+// labnetError is the provision error of an allocation whose labnet-up
+// failed.
+func (r *Runtime) labnetError(ctx context.Context, a *api.AllocationListStub, spec lab.Spec) error {
+	what := "create the session network"
+	if spec.Segmented() {
+		what = "wire the lab"
+	}
+	return fmt.Errorf("%s (allocation %s on %s): %s", what, shortID(a.ID), clientName(a), r.labnetReason(ctx, a))
+}
+
+// labnetTail bounds how much of labnet-up's stderr is read for its reason.
+const labnetTail = 4 << 10
+
+// labnetReason says why labnet-up failed: the last line it wrote to stderr
+// (examlab's one-line error, naming the node and what went wrong), else,
+// when its log cannot be read, its task events. A raw_exec task's exit
+// event carries only the exit code.
+func (r *Runtime) labnetReason(ctx context.Context, a *api.AllocationListStub) string {
+	events := eventSummary(a.TaskStates[jobspecs.NomadLabnetUp])
+	alloc, _, err := r.client.Allocations().Info(a.ID, r.query(ctx))
+	if err != nil {
+		return events
+	}
+	tail := &tailWriter{max: labnetTail}
+	if err := r.streamLog(ctx, alloc, jobspecs.NomadLabnetUp, "stderr", tail); err != nil {
+		return events
+	}
+	line := lastLine(tail.buf.String())
+	if line == "" {
+		return events
+	}
+	return strings.TrimPrefix(line, "examlab: ")
+}
+
+// lastLine is the last non-blank line of s, trimmed.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }
 
 func clientName(a *api.AllocationListStub) string {
@@ -328,9 +383,12 @@ func writeIndex(resp *api.JobRegisterResponse, wm *api.WriteMeta) uint64 {
 }
 
 // ResetNode restarts one node's task, which gives it a fresh container from
-// its image: whatever the candidate changed in it is discarded.
+// its image: whatever the candidate changed in it is discarded. In a
+// segmented lab the fresh container has no network until labnet-watch has
+// wired and prepared it, which ResetNode waits for.
 func (r *Runtime) ResetNode(ctx context.Context, spec lab.Spec, node string) error {
-	if _, ok := spec.Node(node); !ok {
+	n, ok := spec.Node(node)
+	if !ok {
 		return fmt.Errorf("reset node %s of session %s: %w", node, spec.SessionID, lab.ErrNotFound)
 	}
 	alloc, ts, err := r.nodeAlloc(ctx, spec.SessionID, node)
@@ -356,8 +414,63 @@ func (r *Runtime) ResetNode(ctx context.Context, spec lab.Spec, node string) err
 		case ts.State == taskDead:
 			return fmt.Errorf("reset node %s: it did not come back: %s", node, eventSummary(ts))
 		case ts.State == taskRunning && ts.Restarts > before:
+			if !spec.Segmented() {
+				return nil
+			}
+			if err := r.waitRewired(ctx, spec, n, a); err != nil {
+				return fmt.Errorf("reset node %s: %w", node, err)
+			}
 			return nil
 		}
 		index = meta.LastIndex
 	}
+}
+
+// Bounds on waiting for labnet-watch to wire a reset node: it looks for
+// replaced containers every two seconds, then wires the node and runs its
+// setup, which has its own time limit on top.
+const (
+	rewireTimeout = time.Minute
+	rewirePoll    = 500 * time.Millisecond
+)
+
+// waitRewired waits until a restarted node of a segmented lab is wired and
+// prepared, as the node itself shows it (lab.ReadyCheck).
+func (r *Runtime) waitRewired(ctx context.Context, spec lab.Spec, n lab.Node, a *api.Allocation) error {
+	wctx, cancel := context.WithTimeout(ctx, rewireTimeout+n.SetupTimeout)
+	defer cancel()
+	for {
+		_, code, err := lab.Output(wctx, r, spec.SessionID, n.Name, "sh", "-c", lab.ReadyCheck(n))
+		if err == nil && code == 0 {
+			return nil
+		}
+		t := time.NewTimer(rewirePoll)
+		select {
+		case <-wctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		if wctx.Err() != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%s did not wire it within %s: %s", jobspecs.NomadLabnetWatch, rewireTimeout+n.SetupTimeout,
+				r.watchReason(ctx, a, n.Name))
+		}
+	}
+}
+
+// watchReason is labnet-watch's last word on a node: the last line of its
+// stderr that names it, or a pointer to its log.
+func (r *Runtime) watchReason(ctx context.Context, a *api.Allocation, node string) string {
+	tail := &tailWriter{max: labnetTail}
+	if err := r.streamLog(ctx, a, jobspecs.NomadLabnetWatch, "stderr", tail); err == nil {
+		lines := strings.Split(strings.TrimSpace(tail.buf.String()), "\n")
+		for i := len(lines) - 1; i >= 0; i-- {
+			if strings.Contains(lines[i], "node "+node+":") {
+				return strings.TrimPrefix(strings.TrimSpace(lines[i]), "examlab: ")
+			}
+		}
+	}
+	return "it reported nothing on the node (nomad alloc logs -stderr " + shortID(a.ID) + " " + jobspecs.NomadLabnetWatch + ")"
 }

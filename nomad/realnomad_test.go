@@ -125,3 +125,67 @@ func waitNotRunning(t testing.TB, rt *nomad.Runtime, sessionID, node string) {
 	}
 	t.Fatalf("the cluster still runs %s after its container was stopped", node)
 }
+
+// crashRewireTimeout bounds how long a crashed node of a segmented lab
+// takes to be back and wired: the job's restart delay, labnet-watch's
+// interval and the wiring.
+const crashRewireTimeout = time.Minute
+
+// TestRealNomadSegmentedLab runs the three-segment lab on a real Nomad
+// agent: its labnet-up (EXAMLAB_NOMAD_LABNET) wires the nodes on the client
+// from the job's plan, labnet-watch wires a node Nomad restarts (reset, or
+// after a crash), and labnet-down removes the switch.
+func TestRealNomadSegmentedLab(t *testing.T) {
+	rt, _ := realRuntime(t)
+	eng := testlab.NewEngine(t)
+	spec := segmentedLab(t, rt, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := rt.Provision(ctx, spec); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	t.Logf("lab %s wired and ready in %s", spec.SessionID, time.Since(start).Round(time.Millisecond))
+	checkSegmentedLab(t, rt, spec)
+	t.Run("a reset node is wired and prepared again", func(t *testing.T) { checkSegmentedReset(t, rt, spec) })
+	t.Run("a node Nomad restarts after a crash is wired again", func(t *testing.T) {
+		for _, c := range eng.Containers(t, spec.SessionID) {
+			if c.Labels[lab.LabelNode] == "osaka" && c.State == "running" {
+				eng.Stop(t, c.ID)
+			}
+		}
+		// The client restarts the task after the job's restart delay, and
+		// labnet-watch wires the fresh container.
+		start := time.Now()
+		for {
+			out, code, err := lab.Output(ctx, rt, spec.SessionID, "tokyo", "ping", "-c1", "-W1", "osaka")
+			if err == nil && code == 0 {
+				t.Logf("osaka back and reachable %s after its crash", time.Since(start).Round(time.Second))
+				break
+			}
+			if time.Since(start) > crashRewireTimeout {
+				t.Fatalf("tokyo cannot ping osaka %s after its crash: exit %d %v\n%s", crashRewireTimeout, code, err, out)
+			}
+			time.Sleep(time.Second)
+		}
+	})
+	if err := rt.Destroy(ctx, spec.SessionID); err != nil {
+		t.Fatal(err)
+	}
+	// The switch carries the session's label like the nodes; nothing of
+	// the lab may be left on the client.
+	if left := eng.Containers(t, spec.SessionID); len(left) > 0 {
+		t.Errorf("destroy left %s", testlab.Summary(left))
+	}
+}
+
+// TestRealNomadSegmentedSetupFailure makes osaka's setup fail on a real
+// agent: the provision error names the node and quotes the setup, read
+// from labnet-up's stderr through the alloc fs API.
+func TestRealNomadSegmentedSetupFailure(t *testing.T) {
+	rt, _ := realRuntime(t)
+	spec := segmentedLab(t, rt, failingSetup)
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	checkSetupFailure(t, rt.Provision(ctx, spec))
+}

@@ -44,8 +44,17 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 	}
 	netFailed := ""
 	if up := a.TaskStates[jobspecs.NomadLabnetUp]; up != nil && up.Failed {
-		netFailed = "session network: " + eventSummary(up)
+		what := "session network: "
+		if spec.Segmented() {
+			what = "wiring: "
+		}
+		reason := eventSummary(up)
+		if labnetFailed(a) {
+			reason = r.labnetReason(ctx, a)
+		}
+		netFailed = what + reason
 	}
+	wiring := spec.Segmented() && !labnetDone(a)
 	for i := range out {
 		st := &out[i]
 		st.AllocID = a.ID
@@ -53,10 +62,17 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 		// What `docker ps` on the client shows.
 		st.Container = st.Name + "-" + a.ID
 		fillTask(st, a, a.TaskStates[st.Name])
-		if netFailed != "" && st.State != lab.StateRunning {
+		switch {
+		case netFailed != "" && (st.State != lab.StateRunning || spec.Segmented()):
+			// A segmented lab's node is of no use unwired, even running.
 			st.State = lab.StateFailed
 			st.Events = append(st.Events, netFailed)
 			st.Detail = netFailed
+		case wiring && st.State == lab.StateRunning:
+			st.State, st.Detail = lab.StateCreating, "waiting for labnet-up to wire the lab's network"
+		case spec.Segmented() && st.State == lab.StateRunning:
+			// Fixed by the exam, the same in every lab.
+			st.IP = spec.Nodes[i].Address
 		}
 	}
 	return out, nil

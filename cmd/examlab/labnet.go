@@ -2,38 +2,71 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/docker"
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
 )
 
-// labnetDownWait is how long `labnet down` waits for the lab's containers
-// to leave the network; the poststop task runs as the nodes stop.
-const labnetDownWait = 2 * time.Minute
+// labnetWait is how long `labnet down` waits for the lab's containers to
+// leave the network (the poststop task runs as the nodes stop), and how
+// long `labnet up -plan` waits for the nodes' containers to run.
+const labnetWait = 2 * time.Minute
 
-// labnet creates or removes a Nomad lab's network on the client it runs
-// on. The session's job runs it as its prestart and poststop tasks:
+// labnetEvery is how often `labnet watch` looks for replaced nodes.
+const labnetEvery = 2 * time.Second
+
+// labnetState is what `labnet up -plan` leaves for `labnet watch` once it
+// has wired the lab: the lab, and the container it wired for each node.
+type labnetState struct {
+	Plan       lab.Spec          `json:"plan"`
+	Containers map[string]string `json:"containers"`
+}
+
+// labnet makes or removes a Nomad lab's network on the client it runs on.
+// The session's job runs it as its lifecycle tasks:
 //
 //	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N]
+//	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m]
+//	examlab labnet watch -session ID -state FILE [-alloc ID] [-every 2s]
 //	examlab labnet down -session ID [-wait 2m]
+//
+// Without -plan, up creates a flat lab's session network before the nodes
+// start. With -plan (a segmented lab's spec, lab.Spec as JSON), it runs once
+// the nodes run: it finds their containers, makes the lab's switch, wires
+// them into their segments and prepares them (files, setup), then leaves
+// what it did in the -state file. Watch, beside the nodes for the lab's
+// life, waits for that file, then wires and prepares every node container
+// that replaces one (a node restarted after a crash, or reset): Nomad
+// starts it with no network, as it did the first. Down removes the
+// network or the switch, whichever the lab has. A failure exits non-zero
+// with a one-line reason on stderr: it is what `nomad alloc logs` shows,
+// and what the runtime quotes.
 func labnet(ctx context.Context, args []string) error {
-	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
-		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|down -session ID [flags]")
+	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "watch") {
+		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|watch|down -session ID [flags]")
 		return flag.ErrHelp
 	}
 	verb := args[0]
 	def := config.Default()
 	fs := flag.NewFlagSet("labnet "+verb, flag.ContinueOnError)
 	session := fs.String("session", "", "session id (required)")
-	examID := fs.String("exam", "", "exam id, kept as a label on the network (up)")
-	pool := fs.String("subnet-pool", def.SubnetPool, "pool the session's subnet is carved from (up)")
-	prefix := fs.Int("subnet-prefix", def.SubnetPrefix, "prefix length of the session's subnet (up)")
-	wait := fs.Duration("wait", labnetDownWait, "how long to wait for containers to leave the network (down)")
+	examID := fs.String("exam", "", "exam id, kept as a label on the network or switch (up)")
+	pool := fs.String("subnet-pool", def.SubnetPool, "pool a flat lab's subnet is carved from (up)")
+	prefix := fs.Int("subnet-prefix", def.SubnetPrefix, "prefix length of a flat lab's subnet (up)")
+	plan := fs.String("plan", "", "a segmented lab's spec, as JSON: wire and prepare its running nodes (up)")
+	state := fs.String("state", "", "where up -plan leaves what it wired, for watch")
+	alloc := fs.String("alloc", os.Getenv("NOMAD_ALLOC_ID"), "the allocation whose node containers to wire (up -plan, watch; default: NOMAD_ALLOC_ID)")
+	wait := fs.Duration("wait", labnetWait, "how long to wait for the nodes' containers to run (up -plan) or to leave the network (down)")
+	every := fs.Duration("every", labnetEvery, "how often to look for replaced node containers (watch)")
 	host := fs.String("docker-host", os.Getenv("DOCKER_HOST"), "Docker Engine API address (default: DOCKER_HOST, else the local socket)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -45,7 +78,15 @@ func labnet(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if verb == "up" {
+	switch {
+	case verb == "watch":
+		if *state == "" {
+			return errors.New("labnet watch: -state is required")
+		}
+		return oneLine(watchLab(ctx, rt, *session, *alloc, *state, *every))
+	case verb == "up" && *plan != "":
+		return oneLine(wireLab(ctx, rt, *session, *examID, *alloc, *plan, *state, *wait))
+	case verb == "up":
 		n, err := rt.LabnetUp(ctx, *session, *examID)
 		if err != nil {
 			return err
@@ -53,9 +94,148 @@ func labnet(ctx context.Context, args []string) error {
 		fmt.Printf("network %s (%s) subnet %s\n", n.Name, n.ID[:12], n.Subnet)
 		return nil
 	}
-	if err := rt.LabnetDown(ctx, *session, *wait); err != nil {
-		return err
+	// A lab has a network or a switch, never both; down removes either.
+	if err := errors.Join(rt.RemoveSwitch(ctx, *session), rt.LabnetDown(ctx, *session, *wait)); err != nil {
+		return oneLine(err)
 	}
 	fmt.Printf("network of session %s removed\n", *session)
 	return nil
+}
+
+// wireLab wires and prepares the running nodes of the segmented lab whose
+// spec is in the file plan, and leaves what it did in the file state, if
+// one is named.
+func wireLab(ctx context.Context, rt *docker.Runtime, session, examID, alloc, plan, state string, wait time.Duration) error {
+	b, err := os.ReadFile(plan)
+	if err != nil {
+		return fmt.Errorf("labnet up %s: read the plan: %w", session, err)
+	}
+	var spec lab.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("labnet up %s: decode the plan %s: %w", session, plan, err)
+	}
+	switch {
+	case spec.SessionID != session:
+		return fmt.Errorf("labnet up %s: the plan is session %q's", session, spec.SessionID)
+	case !spec.Segmented():
+		return fmt.Errorf("labnet up %s: the plan has no segments to wire", session)
+	}
+	names := make([]string, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		names[i] = n.Name
+	}
+	nodes, err := rt.NodeContainers(ctx, session, alloc, names, wait)
+	if err != nil {
+		return fmt.Errorf("labnet up %s: %w", session, err)
+	}
+	if err := rt.PrepareLab(ctx, spec, nodes, switchLabels(spec, examID)); err != nil {
+		return fmt.Errorf("labnet up %s: %w", session, err)
+	}
+	fmt.Printf("lab %s wired: %d nodes on %d segments, switch %s\n", session, len(spec.Nodes), len(spec.Segments), lab.SwitchName(session))
+	if state == "" {
+		return nil
+	}
+	b, err = json.Marshal(labnetState{Plan: spec, Containers: nodes})
+	if err != nil {
+		return fmt.Errorf("labnet up %s: %w", session, err)
+	}
+	// Written whole or not at all: watch starts on the file's appearance.
+	tmp := state + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("labnet up %s: leave the state: %w", session, err)
+	}
+	if err := os.Rename(tmp, state); err != nil {
+		return fmt.Errorf("labnet up %s: leave the state: %w", session, err)
+	}
+	return nil
+}
+
+// switchLabels are the labels of a Nomad lab's switch. Not
+// examlab.managed: that marks what the one-host runtime owns and reaps,
+// and this switch is the Nomad lab's.
+func switchLabels(spec lab.Spec, examID string) map[string]string {
+	if examID == "" {
+		examID = spec.ExamID
+	}
+	return map[string]string{
+		lab.LabelSession:      spec.SessionID,
+		lab.LabelExam:         examID,
+		jobspecs.LabelRuntime: "nomad",
+	}
+}
+
+// watchLab waits for the state `labnet up -plan` leaves, then, every
+// interval until ctx ends, wires and prepares each node container that has
+// replaced the one wired before. A node that cannot be wired is reported
+// on stderr and left alone until its container is replaced again: its
+// setup is never run twice in one container.
+func watchLab(ctx context.Context, rt *docker.Runtime, session, alloc, state string, every time.Duration) error {
+	var st labnetState
+	for {
+		b, err := os.ReadFile(state)
+		if err == nil {
+			if err := json.Unmarshal(b, &st); err != nil {
+				return fmt.Errorf("labnet watch %s: decode the state %s: %w", session, state, err)
+			}
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("labnet watch %s: %w", session, err)
+		}
+		if sleepCtx(ctx, every) != nil {
+			return nil // the lab stopped before it was wired
+		}
+	}
+	if st.Plan.SessionID != session {
+		return fmt.Errorf("labnet watch %s: the state is session %q's", session, st.Plan.SessionID)
+	}
+	fmt.Printf("watching the %d nodes of lab %s\n", len(st.Plan.Nodes), session)
+	known := st.Containers
+	for sleepCtx(ctx, every) == nil {
+		running, err := rt.RunningNodeContainers(ctx, session, alloc)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "examlab:", oneLine(fmt.Errorf("labnet watch %s: %w", session, err)))
+			continue
+		}
+		for _, n := range st.Plan.Nodes {
+			id, ok := running[n.Name]
+			if !ok || id == known[n.Name] {
+				continue
+			}
+			known[n.Name] = id
+			err := rt.PrepareLab(ctx, st.Plan, map[string]string{n.Name: id}, switchLabels(st.Plan, ""))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "examlab:", oneLine(fmt.Errorf("labnet watch %s: %w", session, err)))
+				continue
+			}
+			fmt.Printf("node %s: container %.12s wired\n", n.Name, id)
+		}
+	}
+	return nil
+}
+
+// sleepCtx waits d, or until ctx ends, which it reports.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// oneLine puts an error on one line: a joined error or a setup's output
+// has several, and an operator reading the task's log (or the runtime
+// quoting its last line) must see all of the reason together.
+func oneLine(err error) error {
+	if err == nil {
+		return nil
+	}
+	lines := strings.FieldsFunc(err.Error(), func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return errors.New(strings.Join(lines, " | "))
 }

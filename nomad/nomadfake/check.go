@@ -1,6 +1,7 @@
 package nomadfake
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -15,9 +16,12 @@ var jobIDPattern = regexp.MustCompile(`^exam-[a-z0-9]{8}$`)
 
 // CheckJob lists what is wrong with a lab job as examlab must register it:
 // its names and meta, one group that cannot be rescheduled, the labnet
-// prestart and poststop tasks, and nodes docker tasks that are isolated
-// and limited (exactly nodes of them; any number from one up when nodes is
-// 0). An empty list means the job is complete and sane.
+// lifecycle tasks, and nodes docker tasks that are isolated and limited
+// (exactly nodes of them; any number from one up when nodes is 0). A flat
+// lab's labnet-up is a prestart task and its nodes are on the session
+// network; a segmented lab's (one with a poststart task) is a poststart
+// task with the lab's plan, and its nodes have no network. An empty list
+// means the job is complete and sane.
 func CheckJob(job *api.Job, nodes int) []string {
 	var p []string
 	bad := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
@@ -63,13 +67,29 @@ func CheckJob(job *api.Job, nodes int) []string {
 	if rp := g.RestartPolicy; rp == nil || str(rp.Mode) != "fail" || num(rp.Attempts) < 1 {
 		bad("the group has no in-place restart policy ending in fail")
 	}
-	network := lab.NetworkName(session)
-	var up, down, docker int
+	segmented := false
+	for _, t := range g.Tasks {
+		segmented = segmented || (t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart)
+	}
+	network, upHook := lab.NetworkName(session), api.TaskLifecycleHookPrestart
+	if segmented {
+		network, upHook = "none", api.TaskLifecycleHookPoststart
+	}
+	var up, down, watch, docker int
+	var nodeTasks []*api.Task
+	var wiring *api.Task
 	for _, t := range g.Tasks {
 		switch {
-		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPrestart && !t.Lifecycle.Sidecar:
+		case t.Lifecycle != nil && t.Lifecycle.Hook == upHook && !t.Lifecycle.Sidecar:
 			up++
 			checkLabnet(t, "up", session, bad)
+			wiring = t
+		case segmented && t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart && t.Lifecycle.Sidecar:
+			watch++
+			checkLabnet(t, "watch", session, bad)
+			if args := strings.Join(strList(t.Config["args"]), " "); !strings.HasSuffix(args, " -state "+jobspecs.NomadLabnetState) {
+				bad("labnet task %s runs %q, without the state labnet-up leaves", t.Name, args)
+			}
 		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststop:
 			down++
 			checkLabnet(t, "down", session, bad)
@@ -77,11 +97,18 @@ func CheckJob(job *api.Job, nodes int) []string {
 			bad("task %s has unexpected lifecycle %+v", t.Name, *t.Lifecycle)
 		default:
 			docker++
-			checkNode(t, network, bad)
+			checkNode(t, network, segmented, bad)
+			nodeTasks = append(nodeTasks, t)
 		}
 	}
 	if up != 1 || down != 1 {
-		bad("%d prestart and %d poststop labnet tasks, want 1 each", up, down)
+		bad("%d %s and %d poststop labnet tasks, want 1 each", up, upHook, down)
+	}
+	if segmented && up == 1 {
+		checkWiring(wiring, job, nodeTasks, bad)
+	}
+	if segmented && watch != 1 {
+		bad("%d poststart labnet watch sidecars, want 1 to wire restarted nodes", watch)
 	}
 	switch {
 	case nodes > 0 && docker != nodes:
@@ -106,7 +133,76 @@ func checkLabnet(t *api.Task, verb, session string, bad func(string, ...any)) {
 	}
 }
 
-func checkNode(t *api.Task, network string, bad func(string, ...any)) {
+// checkWiring checks a segmented lab's labnet-up: it runs labnet up with
+// the plan its one template writes, is never restarted, and the plan is
+// the lab the job's node tasks are.
+func checkWiring(t *api.Task, job *api.Job, nodes []*api.Task, bad func(string, ...any)) {
+	if args := strings.Join(strList(t.Config["args"]), " "); !strings.Contains(args, " -plan ${NOMAD_TASK_DIR}/lab.json -state "+jobspecs.NomadLabnetState) {
+		bad("labnet task %s runs %q, without -plan ${NOMAD_TASK_DIR}/lab.json -state %s", t.Name, args, jobspecs.NomadLabnetState)
+	}
+	if r := t.RestartPolicy; r == nil || num(r.Attempts) != 0 {
+		bad("labnet task %s may be restarted: a setup that failed halfway would run twice", t.Name)
+	}
+	plan, err := jobPlan(job)
+	if err != nil {
+		bad("%v", err)
+		return
+	}
+	if plan.SessionID != job.Meta[jobspecs.MetaSession] || plan.ExamID != job.Meta[jobspecs.MetaExam] || !plan.Segmented() {
+		bad("the plan is session %q exam %q with %d segments, not the job's segmented lab", plan.SessionID, plan.ExamID, len(plan.Segments))
+	}
+	if len(plan.Nodes) != len(nodes) {
+		bad("the plan has %d nodes, the job %d node tasks", len(plan.Nodes), len(nodes))
+		return
+	}
+	for i, n := range plan.Nodes {
+		task := nodes[i]
+		c := task.Config
+		var caps []string
+		for _, cp := range n.CapAdd {
+			caps = append(caps, strings.ToLower(strings.TrimPrefix(strings.ToUpper(cp), "CAP_")))
+		}
+		sys := strMap(c["sysctl"])
+		sameSys := true
+		for k, v := range n.Sysctls {
+			sameSys = sameSys && sys[k] == v
+		}
+		image, _ := c["image"].(string)
+		if n.Name != task.Name || n.Image != image || n.Hostname != c["hostname"] || n.MemoryMB != num(task.Resources.MemoryMB) ||
+			n.PidsLimit != number(c["pids_limit"]) || strings.Join(caps, ",") != strings.Join(strList(c["cap_add"]), ",") || !sameSys {
+			bad("the plan's node %d (%s) differs from task %s", i, n.Name, task.Name)
+		}
+	}
+}
+
+// jobPlan decodes the plan a segmented lab's labnet-up is given, checking
+// that its template writes it as it is.
+func jobPlan(job *api.Job) (lab.Spec, error) {
+	var up *api.Task
+	for _, t := range job.TaskGroups[0].Tasks {
+		if t.Name == jobspecs.NomadLabnetUp {
+			up = t
+		}
+	}
+	if up == nil || len(up.Templates) != 1 {
+		return lab.Spec{}, fmt.Errorf("labnet-up has no plan template")
+	}
+	tmpl := up.Templates[0]
+	data, left, right := str(tmpl.EmbeddedTmpl), str(tmpl.LeftDelim), str(tmpl.RightDelim)
+	switch {
+	case str(tmpl.DestPath) != jobspecs.NomadPlan || str(tmpl.ChangeMode) != "noop":
+		return lab.Spec{}, fmt.Errorf("the plan template writes %q with change mode %q, want %s and noop", str(tmpl.DestPath), str(tmpl.ChangeMode), jobspecs.NomadPlan)
+	case left == "" || right == "" || left == "{{" || strings.Contains(data, left) || strings.Contains(data, right):
+		return lab.Spec{}, fmt.Errorf("the plan template's delimiters %q %q may occur in the plan, which would be read as a template", left, right)
+	}
+	var plan lab.Spec
+	if err := json.Unmarshal([]byte(data), &plan); err != nil {
+		return lab.Spec{}, fmt.Errorf("the plan is not a lab spec: %v", err)
+	}
+	return plan, nil
+}
+
+func checkNode(t *api.Task, network string, segmented bool, bad func(string, ...any)) {
 	c := t.Config
 	if t.Driver != "docker" {
 		bad("node %s uses driver %q, want docker", t.Name, t.Driver)
@@ -120,7 +216,17 @@ func checkNode(t *api.Task, network string, bad func(string, ...any)) {
 	if c["network_mode"] != network {
 		bad("node %s network_mode %v, want %s", t.Name, c["network_mode"], network)
 	}
-	if a := strList(c["network_aliases"]); len(a) != 1 || a[0] != t.Name {
+	if segmented {
+		if a, ok := c["network_aliases"]; ok {
+			bad("node %s has network_aliases %v but no network", t.Name, a)
+		}
+		sys := strMap(c["sysctl"])
+		for k := range lab.NoIPv6() {
+			if _, ok := sys[k]; !ok {
+				bad("node %s does not set %s: it would get IPv6 addresses the exam never gave", t.Name, k)
+			}
+		}
+	} else if a := strList(c["network_aliases"]); len(a) != 1 || a[0] != t.Name {
 		bad("node %s network_aliases %v, want [%s]", t.Name, a, t.Name)
 	}
 	if c["hostname"] != t.Name {

@@ -2,12 +2,14 @@ package nomadfake
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/nomad/api"
 
+	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 )
@@ -17,7 +19,9 @@ const teardownTimeout = 2 * time.Minute
 
 // labFromJob reads the lab back out of a registered job, the way the docker
 // driver would read each task: what the fake's client then runs is what
-// the job says, not what examlab meant.
+// the job says, not what examlab meant. A segmented lab's segments and
+// each node's interfaces, routes, files and setup come from the plan its
+// labnet-up is given, as on a real client.
 func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
 	session := job.Meta[jobspecs.MetaSession]
 	l := lab.Spec{
@@ -25,6 +29,11 @@ func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
 		ExamID:    job.Meta[jobspecs.MetaExam],
 		Candidate: job.Meta[jobspecs.MetaCandidate],
 		Network:   lab.NetworkName(session),
+	}
+	// CheckJob has refused a segmented job whose plan does not decode.
+	plan, err := jobPlan(job)
+	if err == nil {
+		l.Segments = plan.Segments
 	}
 	for _, t := range job.TaskGroups[0].Tasks {
 		if t.Lifecycle != nil {
@@ -39,7 +48,7 @@ func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
 		role := labels[lab.LabelRole]
 		image, _ := c["image"].(string)
 		hostname, _ := c["hostname"].(string)
-		l.Nodes = append(l.Nodes, lab.Node{
+		node := lab.Node{
 			Name:      t.Name,
 			Role:      role,
 			Container: lab.ContainerName(session, t.Name),
@@ -59,7 +68,12 @@ func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
 				lab.LabelRole:    role,
 				lab.LabelExam:    l.ExamID,
 			},
-		})
+		}
+		if p, ok := plan.Node(t.Name); ok && err == nil {
+			node.Interfaces, node.Routes, node.Address = p.Interfaces, p.Routes, p.Address
+			node.Files, node.Setup, node.SetupTimeout = p.Files, p.Setup, p.SetupTimeout
+		}
+		l.Nodes = append(l.Nodes, node)
 	}
 	return l
 }
@@ -118,6 +132,7 @@ func (s *Server) schedule(evalID string, job *api.Job) {
 		},
 		session: job.Meta[jobspecs.MetaSession],
 		lab:     labFromJob(job, s.opts.MHzPerCPU),
+		stderr:  map[string]string{},
 		placed:  make(chan struct{}),
 	}
 	for _, t := range job.TaskGroups[0].Tasks {
@@ -134,9 +149,14 @@ func (s *Server) schedule(evalID string, job *api.Job) {
 	s.place(a, failures)
 }
 
-// place runs an allocation as a Nomad client would: the labnet prestart
-// task, then every node task, each a real container.
+// place runs an allocation as a Nomad client would: a flat lab's labnet
+// prestart task, then every node task, each a real container, then a
+// segmented lab's labnet poststart task.
 func (s *Server) place(a *allocation, failures map[string]failureSpec) {
+	if a.lab.Segmented() {
+		s.placeSegmented(a, failures)
+		return
+	}
 	ctx := s.ctx
 	netw, err := s.opts.Docker.LabnetUp(ctx, a.session, a.lab.ExamID)
 	s.mu.Lock()
@@ -176,6 +196,89 @@ func (s *Server) place(a *allocation, failures map[string]failureSpec) {
 		return
 	}
 	s.mu.Unlock()
+}
+
+// placeSegmented runs a segmented lab's allocation: the node containers,
+// with no network, then labnet-up, which wires and prepares them. The
+// docker runtime's Provision does both, as labnet up does on a client (the
+// same PrepareLab); its error is told apart by what failed: a node's
+// container, or the wiring and preparing that labnet-up does.
+func (s *Server) placeSegmented(a *allocation, failures map[string]failureSpec) {
+	ctx := s.ctx
+	run := a.lab
+	run.Nodes = nil
+	for _, n := range a.lab.Nodes {
+		if _, bad := failures[n.Name]; !bad {
+			run.Nodes = append(run.Nodes, n)
+		}
+	}
+	err := s.opts.Docker.Provision(ctx, run)
+	wiring := err != nil && s.nodesRunning(ctx, run, err)
+
+	s.mu.Lock()
+	if a.DesiredStatus != api.AllocDesiredStatusRun {
+		s.mu.Unlock()
+		return // stopped meanwhile; teardown takes it from here
+	}
+	if !wiring {
+		if s.settle(a, run, failures, err) {
+			s.mu.Unlock()
+			s.stopAlloc(a)
+			return
+		}
+		setTask(a, jobspecs.NomadLabnetUp, "running", false, event(api.TaskStarted, "Task started by client"))
+		a.ModifyIndex = s.bump()
+		slow := s.slowLabnet
+		s.mu.Unlock()
+		// The nodes run, unwired, while labnet-up works.
+		t := time.NewTimer(slow)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if a.DesiredStatus == api.AllocDesiredStatusRun {
+			setTask(a, jobspecs.NomadLabnetUp, "dead", false, event(api.TaskTerminated, "Exit Code: 0"))
+			a.stderr[jobspecs.NomadLabnetUp] = ""
+			// labnet-watch: the fake's restarts rewire a node themselves
+			// (the docker runtime's ResetNode), so it only keeps running.
+			setTask(a, jobspecs.NomadLabnetWatch, "running", false, event(api.TaskStarted, "Task started by client"))
+			a.stderr[jobspecs.NomadLabnetWatch] = ""
+			a.ModifyIndex = s.bump()
+		}
+		return
+	}
+	// As raw_exec reports it: the exit code, and the reason in the task's
+	// stderr, one line, as examlab prints it.
+	reason := strings.TrimPrefix(err.Error(), "provision lab "+a.session+": ")
+	a.stderr[jobspecs.NomadLabnetUp] = "examlab: labnet up " + a.session + ": " + strings.ReplaceAll(reason, "\n", " | ") + "\n"
+	for _, n := range a.lab.Nodes {
+		setTask(a, n.Name, "running", false, event(api.TaskStarted, "Task started by client"))
+	}
+	a.ClientStatus = api.AllocClientStatusRunning
+	setTask(a, jobspecs.NomadLabnetUp, "dead", true, event(api.TaskStarted, "Task started by client"),
+		event(api.TaskTerminated, "Exit Code: 1"), event(api.TaskNotRestarting, "Policy allows no restarts"))
+	for _, n := range a.lab.Nodes {
+		setTask(a, n.Name, "dead", false, event(api.TaskSiblingFailed, fmt.Sprintf("Task's sibling %q failed", jobspecs.NomadLabnetUp)))
+	}
+	a.ClientStatus, a.ClientDescription = api.AllocClientStatusFailed, "Failed tasks"
+	a.ModifyIndex = s.bump()
+	s.mu.Unlock()
+	s.stopAlloc(a)
+}
+
+// nodesRunning tells, after Provision of a segmented lab failed with err,
+// whether its node containers had come up, so that what failed was the
+// wiring or a setup (labnet-up's part) rather than a node's container.
+func (s *Server) nodesRunning(ctx context.Context, run lab.Spec, err error) bool {
+	var se *docker.SetupError
+	if errors.As(err, &se) {
+		return true // its node was removed, after it ran
+	}
+	st, serr := s.opts.Docker.Status(ctx, run)
+	return serr == nil && lab.AllRunning(st)
 }
 
 // settle records the outcome of starting the nodes and reports whether the
@@ -285,6 +388,13 @@ func (s *Server) stopAlloc(a *allocation) {
 			setTask(a, n.Name, "dead", false, event(api.TaskKilling, "Sent interrupt"), event(api.TaskKilled, "Task successfully killed"))
 		}
 	}
+	for _, task := range []string{jobspecs.NomadLabnetUp, jobspecs.NomadLabnetWatch} {
+		// A poststart task that never started, or a sidecar: the
+		// allocation has ended.
+		if ts := a.TaskStates[task]; ts != nil && ts.State != "dead" {
+			setTask(a, task, "dead", false, event(api.TaskKilled, "Task successfully killed"))
+		}
+	}
 	down := event(api.TaskTerminated, "Exit Code: 0")
 	failedDown := err != nil
 	if failedDown {
@@ -297,13 +407,13 @@ func (s *Server) stopAlloc(a *allocation) {
 	a.ModifyIndex = s.bump()
 }
 
-// teardownDocker removes the containers of the allocation's lab and its
-// network.
+// teardownDocker removes the containers of the allocation's lab, then, as
+// labnet down does, its switch or its network.
 func (s *Server) teardownDocker(ctx context.Context, a *allocation) error {
 	ctx, cancel := context.WithTimeout(ctx, teardownTimeout)
 	defer cancel()
 	if err := s.opts.Docker.Destroy(ctx, a.session); err != nil {
 		return err
 	}
-	return s.opts.Docker.LabnetDown(ctx, a.session, teardownTimeout/2)
+	return errors.Join(s.opts.Docker.RemoveSwitch(ctx, a.session), s.opts.Docker.LabnetDown(ctx, a.session, teardownTimeout/2))
 }

@@ -193,17 +193,29 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	a := s.allocs[r.PathValue("id")]
+	var stderr string
+	var wrote bool
+	if a != nil {
+		stderr, wrote = a.stderr[task]
+	}
 	s.mu.Unlock()
 	if a == nil {
 		fail(w, http.StatusNotFound, "unknown allocation ID %s", r.PathValue("id"))
 		return
 	}
-	if _, ok := a.lab.Node(task); !ok {
+	_, node := a.lab.Node(task)
+	if !node && !wrote {
 		fail(w, http.StatusNotFound, "log entry for task %q and log type %q not found", task, kind)
 		return
 	}
 	var out bytes.Buffer
-	if kind == "stdout" {
+	switch {
+	case !node:
+		// A lifecycle task that has run: its stderr as the fake kept it.
+		if kind == "stderr" {
+			out.WriteString(stderr)
+		}
+	case kind == "stdout":
 		if err := s.opts.Docker.Logs(r.Context(), a.session, task, &out); err != nil {
 			fail(w, http.StatusNotFound, "log entry for task %q and log type %q not found: %v", task, kind, err)
 			return

@@ -2,10 +2,12 @@
 // HTTP API that examlab's Nomad runtime uses. It records and checks what
 // it is sent — register payloads and the index they are conditioned on,
 // deregisters and their purge flag, exec frames — and its one "client"
-// runs each lab for real: the session network through the same labnet code
-// a Nomad client runs, and one Docker container per node task through the
-// docker package, with alloc exec bridged to docker exec and the fs logs
-// API to docker logs.
+// runs each lab for real: a flat lab's session network through the same
+// labnet code a Nomad client runs, one Docker container per node task
+// through the docker package, and a segmented lab's switch, wiring, files
+// and setup through the docker package's PrepareLab, as labnet up runs it
+// on a client; alloc exec is bridged to docker exec and the fs logs API to
+// docker logs (and to what the lifecycle tasks wrote to stderr).
 package nomadfake
 
 import (
@@ -116,6 +118,7 @@ type Server struct {
 
 	failures   map[string]failureSpec
 	noCapacity string
+	slowLabnet time.Duration
 	onJobRead  func(jobID string)
 }
 
@@ -129,7 +132,9 @@ type allocation struct {
 	*api.Allocation
 	session string
 	lab     lab.Spec
-	torn    bool
+	// stderr is what the lifecycle tasks wrote to their stderr, by task.
+	stderr map[string]string
+	torn   bool
 	// placed is closed once placement has finished, whatever its outcome.
 	placed chan struct{}
 }
@@ -201,6 +206,14 @@ func (s *Server) NoCapacity(dimension string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.noCapacity = dimension
+}
+
+// SlowLabnet makes a segmented lab's labnet-up run for d after its nodes
+// run, before it exits: the lab is not ready meanwhile.
+func (s *Server) SlowLabnet(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.slowLabnet = d
 }
 
 // OnJobRead calls fn after the fake has read a job (or found none) for a
