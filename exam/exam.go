@@ -164,6 +164,9 @@ func (d Duration) check(field string) error {
 	return nil
 }
 
+// MarshalYAML writes the duration as its string form, as it is read.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
 // MarshalJSON writes the duration as its string form.
 func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
 

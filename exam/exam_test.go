@@ -5,9 +5,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestDefaultExam(t *testing.T) {
@@ -245,5 +248,22 @@ func TestValidTaskID(t *testing.T) {
 		if got := ValidTaskID(id); got != want {
 			t.Errorf("ValidTaskID(%q) = %v, want %v", id, got, want)
 		}
+	}
+}
+
+// TestExamYAMLRoundTrip writes the default exam back as YAML: it reads as
+// the same exam, so tools may derive exams from it.
+func TestExamYAMLRoundTrip(t *testing.T) {
+	want := Default()
+	b, err := yaml.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(b)
+	if err != nil {
+		t.Fatalf("parse the written exam: %v\n%s", err, b)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("the exam changed on its way through YAML:\n%s", b)
 	}
 }
