@@ -117,10 +117,10 @@ type Node struct {
 	Routes []Route `yaml:"routes,omitempty" json:"routes,omitempty"`
 	// Files are written into the node before it is ready.
 	Files []File `yaml:"files,omitempty" json:"files,omitempty"`
-	// Setup is a shell script run once as root (with every capability,
-	// inside the node only) after the node has started and its network and
-	// files are in place, before the candidate gets in. A non-zero exit or
-	// one past SetupTimeout fails the provision.
+	// Setup is a shell script run once as root, with the node's own
+	// capabilities and nothing more, after the node has started and its
+	// network and files are in place, before the candidate gets in. A
+	// non-zero exit or one past SetupTimeout fails the provision.
 	Setup        string   `yaml:"setup,omitempty" json:"setup,omitempty"`
 	SetupTimeout Duration `yaml:"setup_timeout,omitempty" json:"setup_timeout"`
 }
@@ -133,7 +133,13 @@ type Limits struct {
 }
 
 // Duration is a time.Duration that reads "90m" or "2h" from YAML and JSON.
-type Duration struct{ time.Duration }
+type Duration struct {
+	time.Duration
+	// unparsed holds what the file said when it was no duration, for
+	// Validate to report under the field's name, which the decoder does
+	// not know.
+	unparsed string
+}
 
 // UnmarshalYAML parses a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
@@ -143,11 +149,23 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("parse duration %q: %w", s, err)
+		*d = Duration{unparsed: s}
+		return nil
 	}
-	d.Duration = v
+	*d = Duration{Duration: v}
 	return nil
 }
+
+// check reports a value that was no duration, naming field.
+func (d Duration) check(field string) error {
+	if d.unparsed != "" {
+		return invalid(field, "must be a duration such as 90s, 30m or 2h, got %q", d.unparsed)
+	}
+	return nil
+}
+
+// MarshalYAML writes the duration as its string form, as it is read.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 
 // MarshalJSON writes the duration as its string form.
 func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
@@ -177,6 +195,13 @@ var (
 	idPattern     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
 	nodePattern   = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
 	sysctlPattern = regexp.MustCompile(`^net\.[a-z0-9_.]+$`)
+)
+
+// The patterns above in words, for error messages. Node and network names
+// share nameRule.
+const (
+	idRule   = "1 to 64 lower-case letters, digits, dashes or underscores, starting with a letter or digit"
+	nameRule = "1 to 31 lower-case letters, digits or dashes, starting with a letter"
 )
 
 // ValidTaskID reports whether id is a well-formed task id. Task ids become
@@ -264,10 +289,13 @@ func invalid(field, format string, args ...any) error {
 // Validate checks every field and names the first bad one in its error.
 func (e *Exam) Validate() error {
 	if !idPattern.MatchString(e.ID) {
-		return invalid("id", "must match %s, got %q", idPattern, e.ID)
+		return invalid("id", "must be %s, got %q", idRule, e.ID)
 	}
 	if strings.TrimSpace(e.Title) == "" {
 		return invalid("title", "is required")
+	}
+	if err := e.Duration.check("duration"); err != nil {
+		return err
 	}
 	if e.Duration.Duration < time.Minute || e.Duration.Duration > 24*time.Hour {
 		return invalid("duration", "must be between 1m and 24h, got %s", e.Duration.Duration)
@@ -279,7 +307,7 @@ func (e *Exam) Validate() error {
 	for i, t := range e.Tasks {
 		f := fmt.Sprintf("tasks[%d]", i)
 		if !ValidTaskID(t.ID) {
-			return invalid(f+".id", "must match %s, got %q", idPattern, t.ID)
+			return invalid(f+".id", "must be %s, got %q", idRule, t.ID)
 		}
 		if taskIDs[t.ID] {
 			return invalid(f+".id", "duplicate task id %q", t.ID)
@@ -320,7 +348,7 @@ func (e *Exam) Validate() error {
 	for i, n := range nodes {
 		f := fmt.Sprintf("topology.nodes[%d]", i)
 		if !nodePattern.MatchString(n.Name) {
-			return invalid(f+".name", "must match %s, got %q", nodePattern, n.Name)
+			return invalid(f+".name", "must be %s, got %q", nameRule, n.Name)
 		}
 		if names[n.Name] {
 			return invalid(f+".name", "duplicate node name %q", n.Name)

@@ -32,6 +32,9 @@ var (
 	// Filesystems the runtime or the kernel owns; a file there would be
 	// lost or refused.
 	reservedDirs = []string{"/proc", "/sys", "/dev"}
+	// Files the runtime writes itself: the lab's names and the node's own.
+	// A setup may still change them.
+	runtimeFiles = []string{"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
 )
 
 // Segmented reports whether the lab declares its own networks.
@@ -84,7 +87,7 @@ func (t Topology) validateNetworks() (map[string]netip.Prefix, error) {
 	for i, nw := range t.Networks {
 		f := fmt.Sprintf("topology.networks[%d]", i)
 		if !networkPattern.MatchString(nw.Name) {
-			return nil, invalid(f+".name", "must match %s, got %q", networkPattern, nw.Name)
+			return nil, invalid(f+".name", "must be %s, got %q", nameRule, nw.Name)
 		}
 		if _, dup := subnets[nw.Name]; dup {
 			return nil, invalid(f+".name", "duplicate network name %q", nw.Name)
@@ -129,11 +132,11 @@ func validateNodeNetwork(f string, n Node, subnets map[string]netip.Prefix, used
 	if len(subnets) == 0 {
 		switch {
 		case len(n.Interfaces) > 0:
-			return invalid(f+".interfaces", "need topology.networks to plug into")
+			return invalid(f+".interfaces", "need networks to plug into, declared in topology.networks")
 		case len(n.Routes) > 0:
-			return invalid(f+".routes", "need interfaces on topology.networks")
+			return invalid(f+".routes", "need interfaces on networks declared in topology.networks")
 		case n.Address != "":
-			return invalid(f+".address", "needs interfaces on topology.networks")
+			return invalid(f+".address", "needs interfaces on networks declared in topology.networks")
 		}
 		return nil
 	}
@@ -156,26 +159,32 @@ func validateNodeNetwork(f string, n Node, subnets map[string]netip.Prefix, used
 		if err != nil || !p.Addr().Is4() {
 			return invalid(fi+".address", "must be an IPv4 address with its prefix length, such as 192.168.10.10/24, got %q", ifc.Address)
 		}
-		if !subnet.Contains(p.Addr()) || p.Bits() != subnet.Bits() {
-			return invalid(fi+".address", "%s is outside network %q (%s)", ifc.Address, ifc.Network, subnet)
+		if !subnet.Contains(p.Addr()) {
+			return invalid(fi+".address", "%s is outside network %q (%s)", p.Addr(), ifc.Network, subnet)
 		}
-		if p.Addr() == subnet.Addr() || (subnet.Bits() < 31 && p.Addr() == lastAddr(subnet)) {
-			return invalid(fi+".address", "%s is the network or broadcast address of %s", p.Addr(), subnet)
+		if p.Bits() != subnet.Bits() {
+			return invalid(fi+".address", "must have the prefix length of network %q (/%d), got %s", ifc.Network, subnet.Bits(), ifc.Address)
+		}
+		if what := special(subnet, p.Addr()); what != "" {
+			return invalid(fi+".address", "%s is the %s address of %s, which no node may hold", p.Addr(), what, subnet)
 		}
 		if who, dup := used[p.Addr()]; dup {
-			return invalid(fi+".address", "%s is already %s's", p.Addr(), who)
+			return invalid(fi+".address", "%s is already taken by %s", p.Addr(), who)
 		}
-		used[p.Addr()] = n.Name + " " + InterfaceName(i)
+		used[p.Addr()] = n.Name + "'s " + InterfaceName(i)
 		own = append(own, p)
 	}
 	if n.Address != "" {
 		a, err := netip.ParseAddr(n.Address)
+		if err != nil || !a.Is4() {
+			return invalid(f+".address", "must be an IPv4 address without a prefix length, got %q", n.Address)
+		}
 		found := false
 		for _, p := range own {
-			found = found || (err == nil && p.Addr() == a)
+			found = found || p.Addr() == a
 		}
 		if !found {
-			return invalid(f+".address", "%q is not one of the node's interface addresses", n.Address)
+			return invalid(f+".address", "%s is not the address of any of the node's interfaces", a)
 		}
 	}
 	dests := map[netip.Prefix]bool{}
@@ -196,25 +205,49 @@ func validateNodeNetwork(f string, n Node, subnets map[string]netip.Prefix, used
 			to = p
 		}
 		if dests[to] {
-			return invalid(fr+".to", "a route to %s is already declared", r.To)
+			return invalid(fr+".to", "a route to %s is already declared", to)
 		}
 		dests[to] = true
+		for _, p := range own {
+			// The node has this route already, and replacing it would cut
+			// the node off its own network.
+			if p.Masked() == to {
+				return invalid(fr+".to", "%s is the node's own network, which it reaches without a route", to)
+			}
+		}
 		via, err := netip.ParseAddr(r.Via)
 		if err != nil || !via.Is4() {
 			return invalid(fr+".via", "must be an IPv4 address, got %q", r.Via)
 		}
-		reachable := false
+		var on netip.Prefix
 		for _, p := range own {
 			if p.Addr() == via {
 				return invalid(fr+".via", "%s is the node's own address", via)
 			}
-			reachable = reachable || p.Masked().Contains(via)
+			if p.Masked().Contains(via) {
+				on = p.Masked()
+			}
 		}
-		if !reachable {
+		if !on.IsValid() {
 			return invalid(fr+".via", "%s is on none of the node's networks", via)
+		}
+		if what := special(on, via); what != "" {
+			return invalid(fr+".via", "%s is the %s address of %s, not a next hop", via, what, on)
 		}
 	}
 	return nil
+}
+
+// special names what a, inside subnet, is when no host may hold it: the
+// subnet's "network" or "broadcast" address; else it is empty.
+func special(subnet netip.Prefix, a netip.Addr) string {
+	switch a {
+	case subnet.Masked().Addr():
+		return "network"
+	case lastAddr(subnet):
+		return "broadcast"
+	}
+	return ""
 }
 
 func lastAddr(p netip.Prefix) netip.Addr {
@@ -232,24 +265,40 @@ func validateStartup(f string, n Node) error {
 		ff := fmt.Sprintf("%s.files[%d]", f, i)
 		p := file.Path
 		if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" || strings.ContainsAny(p, "\x00\n") {
-			return invalid(ff+".path", "must be a clean absolute file path, got %q", p)
+			return invalid(ff+".path", "must be an absolute file path such as /etc/motd, without . or .. parts or a trailing slash; got %q", p)
 		}
 		for _, d := range reservedDirs {
 			if p == d || strings.HasPrefix(p, d+"/") {
 				return invalid(ff+".path", "%s is under %s, which the node's kernel owns", p, d)
 			}
 		}
+		for _, r := range runtimeFiles {
+			if p == r {
+				return invalid(ff+".path", "%s is written by the lab itself; change it in setup instead", p)
+			}
+		}
 		if paths[p] {
 			return invalid(ff+".path", "%s is already declared", p)
 		}
+		for q := range paths {
+			if strings.HasPrefix(p, q+"/") {
+				return invalid(ff+".path", "%s would be inside %s, which is declared as a file", p, q)
+			}
+			if strings.HasPrefix(q, p+"/") {
+				return invalid(ff+".path", "%s is declared as a file, but %s is inside it", p, q)
+			}
+		}
 		paths[p] = true
 		if !modePattern.MatchString(file.Mode) || file.FileMode() > 0o7777 {
-			return invalid(ff+".mode", "must be an octal mode such as \"0644\", got %q", file.Mode)
+			return invalid(ff+".mode", "must be an octal mode such as \"0644\" or \"0755\", got %q", file.Mode)
 		}
 		total += len(file.Content)
 		if total > MaxFileBytes {
-			return invalid(ff+".content", "the node's files hold more than %d bytes together", MaxFileBytes)
+			return invalid(ff+".content", "with this file the node's files hold %d bytes, more than the %d (1 MiB) allowed", total, MaxFileBytes)
 		}
+	}
+	if err := n.SetupTimeout.check(f + ".setup_timeout"); err != nil {
+		return err
 	}
 	if strings.TrimSpace(n.Setup) == "" {
 		if n.SetupTimeout.Duration != 0 {
@@ -258,7 +307,7 @@ func validateStartup(f string, n Node) error {
 		return nil
 	}
 	if t := n.SetupTimeout.Duration; t < time.Second || t > MaxSetupTimeout {
-		return invalid(f+".setup_timeout", "must be between 1s and %s, got %s", MaxSetupTimeout, t)
+		return invalid(f+".setup_timeout", "must be between 1s and %gm, got %s", MaxSetupTimeout.Minutes(), t)
 	}
 	return nil
 }

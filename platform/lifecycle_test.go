@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,9 +24,11 @@ import (
 var nodeNames = exam.Default().NodeNames()
 
 // TestCandidateLifecycle walks one candidate through the whole product on
-// real Redis and real containers: login, start, eight nodes, work, answers,
-// submit, archive, cleanup, admin review; then the same email again.
+// real Redis and real containers: login, start, eight nodes wired as the
+// shipped exam draws them, work, answers, submit, archive, cleanup, admin
+// review; then the same email again.
 func TestCandidateLifecycle(t *testing.T) {
+	ex := exam.Default()
 	st := testlab.Start(t, testlab.Options{})
 	eng := testlab.NewEngine(t)
 	ctx := context.Background()
@@ -40,31 +41,36 @@ func TestCandidateLifecycle(t *testing.T) {
 	}
 	s := c.StartLab(t, id)
 
-	// Eight running containers with the product's names, one network.
+	// Eight running containers with the product's names, at the addresses
+	// the exam gives them, and the lab's switch; no engine network.
 	if len(s.Nodes) != 8 {
 		t.Fatalf("status reports %d nodes", len(s.Nodes))
 	}
 	for i, n := range s.Nodes {
-		if n.Name != nodeNames[i] || n.State != "running" || n.Container != lab.ContainerName(id, n.Name) {
+		node, _ := ex.Node(n.Name)
+		if n.Name != nodeNames[i] || n.State != "running" || n.Container != lab.ContainerName(id, n.Name) || n.IP != node.HostAddress().String() {
 			t.Errorf("node %d = %+v", i, n)
 		}
 	}
 	cs := eng.Containers(t, id)
-	if len(cs) != 8 {
-		t.Fatalf("engine has %d containers for the session: %s", len(cs), testlab.Summary(cs))
+	if len(cs) != 9 {
+		t.Fatalf("engine has %d containers for the session, want 8 nodes and the switch: %s", len(cs), testlab.Summary(cs))
 	}
 	for _, ct := range cs {
 		if ct.State != "running" || ct.Labels[lab.LabelManaged] != "true" {
 			t.Errorf("container %v: %s %v", ct.Names, ct.State, ct.Labels)
 		}
+		if ct.Labels[lab.LabelPart] == lab.PartSwitch {
+			continue
+		}
+		// The switch plugs the nodes into the lab's segments; the engine
+		// gives them no network, so none is shared with anything else.
+		if mode := eng.Inspect(t, ct.ID)["HostConfig"].(map[string]any)["NetworkMode"]; mode != "none" {
+			t.Errorf("container %v: network mode %v, want none", ct.Names, mode)
+		}
 	}
-	nets := eng.Networks(t, id)
-	if len(nets) != 1 || nets[0].Name != lab.NetworkName(id) || !nets[0].Internal {
-		t.Fatalf("networks = %+v, want one internal %s", nets, lab.NetworkName(id))
-	}
-	subnet := netip.MustParsePrefix(nets[0].IPAM.Config[0].Subnet)
-	if !netip.MustParsePrefix(st.Config.SubnetPool).Contains(subnet.Addr()) {
-		t.Errorf("subnet %s is outside the pool %s", subnet, st.Config.SubnetPool)
+	if nets := eng.Networks(t, id); len(nets) != 0 {
+		t.Errorf("networks = %+v; a segmented lab has none in the engine", nets)
 	}
 	hc := eng.Inspect(t, lab.ContainerName(id, "tokyo"))["HostConfig"].(map[string]any)
 	if hc["Privileged"] != false || hc["Memory"].(float64) != 128<<20 || hc["PidsLimit"].(float64) != 256 || hc["NanoCpus"].(float64) != 0.25e9 {
@@ -74,35 +80,32 @@ func TestCandidateLifecycle(t *testing.T) {
 		t.Errorf("tokyo CapDrop = %v, want [ALL]", hc["CapDrop"])
 	}
 
-	// Terminals by exec: each node is its role, and reaches a peer by name.
+	// Terminals by exec: each node is its role.
 	for _, n := range nodeNames {
 		out, code, err := lab.Output(ctx, st.Runtime, id, n, "hostname")
 		if err != nil || code != 0 || strings.TrimSpace(out) != n {
 			t.Errorf("hostname in %s = %q (exit %d, %v)", n, out, code, err)
 		}
 	}
-	if out, code, err := lab.Output(ctx, st.Runtime, id, "tokyo", "ping", "-c1", "-W3", "osaka"); err != nil || code != 0 {
-		t.Errorf("tokyo cannot ping osaka: exit %d %v\n%s", code, err, out)
-	}
-	if _, code, _ := lab.Output(ctx, st.Runtime, id, "g1", "ip", "route", "add", "10.99.0.0/24", "via", "127.0.0.1"); code == 0 {
-		t.Log("g1 holds NET_ADMIN as the exam declares")
-	} else {
-		t.Errorf("g1 cannot change its routes although the exam grants NET_ADMIN")
-	}
 	if _, code, _ := lab.Output(ctx, st.Runtime, id, "tokyo", "ip", "link", "add", "d0", "type", "dummy"); code == 0 {
 		t.Errorf("tokyo changed its links without NET_ADMIN")
 	}
+	tokyo, _ := ex.Node("tokyo")
+	if out, _, err := lab.Output(ctx, st.Runtime, id, "tokyo", "cat", "/etc/motd"); err != nil || out != tokyo.Files[0].Content {
+		t.Errorf("tokyo's /etc/motd = %q (%v), want the exam's %q", out, err, tokyo.Files[0].Content)
+	}
+	checkExamTasks(t, st, ex, id)
 	if _, code, err := lab.Output(ctx, st.Runtime, id, "tokyo", "sh", "-c", "echo candidate-work > /root/work.txt"); code != 0 || err != nil {
 		t.Fatalf("write work file: %d %v", code, err)
 	}
 
 	// Answers are acknowledged once durable.
 	var saved store.Answer
-	code, err := c.Do("PUT", "/api/session/"+id+"/answers/t1-addressing", map[string]any{"value": "10.213.0.0/26"}, &saved)
+	code, err := c.Do("PUT", "/api/session/"+id+"/answers/t1-addressing", map[string]any{"value": "g4: eth0 10.0.0.4/24"}, &saved)
 	if err != nil || code != 200 || saved.Revision != 1 || saved.SavedAt.IsZero() {
 		t.Fatalf("save answer: %d %v %+v", code, err, saved)
 	}
-	if b, err := os.ReadFile(filepath.Join(st.Config.StateDir, "sessions", id, "answers", "t1-addressing.json")); err != nil || !strings.Contains(string(b), "10.213.0.0/26") {
+	if b, err := os.ReadFile(filepath.Join(st.Config.StateDir, "sessions", id, "answers", "t1-addressing.json")); err != nil || !strings.Contains(string(b), "g4: eth0 10.0.0.4/24") {
 		t.Fatalf("answer file: %s %v", b, err)
 	}
 
@@ -212,7 +215,8 @@ func tarFile(t *testing.T, path, name string) string {
 }
 
 // TestConcurrentCandidatesAreIsolated runs three candidates at once: each
-// gets a complete lab of its own, and no lab reaches another.
+// gets a complete lab of its own, at the same addresses as the others, and
+// no lab reaches another.
 func TestConcurrentCandidatesAreIsolated(t *testing.T) {
 	st := testlab.Start(t, testlab.Options{})
 	ctx := context.Background()
@@ -238,27 +242,35 @@ func TestConcurrentCandidatesAreIsolated(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	ips := make([]string, n)
+	// Every lab has the same addresses, so each gateway g1 takes one more
+	// on tokyo's LAN, its lab's own: tokyo must reach its own lab's and
+	// none of the others'.
+	extra := func(i int) string { return fmt.Sprintf("192.168.10.%d", 100+i) }
 	for i, id := range ids {
 		nodes, err := st.Runtime.Status(ctx, mustSpec(t, id))
 		if err != nil || !lab.AllRunning(nodes) {
 			t.Fatalf("session %d: %v %+v", i, err, nodes)
 		}
-		ips[i] = nodes[0].IP // tokyo
+		if nodes[0].IP != "192.168.10.10" {
+			t.Errorf("session %d: tokyo is at %q, want the exam's 192.168.10.10", i, nodes[0].IP)
+		}
 		if out, _, _ := lab.Output(ctx, st.Runtime, id, "kyoto", "hostname"); strings.TrimSpace(out) != "kyoto" {
 			t.Errorf("session %d kyoto hostname = %q", i, out)
 		}
 		if _, code, _ := lab.Output(ctx, st.Runtime, id, "phoenix", "ping", "-c1", "-W3", "tokyo"); code != 0 {
 			t.Errorf("session %d: phoenix cannot reach its own tokyo", i)
 		}
+		if out, code, err := lab.Output(ctx, st.Runtime, id, "g1", "ip", "addr", "add", extra(i)+"/24", "dev", "eth0"); code != 0 || err != nil {
+			t.Fatalf("session %d: add %s to g1: exit %d %v\n%s", i, extra(i), code, err, out)
+		}
 	}
 	for i := range ids {
-		j := (i + 1) % n
-		if ips[j] == "" {
-			t.Fatalf("no IP for session %d tokyo", j)
+		if out, code, _ := lab.Output(ctx, st.Runtime, ids[i], "tokyo", "ping", "-c1", "-W2", extra(i)); code != 0 {
+			t.Errorf("session %d's tokyo cannot reach its own g1 at %s:\n%s", i, extra(i), out)
 		}
-		if out, code, _ := lab.Output(ctx, st.Runtime, ids[i], "tokyo", "ping", "-c1", "-W2", ips[j]); code == 0 {
-			t.Errorf("session %d's tokyo reached session %d's tokyo at %s:\n%s", i, j, ips[j], out)
+		j := (i + 1) % n
+		if out, code, _ := lab.Output(ctx, st.Runtime, ids[i], "tokyo", "ping", "-c1", "-W2", extra(j)); code == 0 {
+			t.Errorf("session %d's tokyo reached session %d's g1 at %s:\n%s", i, j, extra(j), out)
 		}
 	}
 	// Candidates are independent: one submitting leaves the others running.

@@ -3,6 +3,7 @@ package platform_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +21,8 @@ import (
 
 // TestProvisionKilledMidwayConverges cancels a provision handler while it
 // is creating containers — as a worker killed mid-task would leave it —
-// then runs it again, and again: exactly one complete lab results.
+// then runs it again, and again: exactly one complete lab results, wired
+// once, its setup done.
 func TestProvisionKilledMidwayConverges(t *testing.T) {
 	cfg := config.Default()
 	cfg.Redis = testlab.Redis(t)
@@ -73,8 +75,8 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 		}
 	}
 	cs := eng.Containers(t, sess.ID)
-	if len(cs) != 8 {
-		t.Fatalf("%d containers after reruns: %s", len(cs), testlab.Summary(cs))
+	if len(cs) != 9 {
+		t.Fatalf("%d containers after reruns, want 8 nodes and the switch: %s", len(cs), testlab.Summary(cs))
 	}
 	names := map[string]bool{}
 	for _, c := range cs {
@@ -83,8 +85,26 @@ func TestProvisionKilledMidwayConverges(t *testing.T) {
 		}
 		names[c.Names[0]] = true
 	}
-	if nets := eng.Networks(t, sess.ID); len(nets) != 1 {
-		t.Fatalf("%d networks after reruns", len(nets))
+	if !names["/"+lab.SwitchName(sess.ID)] {
+		t.Errorf("no switch %s after reruns: %s", lab.SwitchName(sess.ID), testlab.Summary(cs))
+	}
+	if nets := eng.Networks(t, sess.ID); len(nets) != 0 {
+		t.Fatalf("%d engine networks after reruns; a segmented lab has none", len(nets))
+	}
+	// Wired once: g1 holds each of its addresses once, and the lab works.
+	if out, _, err := lab.Output(ctx, p.Runtime, sess.ID, "g1", "ip", "-4", "-o", "addr", "show"); err != nil || strings.Count(out, " inet ") != 3 {
+		t.Errorf("g1's addresses after reruns (%v), want loopback, eth0 and eth1 once each:\n%s", err, out)
+	}
+	if out, code, err := lab.Output(ctx, p.Runtime, sess.ID, "tokyo", "ping", "-c1", "-W2", "phoenix"); err != nil || code != 0 {
+		t.Errorf("tokyo cannot ping phoenix after reruns: exit %d %v\n%s", code, err, out)
+	}
+	// kyoto's setup ran: its route is planted, and its marker, which keeps
+	// a rerun from running the setup again, is there.
+	if out, _, err := lab.Output(ctx, p.Runtime, sess.ID, "kyoto", "ls", lab.PreparedMarker); err != nil || strings.TrimSpace(out) != lab.PreparedMarker {
+		t.Errorf("kyoto holds no %s after reruns (%v): %q", lab.PreparedMarker, err, out)
+	}
+	if out, _, _ := lab.Output(ctx, p.Runtime, sess.ID, "kyoto", "ip", "route", "show", "default"); !strings.Contains(out, "via 192.168.30.254") {
+		t.Errorf("kyoto's default route after reruns = %q, want its setup's", out)
 	}
 	got, _ := p.Store.Get(ctx, sess.ID)
 	if got.Status != session.StateReady || got.Deadline.IsZero() || !lab.AllRunning(got.Nodes) {

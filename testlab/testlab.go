@@ -198,6 +198,7 @@ type Session struct {
 		Name      string `json:"name"`
 		Container string `json:"container"`
 		State     string `json:"state"`
+		IP        string `json:"ip"`
 	} `json:"nodes"`
 }
 
