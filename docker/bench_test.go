@@ -12,6 +12,7 @@ import (
 
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
 )
 
 // The benchmarks bring up the default exam's lab cold: the segmented
@@ -25,16 +26,7 @@ import (
 //	go test ./docker -run '^$' -bench . -benchtime 5x
 
 // flatDefault is the default exam's eight nodes on one flat network.
-func flatDefault() *exam.Exam {
-	ex := exam.Default()
-	ex.Topology.Networks = nil
-	for i := range ex.Topology.Nodes {
-		n := &ex.Topology.Nodes[i]
-		n.Interfaces, n.Routes, n.Address, n.Files, n.Setup = nil, nil, "", nil, ""
-		n.SetupTimeout.Duration = 0
-	}
-	return ex
-}
+func flatDefault() *exam.Exam { return labtest.Flatten(exam.Default()) }
 
 // benchLab renders a fresh default lab and makes sure it is removed even if
 // the benchmark stops early.

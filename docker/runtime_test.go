@@ -17,10 +17,19 @@ import (
 // engine, and on the suite's labs what is the one-host runtime's own: the
 // lab network is internal, from the pool and labelled; containers carry
 // the spec's names; logs carry timestamps.
-func TestLab(t *testing.T) {
+// TestLab runs the contract suite on the default exam's segmented lab.
+func TestLab(t *testing.T) { runSuite(t, nil) }
+
+// TestFlatLab runs the contract suite on the same eight nodes on one flat
+// network, as every lab was before segments and an exam without networks
+// still is.
+func TestFlatLab(t *testing.T) { runSuite(t, labtest.Flatten(exam.Default())) }
+
+func runSuite(t *testing.T, ex *exam.Exam) {
 	r := newTestRuntime(t)
 	labtest.Run(t, labtest.Harness{
 		Runtime: r,
+		Exam:    ex,
 		Inventory: func(t testing.TB, sessionID string) labtest.Inventory {
 			conts, nets := sessionResources(t, r, sessionID)
 			var inv labtest.Inventory
@@ -88,31 +97,11 @@ func inspectLab(t *testing.T, r *Runtime, spec lab.Spec) {
 	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
 	defer cancel()
 	sid := spec.SessionID
-	t.Run("network is internal and from the pool", func(t *testing.T) {
-		nets, err := r.client.networksNamed(ctx, lab.NetworkName(sid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(nets) != 1 {
-			t.Fatalf("want 1 network named %s, got %d", lab.NetworkName(sid), len(nets))
-		}
-		netw := nets[0]
-		if !netw.Internal {
-			t.Error("network is not internal")
-		}
-		for k, v := range labBridgeOptions {
-			if netw.Options[k] != v {
-				t.Errorf("option %s = %q, want %q", k, netw.Options[k], v)
-			}
-		}
-		if netw.Labels[lab.LabelSession] != sid || netw.Labels[lab.LabelManaged] != "true" {
-			t.Errorf("labels %v", netw.Labels)
-		}
-		subnet := netip.MustParsePrefix(netw.IPAM.Config[0].Subnet)
-		if subnet.Bits() != r.prefix || !r.pool.Overlaps(subnet) {
-			t.Errorf("subnet %s is not a /%d of %s", subnet, r.prefix, r.pool)
-		}
-	})
+	if spec.Segmented() {
+		t.Run("nodes are on no engine network, behind the lab's switch", func(t *testing.T) { inspectSegmented(t, r, spec) })
+	} else {
+		t.Run("network is internal and from the pool", func(t *testing.T) { inspectFlat(t, r, spec) })
+	}
 	t.Run("containers are named as the spec says", func(t *testing.T) {
 		st, err := r.Status(ctx, spec)
 		if err != nil {
@@ -207,5 +196,66 @@ func TestContainerSpec(t *testing.T) {
 	spec.MemoryMB = 256
 	if b := containerSpec("exam-abcdefgh-net", spec); b.Labels[labelConfig] == a.Labels[labelConfig] {
 		t.Error("digest unchanged after a memory change")
+	}
+}
+
+// inspectFlat checks a flat lab's network.
+func inspectFlat(t *testing.T, r *Runtime, spec lab.Spec) {
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+	defer cancel()
+	sid := spec.SessionID
+	nets, err := r.client.networksNamed(ctx, lab.NetworkName(sid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nets) != 1 {
+		t.Fatalf("want 1 network named %s, got %d", lab.NetworkName(sid), len(nets))
+	}
+	netw := nets[0]
+	if !netw.Internal {
+		t.Error("network is not internal")
+	}
+	for k, v := range labBridgeOptions {
+		if netw.Options[k] != v {
+			t.Errorf("option %s = %q, want %q", k, netw.Options[k], v)
+		}
+	}
+	if netw.Labels[lab.LabelSession] != sid || netw.Labels[lab.LabelManaged] != "true" {
+		t.Errorf("labels %v", netw.Labels)
+	}
+	subnet := netip.MustParsePrefix(netw.IPAM.Config[0].Subnet)
+	if subnet.Bits() != r.prefix || !r.pool.Overlaps(subnet) {
+		t.Errorf("subnet %s is not a /%d of %s", subnet, r.prefix, r.pool)
+	}
+}
+
+// inspectSegmented checks a segmented lab's containers: every node on no
+// network of the engine's, and one switch of the session's holding only
+// its own capabilities.
+func inspectSegmented(t *testing.T, r *Runtime, spec lab.Spec) {
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+	defer cancel()
+	conts, nets := sessionResources(t, r, spec.SessionID)
+	if len(nets) != 0 {
+		t.Errorf("the lab has %d engine networks, want none", len(nets))
+	}
+	switches := 0
+	for _, cs := range conts {
+		c, err := r.client.inspectContainer(ctx, cs.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.HostConfig.NetworkMode != networkNone {
+			t.Errorf("%s is on network %q, want none", c.Name, c.HostConfig.NetworkMode)
+		}
+		if cs.Labels[lab.LabelPart] == lab.PartSwitch {
+			switches++
+			if c.Name != "/"+lab.SwitchName(spec.SessionID) {
+				t.Errorf("switch is named %s", c.Name)
+			}
+		}
+	}
+	if switches != 1 {
+		t.Errorf("%d switches, want 1", switches)
 	}
 }

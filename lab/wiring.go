@@ -100,7 +100,11 @@ bridge() {
 	ip link set dev "$1" up
 }
 port() { # port NAME BRIDGE PID IFNAME MAC
-	ip link show dev "$1" >/dev/null 2>&1 || ip link add "$1" type veth peer name "$4" address "$5" netns "$3"
+	# Only a node that is not wired gets here, so a port of that name is
+	# left from a namespace the node has lost (its removal lags behind
+	# the container's death) or from a run that stopped halfway.
+	ip link del dev "$1" 2>/dev/null || true
+	ip link add "$1" type veth peer name "$4" address "$5" netns "$3"
 	ip link set dev "$1" master "$2" up
 }
 wired() { nsenter -t "$1" -n ip link show dev lo | grep -q 'alias %s'; }

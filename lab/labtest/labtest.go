@@ -41,6 +41,10 @@ var (
 type Harness struct {
 	// Runtime is the implementation under test. Required.
 	Runtime lab.Runtime
+	// Exam is the exam whose lab the suite runs; nil means exam.Default(),
+	// whose lab has networks of its own. Flatten gives the same nodes on
+	// one flat network.
+	Exam *exam.Exam
 	// Inventory lists what the service behind the runtime (the engine, the
 	// cluster) holds of a session's lab. It must ask the service itself,
 	// not Runtime, so that the suite can tell a lab that converged from a
@@ -100,9 +104,10 @@ type Instance struct {
 
 // Labs are the two labs the suite provisions.
 type Labs struct {
-	// Main is the default exam's eight-node lab; most subtests use it.
+	// Main is the Harness.Exam's lab (the default exam's eight nodes);
+	// most subtests use it.
 	Main lab.Spec
-	// Other is a second session's lab, the default exam's first node
+	// Other is a second session's lab, the same exam's first node
 	// alone: the lab Main must be kept apart from, and the one the crash
 	// and spec-change subtests repair.
 	Other lab.Spec
@@ -118,10 +123,14 @@ func Run(t *testing.T, h Harness) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	s := &suite{h: h, rt: h.Runtime, ctx: ctx}
-	s.main = newSpec(t, exam.Default())
-	small := exam.Default()
-	small.Topology.Nodes = small.Topology.Nodes[:1]
-	s.other = newSpec(t, small)
+	ex := h.Exam
+	if ex == nil {
+		ex = exam.Default()
+	}
+	s.main = newSpec(t, ex)
+	small := *ex
+	small.Topology.Nodes = ex.Topology.Nodes[:1]
+	s.other = newSpec(t, &small)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
 		defer cancel()
@@ -164,6 +173,20 @@ type suite struct {
 	rt          lab.Runtime
 	ctx         context.Context
 	main, other lab.Spec
+}
+
+// Flatten returns ex with its nodes on one flat network: no networks,
+// interfaces, routes, files or setup.
+func Flatten(ex *exam.Exam) *exam.Exam {
+	out := *ex
+	out.Topology.Networks = nil
+	out.Topology.Nodes = make([]exam.Node, len(ex.Topology.Nodes))
+	for i, n := range ex.Topology.Nodes {
+		n.Interfaces, n.Routes, n.Address, n.Files, n.Setup = nil, nil, "", nil, ""
+		n.SetupTimeout.Duration = 0
+		out.Topology.Nodes[i] = n
+	}
+	return &out
 }
 
 // newSpec renders ex's lab for a new session.
