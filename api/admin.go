@@ -65,12 +65,68 @@ func (s *Server) adminSessions(c *fiber.Ctx) error {
 		return err
 	}
 	q.Offset, q.Limit = (page-1)*per, per
+	if err := s.scoreFilters(c, &q); err != nil {
+		return err
+	}
 	res, err := s.o.Store.List(c.UserContext(), q)
 	if err != nil {
 		return err
 	}
 	return c.JSON(fiber.Map{"total": res.Total, "page": page, "per_page": per, "sort": q.Sort,
 		"order": map[bool]string{true: "desc", false: "asc"}[q.Desc], "sessions": res.Sessions})
+}
+
+// scoreFilters reads ?score_min=&score_max= (a range of scores) and
+// ?passed=yes|no (against each exam's pass mark, or ?pass_mark=N).
+func (s *Server) scoreFilters(c *fiber.Ctx, q *store.ListQuery) error {
+	for _, f := range []struct {
+		name string
+		dst  **int
+	}{{"score_min", &q.MinScore}, {"score_max", &q.MaxScore}} {
+		if c.Query(f.name) == "" {
+			continue
+		}
+		n, err := intQuery(c, f.name, 0, 0, 1_000_000)
+		if err != nil {
+			return err
+		}
+		*f.dst = &n
+	}
+	if q.MinScore != nil && q.MaxScore != nil && *q.MinScore > *q.MaxScore {
+		return fail(fiber.StatusBadRequest, "score_min must not be above score_max")
+	}
+	passMark := -1
+	if c.Query("pass_mark") != "" {
+		n, err := intQuery(c, "pass_mark", 0, 0, 1_000_000)
+		if err != nil {
+			return err
+		}
+		passMark = n
+	}
+	switch strings.ToLower(c.Query("passed")) {
+	case "":
+		if passMark >= 0 {
+			return fail(fiber.StatusBadRequest, "pass_mark needs passed=yes or passed=no")
+		}
+		return nil
+	case "yes", "true":
+		q.Passed = new(bool)
+		*q.Passed = true
+	case "no", "false":
+		q.Passed = new(bool)
+	default:
+		return fail(fiber.StatusBadRequest, "passed must be yes or no")
+	}
+	q.PassMark = func(examID string) int {
+		if passMark >= 0 {
+			return passMark
+		}
+		if ex, ok := s.o.Exams(examID); ok {
+			return ex.Grading.PassMark
+		}
+		return 0
+	}
+	return nil
 }
 
 func intQuery(c *fiber.Ctx, name string, def, lo, hi int) (int, error) {
@@ -127,6 +183,10 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	grades, err := s.gradingDetails(ctx, sess)
+	if err != nil {
+		return err
+	}
 	v := s.view(sess)
 	if live := s.liveNodes(ctx, sess); live != nil {
 		v.Nodes = live
@@ -141,6 +201,7 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 		"snapshots":      snaps,
 		"manifest":       manifest,
 		"audit":          audit,
+		"grading":        grades,
 	})
 }
 

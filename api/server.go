@@ -15,6 +15,7 @@ import (
 
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/grading"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/store"
@@ -27,6 +28,12 @@ type enqueuer interface {
 	Cleanup(ctx context.Context, sessionID, reason string) (bool, error)
 	Snapshot(ctx context.Context, sessionID, nonce string) (bool, error)
 	ResetNode(ctx context.Context, sessionID, node, nonce string) (bool, error)
+}
+
+// gradingObserver receives grading measurements (metrics).
+type gradingObserver interface {
+	grading.Observer
+	Graded(trigger string, d time.Duration)
 }
 
 // statuser reports live node states; optional.
@@ -45,6 +52,12 @@ type Options struct {
 	// Runtime, when set, gives live node states while a lab is up.
 	Runtime     statuser
 	RuntimeName string
+	// Runner, when set, runs the exam's checks in live labs: an admin's
+	// regrade and a candidate's "check my work".
+	Runner runner
+	// Grading hears of every check run and every grading (metrics);
+	// optional.
+	Grading gradingObserver
 	// Auth checks admin and candidate credentials (shared with the relay).
 	Auth *auth.Auth
 	// CookieSecure marks cookies Secure (serve behind HTTPS).
@@ -173,6 +186,8 @@ func (s *Server) routes() {
 	own.Post("/answers/:taskId", s.saveAnswer)
 	own.Post("/submit", s.submit)
 	own.Post("/terminal/:terminalId/history", s.postHistory)
+	own.Get("/checks", s.candidateChecks)
+	own.Post("/tasks/:task/check", s.checkMyWork)
 
 	// Candidate: the seed's routes, kept for clients written against it.
 	s.seedRoutes()
@@ -186,6 +201,7 @@ func (s *Server) routes() {
 	a.Post("/api/session/:id/snapshot", s.requireAdmin, s.adminSnapshot)
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
 	s.actionRoutes(adm)
+	s.gradingRoutes(adm)
 	s.sittingRoutes(adm)
 	s.queueRoutes(adm)
 	s.downloadRoutes(adm)

@@ -94,6 +94,10 @@ type Config struct {
 	// runtime: an image with sh, sleep, ip, nsenter and flock.
 	// EXAMLAB_SWITCH_IMAGE, examlab/node:bookworm.
 	SwitchImage string
+	// GraderBusybox is the static busybox every node gets read-only as
+	// the grader's tools. EXAMLAB_GRADER_BUSYBOX, /bin/busybox (Debian's
+	// busybox-static); "none" for none.
+	GraderBusybox string
 
 	// Nomad settings beyond what the Nomad api package reads itself
 	// (NOMAD_ADDR, NOMAD_TOKEN, NOMAD_REGION, NOMAD_NAMESPACE, NOMAD_CACERT…).
@@ -156,6 +160,7 @@ func Default() Config {
 		SubnetPool:        "10.213.0.0/16",
 		SubnetPrefix:      26,
 		SwitchImage:       "examlab/node:bookworm",
+		GraderBusybox:     "/bin/busybox",
 		NomadDatacenters:  []string{"dc1"},
 		NomadLabnet:       "/usr/local/bin/examlab",
 		WorkerConcurrency: 8,
@@ -249,6 +254,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	str("EXAMLAB_SUBNET_POOL", &c.SubnetPool)
 	num("EXAMLAB_SUBNET_PREFIX", &c.SubnetPrefix)
 	str("EXAMLAB_SWITCH_IMAGE", &c.SwitchImage)
+	str("EXAMLAB_GRADER_BUSYBOX", &c.GraderBusybox)
 	list("EXAMLAB_NOMAD_DATACENTERS", &c.NomadDatacenters)
 	str("EXAMLAB_NOMAD_LABNET", &c.NomadLabnet)
 	num("EXAMLAB_MAX_LABS", &c.MaxLabs)
@@ -281,6 +287,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SubnetPool, "subnet-pool", c.SubnetPool, "pool for per-session subnets")
 	fs.IntVar(&c.SubnetPrefix, "subnet-prefix", c.SubnetPrefix, "prefix length of each session subnet")
 	fs.StringVar(&c.SwitchImage, "switch-image", c.SwitchImage, "image of segmented labs' switches (sh, sleep, ip, nsenter)")
+	fs.StringVar(&c.GraderBusybox, "grader-busybox", c.GraderBusybox, "static busybox every node gets read-only for the grader's checks (none: no tools)")
 	fs.IntVar(&c.WorkerConcurrency, "concurrency", c.WorkerConcurrency, "tasks one worker runs at once")
 	fs.IntVar(&c.MaxLabs, "max-labs", c.MaxLabs, "labs the deployment runs at once; more starts wait in the queue (0: as many as the subnet pool holds)")
 	fs.IntVar(&c.RetentionDays, "retention-days", c.RetentionDays, "delete archived sessions older than this (0: keep)")

@@ -31,6 +31,7 @@ type logConfig struct {
 type hostConfig struct {
 	NetworkMode    string            `json:"NetworkMode"`
 	PidMode        string            `json:"PidMode,omitempty"`
+	Mounts         []mount           `json:"Mounts,omitempty"`
 	Memory         int64             `json:"Memory"`
 	MemorySwap     int64             `json:"MemorySwap"`
 	NanoCPUs       int64             `json:"NanoCpus"`
@@ -72,9 +73,10 @@ type containerCreate struct {
 const networkNone = "none"
 
 // containerSpec renders a node of a lab into the engine's create request,
-// its digest label included. network is the lab network's id (Provision
+// its digest label included; tools, when set, is the grader's tools volume
+// the node mounts read-only. network is the lab network's id (Provision
 // passes the id: a name can briefly match two networks) or its name.
-func containerSpec(network string, n lab.Node) containerCreate {
+func containerSpec(network string, n lab.Node, tools string) containerCreate {
 	labels := make(map[string]string, len(n.Labels)+1)
 	for k, v := range n.Labels {
 		labels[k] = v
@@ -121,6 +123,9 @@ func containerSpec(network string, n lab.Node) containerCreate {
 		cc.NetworkingConfig = networkingConfig{EndpointsConfig: map[string]endpointConfig{
 			network: {Aliases: []string{n.Name}},
 		}}
+	}
+	if tools != "" {
+		cc.HostConfig.Mounts = []mount{{Type: "volume", Source: tools, Target: toolsTarget, ReadOnly: true}}
 	}
 	cc.Labels[labelConfig] = digest(cc)
 	return cc

@@ -84,7 +84,7 @@ func TestLabnetDown(t *testing.T) {
 		t.Cleanup(func() { _ = r.LabnetDown(context.Background(), spec.SessionID, 0) })
 		// One node on the network, as a Nomad task would be.
 		n := spec.Nodes[0]
-		cid, err := r.client.createContainer(ctx, lab.ContainerName(spec.SessionID, n.Name), containerSpec(netw.Name, n))
+		cid, err := r.client.createContainer(ctx, lab.ContainerName(spec.SessionID, n.Name), containerSpec(netw.Name, n, ""))
 		if err != nil {
 			t.Fatal(err)
 		}

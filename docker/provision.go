@@ -49,6 +49,16 @@ func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) error {
 		errs []error
 		sem  = make(chan struct{}, provisionParallel)
 	)
+	if spec.Segmented() {
+		// The switch comes up beside the nodes; wiring waits for both.
+		wg.Go(func() {
+			if _, err := r.ensureSwitch(ctx, spec.SessionID, r.networkLabels(spec)); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
 	for _, n := range spec.Nodes {
 		wg.Add(1)
 		go func() {
@@ -143,7 +153,11 @@ func (r *Runtime) removeStrayNodes(ctx context.Context, spec lab.Spec) error {
 // conflict and adopts the winner's container.
 func (r *Runtime) ensureContainer(ctx context.Context, sessionID string, netw network, n lab.Node) error {
 	name := lab.ContainerName(sessionID, n.Name)
-	want := containerSpec(netw.ID, n)
+	tools, err := r.toolsVolume(ctx)
+	if err != nil {
+		return fmt.Errorf("ensure node %s: %w", n.Name, err)
+	}
+	want := containerSpec(netw.ID, n, tools)
 	var (
 		last     error
 		replaced int

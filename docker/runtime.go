@@ -41,6 +41,10 @@ type Options struct {
 	// SwitchImage runs segmented labs' switches; empty means
 	// DefaultSwitchImage.
 	SwitchImage string
+	// GraderBusybox is a static busybox on this host that every node
+	// gets read-only as the grader's tools; empty means
+	// DefaultGraderBusybox, "none" gives labs no tools.
+	GraderBusybox string
 	// Instance, when set, is stamped on every container and network this
 	// runtime creates (label examlab.instance), and Labs reports only labs
 	// that carry it. Empty means no stamp, and Labs sees every managed lab.
@@ -57,6 +61,11 @@ type Runtime struct {
 	subnetMu    sync.Mutex
 	instance    string
 	switchImage string
+
+	graderBusybox string
+	toolsMu       sync.Mutex
+	toolsReady    string
+	toolsWarned   bool
 }
 
 // New returns a Runtime for the engine opts name. It does not contact the
@@ -93,7 +102,14 @@ func New(opts Options) (*Runtime, error) {
 	if sw == "" {
 		sw = DefaultSwitchImage
 	}
-	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw}, nil
+	bb := opts.GraderBusybox
+	switch bb {
+	case "":
+		bb = DefaultGraderBusybox
+	case "none":
+		bb = ""
+	}
+	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw, graderBusybox: bb}, nil
 }
 
 // Ping reports whether the engine answers.

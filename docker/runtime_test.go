@@ -166,7 +166,7 @@ func TestContainerSpec(t *testing.T) {
 		CapAdd: []string{"NET_ADMIN", "CAP_NET_RAW"}, Sysctls: map[string]string{"net.ipv4.ip_forward": "1"},
 		Labels: map[string]string{lab.LabelSession: "abcdefghijkl"},
 	}
-	a := containerSpec("exam-abcdefgh-net", spec)
+	a := containerSpec("exam-abcdefgh-net", spec, "")
 	hc := a.HostConfig
 	checks := []struct {
 		name string
@@ -190,11 +190,11 @@ func TestContainerSpec(t *testing.T) {
 			t.Errorf("%s: %+v", c.name, a)
 		}
 	}
-	if b := containerSpec("exam-abcdefgh-net", spec); b.Labels[labelConfig] != a.Labels[labelConfig] {
+	if b := containerSpec("exam-abcdefgh-net", spec, ""); b.Labels[labelConfig] != a.Labels[labelConfig] {
 		t.Error("digest differs for the same spec")
 	}
 	spec.MemoryMB = 256
-	if b := containerSpec("exam-abcdefgh-net", spec); b.Labels[labelConfig] == a.Labels[labelConfig] {
+	if b := containerSpec("exam-abcdefgh-net", spec, ""); b.Labels[labelConfig] == a.Labels[labelConfig] {
 		t.Error("digest unchanged after a memory change")
 	}
 }

@@ -35,8 +35,12 @@ type Exam struct {
 	ID       string   `yaml:"id" json:"id"`
 	Title    string   `yaml:"title" json:"title"`
 	Duration Duration `yaml:"duration" json:"duration"`
+	// Version names this revision of the exam in its results; empty means
+	// a digest of its content (Fingerprint).
+	Version  string   `yaml:"version,omitempty" json:"version,omitempty"`
 	Tasks    []Task   `yaml:"tasks" json:"tasks"`
 	Topology Topology `yaml:"topology" json:"topology"`
+	Grading  Grading  `yaml:"grading,omitempty" json:"grading"`
 }
 
 // Task is one question of the exam.
@@ -47,6 +51,11 @@ type Task struct {
 	Kind    string   `yaml:"kind" json:"kind"`
 	Options []string `yaml:"options,omitempty" json:"options,omitempty"`
 	Points  int      `yaml:"points,omitempty" json:"points,omitempty"`
+	// Checks judge the task in the lab; their points add up to Points.
+	// They never travel to a candidate, hence no JSON.
+	Checks []Check `yaml:"checks,omitempty" json:"-"`
+	// Correct is a choice task's right option, scored automatically.
+	Correct string `yaml:"correct,omitempty" json:"-"`
 }
 
 // Topology is the lab every candidate of this exam gets.
@@ -248,6 +257,7 @@ func Parse(b []byte) (*Exam, error) {
 }
 
 func (e *Exam) applyDefaults() {
+	e.applyCheckDefaults()
 	for i := range e.Topology.Nodes {
 		n := &e.Topology.Nodes[i]
 		if n.Image == "" {
@@ -386,7 +396,7 @@ func (e *Exam) Validate() error {
 			return err
 		}
 	}
-	return nil
+	return e.validateGrading(names)
 }
 
 // Task returns the task with the given id.

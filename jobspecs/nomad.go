@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -41,7 +42,23 @@ const (
 //  2. Segmented labs: nodes without a network, wired by a poststart
 //     labnet-up from the lab's plan, and rewired after a restart by the
 //     labnet-watch sidecar.
-const NomadRenderVersion = 2
+//  3. The grader's tools: every node mounts a volume read-only at
+//     /.examlab, which labnet-up makes and fills on the client. Only jobs
+//     rendered with NomadOptions.GraderTools carry it; without, a lab
+//     renders as version 1 or 2 did.
+const NomadRenderVersion = 3
+
+// renderSegmented is the version a segmented lab's job without the
+// grader's tools carries, for the same reason as renderFlat.
+const renderSegmented = 2
+
+// GraderToolsTarget is where every node sees the grader's tools;
+// grading.ToolsDir names the same path.
+const GraderToolsTarget = "/.examlab"
+
+// DefaultGraderBusybox is the static busybox on the clients that
+// labnet-up fills the tools volume from: Debian's busybox-static.
+const DefaultGraderBusybox = "/bin/busybox"
 
 // renderFlat is the version a flat lab's job carries: version 2 renders
 // flat labs exactly as version 1 did, byte for byte, so that a lab running
@@ -79,6 +96,9 @@ const (
 	// where labnet-up leaves what it wired for labnet-watch.
 	NomadLabnetState = "${NOMAD_ALLOC_DIR}/labnet.json"
 )
+
+// graderToolsPattern is the name of a grader's tools volume.
+var graderToolsPattern = regexp.MustCompile(`^examlab-grader-[0-9a-f]{12}$`)
 
 // The template delimiters of the plan. Nothing in the plan is a template,
 // so these must never occur in it: json.Marshal writes '<' and '>' inside
@@ -121,6 +141,15 @@ type NomadOptions struct {
 	MHzPerCPU int
 	// Priority of the job; 0 means 50.
 	Priority int
+	// GraderTools names the Docker volume, on each client, that holds the
+	// grader's tools (docker.ToolsVolumeName of the busybox): every node
+	// mounts it read-only at GraderToolsTarget, and labnet-up makes and
+	// fills it from GraderBusybox on the client before the grader needs
+	// it. Empty means the nodes get no tools and their checks cannot run.
+	GraderTools string
+	// GraderBusybox is the busybox on the clients; empty means
+	// DefaultGraderBusybox.
+	GraderBusybox string
 }
 
 func (o NomadOptions) withDefaults() NomadOptions {
@@ -135,6 +164,9 @@ func (o NomadOptions) withDefaults() NomadOptions {
 	}
 	if o.Priority == 0 {
 		o.Priority = defaultPriority
+	}
+	if o.GraderBusybox == "" {
+		o.GraderBusybox = DefaultGraderBusybox
 	}
 	return o
 }
@@ -165,6 +197,12 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	o = o.withDefaults()
 	if !strings.HasPrefix(o.Labnet, "/") {
 		return nil, fmt.Errorf("render nomad job %s: labnet path %q must be absolute", l.SessionID, o.Labnet)
+	}
+	if o.GraderTools != "" && !graderToolsPattern.MatchString(o.GraderTools) {
+		return nil, fmt.Errorf("render nomad job %s: grader's tools volume %q is not examlab-grader-{digest}", l.SessionID, o.GraderTools)
+	}
+	if o.GraderTools != "" && !strings.HasPrefix(o.GraderBusybox, "/") {
+		return nil, fmt.Errorf("render nomad job %s: grader busybox path %q must be absolute", l.SessionID, o.GraderBusybox)
 	}
 	id := JobName(l.SessionID)
 	network := lab.NetworkName(l.SessionID)
@@ -224,9 +262,15 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	}
 
 	labnetArgs := []string{"labnet", "up", "-session", l.SessionID, "-exam", l.ExamID}
+	if o.GraderTools != "" {
+		job.Meta[MetaRender] = strconv.Itoa(NomadRenderVersion)
+		labnetArgs = append(labnetArgs, "-grader-tools", o.GraderTools, "-grader-busybox", o.GraderBusybox)
+	}
 	var up *api.Task
 	if l.Segmented() {
-		job.Meta[MetaRender] = strconv.Itoa(NomadRenderVersion)
+		if o.GraderTools == "" {
+			job.Meta[MetaRender] = strconv.Itoa(renderSegmented)
+		}
 		var err error
 		if up, err = wiringTask(l, o, labnetArgs); err != nil {
 			return nil, fmt.Errorf("render nomad job %s: %w", l.SessionID, err)
@@ -392,6 +436,17 @@ func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task 
 			sys[k] = v
 		}
 		cfg["sysctl"] = []map[string]string{sys}
+	}
+	if o.GraderTools != "" {
+		// A named volume with the engine's local driver: the docker
+		// driver allows it without volumes.enabled, which would also let
+		// a job bind host paths.
+		cfg["mount"] = []map[string]any{{
+			"type":     "volume",
+			"target":   GraderToolsTarget,
+			"source":   o.GraderTools,
+			"readonly": true,
+		}}
 	}
 	return &api.Task{
 		Name:   n.Name,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -21,6 +22,9 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 const goldenSession = "golden0000s1"
+
+// goldenTools stands for the grader's tools volume of some busybox.
+const goldenTools = "examlab-grader-0123456789ab"
 
 // Exams the tests render, in testdata/: a flat lab of two nodes, and a
 // segmented lab of four on three segments.
@@ -65,13 +69,19 @@ func golden(t *testing.T, name string, got []byte) {
 }
 
 func TestNomadJobGolden(t *testing.T) {
-	tests := []struct{ exam, golden string }{
-		{flatExam, "flat.job"},
-		{segmentedExam, "segmented.job"},
+	tools := NomadOptions{GraderTools: goldenTools}
+	tests := []struct {
+		exam, golden string
+		opts         NomadOptions
+	}{
+		{flatExam, "flat.job", NomadOptions{}},
+		{segmentedExam, "segmented.job", NomadOptions{}},
+		{flatExam, "flat-tools.job", tools},
+		{segmentedExam, "segmented-tools.job", tools},
 	}
 	for _, tc := range tests {
 		t.Run(tc.golden, func(t *testing.T) {
-			job, err := NomadJob(goldenLab(t, tc.exam), NomadOptions{})
+			job, err := NomadJob(goldenLab(t, tc.exam), tc.opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,8 +195,8 @@ func TestNomadJobSegmentedShape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if job.Meta[MetaRender] != strconv.Itoa(NomadRenderVersion) {
-		t.Errorf("render version %s, want %d", job.Meta[MetaRender], NomadRenderVersion)
+	if job.Meta[MetaRender] != strconv.Itoa(renderSegmented) {
+		t.Errorf("render version %s, want %d", job.Meta[MetaRender], renderSegmented)
 	}
 	g := job.TaskGroups[0]
 	if len(g.Tasks) != len(l.Nodes)+3 {
@@ -351,5 +361,70 @@ func TestHCLQuote(t *testing.T) {
 				t.Errorf("quote(%q) = %s, want %s", tc.in, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestNomadJobGraderTools: with the grader's tools, every node mounts
+// their volume read-only at /.examlab, labnet-up is told which volume to
+// fill from which busybox, and the job says it is rendered for it; without,
+// nothing of it appears and flat and segmented jobs render as before.
+func TestNomadJobGraderTools(t *testing.T) {
+	for _, file := range []string{flatExam, segmentedExam} {
+		l := goldenLab(t, file)
+		t.Run(l.ExamID, func(t *testing.T) {
+			job, err := NomadJob(l, NomadOptions{GraderTools: goldenTools, GraderBusybox: "/usr/local/bin/busybox"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if job.Meta[MetaRender] != "3" {
+				t.Errorf("render version %s, want 3", job.Meta[MetaRender])
+			}
+			nodes := 0
+			for _, task := range job.TaskGroups[0].Tasks {
+				switch {
+				case task.Name == NomadLabnetUp:
+					args := strings.Join(task.Config["args"].([]string), " ")
+					if !strings.Contains(args, " -grader-tools "+goldenTools+" -grader-busybox /usr/local/bin/busybox") {
+						t.Errorf("labnet-up runs %q, without the tools to fill", args)
+					}
+				case task.Driver == "docker":
+					nodes++
+					m, _ := task.Config["mount"].([]map[string]any)
+					want := map[string]any{"type": "volume", "target": "/.examlab", "source": goldenTools, "readonly": true}
+					if len(m) != 1 || !reflect.DeepEqual(m[0], want) {
+						t.Errorf("node %s mounts %v, want only %v", task.Name, m, want)
+					}
+				default:
+					if _, ok := task.Config["mount"]; ok {
+						t.Errorf("lifecycle task %s mounts the tools", task.Name)
+					}
+				}
+			}
+			if nodes != len(l.Nodes) {
+				t.Errorf("%d node tasks, want %d", nodes, len(l.Nodes))
+			}
+
+			plain, err := NomadJob(l, NomadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := "1"
+			if l.Segmented() {
+				want = "2"
+			}
+			if plain.Meta[MetaRender] != want {
+				t.Errorf("without tools the job is render version %s, want %s as before", plain.Meta[MetaRender], want)
+			}
+			for _, task := range plain.TaskGroups[0].Tasks {
+				if _, ok := task.Config["mount"]; ok || strings.Contains(fmt.Sprint(task.Config["args"]), "grader") {
+					t.Errorf("without tools task %s still has them: %v", task.Name, task.Config)
+				}
+			}
+		})
+	}
+	for _, bad := range []NomadOptions{{GraderTools: "my-volume"}, {GraderTools: goldenTools, GraderBusybox: "busybox"}} {
+		if _, err := NomadJob(goldenLab(t, flatExam), bad); err == nil {
+			t.Errorf("rendered a job with %+v", bad)
+		}
 	}
 }

@@ -144,6 +144,16 @@ func (w *hclWriter) task(t *api.Task) error {
 				}
 				w.close()
 			}
+		case []map[string]any:
+			// A block the driver repeats, such as mount: its keys are
+			// identifiers, its values plain.
+			for _, m := range v {
+				w.open("%s", k)
+				for _, mk := range sortedKeys(m) {
+					w.attr(mk, m[mk])
+				}
+				w.close()
+			}
 		case string, bool, int, []string:
 			w.attr(k, v)
 		default:

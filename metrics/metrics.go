@@ -50,6 +50,8 @@ type Metrics struct {
 	archive      *prometheus.HistogramVec
 	archiveBytes prometheus.Counter
 	terminals    prometheus.Gauge
+	checks       *prometheus.CounterVec
+	grading      *prometheus.HistogramVec
 }
 
 // Lifecycle steps take seconds to minutes: a lab of eight containers, an
@@ -85,7 +87,17 @@ func New(o Options) *Metrics {
 			Name: "examlab_terminals_open", Help: "Terminal connections open in this process.",
 		}),
 	}
-	m.reg.MustRegister(m.provision, m.archive, m.archiveBytes, m.terminals,
+	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "examlab_checks_total", Help: "Checks the grader ran, by outcome: passed, failed or timed_out (a timed-out check also failed).",
+	}, []string{"outcome"})
+	m.grading = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "examlab_grading_duration_seconds", Help: "Time to grade a session's lab, by trigger (submit, deadline, regrade, candidate).",
+		Buckets: durationBuckets,
+	}, []string{"trigger"})
+	for _, o := range []string{"passed", "failed", "timed_out"} {
+		m.checks.WithLabelValues(o)
+	}
+	m.reg.MustRegister(m.provision, m.archive, m.archiveBytes, m.terminals, m.checks, m.grading,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if o.Sessions != nil || o.Queues != nil {
 		m.reg.MustRegister(&redisCollector{o: o})
@@ -130,6 +142,31 @@ func (m *Metrics) Archived(d time.Duration, bytes int64, ok bool) {
 	if bytes > 0 {
 		m.archiveBytes.Add(float64(bytes))
 	}
+}
+
+// CheckRan counts one check the grader ran (grading.Observer): every
+// check counts as passed or failed, and a check killed at its timeout
+// counts as timed out as well.
+func (m *Metrics) CheckRan(passed, timedOut bool, _ time.Duration) {
+	if m == nil {
+		return
+	}
+	if passed {
+		m.checks.WithLabelValues("passed").Inc()
+	} else {
+		m.checks.WithLabelValues("failed").Inc()
+	}
+	if timedOut {
+		m.checks.WithLabelValues("timed_out").Inc()
+	}
+}
+
+// Graded records how long one grading of a lab took.
+func (m *Metrics) Graded(trigger string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.grading.WithLabelValues(trigger).Observe(d.Seconds())
 }
 
 // TerminalOpened counts a terminal connection as open and returns the

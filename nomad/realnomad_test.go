@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/nomad/api"
 
+	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
@@ -33,7 +34,13 @@ func realRuntime(t testing.TB) (*nomad.Runtime, *api.Client) {
 		t.Skip(skipWithoutNomad)
 	}
 	requireDocker(t)
-	opts := jobspecs.NomadOptions{Labnet: os.Getenv("EXAMLAB_NOMAD_LABNET")}
+	// Every node gets the grader's tools, named after this host's busybox,
+	// which is the client's.
+	tools, err := docker.ToolsVolumeFor(docker.DefaultGraderBusybox)
+	if err != nil || tools == "" {
+		t.Fatalf("these tests need %s (Debian's busybox-static) for the grader's tools: %v", docker.DefaultGraderBusybox, err)
+	}
+	opts := jobspecs.NomadOptions{Labnet: os.Getenv("EXAMLAB_NOMAD_LABNET"), GraderTools: tools}
 	if dcs := os.Getenv("EXAMLAB_NOMAD_DATACENTERS"); dcs != "" {
 		opts.Datacenters = strings.Split(dcs, ",")
 	}
@@ -147,6 +154,7 @@ func TestRealNomadSegmentedLab(t *testing.T) {
 	}
 	t.Logf("lab %s wired and ready in %s", spec.SessionID, time.Since(start).Round(time.Millisecond))
 	checkSegmentedLab(t, rt, spec)
+	t.Run("every node has the grader's tools, read-only", func(t *testing.T) { checkGraderTools(t, rt, spec) })
 	t.Run("a reset node is wired and prepared again", func(t *testing.T) { checkSegmentedReset(t, rt, spec) })
 	t.Run("a node Nomad restarts after a crash is wired again", func(t *testing.T) {
 		for _, c := range eng.Containers(t, spec.SessionID) {
@@ -188,4 +196,32 @@ func TestRealNomadSegmentedSetupFailure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
 	defer cancel()
 	checkSetupFailure(t, rt.Provision(ctx, spec))
+}
+
+// TestRealNomadFlatGraderTools: a flat lab's nodes have the grader's tools
+// too, filled by its prestart labnet-up before they start.
+func TestRealNomadFlatGraderTools(t *testing.T) {
+	rt, _ := realRuntime(t)
+	spec := segmentedLab(t, rt, func(ex *exam.Exam) { *ex = *labtest.Flatten(ex) })
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	if err := rt.Provision(ctx, spec); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	checkGraderTools(t, rt, spec)
+}
+
+// checkGraderTools runs the grader's busybox and its applets in every node
+// of a lab, and fails to write under /.examlab.
+func checkGraderTools(t *testing.T, rt *nomad.Runtime, spec lab.Spec) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+	defer cancel()
+	for _, n := range spec.Nodes {
+		out, code, err := lab.Output(ctx, rt, spec.SessionID, n.Name, "/.examlab/busybox", "sh", "-c",
+			"PATH=/.examlab/bin; ip -4 addr >/dev/null && echo tools; touch /.examlab/x 2>&1; rm -f /.examlab/bin/ip 2>&1")
+		if err != nil || !strings.Contains(out, "tools") || strings.Count(out, "Read-only file system") != 2 || code == 0 {
+			t.Errorf("%s: the grader's tools are missing or writable (exit %d, %v):\n%s", n.Name, code, err, out)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -137,7 +138,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			Store: p.Store, Runtime: p.Runtime, Enqueuer: p.Enqueuer, Exams: exams,
 			RuntimeName: cfg.Runtime, ProvisionTimeout: cfg.ProvisionTimeout,
 			RetentionDays: cfg.RetentionDays, RetentionDryRun: cfg.RetentionDryRun, Logger: log,
-			Observer: p.Metrics,
+			Observer: p.Metrics, Grading: p.Metrics,
 		})
 		if err != nil {
 			return nil, err
@@ -188,7 +189,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	if roles.API {
 		p.API, err = api.New(api.Options{
 			Store: p.Store, Enqueuer: p.Enqueuer, Exam: p.Exam, Exams: exams,
-			Runtime: p.Runtime, RuntimeName: cfg.Runtime, Auth: p.Auth,
+			Runtime: p.Runtime, Runner: p.Runtime, Grading: p.Metrics, RuntimeName: cfg.Runtime, Auth: p.Auth,
 			CookieSecure: cfg.CookieSecure, PublicURL: cfg.PublicURL, Signin: signin, Proxies: proxies,
 			Logger: log, Mounts: p.mounts(roles),
 			Ops: p.opsOptions(), RetentionDays: cfg.RetentionDays,
@@ -316,14 +317,34 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 func NewRuntime(cfg config.Config) (lab.Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
-		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, Instance: cfg.Instance})
+		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, GraderBusybox: cfg.GraderBusybox, Instance: cfg.Instance})
 	case config.RuntimeNomad:
 		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
 		// NOMAD_REGION and the TLS variables itself.
-		return nomad.New(nomad.Options{Job: jobspecs.NomadOptions{
-			Datacenters: cfg.NomadDatacenters, Labnet: cfg.NomadLabnet,
-			SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix,
-		}})
+		job, err := NomadJobOptions(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return nomad.New(nomad.Options{Job: job})
 	}
 	return nil, fmt.Errorf("runtime %q is not available", cfg.Runtime)
+}
+
+// NomadJobOptions are the parts of a session's Nomad job that the
+// configuration sets. The grader's tools volume is named after this
+// host's busybox (cfg.GraderBusybox), which must be the clients' too:
+// each client's labnet-up refuses to fill the volume from another.
+func NomadJobOptions(cfg config.Config) (jobspecs.NomadOptions, error) {
+	tools, err := docker.ToolsVolumeFor(cfg.GraderBusybox)
+	if err != nil {
+		return jobspecs.NomadOptions{}, err
+	}
+	if tools == "" && cfg.GraderBusybox != "none" {
+		fmt.Fprintf(os.Stderr, "examlab: no grader busybox at %s (install busybox-static or set EXAMLAB_GRADER_BUSYBOX): Nomad labs start without the grader's tools and their checks cannot run\n", cfg.GraderBusybox)
+	}
+	return jobspecs.NomadOptions{
+		Datacenters: cfg.NomadDatacenters, Labnet: cfg.NomadLabnet,
+		SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix,
+		GraderTools: tools,
+	}, nil
 }

@@ -455,25 +455,54 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 
 // watchSessions ends the shells of sessions that are no longer open: a
 // submit or an expiry must end the candidate's work in the terminals too.
+// It looks at every session with shells each SessionCheck, and at once at
+// a session a worker is about to grade (store.EndTerminals).
 func (r *Relay) watchSessions() {
 	defer r.bg.Done()
 	t := time.NewTicker(r.o.SessionCheck)
 	defer t.Stop()
+	ends := r.o.Store.EndTerminalsRequests(r.ctx)
 	for {
 		select {
 		case <-r.ctx.Done():
 			return
 		case <-t.C:
+			r.checkSessions("")
+		case id, ok := <-ends:
+			if !ok {
+				ends = nil // the relay is closing
+				continue
+			}
+			r.checkSessions(id)
 		}
-		r.checkSessions()
 	}
 }
 
-func (r *Relay) checkSessions() {
+// noteShell records a shell's start (live) or end in the store, where a
+// worker about to grade the session looks for live terminals.
+func (r *Relay) noteShell(s *shell, live bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.o.SessionCheck)
+	defer cancel()
+	var err error
+	if live {
+		err = r.o.Store.TerminalOpened(ctx, s.key.session, s.tag)
+	} else {
+		err = r.o.Store.TerminalClosed(ctx, s.key.session, s.tag)
+	}
+	if err != nil {
+		r.log.Warn("note terminal", "session", s.key.session, "node", s.key.node, "live", live, "err", err)
+	}
+}
+
+// checkSessions ends the shells of sessions (of only) that left the live
+// state, and renews the notes of the others' shells.
+func (r *Relay) checkSessions(only string) {
 	r.mu.Lock()
 	bySession := map[string][]*shell{}
 	for k, s := range r.shells {
-		bySession[k.session] = append(bySession[k.session], s)
+		if only == "" || k.session == only {
+			bySession[k.session] = append(bySession[k.session], s)
+		}
 	}
 	r.mu.Unlock()
 	for id, shells := range bySession {
@@ -491,6 +520,11 @@ func (r *Relay) checkSessions() {
 		case !sess.Status.LiveLab():
 			reason = "the session is " + string(sess.Status) + "; the terminals are closed"
 		default:
+			for _, s := range shells {
+				if !s.isEnding() {
+					r.noteShell(s, true)
+				}
+			}
 			continue
 		}
 		for _, s := range shells {

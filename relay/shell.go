@@ -109,12 +109,16 @@ func (r *Relay) acquire(key termKey, size lab.Size) (sh *shell, fresh bool, err 
 		r.shells[key] = sh
 		r.mu.Unlock()
 
+		// Noted before it starts, so that a worker waiting for the
+		// session's terminals to close never misses one being born.
+		r.noteShell(sh, true)
 		if err := sh.start(size); err != nil {
 			r.mu.Lock()
 			if r.shells[key] == sh {
 				delete(r.shells, key)
 			}
 			r.mu.Unlock()
+			r.noteShell(sh, false)
 			sh.startErr = err
 			close(sh.ready)
 			close(sh.done)
@@ -389,6 +393,7 @@ func (s *shell) finish() {
 	s.flushHistory()
 	s.proc.Close()
 	s.cancel()
+	s.r.noteShell(s, false)
 	s.r.log.Info("terminal ended", "session", s.key.session, "node", s.key.node, "reason", reason)
 	close(s.done)
 }

@@ -29,6 +29,9 @@ type Manifest struct {
 	Reason    string    `json:"reason"`
 	CreatedAt time.Time `json:"created_at"`
 	Files     []File    `json:"files"`
+	// Results is the session's results.json as it was when the snapshot
+	// was taken (it lives in the session's folder, beside the snapshot).
+	Results *File `json:"results,omitempty"`
 	// Missing names nodes that had no container to archive.
 	Missing []string `json:"missing,omitempty"`
 }

@@ -29,6 +29,10 @@ type Summary struct {
 	CreatedAt time.Time     `json:"created_at"`
 	UpdatedAt time.Time     `json:"updated_at"`
 	Deadline  time.Time     `json:"deadline,omitzero"`
+	// Score and MaxScore are the latest grading's with the manual marks;
+	// Score is nil until the session is graded or marked.
+	Score    *int `json:"score,omitempty"`
+	MaxScore int  `json:"max_score,omitempty"`
 }
 
 func summaryOf(s *session.Session) Summary {
@@ -72,7 +76,14 @@ type ListQuery struct {
 	Status []session.State
 	// Search matches a substring of the email or a prefix of the id.
 	Search string
-	// Sort is created (default), updated, email, status or deadline.
+	// MinScore and MaxScore keep only scored sessions within the range.
+	MinScore, MaxScore *int
+	// Passed keeps only scored sessions that reached (true) or missed
+	// (false) their pass mark, which PassMark gives by exam id.
+	Passed   *bool
+	PassMark func(examID string) int
+	// Sort is created (default), updated, email, status, deadline or
+	// score (unscored sessions sort lowest).
 	Sort   string
 	Desc   bool
 	Offset int
@@ -91,7 +102,7 @@ type ListResult struct {
 var ErrBadQuery = errors.New("bad list query")
 
 // SortKeys are the accepted ListQuery.Sort values.
-var SortKeys = []string{"created", "updated", "email", "status", "deadline"}
+var SortKeys = []string{"created", "updated", "email", "status", "deadline", "score"}
 
 // List answers a filtered, searched, sorted page of sessions. It works on
 // this process's copy of the summaries (see summaryCache), brought up to
@@ -122,6 +133,8 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 		less = func(a, b *Summary) bool { return a.Status < b.Status }
 	case "deadline":
 		less = func(a, b *Summary) bool { return a.Deadline.Before(b.Deadline) }
+	case "score":
+		less = func(a, b *Summary) bool { return scoreKey(a) < scoreKey(b) }
 	default:
 		return ListResult{}, fmt.Errorf("sort %q: %w", q.Sort, ErrBadQuery)
 	}
@@ -133,9 +146,16 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 		want[st] = true
 	}
 	search := strings.ToLower(strings.TrimSpace(q.Search))
+	if q.Passed != nil && q.PassMark == nil {
+		return ListResult{}, fmt.Errorf("a pass filter without pass marks: %w", ErrBadQuery)
+	}
+	scores, err := s.scores(ctx)
+	if err != nil {
+		return ListResult{}, err
+	}
 
 	var rows []Summary
-	err := s.summaries(ctx, func(all map[string]*Summary) {
+	err = s.summaries(ctx, func(all map[string]*Summary) {
 		rows = make([]Summary, 0, len(all))
 		for _, sum := range all {
 			if len(want) > 0 && !want[sum.Status] {
@@ -144,7 +164,14 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 			if search != "" && !strings.Contains(sum.Email, search) && !strings.HasPrefix(sum.ID, search) {
 				continue
 			}
-			rows = append(rows, *sum)
+			row := *sum
+			if sc, ok := scores[row.ID]; ok {
+				row.Score, row.MaxScore = &sc.Score, sc.Max
+			}
+			if !q.keepsScore(&row) {
+				continue
+			}
+			rows = append(rows, row)
 		}
 	})
 	if err != nil {
@@ -166,6 +193,31 @@ func (s *Store) List(ctx context.Context, q ListQuery) (ListResult, error) {
 		res.Sessions = rows[q.Offset:end]
 	}
 	return res, nil
+}
+
+// keepsScore applies the score filters to a row.
+func (q *ListQuery) keepsScore(row *Summary) bool {
+	if q.MinScore == nil && q.MaxScore == nil && q.Passed == nil {
+		return true
+	}
+	if row.Score == nil {
+		return false
+	}
+	sc := *row.Score
+	if (q.MinScore != nil && sc < *q.MinScore) || (q.MaxScore != nil && sc > *q.MaxScore) {
+		return false
+	}
+	if q.Passed != nil && (sc >= q.PassMark(row.ExamID)) != *q.Passed {
+		return false
+	}
+	return true
+}
+
+func scoreKey(s *Summary) int {
+	if s.Score == nil {
+		return -1
+	}
+	return *s.Score
 }
 
 // CountByStatus counts every indexed session by state (the metrics'
@@ -373,6 +425,9 @@ func (s *Store) Rebuild(ctx context.Context) (int, error) {
 		if err := s.reindexAnswers(ctx, sess.ID); err != nil {
 			return n, err
 		}
+		if err := s.indexScoreLocked(ctx, sess.ID); err != nil {
+			return n, err
+		}
 		n++
 	}
 	if _, err := s.rebuildSittings(ctx); err != nil {
@@ -398,6 +453,8 @@ func (s *Store) Delete(ctx context.Context, sess *session.Session) error {
 		p.ZRem(ctx, s.key("idx", "created"), sess.ID)
 		p.ZRem(ctx, s.key("idx", "deadline"), sess.ID)
 		p.Del(ctx, s.key("answers", sess.ID))
+		p.HDel(ctx, s.key("idx", "score"), sess.ID)
+		p.Del(ctx, s.key("checks", sess.ID))
 		for _, h := range sess.TokenHashes {
 			p.Del(ctx, s.key("token", h))
 		}

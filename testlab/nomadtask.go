@@ -18,8 +18,8 @@ import (
 
 // NomadTask starts a container, named name, for a docker task of a lab's
 // Nomad job as Nomad's docker driver would on a client: the task config's
-// image, hostname, network mode, capabilities, sysctls and labels, plus the
-// driver's allocation label. It stands in for a client where a test runs
+// image, hostname, network mode, capabilities, sysctls, labels and mounts
+// (the grader's tools volume), plus the driver's allocation label. It stands in for a client where a test runs
 // what the job's lifecycle tasks run (examlab labnet) without one. The
 // container is removed when the test ends.
 func (e *Engine) NomadTask(t testing.TB, name string, task *api.Task, allocID string) {
@@ -39,6 +39,12 @@ func (e *Engine) NomadTask(t testing.TB, name string, task *api.Task, allocID st
 			}
 		}
 	}
+	var mounts []map[string]any
+	if list, ok := c["mount"].([]map[string]any); ok {
+		for _, m := range list {
+			mounts = append(mounts, map[string]any{"Type": m["type"], "Source": m["source"], "Target": m["target"], "ReadOnly": m["readonly"]})
+		}
+	}
 	var caps []string
 	for _, cp := range c["cap_add"].([]string) {
 		caps = append(caps, "CAP_"+strings.ToUpper(cp))
@@ -48,6 +54,7 @@ func (e *Engine) NomadTask(t testing.TB, name string, task *api.Task, allocID st
 		"HostConfig": map[string]any{
 			"NetworkMode": c["network_mode"], "CapDrop": []string{"ALL"}, "CapAdd": caps,
 			"Sysctls": sysctls, "SecurityOpt": c["security_opt"], "PidsLimit": c["pids_limit"],
+			"Mounts": mounts,
 		},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

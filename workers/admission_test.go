@@ -51,6 +51,9 @@ func (r *fakeRuntime) ExportFS(context.Context, string, string, io.Writer) error
 func (r *fakeRuntime) Logs(context.Context, string, string, io.Writer) error     { return nil }
 func (r *fakeRuntime) ResetNode(context.Context, lab.Spec, string) error         { return nil }
 func (r *fakeRuntime) Labs(context.Context) ([]string, error)                    { return nil, nil }
+func (r *fakeRuntime) Exec(context.Context, string, string, lab.ExecRequest) (lab.Process, error) {
+	return nil, lab.ErrNotFound
+}
 
 func (r *fakeRuntime) Destroy(_ context.Context, id string) error {
 	r.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -36,6 +37,23 @@ func (h *Handlers) Archive(ctx context.Context, t *asynq.Task) error {
 	}
 	if _, err := h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error { return s.BeginArchive() }); err != nil {
 		return fmt.Errorf("archive %s: %w", sess.ID, err)
+	}
+	// Terminals closed, checks run, then the snapshot: the results judge
+	// the lab the archive keeps, and the archive keeps the results.
+	ex, ok := h.o.Exams(sess.ExamID)
+	if !ok {
+		return fmt.Errorf("archive %s: unknown exam %q: %w", sess.ID, sess.ExamID, asynq.SkipRetry)
+	}
+	if ex.GradesOnSubmit() {
+		if err := h.gradeSubmitted(ctx, sess, ex); err != nil {
+			if !lastAttempt(ctx) {
+				return fmt.Errorf("archive %s: %w", sess.ID, err)
+			}
+			// The lab is archived ungraded rather than never: an
+			// examiner still has the snapshot.
+			h.log.Error("archive without results", "session", sess.ID, "err", err)
+			_ = h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "grade-failed", Detail: map[string]any{"error": err.Error()}})
+		}
 	}
 	start := h.o.Now()
 	n, err := h.snapshot(ctx, sess, p.Reason)
@@ -112,6 +130,11 @@ func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason s
 			total += logf.Size
 		}
 	}
+	if rf, err := h.resultsFile(sess.ID); err != nil {
+		return total, err
+	} else if rf != nil {
+		m.Results = rf
+	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return total, fmt.Errorf("encode manifest: %w", err)
@@ -147,6 +170,24 @@ func (h *Handlers) capture(ctx context.Context, id, name string, write func(io.W
 		return store.File{}, err
 	}
 	return store.File{Name: name, Size: cw.n, SHA256: hex.EncodeToString(sum.Sum(nil)), ModTime: h.o.Now().UTC()}, nil
+}
+
+// resultsFile describes the session's results.json for the manifest;
+// nil when the session was not graded.
+func (h *Handlers) resultsFile(id string) (*store.File, error) {
+	path, err := h.o.Store.Path(id, store.ResultsFile)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read results: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return &store.File{Name: store.ResultsFile, Size: int64(len(b)), SHA256: hex.EncodeToString(sum[:]), ModTime: h.o.Now().UTC()}, nil
 }
 
 type countingWriter struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/grading"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
@@ -22,6 +23,7 @@ import (
 
 // labRuntime is what the handlers need of a lab runtime (docker or nomad).
 type labRuntime interface {
+	Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error)
 	Provision(ctx context.Context, spec lab.Spec) error
 	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
 	ExportFS(ctx context.Context, sessionID, node string, w io.Writer) error
@@ -46,6 +48,12 @@ type Observer interface {
 	Archived(d time.Duration, bytes int64, ok bool)
 }
 
+// gradingObserver receives grading measurements (metrics).
+type gradingObserver interface {
+	grading.Observer
+	Graded(trigger string, d time.Duration)
+}
+
 type nopObserver struct{}
 
 func (nopObserver) Provisioned(time.Duration, bool)     {}
@@ -66,8 +74,14 @@ type Options struct {
 	RetentionDays   int
 	RetentionDryRun bool
 	Observer        Observer
-	Logger          *slog.Logger
-	Now             func() time.Time
+	// Grading hears of every check the grader runs and every grading
+	// (metrics); optional.
+	Grading gradingObserver
+	// TerminalWait bounds how long grading waits for the relays to close
+	// a submitted session's terminals; default 15s.
+	TerminalWait time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 // Handlers holds the lifecycle handlers.
@@ -86,6 +100,9 @@ func New(o Options) (*Handlers, error) {
 	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
+	}
+	if o.TerminalWait <= 0 {
+		o.TerminalWait = 15 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

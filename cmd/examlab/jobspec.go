@@ -11,6 +11,7 @@ import (
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/platform"
 )
 
 // exampleSession is the session id `examlab jobspec` renders for when none
@@ -43,11 +44,12 @@ func jobspec(ctx context.Context, args []string) error {
 	// Namespace and region as the runtime takes them: from the Nomad
 	// client's own settings (NOMAD_NAMESPACE, NOMAD_REGION).
 	nc := api.DefaultConfig()
-	job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{
-		Datacenters: cfg.NomadDatacenters, Labnet: cfg.NomadLabnet,
-		SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix,
-		Namespace: nc.Namespace, Region: nc.Region,
-	})
+	opts, err := platform.NomadJobOptions(cfg)
+	if err != nil {
+		return err
+	}
+	opts.Namespace, opts.Region = nc.Namespace, nc.Region
+	job, err := jobspecs.NomadJob(spec, opts)
 	if err != nil {
 		return err
 	}

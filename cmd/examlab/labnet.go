@@ -34,8 +34,8 @@ type labnetState struct {
 // labnet makes or removes a Nomad lab's network on the client it runs on.
 // The session's job runs it as its lifecycle tasks:
 //
-//	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N]
-//	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m]
+//	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N] [-grader-tools NAME [-grader-busybox PATH]]
+//	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
 //	examlab labnet watch -session ID -state FILE [-alloc ID] [-every 2s]
 //	examlab labnet down -session ID [-wait 2m]
 //
@@ -46,7 +46,9 @@ type labnetState struct {
 // what it did in the -state file. Watch, beside the nodes for the lab's
 // life, waits for that file, then wires and prepares every node container
 // that replaces one (a node restarted after a crash, or reset): Nomad
-// starts it with no network, as it did the first. Down removes the
+// starts it with no network, as it did the first. With -grader-tools, up
+// first makes and fills the volume of the grader's tools that the nodes
+// mount, from this client's busybox. Down removes the
 // network or the switch, whichever the lab has. A failure exits non-zero
 // with a one-line reason on stderr: it is what `nomad alloc logs` shows,
 // and what the runtime quotes.
@@ -68,15 +70,22 @@ func labnet(ctx context.Context, args []string) error {
 	wait := fs.Duration("wait", labnetWait, "how long to wait for the nodes' containers to run (up -plan) or to leave the network (down)")
 	every := fs.Duration("every", labnetEvery, "how often to look for replaced node containers (watch)")
 	host := fs.String("docker-host", os.Getenv("DOCKER_HOST"), "Docker Engine API address (default: DOCKER_HOST, else the local socket)")
+	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox first (up)")
+	busybox := fs.String("grader-busybox", def.GraderBusybox, "the static busybox on this client the grader's tools come from (up)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if *session == "" {
 		return errors.New("labnet: -session is required")
 	}
-	rt, err := docker.New(docker.Options{Host: *host, SubnetPool: *pool, SubnetPrefix: *prefix})
+	rt, err := docker.New(docker.Options{Host: *host, SubnetPool: *pool, SubnetPrefix: *prefix, GraderBusybox: *busybox})
 	if err != nil {
 		return err
+	}
+	if verb == "up" && *tools != "" {
+		if err := graderTools(ctx, rt, *session, *tools, *busybox); err != nil {
+			return oneLine(err)
+		}
 	}
 	switch {
 	case verb == "watch":
@@ -99,6 +108,26 @@ func labnet(ctx context.Context, args []string) error {
 		return oneLine(err)
 	}
 	fmt.Printf("network of session %s removed\n", *session)
+	return nil
+}
+
+// graderTools makes and fills the volume of the grader's tools the lab's
+// nodes mount, from this client's busybox, and checks that it is the one
+// the job names: a client with another busybox would give the nodes an
+// empty volume. A flat lab's labnet-up runs before the nodes start; a
+// segmented lab's after, when the engine has made the volume empty for
+// them, and the nodes see it filled before the lab is ready.
+func graderTools(ctx context.Context, rt *docker.Runtime, session, want, busybox string) error {
+	got, err := rt.GraderTools(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("labnet up %s: %w", session, err)
+	case got == "":
+		return fmt.Errorf("labnet up %s: no grader busybox at %s on this client (install busybox-static)", session, busybox)
+	case got != want:
+		return fmt.Errorf("labnet up %s: this client's busybox %s makes the tools volume %s, the job mounts %s: install the same busybox-static on every client and the platform", session, busybox, got, want)
+	}
+	fmt.Printf("grader's tools in volume %s\n", got)
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
@@ -72,7 +73,13 @@ topology:
 // where labnet-up's template would. It returns the plan's path.
 func client(t *testing.T, eng *testlab.Engine, spec lab.Spec, alloc string) string {
 	t.Helper()
-	job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{})
+	return clientWith(t, eng, spec, alloc, jobspecs.NomadOptions{})
+}
+
+// clientWith is client for the job rendered with opts.
+func clientWith(t *testing.T, eng *testlab.Engine, spec lab.Spec, alloc string, opts jobspecs.NomadOptions) string {
+	t.Helper()
+	job, err := jobspecs.NomadJob(spec, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,5 +198,37 @@ func TestLabnetUpNamesTheFailingNode(t *testing.T) {
 	}
 	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "node b: setup exited 3: no licence") {
 		t.Errorf("labnet up: %q, want one line naming b and quoting its setup", msg)
+	}
+}
+
+// TestLabnetFillsTheGradersTools: a segmented lab's nodes start with the
+// tools volume the job names, which the engine makes empty; labnet up
+// fills it from the client's busybox before it wires the lab, and refuses
+// a job naming the volume of another busybox.
+func TestLabnetFillsTheGradersTools(t *testing.T) {
+	eng := testlab.NewEngine(t)
+	tools, err := docker.ToolsVolumeFor(docker.DefaultGraderBusybox)
+	if err != nil || tools == "" {
+		t.Fatalf("this test needs %s (busybox-static): %v", docker.DefaultGraderBusybox, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), labnetTimeout)
+	defer cancel()
+
+	spec := twoNodes(t, false)
+	const alloc = "alloc-tools"
+	plan := clientWith(t, eng, spec, alloc, jobspecs.NomadOptions{GraderTools: tools})
+	other := "examlab-grader-000000000000"
+	err = labnet(ctx, []string{"up", "-session", spec.SessionID, "-plan", plan, "-alloc", alloc, "-wait", "30s", "-grader-tools", other})
+	if err == nil || !strings.Contains(err.Error(), other) {
+		t.Errorf("labnet up with another busybox's volume = %v, want a refusal naming it", err)
+	}
+	if err := labnet(ctx, []string{"up", "-session", spec.SessionID, "-plan", plan, "-alloc", alloc, "-wait", "30s", "-grader-tools", tools}); err != nil {
+		t.Fatalf("labnet up: %v", err)
+	}
+	for _, node := range []string{"a", "b"} {
+		out, code := run(t, eng, spec, node, "/.examlab/busybox sh -c 'PATH=/.examlab/bin; ip route >/dev/null && echo tools' && touch /.examlab/x")
+		if !strings.Contains(out, "tools") || code == 0 {
+			t.Errorf("%s: the grader's tools are not there, or not read-only (exit %d):\n%s", node, code, out)
+		}
 	}
 }

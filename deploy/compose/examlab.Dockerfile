@@ -1,5 +1,6 @@
 # The examlab platform image: the static examlab binary on an empty base,
-# with the CA bundle from Debian's ca-certificates and a /tmp. Nothing is
+# with the CA bundle from Debian's ca-certificates, the grader's static
+# busybox (which the worker puts in every lab node) and a /tmp. Nothing is
 # pulled: scratch is Docker's built-in empty image. Built by build.sh, which
 # prepares the context (the binary and rootfs/).
 FROM scratch

@@ -64,8 +64,13 @@ plugin "docker" {
     ]
     allow_privileged = false
 
+    # The grader's tools: every node mounts a named volume (mount, type
+    # volume), which the driver refuses unless volumes are enabled. That
+    # would also let a job bind host paths into its containers: only
+    # examlab submits jobs here (its namespace and token), and its jobs
+    # mount nothing else (nomad/README.md, "The grader's tools").
     volumes {
-      enabled = false
+      enabled = true
     }
 
     gc {

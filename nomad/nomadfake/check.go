@@ -235,9 +235,17 @@ func checkNode(t *api.Task, network string, segmented bool, bad func(string, ...
 	if d := strList(c["cap_drop"]); len(d) != 1 || d[0] != "all" {
 		bad("node %s cap_drop %v, want [all]", t.Name, d)
 	}
-	for _, k := range []string{"privileged", "ports", "volumes", "mount", "network_mode_host", "ipc_mode", "pid_mode"} {
+	for _, k := range []string{"privileged", "ports", "volumes", "mounts", "network_mode_host", "ipc_mode", "pid_mode"} {
 		if _, ok := c[k]; ok {
 			bad("node %s sets %s", t.Name, k)
+		}
+	}
+	// The one mount a node may have is the grader's tools, read-only.
+	if m, ok := c["mount"]; ok {
+		list := mounts(m)
+		if len(list) != 1 || list[0]["type"] != "volume" || list[0]["target"] != jobspecs.GraderToolsTarget ||
+			list[0]["readonly"] != true || !strings.HasPrefix(fmt.Sprint(list[0]["source"]), "examlab-grader-") || len(list[0]) != 4 {
+			bad("node %s mounts %v; the only mount allowed is the grader's tools volume, read-only at %s", t.Name, m, jobspecs.GraderToolsTarget)
 		}
 	}
 	if number(c["pids_limit"]) <= 0 {
@@ -306,6 +314,23 @@ func strMap(v any) map[string]string {
 			for k, e := range strMap(m) {
 				out[k] = e
 			}
+		}
+		return out
+	}
+	return nil
+}
+
+// mounts reads a task config's mount blocks, as decoded from JSON ([]any
+// of map[string]any) or as built in Go.
+func mounts(v any) []map[string]any {
+	switch v := v.(type) {
+	case []map[string]any:
+		return v
+	case []any:
+		out := make([]map[string]any, 0, len(v))
+		for _, e := range v {
+			m, _ := e.(map[string]any)
+			out = append(out, m)
 		}
 		return out
 	}

@@ -96,6 +96,10 @@
     $("f-sort").value = q.get("sort") || "created";
     $("f-order").value = q.get("order") || "desc";
     $("f-per").value = q.get("per_page") || "50";
+    $("f-smin").value = q.get("score_min") || "";
+    $("f-smax").value = q.get("score_max") || "";
+    $("f-passed").value = q.get("passed") || "";
+    $("f-pass").value = q.get("pass_mark") || "";
     listState.page = Math.max(1, parseInt(q.get("page") || "1", 10) || 1);
   }
   function filterQuery(page) {
@@ -105,6 +109,12 @@
     q.set("sort", $("f-sort").value);
     q.set("order", $("f-order").value);
     q.set("per_page", $("f-per").value);
+    if ($("f-smin").value !== "") q.set("score_min", $("f-smin").value);
+    if ($("f-smax").value !== "") q.set("score_max", $("f-smax").value);
+    if ($("f-passed").value) {
+      q.set("passed", $("f-passed").value);
+      if ($("f-pass").value !== "") q.set("pass_mark", $("f-pass").value);
+    }
     q.set("page", String(page));
     return q;
   }
@@ -121,7 +131,8 @@
       var tbody = $("sessions").querySelector("tbody");
       tbody.textContent = "";
       res.sessions.forEach(function (s) {
-        var tr = row([el("code", s.id), s.email, badge(s.status), when(s.created_at), when(s.updated_at), when(s.deadline)]);
+        var score = s.score === undefined || s.score === null ? "" : s.score + " / " + s.max_score;
+        var tr = row([el("code", s.id), s.email, badge(s.status), score, when(s.created_at), when(s.updated_at), when(s.deadline)]);
         tr.className = "row";
         tr.dataset.id = s.id;
         tr.addEventListener("click", function () { goSession(s.id); });
@@ -233,6 +244,8 @@
     });
     if (!(d.snapshots || []).length) snaps.appendChild(row(["no snapshot yet"]));
 
+    renderGrading(d);
+
     var audit = $("s-audit").querySelector("tbody");
     audit.textContent = "";
     (d.audit || []).slice().reverse().forEach(function (e) {
@@ -244,6 +257,59 @@
     if (["queued", "provisioning", "ready", "submitted", "archiving"].indexOf(s.status) >= 0) {
       refreshTimer = setTimeout(function () { if (current && current.session.id === s.id) loadSession(s.id, true); }, 5000);
     }
+  }
+
+  // ---- grading ----
+  function renderGrading(d) {
+    var g = d.grading || {};
+    var res = g.results;
+    $("g-score").textContent = g.score ? g.score.score + " / " + g.score.max_score + (g.pass_mark ? " (pass mark " + g.pass_mark + ")" : "") : "";
+    $("g-summary").textContent = res
+      ? "Graded " + when(res.graded_at) + " on " + res.trigger + ", exam version " + res.exam_version + ", in " + (res.duration_ms / 1000).toFixed(1) + " s" +
+        ((g.history || []).length > 1 ? "; " + (g.history.length - 1) + " earlier grading(s) kept" : "")
+      : "Not graded yet.";
+    $("regrade").disabled = !g.gradable;
+    var tbody = $("g-checks").querySelector("tbody");
+    tbody.textContent = "";
+    ((res && res.tasks) || []).forEach(function (t) {
+      if (!t.checks) {
+        tbody.appendChild(row([t.id, t.manual ? "(marked by hand)" : "(choice: " + (t.answer || "no answer") + ")", "", "", t.manual ? "" : t.points + " / " + t.max_points, "", "", ""]));
+        return;
+      }
+      t.checks.forEach(function (c) {
+        var out = el("pre", (c.output || "") + (c.truncated ? "\n[cut at 4 KiB]" : "") + (c.error ? "\n[" + c.error + "]" : ""));
+        var tr = row([t.id, c.name + (c.hidden ? " (hidden)" : ""), c.node, c.passed ? "yes" : (c.timed_out ? "timed out" : "no"),
+          c.points + " / " + c.max_points, String(c.exit_code), out, c.duration_ms + " ms"]);
+        tr.className = c.passed ? "pass" : "fail";
+        tbody.appendChild(tr);
+      });
+    });
+    var manual = $("g-manual").querySelector("tbody");
+    manual.textContent = "";
+    (g.manual || []).forEach(function (t) {
+      var mark = (g.marks || {})[t.id] || {};
+      var pts = document.createElement("input");
+      pts.type = "number"; pts.min = "0"; pts.max = String(t.points); pts.step = "1"; pts.className = "short";
+      pts.id = "mark-points-" + t.id;
+      if (mark.points !== undefined) pts.value = String(mark.points);
+      var note = document.createElement("input");
+      note.maxLength = 4096; note.id = "mark-note-" + t.id; note.value = mark.note || "";
+      var save = el("button", "Save mark");
+      save.type = "button";
+      save.addEventListener("click", function () {
+        var id = current.session.id;
+        message("Working…");
+        api("PUT", "/api/admin/session/" + encodeURIComponent(id) + "/marks/" + encodeURIComponent(t.id),
+          { points: parseInt(pts.value, 10), note: note.value }).then(function () {
+          message("Mark saved for " + t.id + ".");
+          loadSession(id, true);
+        }).catch(function (e) { message(e.message, true); });
+      });
+      var label = el("span", t.id + " (of " + t.points + ")");
+      if (mark.by) label.title = "by " + mark.by + " " + when(mark.at);
+      manual.appendChild(row([label, pts, note, save]));
+    });
+    if (!(g.manual || []).length) manual.appendChild(row(["no task of this exam is marked by hand"]));
   }
 
   // ---- recordings ----
@@ -281,9 +347,10 @@
   var confirmText = {
     snapshot: "Archive every node of this lab now? The lab stays up.",
     submit: "Submit this session for the candidate now? Their lab will be archived and removed.",
-    cleanup: "Remove this session's lab? An open session is submitted and archived first."
+    cleanup: "Remove this session's lab? An open session is submitted and archived first.",
+    regrade: "Run every check on this session's live lab again? The earlier results are kept."
   };
-  var doneText = { snapshot: "Snapshot queued.", submit: "Session submitted; archive queued.", cleanup: "Clean-up queued." };
+  var doneText = { snapshot: "Snapshot queued.", submit: "Session submitted; archive queued.", cleanup: "Clean-up queued.", regrade: "Regraded." };
   document.querySelectorAll("[data-action]").forEach(function (b) {
     b.addEventListener("click", function () {
       var a = b.dataset.action;

@@ -431,6 +431,7 @@
       buildTasks();
       buildTerminals();
       loadAnswers();
+      loadChecks();
     }
     activate(state.active || state.exam.nodes[0]);
   }
@@ -470,6 +471,62 @@
       }
       sec.appendChild(saved);
       box.appendChild(sec);
+    });
+  }
+
+  // "Check my work": a button per task that has checks, when the exam
+  // allows it. The answer names the visible checks and whether each
+  // passed, and how many runs are left; it never holds a command.
+  function loadChecks() {
+    api('GET', '/api/session/' + state.session.id + '/checks').then(function (res) {
+      if (!res || !res.enabled) { return; }
+      Object.keys(res.remaining).forEach(function (taskId) {
+        var sec = $('task-' + taskId);
+        if (!sec) { return; }
+        var box = el('div', { class: 'checkwork', id: 'checkwork-' + taskId });
+        var btn = el('button', { type: 'button', class: 'checkwork-run', id: 'checkwork-run-' + taskId }, 'Check my work');
+        var left = el('span', { class: 'checkwork-left', id: 'checkwork-left-' + taskId });
+        var out = el('div', { class: 'checkwork-result', id: 'checkwork-result-' + taskId, 'aria-live': 'polite' });
+        box.appendChild(btn);
+        box.appendChild(left);
+        box.appendChild(out);
+        sec.appendChild(box);
+        showChecksLeft(taskId, res.remaining[taskId], res.limit);
+        btn.addEventListener('click', function () { runCheck(taskId); });
+      });
+    }, function () {});
+  }
+
+  function showChecksLeft(taskId, remaining, limit) {
+    $('checkwork-left-' + taskId).textContent = remaining + ' of ' + limit + ' checks left';
+    $('checkwork-run-' + taskId).disabled = remaining <= 0;
+  }
+
+  function runCheck(taskId) {
+    var btn = $('checkwork-run-' + taskId);
+    var out = $('checkwork-result-' + taskId);
+    btn.disabled = true;
+    out.className = 'checkwork-result busy';
+    out.textContent = 'Checking…';
+    api('POST', '/api/session/' + state.session.id + '/tasks/' + encodeURIComponent(taskId) + '/check').then(function (res) {
+      out.textContent = '';
+      out.className = 'checkwork-result ' + (res.passed ? 'pass' : 'fail');
+      out.appendChild(el('strong', {}, res.passed ? 'All checks pass.' : 'Not all checks pass yet.'));
+      var list = el('ul');
+      res.checks.forEach(function (c) {
+        list.appendChild(el('li', { class: c.passed ? 'pass' : 'fail' }, (c.passed ? '✓ ' : '✗ ') + c.name));
+      });
+      if (res.hidden) {
+        list.appendChild(el('li', { class: res.hidden.passed === res.hidden.total ? 'pass' : 'fail' },
+          'Hidden checks: ' + res.hidden.passed + ' passed of ' + res.hidden.total));
+      }
+      out.appendChild(list);
+      showChecksLeft(taskId, res.remaining, res.limit);
+    }, function (err) {
+      out.className = 'checkwork-result fail';
+      out.textContent = err.message;
+      btn.disabled = err.status === 429;
+      if (err.status === 429) { $('checkwork-left-' + taskId).textContent = 'No checks left'; }
     });
   }
 

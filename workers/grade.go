@@ -1,0 +1,70 @@
+package workers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/grading"
+	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/store"
+)
+
+// gradeSubmitted runs the exam's checks in a submitted session's lab and
+// stores results.json, before the snapshot captures the lab (and, with
+// it, the results). The candidate's terminals are closed first, so that
+// nothing changes the lab while it is judged. A rerun after a crash finds
+// the results of this submission and does not grade again: the lab may
+// have changed since (a half-done snapshot, a node that died).
+func (h *Handlers) gradeSubmitted(ctx context.Context, sess *session.Session, ex *exam.Exam) error {
+	history, err := h.o.Store.ResultsHistory(ctx, sess.ID)
+	if err != nil {
+		return fmt.Errorf("grade %s: %w", sess.ID, err)
+	}
+	for _, r := range history {
+		if gradedSubmission(r.Trigger) && !r.GradedAt.Before(sess.SubmittedAt) {
+			return nil
+		}
+	}
+	closed, err := h.o.Store.WaitTerminalsClosed(ctx, sess.ID, h.o.TerminalWait)
+	if err != nil {
+		return fmt.Errorf("grade %s: close terminals: %w", sess.ID, err)
+	}
+	if !closed {
+		// A relay that crashed leaves its note until it expires; its
+		// shells went with it. Grading does not wait longer on it.
+		h.log.Warn("grading with terminals still noted open", "session", sess.ID)
+		h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "grade-terminals-open"})
+	}
+	answers, err := h.o.Store.Answers(ctx, sess.ID)
+	if err != nil {
+		return fmt.Errorf("grade %s: %w", sess.ID, err)
+	}
+	trigger := grading.TriggerSubmit
+	if sess.SubmitReason == session.ByDeadline {
+		trigger = grading.TriggerDeadline
+	}
+	gctx, cancel := context.WithTimeout(ctx, grading.Budget(ex))
+	defer cancel()
+	res, err := grading.Grade(gctx, h.o.Runtime, ex, sess.ID, grading.Options{
+		Answers: store.AnswerTexts(answers), Trigger: trigger, Now: h.o.Now, Observer: h.o.Grading,
+	})
+	if err != nil {
+		return err
+	}
+	if h.o.Grading != nil {
+		h.o.Grading.Graded(trigger, time.Duration(res.DurationMS)*time.Millisecond)
+	}
+	if err := h.o.Store.SaveResults(ctx, sess.ID, res); err != nil {
+		return fmt.Errorf("grade %s: %w", sess.ID, err)
+	}
+	return h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "graded",
+		Detail: map[string]any{"trigger": trigger, "score": res.Score, "max_score": res.MaxScore, "duration_ms": res.DurationMS}})
+}
+
+// gradedSubmission reports whether results of trigger graded a submitted
+// lab (not a regrade or a candidate's own check of a live one).
+func gradedSubmission(trigger string) bool {
+	return trigger == grading.TriggerSubmit || trigger == grading.TriggerDeadline
+}
