@@ -23,10 +23,13 @@ import (
 	"github.com/examlab/examlab/testlab/redistest"
 )
 
-// Timeouts tests share.
+// Timeouts tests share. They tell a stuck lab from a slow one; they are
+// no measure of speed. An archive on a loaded CI machine includes closing
+// terminals, grading and a full export of every node through exec on the
+// Nomad runtime.
 const (
 	ProvisionTimeout = 3 * time.Minute
-	ArchiveTimeout   = 3 * time.Minute
+	ArchiveTimeout   = 5 * time.Minute
 )
 
 // Redis starts a private redis-server for the test; see redistest.Start.
