@@ -116,6 +116,9 @@ type Config struct {
 
 	// WorkerConcurrency is how many tasks one worker runs at once. EXAMLAB_WORKER_CONCURRENCY, 8.
 	WorkerConcurrency int
+	// GradingConcurrency is how many gradings one worker runs at once; the
+	// others wait for a slot. EXAMLAB_GRADING_CONCURRENCY, 4.
+	GradingConcurrency int
 	// ProvisionTimeout bounds one provision attempt. EXAMLAB_PROVISION_TIMEOUT, 5m.
 	ProvisionTimeout time.Duration
 
@@ -147,31 +150,32 @@ type Config struct {
 // Default returns the configuration with every default filled in.
 func Default() Config {
 	return Config{
-		StateDir:          "./var",
-		Listen:            "127.0.0.1:8080",
-		RelayListen:       "127.0.0.1:8081",
-		ProxyHeader:       ratelimit.HeaderXForwardedFor,
-		Signin:            ratelimit.DefaultSigninBudgets(),
-		Redis:             "127.0.0.1:6379",
-		RedisPrefix:       "examlab:",
-		Instance:          "examlab",
-		Runtime:           RuntimeDocker,
-		DockerHost:        "unix:///var/run/docker.sock",
-		SubnetPool:        "10.213.0.0/16",
-		SubnetPrefix:      26,
-		SwitchImage:       "examlab/node:bookworm",
-		GraderBusybox:     "/bin/busybox",
-		NomadDatacenters:  []string{"dc1"},
-		NomadLabnet:       "/usr/local/bin/examlab",
-		WorkerConcurrency: 8,
-		ProvisionTimeout:  5 * time.Minute,
-		MaxTerminals:      16,
-		MaxMessageBytes:   64 << 10,
-		TerminalIdle:      30 * time.Minute,
-		MaxAnswerBytes:    64 << 10,
-		ExpireEvery:       15 * time.Second,
-		ReapEvery:         time.Minute,
-		AdmitEvery:        10 * time.Second,
+		StateDir:           "./var",
+		Listen:             "127.0.0.1:8080",
+		RelayListen:        "127.0.0.1:8081",
+		ProxyHeader:        ratelimit.HeaderXForwardedFor,
+		Signin:             ratelimit.DefaultSigninBudgets(),
+		Redis:              "127.0.0.1:6379",
+		RedisPrefix:        "examlab:",
+		Instance:           "examlab",
+		Runtime:            RuntimeDocker,
+		DockerHost:         "unix:///var/run/docker.sock",
+		SubnetPool:         "10.213.0.0/16",
+		SubnetPrefix:       26,
+		SwitchImage:        "examlab/node:bookworm",
+		GraderBusybox:      "/bin/busybox",
+		NomadDatacenters:   []string{"dc1"},
+		NomadLabnet:        "/usr/local/bin/examlab",
+		WorkerConcurrency:  8,
+		GradingConcurrency: 4,
+		ProvisionTimeout:   5 * time.Minute,
+		MaxTerminals:       16,
+		MaxMessageBytes:    64 << 10,
+		TerminalIdle:       30 * time.Minute,
+		MaxAnswerBytes:     64 << 10,
+		ExpireEvery:        15 * time.Second,
+		ReapEvery:          time.Minute,
+		AdmitEvery:         10 * time.Second,
 	}
 }
 
@@ -259,6 +263,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	str("EXAMLAB_NOMAD_LABNET", &c.NomadLabnet)
 	num("EXAMLAB_MAX_LABS", &c.MaxLabs)
 	num("EXAMLAB_WORKER_CONCURRENCY", &c.WorkerConcurrency)
+	num("EXAMLAB_GRADING_CONCURRENCY", &c.GradingConcurrency)
 	dur("EXAMLAB_PROVISION_TIMEOUT", &c.ProvisionTimeout)
 	num("EXAMLAB_MAX_TERMINALS", &c.MaxTerminals)
 	num("EXAMLAB_MAX_MESSAGE_BYTES", &c.MaxMessageBytes)
@@ -370,6 +375,9 @@ func (c *Config) Validate() error {
 		} else if c.MaxLabs > subnets {
 			bad("max labs: %d is more than the %d subnets of the pool %s in /%d blocks", c.MaxLabs, subnets, c.SubnetPool, c.SubnetPrefix)
 		}
+	}
+	if c.GradingConcurrency < 1 || c.GradingConcurrency > 64 {
+		bad("grading concurrency: %d must be 1..64", c.GradingConcurrency)
 	}
 	if c.WorkerConcurrency < 1 || c.WorkerConcurrency > 256 {
 		bad("worker concurrency: %d must be 1..256", c.WorkerConcurrency)

@@ -138,7 +138,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			Store: p.Store, Runtime: p.Runtime, Enqueuer: p.Enqueuer, Exams: exams,
 			RuntimeName: cfg.Runtime, ProvisionTimeout: cfg.ProvisionTimeout,
 			RetentionDays: cfg.RetentionDays, RetentionDryRun: cfg.RetentionDryRun, Logger: log,
-			Observer: p.Metrics, Grading: p.Metrics,
+			Observer: p.Metrics, Grading: p.Metrics, GradingSlots: cfg.GradingConcurrency,
 		})
 		if err != nil {
 			return nil, err

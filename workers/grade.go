@@ -41,6 +41,18 @@ func (h *Handlers) gradeSubmitted(ctx context.Context, sess *session.Session, ex
 	if err != nil {
 		return fmt.Errorf("grade %s: %w", sess.ID, err)
 	}
+	// The budget starts once a slot is free: waiting behind other
+	// gradings must not eat this one's checks' time.
+	waited := h.o.Now()
+	select {
+	case h.gradeSlots <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("grade %s: waiting for a grading slot: %w", sess.ID, ctx.Err())
+	}
+	defer func() { <-h.gradeSlots }()
+	if w := h.o.Now().Sub(waited); w > time.Second {
+		h.log.Info("grading waited for a slot", "session", sess.ID, "waited", w.Round(time.Millisecond))
+	}
 	trigger := grading.TriggerSubmit
 	if sess.SubmitReason == session.ByDeadline {
 		trigger = grading.TriggerDeadline

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"slices"
 	"sync"
@@ -37,6 +38,13 @@ type gradingEnv struct {
 
 func newGradingEnv(t *testing.T, terminalWait time.Duration) *gradingEnv {
 	t.Helper()
+	return newGradingEnvWith(t, func(o *workers.Options) { o.TerminalWait = terminalWait })
+}
+
+// newGradingEnvWith is newGradingEnv with the worker's options changed by
+// tune.
+func newGradingEnvWith(t *testing.T, tune func(*workers.Options)) *gradingEnv {
+	t.Helper()
 	ex, err := exam.Load("testdata/checks.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -62,11 +70,13 @@ func newGradingEnv(t *testing.T, terminalWait time.Duration) *gradingEnv {
 	if e.store, err = store.New(store.Options{Dir: t.TempDir(), Redis: e.rdb, Now: e.clock}); err != nil {
 		t.Fatal(err)
 	}
-	e.h, err = workers.New(workers.Options{
+	o := workers.Options{
 		Store: e.store, Runtime: e.flaky, Enqueuer: e.enq,
 		Exams:       func(string) (*exam.Exam, bool) { return ex, true },
-		RuntimeName: "memory", Observer: e.obs, Grading: g.gobs, TerminalWait: terminalWait, Now: e.clock,
-	})
+		RuntimeName: "memory", Observer: e.obs, Grading: g.gobs, Now: e.clock,
+	}
+	tune(&o)
+	e.h, err = workers.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,5 +272,58 @@ func TestArchiveGradesPastAStuckTerminalNote(t *testing.T) {
 	audit, _ := g.store.AuditLog(ctx, id)
 	if !slices.ContainsFunc(audit, func(e store.AuditEntry) bool { return e.Action == "grade-terminals-open" }) {
 		t.Errorf("the audit does not say terminals were still noted: %+v", audit)
+	}
+}
+
+// TestGradingSlotsBoundConcurrentGradings archives two sessions at once:
+// with one slot, every check of one grading runs before any of the other;
+// with two, the gradings overlap (so the first case can fail).
+func TestGradingSlotsBoundConcurrentGradings(t *testing.T) {
+	for _, tc := range []struct {
+		slots   int
+		overlap bool
+	}{{1, false}, {2, true}} {
+		t.Run(fmt.Sprintf("slots=%d", tc.slots), func(t *testing.T) {
+			g := newGradingEnvWith(t, func(o *workers.Options) { o.GradingSlots = tc.slots })
+			ctx := context.Background()
+			a := g.workedLab(t, "ada@example.com", session.ByDeadline)
+			b := g.workedLab(t, "bob@example.com", session.ByDeadline)
+			// Each check takes a while, so two gradings let loose
+			// together interleave their checks.
+			g.flaky.FailWhen(func(c labtest.Call) error {
+				if c.Method == "Exec" {
+					g.logMu.Lock()
+					g.log = append(g.log, c)
+					g.logMu.Unlock()
+					time.Sleep(30 * time.Millisecond)
+				}
+				return nil
+			})
+			var wg sync.WaitGroup
+			for _, id := range []string{a, b} {
+				wg.Go(func() {
+					if err := g.h.Archive(ctx, archiveTask(t, id, session.ByDeadline)); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			g.logMu.Lock()
+			var order []string
+			for _, c := range g.log {
+				if len(order) == 0 || order[len(order)-1] != c.SessionID {
+					order = append(order, c.SessionID)
+				}
+			}
+			g.logMu.Unlock()
+			if overlap := len(order) > 2; overlap != tc.overlap {
+				t.Errorf("checks ran in the order of sessions %v; overlap %v, want %v", order, overlap, tc.overlap)
+			}
+			for _, id := range []string{a, b} {
+				if res, err := g.store.LatestResults(ctx, id); err != nil || res.Score != 15 {
+					t.Errorf("results of %s: %+v %v", id, res, err)
+				}
+			}
+		})
 	}
 }

@@ -80,6 +80,13 @@ type Options struct {
 	// TerminalWait bounds how long grading waits for the relays to close
 	// a submitted session's terminals; default 15s.
 	TerminalWait time.Duration
+	// GradingSlots bounds how many gradings this worker runs at once;
+	// default 4. At a deadline every session is graded together, and a
+	// check's own timeouts (a ping's -W, the check's timeout) count in
+	// wall time: on an engine starting hundreds of execs at once, checks
+	// that pass on a quiet machine would fail. Archives past the bound
+	// wait for a slot before their grading budget starts.
+	GradingSlots int
 	Logger       *slog.Logger
 	Now          func() time.Time
 }
@@ -88,6 +95,8 @@ type Options struct {
 type Handlers struct {
 	o   Options
 	log *slog.Logger
+	// gradeSlots holds a token per grading running (Options.GradingSlots).
+	gradeSlots chan struct{}
 }
 
 // New checks o and returns the handlers.
@@ -104,13 +113,16 @@ func New(o Options) (*Handlers, error) {
 	if o.TerminalWait <= 0 {
 		o.TerminalWait = 15 * time.Second
 	}
+	if o.GradingSlots <= 0 {
+		o.GradingSlots = 4
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Handlers{o: o, log: o.Logger}, nil
+	return &Handlers{o: o, log: o.Logger, gradeSlots: make(chan struct{}, o.GradingSlots)}, nil
 }
 
 // Mux registers every handler on a new ServeMux.
