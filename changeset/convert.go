@@ -28,6 +28,12 @@ const (
 // itself; none of them belongs to the node's files.
 var overlayXattrPrefixes = []string{"trusted.overlay.", "user.overlay.", "user.fuseoverlayfs."}
 
+// modeBits are the bits of a tar header's mode a change set keeps: the
+// permissions with setuid, setgid and sticky. The file's type is its
+// entry's type; some writers repeat it in the mode (040755), which is
+// dropped.
+const modeBits = 0o7777
+
 // ErrOutside is returned for an entry of the upper directory's tar whose
 // name is not under the prefix it was read with.
 var ErrOutside = errors.New("entry outside the upper directory")
@@ -44,9 +50,21 @@ type OverlayStats struct {
 	ContentBytes int64
 }
 
+// OverlayOptions say how to read an upper directory's tar.
+type OverlayOptions struct {
+	// Prefix begins every entry's name: "upper/", or "" when the directory
+	// is the tar's root. A leading "./" is ignored.
+	Prefix string
+	// Seen, when set, is called with the path of every entry copied (not
+	// whiteouts or markers), without a trailing slash.
+	Seen func(path string)
+	// Omit, when set, leaves out every path it reports true for, and all
+	// under it: the mount points of a container, which its runtime made.
+	Omit func(path string) bool
+}
+
 // FromOverlay reads r, a tar of an overlay filesystem's upper directory
-// whose entry names all begin with prefix ("upper/", or "" when the
-// directory is the tar's root; a leading "./" is ignored), and writes to w
+// (see OverlayOptions), and writes to w
 // the change set it holds, as this package's doc comment lays it out:
 //
 //   - a character device 0/0 (the overlay's whiteout) becomes a whiteout
@@ -59,14 +77,14 @@ type OverlayStats struct {
 //     targets; hard links stay hard links), renamed relative to the root.
 //
 // File contents stream from r to w; nothing but one entry's header is
-// held at a time. seen, when not nil, is called with the path of every
-// entry copied (not whiteouts or markers), without a trailing slash.
+// held at a time.
 //
 // A name in the upper directory that begins with WhiteoutPrefix is
 // indistinguishable from a whiteout in an image layer too; it is copied as
 // it is.
-func FromOverlay(w io.Writer, r io.Reader, prefix string, seen func(path string)) (OverlayStats, error) {
+func FromOverlay(w io.Writer, r io.Reader, o OverlayOptions) (OverlayStats, error) {
 	var st OverlayStats
+	var omitted []string // directories left out, with a trailing slash
 	tr := tar.NewReader(r)
 	tw := tar.NewWriter(w)
 	// Directories whose opaque marker was written: fuse-overlayfs marks
@@ -88,12 +106,19 @@ func FromOverlay(w io.Writer, r io.Reader, prefix string, seen func(path string)
 		if err != nil {
 			return st, fmt.Errorf("read upper dir: %w", err)
 		}
-		name, err := relative(h.Name, prefix)
+		name, err := relative(h.Name, o.Prefix)
 		if err != nil {
 			return st, err
 		}
 		if name == "" {
 			continue // the upper directory itself: the root is no change
+		}
+		if under(name, omitted) {
+			continue
+		}
+		if o.Omit != nil && o.Omit(name) {
+			omitted = append(omitted, name+"/")
+			continue
 		}
 		dir, base := path.Split(name)
 		switch {
@@ -122,7 +147,7 @@ func FromOverlay(w io.Writer, r io.Reader, prefix string, seen func(path string)
 		}
 		out, opaque := copyHeader(h, name)
 		if h.Typeflag == tar.TypeLink {
-			target, err := relative(h.Linkname, prefix)
+			target, err := relative(h.Linkname, o.Prefix)
 			if err != nil || target == "" {
 				return st, fmt.Errorf("hard link %q to %q: %w", name, h.Linkname, ErrOutside)
 			}
@@ -141,8 +166,8 @@ func FromOverlay(w io.Writer, r io.Reader, prefix string, seen func(path string)
 				return st, fmt.Errorf("copy %q: %w", name, err)
 			}
 		}
-		if seen != nil {
-			seen(name)
+		if o.Seen != nil {
+			o.Seen(name)
 		}
 		if opaque && out.Typeflag == tar.TypeDir {
 			if err := marker(name+"/", h); err != nil {
@@ -154,6 +179,16 @@ func FromOverlay(w io.Writer, r io.Reader, prefix string, seen func(path string)
 		return st, fmt.Errorf("end change set: %w", err)
 	}
 	return st, nil
+}
+
+// under reports whether name lies in one of dirs (each ending in "/").
+func under(name string, dirs []string) bool {
+	for _, d := range dirs {
+		if strings.HasPrefix(name, d) {
+			return true
+		}
+	}
+	return false
 }
 
 func (st *OverlayStats) write(tw *tar.Writer, h *tar.Header) error {
@@ -200,7 +235,7 @@ func copyHeader(h *tar.Header, name string) (*tar.Header, bool) {
 		Name:       name,
 		Linkname:   h.Linkname,
 		Size:       h.Size,
-		Mode:       h.Mode,
+		Mode:       h.Mode & modeBits,
 		Uid:        h.Uid,
 		Gid:        h.Gid,
 		Uname:      h.Uname,

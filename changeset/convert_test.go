@@ -105,8 +105,9 @@ func TestFromOverlay(t *testing.T) {
 	upper := []entry{
 		{name: "./", typ: tar.TypeDir, mode: 0o755},
 		{name: "etc/", typ: tar.TypeDir, mode: 0o755},
-		{name: "etc/motd", typ: tar.TypeReg, mode: 0o600, uid: 1000, gid: 1000, body: "changed\n"},
-		{name: "etc/issue", typ: tar.TypeChar, mode: 0o000},
+		{name: "etc/motd", typ: tar.TypeReg, mode: 0o100600, uid: 1000, gid: 1000, body: "changed\n"},
+		{name: "etc/issue", typ: tar.TypeChar, mode: 0o020000},
+		{name: "usr/bin/su", typ: tar.TypeReg, mode: 0o104755, body: "su"},
 		{name: "etc/alias", typ: tar.TypeSymlink, mode: 0o777, link: "/etc/motd"},
 		{name: "etc/motd2", typ: tar.TypeLink, mode: 0o600, uid: 1000, gid: 1000, link: "etc/motd"},
 		{name: "opt/", typ: tar.TypeDir, mode: 0o700, xattrs: map[string]string{"trusted.overlay.opaque": "y", "trusted.overlay.origin": "x", "user.note": "kept"}},
@@ -122,11 +123,16 @@ func TestFromOverlay(t *testing.T) {
 		{name: "root/caf\xe9", typ: tar.TypeReg, mode: 0o644, body: "latin1"},
 		{name: "root/.wh.caf\xe9", typ: tar.TypeChar},
 		{name: "tmp/fifo", typ: tar.TypeFifo, mode: 0o600},
+		{name: "mnt/", typ: tar.TypeDir, mode: 0o755},
+		{name: "mnt/tools/", typ: tar.TypeDir, mode: 0o755},
+		{name: "mnt/tools/.wh..wh..opq", typ: tar.TypeReg},
+		{name: "mnt/toolsbox", typ: tar.TypeReg, mode: 0o644, body: "kept"},
 	}
 	want := []entry{
 		{name: "etc/", typ: tar.TypeDir, mode: 0o755},
 		{name: "etc/motd", typ: tar.TypeReg, mode: 0o600, uid: 1000, gid: 1000, body: "changed\n"},
 		{name: "etc/.wh.issue", typ: tar.TypeReg},
+		{name: "usr/bin/su", typ: tar.TypeReg, mode: 0o4755, body: "su"},
 		{name: "etc/alias", typ: tar.TypeSymlink, mode: 0o777, link: "/etc/motd"},
 		{name: "etc/motd2", typ: tar.TypeLink, mode: 0o600, uid: 1000, gid: 1000, link: "etc/motd"},
 		{name: "opt/", typ: tar.TypeDir, mode: 0o700, xattrs: map[string]string{"user.note": "kept"}},
@@ -142,6 +148,8 @@ func TestFromOverlay(t *testing.T) {
 		{name: "root/caf\xe9", typ: tar.TypeReg, mode: 0o644, body: "latin1"},
 		{name: "root/.wh..wh.caf\xe9", typ: tar.TypeReg},
 		{name: "tmp/fifo", typ: tar.TypeFifo, mode: 0o600},
+		{name: "mnt/", typ: tar.TypeDir, mode: 0o755},
+		{name: "mnt/toolsbox", typ: tar.TypeReg, mode: 0o644, body: "kept"},
 	}
 	for _, prefix := range []string{"", "./", "upper/", "./upper/"} {
 		t.Run("prefix "+prefix, func(t *testing.T) {
@@ -152,7 +160,8 @@ func TestFromOverlay(t *testing.T) {
 			}
 			var out bytes.Buffer
 			var seen []string
-			st, err := FromOverlay(&out, bytes.NewReader(upperTar(t, prefix, in)), prefix, func(p string) { seen = append(seen, p) })
+			omit := func(p string) bool { return p == "mnt/tools" }
+			st, err := FromOverlay(&out, bytes.NewReader(upperTar(t, prefix, in)), OverlayOptions{Prefix: prefix, Seen: func(p string) { seen = append(seen, p) }, Omit: omit})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -160,10 +169,10 @@ func TestFromOverlay(t *testing.T) {
 			if !slices.EqualFunc(got, want, func(a, b entry) bool { return a.String() == b.String() }) {
 				t.Errorf("change set:\n%s\nwant:\n%s", list(got), list(want))
 			}
-			if st.Entries != len(want) || st.Whiteouts != 3 || st.Opaque != 2 || st.ContentBytes != int64(len("changed\nfreshdpnllatin1")) {
+			if st.Entries != len(want) || st.Whiteouts != 3 || st.Opaque != 2 || st.ContentBytes != int64(len("changed\nsufreshdpnllatin1kept")) {
 				t.Errorf("stats %+v, want %d entries, 3 whiteouts, 2 opaque directories", st, len(want))
 			}
-			wantSeen := []string{"etc", "etc/motd", "etc/alias", "etc/motd2", "opt", "opt/new", "srv", "srv/data", "var/.wh.gone", "bin/ping", "dev/null2", "root/line\nbreak", "root/caf\xe9", "tmp/fifo"}
+			wantSeen := []string{"etc", "etc/motd", "usr/bin/su", "etc/alias", "etc/motd2", "opt", "opt/new", "srv", "srv/data", "var/.wh.gone", "bin/ping", "dev/null2", "root/line\nbreak", "root/caf\xe9", "tmp/fifo", "mnt", "mnt/toolsbox"}
 			if !slices.Equal(seen, wantSeen) {
 				t.Errorf("seen %q, want %q", seen, wantSeen)
 			}
@@ -173,7 +182,7 @@ func TestFromOverlay(t *testing.T) {
 
 func TestFromOverlayEmpty(t *testing.T) {
 	var out bytes.Buffer
-	st, err := FromOverlay(&out, bytes.NewReader(upperTar(t, "upper/", []entry{{name: "", typ: tar.TypeDir, mode: 0o755}})), "upper/", nil)
+	st, err := FromOverlay(&out, bytes.NewReader(upperTar(t, "upper/", []entry{{name: "", typ: tar.TypeDir, mode: 0o755}})), OverlayOptions{Prefix: "upper/"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +207,7 @@ func TestFromOverlayRefusesBadInput(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := FromOverlay(io.Discard, bytes.NewReader(tc.in), "upper/", nil)
+			_, err := FromOverlay(io.Discard, bytes.NewReader(tc.in), OverlayOptions{Prefix: "upper/"})
 			if !errors.Is(err, tc.want) {
 				t.Errorf("err = %v, want %v", err, tc.want)
 			}
@@ -229,7 +238,7 @@ func TestFromOverlayStopsAtAFailingWriter(t *testing.T) {
 		{name: "b", typ: tar.TypeReg, body: "b"},
 	})
 	var seen []string
-	_, err := FromOverlay(&failAfter{n: 10 << 10, err: full}, bytes.NewReader(in), "upper/", func(p string) { seen = append(seen, p) })
+	_, err := FromOverlay(&failAfter{n: 10 << 10, err: full}, bytes.NewReader(in), OverlayOptions{Prefix: "upper/", Seen: func(p string) { seen = append(seen, p) }})
 	if !errors.Is(err, full) {
 		t.Fatalf("err = %v, want the writer's", err)
 	}

@@ -178,7 +178,18 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 		})
 		return nc, err
 	}
-	changed, err := r.changes(ctx, c.ID, &nc)
+	// The mount points of the node's volumes (the grader's tools) are the
+	// runtime's, not the candidate's.
+	omit := func(p string) bool {
+		for _, m := range c.Mounts {
+			d := strings.TrimPrefix(m.Destination, "/")
+			if p == d || strings.HasPrefix(p, d+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	changed, err := r.changes(ctx, c.ID, omit, &nc)
 	if err != nil {
 		return nc, err
 	}
@@ -200,7 +211,10 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 		}
 		defer resp.Body.Close()
 		cw := &countWriter{w: w}
-		_, err = changeset.FromOverlay(cw, resp.Body, "", func(p string) { delete(changed, jsonPath(p)) })
+		_, err = changeset.FromOverlay(cw, resp.Body, changeset.OverlayOptions{
+			Seen: func(p string) { delete(changed, jsonPath(p)) },
+			Omit: omit,
+		})
 		nc.Bytes = cw.n
 		if err != nil {
 			return fmt.Errorf("convert changes of %s: %w", node, err)
@@ -247,9 +261,10 @@ const (
 )
 
 // changes counts the container's changes into nc and returns the added and
-// modified paths (relative, as jsonPath writes them). The list is decoded
-// one change at a time: it holds paths, never contents.
-func (r *Runtime) changes(ctx context.Context, id string, nc *lab.NodeCapture) (map[string]bool, error) {
+// modified paths (relative, as jsonPath writes them), leaving out those
+// omit reports. The list is decoded one change at a time: it holds paths,
+// never contents.
+func (r *Runtime) changes(ctx context.Context, id string, omit func(string) bool, nc *lab.NodeCapture) (map[string]bool, error) {
 	resp, err := r.client.stream(ctx, http.MethodGet, "/containers/"+id+"/changes", nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("list changes of %s: %w", nc.Node, err)
@@ -271,6 +286,10 @@ func (r *Runtime) changes(ctx context.Context, id string, nc *lab.NodeCapture) (
 		if err := dec.Decode(&ch); err != nil {
 			return nil, fmt.Errorf("list changes of %s: %w", nc.Node, err)
 		}
+		p := strings.TrimPrefix(ch.Path, "/")
+		if omit(p) {
+			continue
+		}
 		switch ch.Kind {
 		case changeModified:
 			nc.Modified++
@@ -280,7 +299,7 @@ func (r *Runtime) changes(ctx context.Context, id string, nc *lab.NodeCapture) (
 			nc.Deleted++
 			continue
 		}
-		changed[strings.TrimPrefix(ch.Path, "/")] = true
+		changed[p] = true
 	}
 	return changed, nil
 }

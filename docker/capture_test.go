@@ -148,6 +148,7 @@ func TestCaptureChanges(t *testing.T) {
 	var base memorySaver
 	capture(t, r, spec, lab.SnapshotChanges, &base)
 	baseline := readTar(t, base.tars["alpha"])
+	t.Logf("the lab's own changes before any work: %v", baseline)
 
 	mustSh(t, r, spec.SessionID, "alpha", candidateWork)
 	if out, code := sh(t, r, spec.SessionID, "alpha", "mknod /root/null2 c 1 3"); code == 0 {
@@ -212,9 +213,9 @@ func TestCaptureChanges(t *testing.T) {
 	if a.Node != "alpha" || a.Mode != lab.SnapshotChanges || a.Fallback != "" || !strings.HasPrefix(a.Image, "sha256:") || a.Bytes != int64(len(s.tars["alpha"])) {
 		t.Errorf("alpha's capture %+v", a)
 	}
-	// Seven paths added, motd and issue.net modified (with their folders),
-	// issue deleted, and skel replaced.
-	if a.Added < 8 || a.Modified < 3 || a.Deleted < 1 || a.Skipped != 0 {
+	// Seven paths added (skel's new file among them); motd, issue.net,
+	// their folder etc, root and the replaced skel modified; issue deleted.
+	if a.Added != 7 || a.Modified != 5 || a.Deleted != 1 || a.Skipped != 0 {
 		t.Errorf("alpha's counts: %d added, %d modified, %d deleted, %d skipped", a.Added, a.Modified, a.Deleted, a.Skipped)
 	}
 	if b := caps[1]; b.Node != "beta" || b.Bytes > 64<<10 {
@@ -250,8 +251,9 @@ func TestCaptureFreezesTheLab(t *testing.T) {
 	r := newTestRuntime(t)
 	spec := segmentedLab(t, r, twoNodes)
 	provision(t, r, spec)
-	mustSh(t, r, spec.SessionID, "alpha", `nohup sh -c 'i=0; while :; do echo "line $i end"; i=$((i+1)); done >> /root/loop.log' >/dev/null 2>&1 &`)
+	mustSh(t, r, spec.SessionID, "alpha", `setsid sh -c 'i=0; while :; do echo "line $i end"; i=$((i+1)); done >> /root/loop.log' </dev/null >/dev/null 2>&1 &`)
 	time.Sleep(300 * time.Millisecond)
+	t.Logf("loop.log before the capture: %s lines", strings.TrimSpace(mustSh(t, r, spec.SessionID, "alpha", "wc -l < /root/loop.log")))
 	var paused [][]bool
 	s := memorySaver{before: func(string) {
 		var p []bool

@@ -176,6 +176,10 @@ type container struct {
 	HostConfig struct {
 		NetworkMode string `json:"NetworkMode"`
 	} `json:"HostConfig"`
+	// Mounts are the volumes and binds mounted in the container.
+	Mounts []struct {
+		Destination string `json:"Destination"`
+	} `json:"Mounts"`
 	// GraphDriver is the container's storage: with an overlay driver,
 	// Data["UpperDir"] holds what the container changed.
 	GraphDriver struct {
