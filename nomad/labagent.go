@@ -1,0 +1,432 @@
+package nomad
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/examlab/examlab/docker"
+	"github.com/examlab/examlab/jobspecs"
+	"github.com/examlab/examlab/lab"
+)
+
+// LabAgent is the part of the Nomad runtime that runs on a Nomad client:
+// the examlab binary in a lab's labnet-watch task (raw_exec, root on the
+// client), which the worker reaches with alloc exec. It freezes and thaws
+// the lab's node containers and reads a node's changes straight from its
+// writable layer, all through the client's own Docker engine and
+// filesystem, which the worker cannot reach.
+type LabAgent struct {
+	hc   *http.Client
+	base string
+	// proc is where the host's /proc is mounted (for a node's mounts).
+	proc string
+}
+
+// engineAPI is the Engine API version the agent speaks, as the docker
+// package does: 1.41 is Docker 20.10's, and newer engines accept it.
+const engineAPI = "v1.41"
+
+// NewLabAgent returns an agent for the engine at host (unix:///path or
+// tcp://host:port; empty means the local socket).
+func NewLabAgent(host string) (*LabAgent, error) {
+	if host == "" {
+		host = "unix:///var/run/docker.sock"
+	}
+	u, err := url.Parse(host)
+	if err != nil {
+		return nil, fmt.Errorf("lab agent: parse docker host %q: %w", host, err)
+	}
+	var network, addr, base string
+	switch u.Scheme {
+	case "unix":
+		network, addr, base = "unix", u.Path, "http://docker"
+	case "tcp", "http":
+		network, addr = "tcp", u.Host
+		if u.Port() == "" {
+			addr = net.JoinHostPort(u.Hostname(), "2375")
+		}
+		base = "http://" + addr
+	default:
+		return nil, fmt.Errorf("lab agent: docker host %q: scheme must be unix:// or tcp://", host)
+	}
+	var d net.Dialer
+	tr := &http.Transport{
+		DialContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, network, addr) },
+		DisableCompression: true,
+	}
+	return &LabAgent{hc: &http.Client{Transport: tr}, base: base + "/" + engineAPI, proc: "/proc"}, nil
+}
+
+// engineContainer is what the agent reads of a container's inspect.
+type engineContainer struct {
+	ID    string `json:"Id"`
+	State struct {
+		Status    string
+		Running   bool
+		Paused    bool
+		Pid       int
+		StartedAt string
+	}
+	GraphDriver struct {
+		Name string
+		Data map[string]string
+	}
+	Config struct {
+		Labels map[string]string
+	}
+}
+
+func (a *LabAgent) call(ctx context.Context, method, path string, q url.Values, out any) error {
+	u := a.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("docker engine: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Message string }
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		if json.Unmarshal(b, &e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(b))
+		}
+		return &engineError{status: resp.StatusCode, msg: e.Message}
+	}
+	if out == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+type engineError struct {
+	status int
+	msg    string
+}
+
+func (e *engineError) Error() string {
+	return fmt.Sprintf("docker engine: %d %s: %s", e.status, http.StatusText(e.status), e.msg)
+}
+
+func engineStatus(err error) int {
+	var e *engineError
+	if errors.As(err, &e) {
+		return e.status
+	}
+	return 0
+}
+
+// nodes returns, by node name, the inspected containers of the session's
+// nodes in allocation alloc that run, paused or not. A node restarted by
+// Nomad may leave its dead container behind; those do not count, and of
+// several live ones (never, but for a moment during a restart) the last
+// started is taken.
+func (a *LabAgent) nodes(ctx context.Context, session, alloc string) (map[string]engineContainer, error) {
+	if !lab.ValidSessionID(session) {
+		return nil, fmt.Errorf("invalid session id %q", session)
+	}
+	if alloc == "" {
+		return nil, errors.New("no allocation id")
+	}
+	f, err := json.Marshal(map[string][]string{
+		"label": {lab.LabelSession + "=" + session, jobspecs.LabelRuntime + "=nomad", docker.NomadAllocLabel + "=" + alloc},
+	})
+	if err != nil {
+		return nil, err
+	}
+	var list []struct {
+		ID     string `json:"Id"`
+		State  string
+		Labels map[string]string
+	}
+	if err := a.call(ctx, http.MethodGet, "/containers/json", url.Values{"all": {"1"}, "filters": {string(f)}}, &list); err != nil {
+		return nil, fmt.Errorf("list node containers of %s: %w", session, err)
+	}
+	out := map[string]engineContainer{}
+	started := map[string]time.Time{}
+	for _, c := range list {
+		node := c.Labels[lab.LabelNode]
+		if node == "" || (c.State != "running" && c.State != "paused") {
+			continue
+		}
+		var ic engineContainer
+		err := a.call(ctx, http.MethodGet, "/containers/"+c.ID+"/json", nil, &ic)
+		if engineStatus(err) == http.StatusNotFound {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("inspect node %s of %s: %w", node, session, err)
+		}
+		if !ic.State.Running {
+			continue
+		}
+		at, _ := time.Parse(time.RFC3339Nano, ic.State.StartedAt)
+		if prev, ok := started[node]; ok && !at.After(prev) {
+			continue
+		}
+		started[node] = at
+		out[node] = ic
+	}
+	return out, nil
+}
+
+// Freeze pauses every running node container of the lab (the engine's
+// cgroup freezer: no process of the node runs, none can be woken, and
+// nothing in it changes its files) and returns the nodes it holds frozen,
+// sorted. Freezing a frozen lab changes nothing.
+func (a *LabAgent) Freeze(ctx context.Context, session, alloc string) ([]string, error) {
+	nodes, err := a.nodes(ctx, session, alloc)
+	if err != nil {
+		return nil, fmt.Errorf("freeze lab %s: %w", session, err)
+	}
+	var done []string
+	for node, c := range nodes {
+		if !c.State.Paused {
+			err := a.call(ctx, http.MethodPost, "/containers/"+c.ID+"/pause", nil, nil)
+			if err != nil && !strings.Contains(err.Error(), "already paused") {
+				return done, fmt.Errorf("freeze node %s of %s: %w", node, session, err)
+			}
+		}
+		done = append(done, node)
+	}
+	sort.Strings(done)
+	return done, nil
+}
+
+// Thaw resumes every paused node container of the lab and returns the
+// nodes it thawed, sorted. Thawing a lab that is not frozen changes
+// nothing. It tries every node, whatever fails.
+func (a *LabAgent) Thaw(ctx context.Context, session, alloc string) ([]string, error) {
+	nodes, err := a.nodes(ctx, session, alloc)
+	if err != nil {
+		return nil, fmt.Errorf("thaw lab %s: %w", session, err)
+	}
+	var done []string
+	var errs []error
+	for node, c := range nodes {
+		if !c.State.Paused {
+			continue
+		}
+		err := a.call(ctx, http.MethodPost, "/containers/"+c.ID+"/unpause", nil, nil)
+		if err != nil && !strings.Contains(err.Error(), "is not paused") {
+			errs = append(errs, fmt.Errorf("thaw node %s of %s: %w", node, session, err))
+			continue
+		}
+		done = append(done, node)
+	}
+	sort.Strings(done)
+	return done, errors.Join(errs...)
+}
+
+// ErrNoUpper: the engine keeps a node's writable layer where the agent
+// cannot find it (a storage driver that is not an overlay).
+var ErrNoUpper = errors.New("the node's writable layer is not an overlay upper directory")
+
+// Capture writes the node's changes — its container's writable layer — to
+// w as a change set (see WriteUpper). The lab should be frozen: the layer
+// is read as it is on the client's disk. A node with no running container
+// is lab.ErrNotFound.
+func (a *LabAgent) Capture(ctx context.Context, session, alloc, node string, w io.Writer) (UpperStats, error) {
+	nodes, err := a.nodes(ctx, session, alloc)
+	if err != nil {
+		return UpperStats{}, fmt.Errorf("capture node %s: %w", node, err)
+	}
+	c, ok := nodes[node]
+	if !ok {
+		return UpperStats{}, fmt.Errorf("capture node %s of %s: no running container: %w", node, session, lab.ErrNotFound)
+	}
+	upper, err := a.upperDir(c)
+	if err != nil {
+		return UpperStats{}, fmt.Errorf("capture node %s of %s: %w", node, session, err)
+	}
+	st, err := WriteUpper(ctx, upper, w)
+	if err != nil {
+		return st, fmt.Errorf("capture node %s of %s: %w", node, session, err)
+	}
+	return st, nil
+}
+
+// upperDir finds the container's overlay upper directory on this host:
+// the storage driver says where it is (overlay2, fuse-overlayfs); else the
+// node's root mount, an overlay, names it among its options.
+func (a *LabAgent) upperDir(c engineContainer) (string, error) {
+	if d := c.GraphDriver.Data["UpperDir"]; d != "" {
+		return d, nil
+	}
+	if c.State.Pid <= 0 {
+		return "", fmt.Errorf("%w (storage driver %q)", ErrNoUpper, c.GraphDriver.Name)
+	}
+	f, err := os.Open(fmt.Sprintf("%s/%d/mountinfo", a.proc, c.State.Pid))
+	if err != nil {
+		return "", fmt.Errorf("read the node's mounts: %w", err)
+	}
+	defer f.Close()
+	d, err := rootUpper(f)
+	if err != nil {
+		return "", fmt.Errorf("%w (storage driver %q): %w", ErrNoUpper, c.GraphDriver.Name, err)
+	}
+	return d, nil
+}
+
+// rootUpper reads a mountinfo file and returns the upperdir of the mount
+// at "/", which must be an overlay.
+func rootUpper(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var found string
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		f := strings.Fields(sc.Text())
+		if len(f) < 10 || f[4] != "/" {
+			continue
+		}
+		sep := -1
+		for i := 6; i < len(f); i++ {
+			if f[i] == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || sep+3 >= len(f) {
+			continue
+		}
+		found = "" // a later mount on "/" hides an earlier one
+		if f[sep+1] != "overlay" {
+			continue
+		}
+		for opt := range strings.SplitSeq(f[sep+3], ",") {
+			if v, ok := strings.CutPrefix(opt, "upperdir="); ok {
+				found = unescapeMount(v)
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	if found == "" {
+		return "", errors.New("its root is not a kernel overlay with an upperdir")
+	}
+	return found, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Agent verbs: `examlab labnet VERB -session ID -alloc ID [-node NAME]`,
+// as the runtime runs them with alloc exec in a lab's labnet-watch task.
+const (
+	VerbFreeze  = "freeze"
+	VerbThaw    = "thaw"
+	VerbCapture = "capture"
+)
+
+// AgentVerb reports whether verb is one RunAgent serves.
+func AgentVerb(verb string) bool {
+	return verb == VerbFreeze || verb == VerbThaw || verb == VerbCapture
+}
+
+// captureTrailer starts the last line `labnet capture` writes to stderr:
+// what the change set holds, as JSON, for the runtime to count.
+const captureTrailer = "examlab-capture "
+
+// captureHold bounds how long `labnet capture` waits, after its archive,
+// for the runtime to close its input (see RunAgent).
+const captureHold = 30 * time.Second
+
+// RunAgent runs one agent verb; args are the verb and its flags. freeze
+// and thaw print the nodes they froze or thawed. capture writes the
+// node's change set to stdout, then a line of counts to stderr, and waits
+// until stdin is closed (or 30s) before it returns: the runtime closes it
+// once it has read the whole archive, so the exec stream cannot end
+// before the output is through (see hashicorp/nomad#27146).
+func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 || !AgentVerb(args[0]) {
+		return errors.New("labnet: want freeze, thaw or capture")
+	}
+	verb := args[0]
+	fs := flag.NewFlagSet("labnet "+verb, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	session := fs.String("session", "", "session id (required)")
+	alloc := fs.String("alloc", "", "the lab's allocation id (required)")
+	node := fs.String("node", "", "the node to capture (capture)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	switch {
+	case *session == "":
+		return fmt.Errorf("labnet %s: -session is required", verb)
+	case *alloc == "":
+		return fmt.Errorf("labnet %s: -alloc is required", verb)
+	case verb == VerbCapture && *node == "":
+		return errors.New("labnet capture: -node is required")
+	case fs.NArg() > 0:
+		return fmt.Errorf("labnet %s: unexpected arguments %q", verb, fs.Args())
+	}
+	switch verb {
+	case VerbFreeze:
+		nodes, err := a.Freeze(ctx, *session, *alloc)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "frozen: %s\n", strings.Join(nodes, " "))
+		return nil
+	case VerbThaw:
+		nodes, err := a.Thaw(ctx, *session, *alloc)
+		fmt.Fprintf(stdout, "thawed: %s\n", strings.Join(nodes, " "))
+		return err
+	}
+	st, err := a.Capture(ctx, *session, *alloc, *node, stdout)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "%s%s\n", captureTrailer, b)
+	hold := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, stdin)
+		close(hold)
+	}()
+	t := time.NewTimer(captureHold)
+	defer t.Stop()
+	select {
+	case <-hold:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil
+}
