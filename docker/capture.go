@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+
+	"github.com/examlab/examlab/lab"
 )
 
 // ExportFS writes the node's filesystem to w as a tar stream. It works on
@@ -47,4 +49,9 @@ func (r *Runtime) Logs(ctx context.Context, sessionID, node string, w io.Writer)
 		return fmt.Errorf("read logs of %s: %w", node, err)
 	}
 	return nil
+}
+
+// Capture snapshots the lab's nodes.
+func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string, mode lab.SnapshotMode, save lab.SaveFunc) ([]lab.NodeCapture, error) {
+	return lab.CaptureExports(ctx, sessionID, nodes, mode, "not yet", r.ExportFS, save)
 }

@@ -24,6 +24,17 @@ type Runtime interface {
 	Exec(ctx context.Context, sessionID, node string, req ExecRequest) (Process, error)
 	// ExportFS writes the node's filesystem to w as a tar stream.
 	ExportFS(ctx context.Context, sessionID, node string, w io.Writer) error
+	// Capture snapshots nodes of the session's lab at one moment. It
+	// freezes the lab where the runtime can (Docker pauses every node
+	// first), then for each node in order calls save with a function that
+	// streams the node's snapshot in mode (see SnapshotMode; a runtime
+	// that cannot tell a node's changes falls back to full and says why in
+	// NodeCapture.Fallback), and thaws the lab before it returns, on
+	// failure too. A node with no container is reported Missing and not
+	// saved. The first error, from the runtime or from save, ends the
+	// capture and is returned; the captures made before it are returned
+	// with it. It never holds a snapshot in memory.
+	Capture(ctx context.Context, sessionID string, nodes []string, mode SnapshotMode, save SaveFunc) ([]NodeCapture, error)
 	// Logs writes the node's output (its PID 1's stdout and stderr) to w.
 	Logs(ctx context.Context, sessionID, node string, w io.Writer) error
 	// Destroy removes everything of the lab. Destroying a lab that is gone,

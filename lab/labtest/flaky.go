@@ -18,11 +18,12 @@ var ErrInjected = errors.New("labtest: injected failure")
 
 // Call is one call made through a Flaky runtime.
 type Call struct {
-	// Method is the lab.Runtime method: "Provision", "Exec", …
+	// Method is the lab.Runtime method: "Provision", "Exec", …, or
+	// "CaptureNode" for one node's save within a Capture.
 	Method string
 	// SessionID is the lab called on; "" for Labs and Ping.
 	SessionID string
-	// Node is set for Exec, ExportFS, Logs and ResetNode.
+	// Node is set for Exec, ExportFS, CaptureNode, Logs and ResetNode.
 	Node string
 	// N counts the method's calls: 1 for its first.
 	N int
@@ -30,7 +31,7 @@ type Call struct {
 
 // methods are the lab.Runtime methods a Flaky can fail.
 var methods = map[string]bool{
-	"Provision": true, "Status": true, "Exec": true, "ExportFS": true, "Logs": true,
+	"Provision": true, "Status": true, "Exec": true, "ExportFS": true, "Capture": true, "CaptureNode": true, "Logs": true,
 	"Destroy": true, "ResetNode": true, "Labs": true, "Ping": true,
 }
 
@@ -136,6 +137,20 @@ func (f *Flaky) ExportFS(ctx context.Context, sessionID, node string, w io.Write
 		return err
 	}
 	return f.r.ExportFS(ctx, sessionID, node, w)
+}
+
+// Capture fails as a whole when "Capture" is failed, and fails one node's
+// save, before it reaches save, when "CaptureNode" is failed for it.
+func (f *Flaky) Capture(ctx context.Context, sessionID string, nodes []string, mode lab.SnapshotMode, save lab.SaveFunc) ([]lab.NodeCapture, error) {
+	if err := f.enter("Capture", sessionID, ""); err != nil {
+		return nil, err
+	}
+	return f.r.Capture(ctx, sessionID, nodes, mode, func(node string, write func(io.Writer) error) error {
+		if err := f.enter("CaptureNode", sessionID, node); err != nil {
+			return err
+		}
+		return save(node, write)
+	})
 }
 
 func (f *Flaky) Logs(ctx context.Context, sessionID, node string, w io.Writer) error {

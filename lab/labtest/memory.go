@@ -256,6 +256,12 @@ func (m *Memory) ExportFS(ctx context.Context, sessionID, node string, w io.Writ
 	return nil
 }
 
+// Capture captures each node in full through ExportFS: a memory node has
+// no image to tell its changes from.
+func (m *Memory) Capture(ctx context.Context, sessionID string, nodes []string, mode lab.SnapshotMode, save lab.SaveFunc) ([]lab.NodeCapture, error) {
+	return lab.CaptureExports(ctx, sessionID, nodes, mode, "the in-memory runtime keeps no image to compare with", m.ExportFS, save)
+}
+
 // Logs writes a line per start of the node, as the lab image's entrypoint
 // does.
 func (m *Memory) Logs(ctx context.Context, sessionID, node string, w io.Writer) error {
