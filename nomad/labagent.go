@@ -29,8 +29,9 @@ import (
 // writable layer, all through the client's own Docker engine and
 // filesystem, which the worker cannot reach.
 type LabAgent struct {
-	hc   *http.Client
-	base string
+	hc     *http.Client
+	base   string
+	labels func(alloc string) []string
 	// proc is where the host's /proc is mounted (for a node's mounts).
 	proc string
 }
@@ -39,9 +40,28 @@ type LabAgent struct {
 // package does: 1.41 is Docker 20.10's, and newer engines accept it.
 const engineAPI = "v1.41"
 
-// NewLabAgent returns an agent for the engine at host (unix:///path or
-// tcp://host:port; empty means the local socket).
-func NewLabAgent(host string) (*LabAgent, error) {
+// AgentOptions configure a LabAgent. Zero values mean the documented
+// defaults.
+type AgentOptions struct {
+	// DockerHost is the client's engine (unix:///path or tcp://host:port);
+	// empty means the local socket.
+	DockerHost string
+	// Labels selects an allocation's node containers, as key=value labels,
+	// besides the session's label; nil means the labels of a Nomad lab's
+	// node containers: examlab.runtime=nomad (from the job) and the
+	// allocation's id (from Nomad's docker driver).
+	Labels func(alloc string) []string
+}
+
+// NewLabAgent returns an agent for the client's engine.
+func NewLabAgent(opts AgentOptions) (*LabAgent, error) {
+	host := opts.DockerHost
+	labels := opts.Labels
+	if labels == nil {
+		labels = func(alloc string) []string {
+			return []string{jobspecs.LabelRuntime + "=nomad", docker.NomadAllocLabel + "=" + alloc}
+		}
+	}
 	if host == "" {
 		host = "unix:///var/run/docker.sock"
 	}
@@ -67,7 +87,7 @@ func NewLabAgent(host string) (*LabAgent, error) {
 		DialContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, network, addr) },
 		DisableCompression: true,
 	}
-	return &LabAgent{hc: &http.Client{Transport: tr}, base: base + "/" + engineAPI, proc: "/proc"}, nil
+	return &LabAgent{hc: &http.Client{Transport: tr}, base: base + "/" + engineAPI, labels: labels, proc: "/proc"}, nil
 }
 
 // engineContainer is what the agent reads of a container's inspect.
@@ -80,6 +100,7 @@ type engineContainer struct {
 		Pid       int
 		StartedAt string
 	}
+	Image       string
 	GraphDriver struct {
 		Name string
 		Data map[string]string
@@ -148,7 +169,7 @@ func (a *LabAgent) nodes(ctx context.Context, session, alloc string) (map[string
 		return nil, errors.New("no allocation id")
 	}
 	f, err := json.Marshal(map[string][]string{
-		"label": {lab.LabelSession + "=" + session, jobspecs.LabelRuntime + "=nomad", docker.NomadAllocLabel + "=" + alloc},
+		"label": append([]string{lab.LabelSession + "=" + session}, a.labels(alloc)...),
 	})
 	if err != nil {
 		return nil, err
@@ -242,57 +263,76 @@ func (a *LabAgent) Thaw(ctx context.Context, session, alloc string) ([]string, e
 var ErrNoUpper = errors.New("the node's writable layer is not an overlay upper directory")
 
 // Capture writes the node's changes — its container's writable layer — to
-// w as a change set (see WriteUpper). The lab should be frozen: the layer
-// is read as it is on the client's disk. A node with no running container
-// is lab.ErrNotFound.
-func (a *LabAgent) Capture(ctx context.Context, session, alloc, node string, w io.Writer) (UpperStats, error) {
+// w as a change set (see WriteUpper) and reports what it holds (all but
+// Bytes, which the reader counts). The lab should be frozen: the layer is
+// read as it is on the client's disk. A node with no running container is
+// lab.ErrNotFound; a node whose layer is not an overlay's upper directory
+// is ErrNoUpper, before anything is written.
+func (a *LabAgent) Capture(ctx context.Context, session, alloc, node string, w io.Writer) (lab.NodeCapture, error) {
+	nc := lab.NodeCapture{Node: node, Mode: lab.SnapshotChanges}
 	nodes, err := a.nodes(ctx, session, alloc)
 	if err != nil {
-		return UpperStats{}, fmt.Errorf("capture node %s: %w", node, err)
+		return nc, fmt.Errorf("capture node %s: %w", node, err)
 	}
 	c, ok := nodes[node]
 	if !ok {
-		return UpperStats{}, fmt.Errorf("capture node %s of %s: no running container: %w", node, session, lab.ErrNotFound)
+		return nc, fmt.Errorf("capture node %s of %s: no running container: %w", node, session, lab.ErrNotFound)
 	}
-	upper, err := a.upperDir(c)
+	upper, lower, err := a.layers(c)
 	if err != nil {
-		return UpperStats{}, fmt.Errorf("capture node %s of %s: %w", node, session, err)
+		return nc, fmt.Errorf("capture node %s of %s: %w", node, session, err)
 	}
-	st, err := WriteUpper(ctx, upper, w)
+	nc.Image = c.Image
+	var img struct{ RepoDigests []string }
+	if c.Image != "" && a.call(ctx, http.MethodGet, "/images/"+c.Image+"/json", nil, &img) == nil && len(img.RepoDigests) > 0 {
+		nc.ImageDigest = img.RepoDigests[0]
+	}
+	st, err := WriteUpper(ctx, upper, lower, w)
+	nc.Added, nc.Modified, nc.Deleted = st.Added, st.Modified, st.Deleted
+	nc.Skipped, nc.SkippedPaths = st.Skipped, st.SkippedPaths
 	if err != nil {
-		return st, fmt.Errorf("capture node %s of %s: %w", node, session, err)
+		return nc, fmt.Errorf("capture node %s of %s: %w", node, session, err)
 	}
-	return st, nil
+	return nc, nil
 }
 
-// upperDir finds the container's overlay upper directory on this host:
-// the storage driver says where it is (overlay2, fuse-overlayfs); else the
-// node's root mount, an overlay, names it among its options.
-func (a *LabAgent) upperDir(c engineContainer) (string, error) {
+// layers finds the container's overlay upper directory on this host, and
+// the lower ones under it, topmost first: the storage driver says where
+// they are (overlay2, fuse-overlayfs); else the node's root mount, an
+// overlay, names them among its options.
+func (a *LabAgent) layers(c engineContainer) (string, []string, error) {
 	if d := c.GraphDriver.Data["UpperDir"]; d != "" {
-		return d, nil
+		return d, splitLower(c.GraphDriver.Data["LowerDir"]), nil
 	}
 	if c.State.Pid <= 0 {
-		return "", fmt.Errorf("%w (storage driver %q)", ErrNoUpper, c.GraphDriver.Name)
+		return "", nil, fmt.Errorf("%w (storage driver %q)", ErrNoUpper, c.GraphDriver.Name)
 	}
 	f, err := os.Open(fmt.Sprintf("%s/%d/mountinfo", a.proc, c.State.Pid))
 	if err != nil {
-		return "", fmt.Errorf("read the node's mounts: %w", err)
+		return "", nil, fmt.Errorf("read the node's mounts: %w", err)
 	}
 	defer f.Close()
-	d, err := rootUpper(f)
+	upper, lower, err := rootOverlay(f)
 	if err != nil {
-		return "", fmt.Errorf("%w (storage driver %q): %w", ErrNoUpper, c.GraphDriver.Name, err)
+		return "", nil, fmt.Errorf("%w (storage driver %q): %w", ErrNoUpper, c.GraphDriver.Name, err)
 	}
-	return d, nil
+	return upper, lower, nil
 }
 
-// rootUpper reads a mountinfo file and returns the upperdir of the mount
-// at "/", which must be an overlay.
-func rootUpper(r io.Reader) (string, error) {
+func splitLower(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ":")
+}
+
+// rootOverlay reads a mountinfo file and returns the upperdir and
+// lowerdirs of the mount at "/", which must be an overlay.
+func rootOverlay(r io.Reader) (string, []string, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var found string
+	var lower []string
 	for sc.Scan() {
 		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
 		f := strings.Fields(sc.Text())
@@ -309,7 +349,7 @@ func rootUpper(r io.Reader) (string, error) {
 		if sep < 0 || sep+3 >= len(f) {
 			continue
 		}
-		found = "" // a later mount on "/" hides an earlier one
+		found, lower = "", nil // a later mount on "/" hides an earlier one
 		if f[sep+1] != "overlay" {
 			continue
 		}
@@ -317,15 +357,18 @@ func rootUpper(r io.Reader) (string, error) {
 			if v, ok := strings.CutPrefix(opt, "upperdir="); ok {
 				found = unescapeMount(v)
 			}
+			if v, ok := strings.CutPrefix(opt, "lowerdir="); ok {
+				lower = splitLower(unescapeMount(v))
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if found == "" {
-		return "", errors.New("its root is not a kernel overlay with an upperdir")
+		return "", nil, errors.New("its root is not a kernel overlay with an upperdir")
 	}
-	return found, nil
+	return found, lower, nil
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).
@@ -364,6 +407,30 @@ const captureTrailer = "examlab-capture "
 // captureHold bounds how long `labnet capture` waits, after its archive,
 // for the runtime to close its input (see RunAgent).
 const captureHold = 30 * time.Second
+
+// Exit codes of the agent verbs beyond 0 and 1, which the runtime tells
+// apart.
+const (
+	// ExitMissing: the node has no running container.
+	ExitMissing = 3
+	// ExitNoUpper: the node's changes cannot be read on this client (its
+	// storage is not an overlay the agent knows); nothing was captured.
+	ExitNoUpper = 4
+)
+
+// AgentExitCode is the exit status of `examlab labnet VERB` that ended
+// with err.
+func AgentExitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, lab.ErrNotFound):
+		return ExitMissing
+	case errors.Is(err, ErrNoUpper), errors.Is(err, ErrUpperUnsupported):
+		return ExitNoUpper
+	}
+	return 1
+}
 
 // RunAgent runs one agent verb; args are the verb and its flags. freeze
 // and thaw print the nodes they froze or thawed. capture writes the
@@ -407,11 +474,11 @@ func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, 
 		fmt.Fprintf(stdout, "thawed: %s\n", strings.Join(nodes, " "))
 		return err
 	}
-	st, err := a.Capture(ctx, *session, *alloc, *node, stdout)
+	nc, err := a.Capture(ctx, *session, *alloc, *node, stdout)
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(st)
+	b, err := json.Marshal(nc)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,14 +31,23 @@ type UpperStats struct {
 	Symlinks  int `json:"symlinks"`
 	HardLinks int `json:"hard_links"`
 	Others    int `json:"others"`
+	// Added and Modified split those paths by whether the node's image
+	// (the lower layers) has them.
+	Added    int `json:"added"`
+	Modified int `json:"modified"`
 	// Deleted is the number of whiteouts, Opaque of opaque directories.
 	Deleted int `json:"deleted"`
 	Opaque  int `json:"opaque"`
 	// Bytes is the content of the regular files.
 	Bytes int64 `json:"bytes"`
-	// Skipped names what a tar cannot hold (sockets), which is left out.
-	Skipped []string `json:"skipped,omitempty"`
+	// Skipped counts what a tar cannot hold (sockets), which is left out;
+	// SkippedPaths names the first maxSkippedPaths of them.
+	Skipped      int      `json:"skipped,omitempty"`
+	SkippedPaths []string `json:"skipped_paths,omitempty"`
 }
+
+// maxSkippedPaths bounds the skipped paths a capture names.
+const maxSkippedPaths = 20
 
 // overlayOpaqueXattrs mark a directory of an upper directory as opaque:
 // the kernel's overlay and fuse-overlayfs (running as root) both set the
@@ -67,9 +77,10 @@ var ErrUpperUnsupported = errors.New("the overlay's upper directory uses redirec
 // symlinks, hard links, devices and FIFOs with their mode, owner, mtime and
 // extended attributes; the overlay's whiteouts (character devices 0/0) as
 // changeset whiteouts; opaque directories with the OpaqueMarker. Sockets
-// cannot be archived and are counted in Skipped. It streams: each file is
-// copied through as it is read.
-func WriteUpper(ctx context.Context, root string, w io.Writer) (UpperStats, error) {
+// cannot be archived and are counted in Skipped. lower are the layers
+// under it, topmost first, which tell an added path from a modified one.
+// It streams: each file is copied through as it is read.
+func WriteUpper(ctx context.Context, root string, lower []string, w io.Writer) (UpperStats, error) {
 	var st UpperStats
 	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{} // (dev, ino) of multiply linked files → first name
@@ -87,7 +98,7 @@ func WriteUpper(ctx context.Context, root string, w io.Writer) (UpperStats, erro
 		if err != nil {
 			return err
 		}
-		return writeUpperEntry(tw, path, filepath.ToSlash(rel), links, &st)
+		return writeUpperEntry(tw, path, filepath.ToSlash(rel), lower, links, &st)
 	})
 	if err != nil {
 		return st, fmt.Errorf("write changes from %s: %w", root, err)
@@ -98,7 +109,7 @@ func WriteUpper(ctx context.Context, root string, w io.Writer) (UpperStats, erro
 	return st, nil
 }
 
-func writeUpperEntry(tw *tar.Writer, path, rel string, links map[[2]uint64]string, st *UpperStats) error {
+func writeUpperEntry(tw *tar.Writer, path, rel string, lower []string, links map[[2]uint64]string, st *UpperStats) error {
 	var sys unix.Stat_t
 	if err := unix.Lstat(path, &sys); err != nil {
 		return fmt.Errorf("stat %q: %w", rel, err)
@@ -116,6 +127,13 @@ func writeUpperEntry(tw *tar.Writer, path, rel string, links map[[2]uint64]strin
 	if mode == unix.S_IFREG && base == changeset.OpaqueMarker {
 		return nil // written with its directory, whatever marked it
 	}
+	if mode == unix.S_IFSOCK {
+		st.Skipped++
+		if len(st.SkippedPaths) < maxSkippedPaths {
+			st.SkippedPaths = append(st.SkippedPaths, strconv.Quote(rel))
+		}
+		return nil
+	}
 	xattrs, err := readXattrs(path)
 	if err != nil {
 		return fmt.Errorf("read extended attributes of %q: %w", rel, err)
@@ -124,6 +142,11 @@ func writeUpperEntry(tw *tar.Writer, path, rel string, links map[[2]uint64]strin
 		if _, ok := xattrs[k]; ok {
 			return fmt.Errorf("%q: %w", rel, ErrUpperUnsupported)
 		}
+	}
+	if inLower(lower, rel) {
+		st.Modified++
+	} else {
+		st.Added++
 	}
 	hdr := &tar.Header{
 		Name:    rel,
@@ -178,9 +201,6 @@ func writeUpperEntry(tw *tar.Writer, path, rel string, links map[[2]uint64]strin
 		hdr.Typeflag = tar.TypeFifo
 		st.Others++
 		return writeHeader(tw, hdr, st)
-	case unix.S_IFSOCK:
-		st.Skipped = append(st.Skipped, rel)
-		return nil
 	case unix.S_IFREG:
 	default:
 		return fmt.Errorf("%q: unknown file type %#o", rel, mode)
@@ -302,6 +322,19 @@ func readXattrs(path string) (map[string]string, error) {
 		out[string(name)] = string(val[:n])
 	}
 	return out, nil
+}
+
+// inLower reports whether the image has rel: the topmost lower layer that
+// holds the path decides, and a whiteout there means it does not.
+func inLower(lower []string, rel string) bool {
+	for _, l := range lower {
+		var sys unix.Stat_t
+		if err := unix.Lstat(filepath.Join(l, rel), &sys); err != nil {
+			continue
+		}
+		return !(sys.Mode&unix.S_IFMT == unix.S_IFCHR && sys.Rdev == 0)
+	}
+	return false
 }
 
 // parentOf is the directory part of a relative slash path, "" at the top.

@@ -14,6 +14,7 @@ import (
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/nomad"
 )
 
 // labnetWait is how long `labnet down` waits for the lab's containers to
@@ -38,6 +39,8 @@ type labnetState struct {
 //	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
 //	examlab labnet watch -session ID -state FILE [-alloc ID] [-every 2s]
 //	examlab labnet down -session ID [-wait 2m]
+//	examlab labnet freeze|thaw -session ID -alloc ID
+//	examlab labnet capture -session ID -alloc ID -node NAME
 //
 // Without -plan, up creates a flat lab's session network before the nodes
 // start. With -plan (a segmented lab's spec, lab.Spec as JSON), it runs once
@@ -52,9 +55,26 @@ type labnetState struct {
 // network or the switch, whichever the lab has. A failure exits non-zero
 // with a one-line reason on stderr: it is what `nomad alloc logs` shows,
 // and what the runtime quotes.
+//
+// Freeze, thaw and capture are what the Nomad runtime runs with alloc exec
+// in the lab's labnet-watch task (see nomad.RunAgent): they pause and
+// resume the lab's node containers and stream a node's changes, read from
+// its writable layer on this client, to stdout. Watch without -state (a
+// flat lab's) has nothing to rewire and only keeps the task running for
+// them.
 func labnet(ctx context.Context, args []string) error {
+	if len(args) > 0 && nomad.AgentVerb(args[0]) {
+		agent, err := nomad.NewLabAgent(nomad.AgentOptions{DockerHost: os.Getenv("DOCKER_HOST")})
+		if err != nil {
+			return err
+		}
+		if err := nomad.RunAgent(ctx, agent, args, os.Stdin, os.Stdout, os.Stderr); err != nil {
+			return agentError{err: oneLine(err), code: nomad.AgentExitCode(err)}
+		}
+		return nil
+	}
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "watch") {
-		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|watch|down -session ID [flags]")
+		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|watch|down|freeze|thaw|capture -session ID [flags]")
 		return flag.ErrHelp
 	}
 	verb := args[0]
@@ -88,10 +108,14 @@ func labnet(ctx context.Context, args []string) error {
 		}
 	}
 	switch {
+	case verb == "watch" && *state == "":
+		// A flat lab's: Nomad restarts its nodes on their network, so
+		// there is nothing to rewire; the task is there for the agent
+		// verbs, run beside it.
+		fmt.Printf("lab %s: ready for freeze, thaw and capture\n", *session)
+		<-ctx.Done()
+		return nil
 	case verb == "watch":
-		if *state == "" {
-			return errors.New("labnet watch: -state is required")
-		}
 		return oneLine(watchLab(ctx, rt, *session, *alloc, *state, *every))
 	case verb == "up" && *plan != "":
 		return oneLine(wireLab(ctx, rt, *session, *examID, *alloc, *plan, *state, *wait))
@@ -242,6 +266,15 @@ func watchLab(ctx context.Context, rt *docker.Runtime, session, alloc, state str
 	}
 	return nil
 }
+
+// agentError carries an agent verb's exit status (see nomad.AgentExitCode).
+type agentError struct {
+	err  error
+	code int
+}
+
+func (e agentError) Error() string { return e.err.Error() }
+func (e agentError) ExitCode() int { return e.code }
 
 // sleepCtx waits d, or until ctx ends, which it reports.
 func sleepCtx(ctx context.Context, d time.Duration) error {
