@@ -179,8 +179,8 @@ type tarCheck struct {
 	done chan struct{} // closed when the reader has finished; err is set
 	// ended is closed once the end-of-archive blocks have been read.
 	ended chan struct{}
-	err  error
-	bad  bool
+	err   error
+	bad   bool
 }
 
 func newTarCheck() *tarCheck {

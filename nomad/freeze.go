@@ -108,4 +108,3 @@ func (r *Runtime) Freeze(ctx context.Context, sessionID string) error {
 func (r *Runtime) Thaw(ctx context.Context, sessionID string) error {
 	return r.agentRun(ctx, sessionID, VerbThaw)
 }
-
