@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/nomad/api"
+
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
@@ -160,7 +162,53 @@ func TestCaptureChangesThroughNomad(t *testing.T) {
 				}
 				return thaws
 			})
+			if !flat {
+				checkAgentExecsChecked(t, env, spec)
+			}
 		})
+	}
+}
+
+// checkAgentExecsChecked: the fake runs nothing in labnet-watch but the
+// job's examlab running an agent verb for this lab, as the runtime sends
+// it.
+func checkAgentExecsChecked(t *testing.T, env *fakeEnv, spec lab.Spec) {
+	t.Helper()
+	c, err := api.NewClient(&api.Config{Address: env.fake.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stubs, _, err := c.Jobs().Allocations(jobspecs.JobName(spec.SessionID), false, nil)
+	if err != nil || len(stubs) == 0 {
+		t.Fatalf("allocations of %s: %v", spec.SessionID, err)
+	}
+	alloc, _, err := c.Allocations().Info(stubs[0].ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bin = "/usr/local/bin/examlab"
+	good := []string{bin, "labnet", "thaw", "-session", spec.SessionID, "-alloc", alloc.ID}
+	for _, cmd := range [][]string{
+		{"/bin/sh", "-c", "id"},
+		{"/tmp/examlab", "labnet", "thaw", "-session", spec.SessionID, "-alloc", alloc.ID},
+		{bin, "labnet", "down", "-session", spec.SessionID, "-alloc", alloc.ID},
+		{bin, "labnet", "thaw", "-session", "nother000000", "-alloc", alloc.ID},
+		{bin, "labnet", "capture", "-session", spec.SessionID, "-alloc", alloc.ID, "-node", "nosuch"},
+		{bin, "labnet", "capture", "-session", spec.SessionID, "-alloc", alloc.ID},
+		append(append([]string(nil), good...), "-node", "tokyo"),
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+		code, err := c.Allocations().Exec(ctx, alloc, jobspecs.NomadLabnetWatch, false, cmd, strings.NewReader(""), io.Discard, io.Discard, nil, nil)
+		cancel()
+		if err == nil {
+			t.Errorf("the fake ran %q in labnet-watch (exit %d)", cmd, code)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+	defer cancel()
+	var out bytes.Buffer
+	if code, err := c.Allocations().Exec(ctx, alloc, jobspecs.NomadLabnetWatch, false, good, strings.NewReader(""), &out, io.Discard, nil, nil); err != nil || code != 0 {
+		t.Errorf("%q in labnet-watch: exit %d %v", good, code, err)
 	}
 }
 
@@ -225,6 +273,11 @@ func checkCaptureChanges(t *testing.T, rt *nomad.Runtime, spec lab.Spec, thaws f
 		}
 	}
 
+	var total int64
+	for _, c := range caps {
+		total += c.Bytes
+	}
+	t.Logf("%d nodes captured in %d bytes; tokyo: %+v", len(caps), total, caps[0])
 	old, got := members(t, before["tokyo"]), members(t, after["tokyo"])
 	var changed []string
 	for n, m := range got {
@@ -233,6 +286,7 @@ func checkCaptureChanges(t *testing.T, rt *nomad.Runtime, spec lab.Spec, thaws f
 		}
 	}
 	sort.Strings(changed)
+	t.Logf("tokyo's change set gained %q", changed)
 	want := []string{"etc/", "etc/.wh.issue.net", "etc/issue", "etc/motd", "root/", "root/added-link", "root/added.txt", "root/motd-link"}
 	if strings.Join(changed, " ") != strings.Join(want, " ") {
 		t.Errorf("tokyo's change set gained %q, want %q", changed, want)
