@@ -171,7 +171,7 @@ func TestCaptureChangesThroughNomad(t *testing.T) {
 
 // checkAgentExecsChecked: the fake runs nothing in labnet-watch but the
 // job's examlab running an agent verb for this lab, as the runtime sends
-// it.
+// it; and the agent's guard thaws a lab left frozen.
 func checkAgentExecsChecked(t *testing.T, env *fakeEnv, spec lab.Spec) {
 	t.Helper()
 	c, err := api.NewClient(&api.Config{Address: env.fake.URL()})
@@ -209,6 +209,34 @@ func checkAgentExecsChecked(t *testing.T, env *fakeEnv, spec lab.Spec) {
 	var out bytes.Buffer
 	if code, err := c.Allocations().Exec(ctx, alloc, jobspecs.NomadLabnetWatch, false, good, strings.NewReader(""), &out, io.Discard, nil, nil); err != nil || code != 0 {
 		t.Errorf("%q in labnet-watch: exit %d %v", good, code, err)
+	}
+
+	// A lab frozen by a worker that never thawed it is thawed by its
+	// labnet-watch's guard once it has been frozen too long.
+	eng := testlab.NewEngine(t)
+	if err := env.rt.Freeze(ctx, spec.SessionID); err != nil {
+		t.Fatal(err)
+	}
+	guard := env.agent.NewFreezeGuard(spec.SessionID, alloc.ID, time.Minute)
+	t0 := time.Now()
+	for _, at := range []time.Duration{0, 59 * time.Second} {
+		if thawed, err := guard.Check(ctx, t0.Add(at)); err != nil || len(thawed) != 0 {
+			t.Errorf("guard %s after the freeze: thawed %v, %v", at, thawed, err)
+		}
+	}
+	for _, n := range spec.Nodes {
+		if !inspectNode(t, eng, spec.SessionID, n.Name).Paused {
+			t.Errorf("node %s runs within the guard's minute", n.Name)
+		}
+	}
+	thawed, err := guard.Check(ctx, t0.Add(61*time.Second))
+	if err != nil || len(thawed) != len(spec.Nodes) {
+		t.Errorf("guard a minute after the freeze: thawed %v, %v; want every node", thawed, err)
+	}
+	for _, n := range spec.Nodes {
+		if inspectNode(t, eng, spec.SessionID, n.Name).Paused {
+			t.Errorf("node %s is still frozen after the guard's minute", n.Name)
+		}
 	}
 }
 

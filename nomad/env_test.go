@@ -46,6 +46,8 @@ type fakeEnv struct {
 	fake   *nomadfake.Server
 	rt     *nomad.Runtime
 	docker *docker.Runtime
+	// agent is the lab agent the fake runs in labnet-watch.
+	agent *nomad.LabAgent
 }
 
 func newFakeEnv(t testing.TB) *fakeEnv {
@@ -82,7 +84,7 @@ func newFakeEnv(t testing.TB) *fakeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeEnv{fake: fake, rt: rt, docker: d}
+	return &fakeEnv{fake: fake, rt: rt, docker: d, agent: agent}
 }
 
 // requireDocker fails the test, rather than skipping it, when the engine or

@@ -497,3 +497,59 @@ func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, 
 	}
 	return nil
 }
+
+// DefaultThawAfter is how long a lab's agent lets a node stay frozen
+// before it thaws it on its own: longer than any capture takes (the
+// archive task's own timeout is 30 minutes), so only a lab whose worker
+// died between freeze and thaw is ever thawed this way.
+const DefaultThawAfter = 30 * time.Minute
+
+// FreezeGuard thaws a lab's nodes that stay frozen too long: the lab's
+// labnet-watch task runs one for the lab's life, so that a worker that
+// died between freeze and thaw never leaves the candidate's lab frozen.
+type FreezeGuard struct {
+	agent          *LabAgent
+	session, alloc string
+	after          time.Duration
+	since          map[string]time.Time // paused container → first seen paused
+}
+
+// NewFreezeGuard returns a guard for the lab's allocation that thaws a
+// node it has seen frozen for longer than after.
+func (a *LabAgent) NewFreezeGuard(session, alloc string, after time.Duration) *FreezeGuard {
+	return &FreezeGuard{agent: a, session: session, alloc: alloc, after: after, since: map[string]time.Time{}}
+}
+
+// Check looks at the lab's nodes at now and thaws those it has seen
+// frozen since more than the guard's limit ago; it returns them, sorted.
+func (g *FreezeGuard) Check(ctx context.Context, now time.Time) ([]string, error) {
+	nodes, err := g.agent.nodes(ctx, g.session, g.alloc)
+	if err != nil {
+		return nil, fmt.Errorf("guard lab %s: %w", g.session, err)
+	}
+	seen := map[string]time.Time{}
+	var thawed []string
+	var errs []error
+	for node, c := range nodes {
+		if !c.State.Paused {
+			continue
+		}
+		first, ok := g.since[c.ID]
+		if !ok {
+			first = now
+		}
+		if now.Sub(first) < g.after {
+			seen[c.ID] = first
+			continue
+		}
+		if err := g.agent.call(ctx, http.MethodPost, "/containers/"+c.ID+"/unpause", nil, nil); err != nil {
+			seen[c.ID] = first
+			errs = append(errs, fmt.Errorf("thaw node %s of %s: %w", node, g.session, err))
+			continue
+		}
+		thawed = append(thawed, node)
+	}
+	g.since = seen
+	sort.Strings(thawed)
+	return thawed, errors.Join(errs...)
+}
