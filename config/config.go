@@ -27,6 +27,12 @@ const (
 	RuntimeNomad  = "nomad"
 )
 
+// Snapshot modes: what an archive keeps of each node (lab.SnapshotMode).
+const (
+	SnapshotChanges = "changes"
+	SnapshotFull    = "full"
+)
+
 // Config is every role's settings. Field comments name the environment
 // variable and the default.
 type Config struct {
@@ -98,6 +104,10 @@ type Config struct {
 	// the grader's tools. EXAMLAB_GRADER_BUSYBOX, /bin/busybox (Debian's
 	// busybox-static); "none" for none.
 	GraderBusybox string
+	// Snapshot is what an archive keeps of each node: "changes" (what
+	// differs from its image) or "full" (its whole filesystem).
+	// EXAMLAB_SNAPSHOT, changes.
+	Snapshot string
 
 	// Nomad settings beyond what the Nomad api package reads itself
 	// (NOMAD_ADDR, NOMAD_TOKEN, NOMAD_REGION, NOMAD_NAMESPACE, NOMAD_CACERT…).
@@ -161,6 +171,7 @@ func Default() Config {
 		SubnetPrefix:      26,
 		SwitchImage:       "examlab/node:bookworm",
 		GraderBusybox:     "/bin/busybox",
+		Snapshot:          SnapshotChanges,
 		NomadDatacenters:  []string{"dc1"},
 		NomadLabnet:       "/usr/local/bin/examlab",
 		WorkerConcurrency: 8,
@@ -255,6 +266,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	num("EXAMLAB_SUBNET_PREFIX", &c.SubnetPrefix)
 	str("EXAMLAB_SWITCH_IMAGE", &c.SwitchImage)
 	str("EXAMLAB_GRADER_BUSYBOX", &c.GraderBusybox)
+	str("EXAMLAB_SNAPSHOT", &c.Snapshot)
 	list("EXAMLAB_NOMAD_DATACENTERS", &c.NomadDatacenters)
 	str("EXAMLAB_NOMAD_LABNET", &c.NomadLabnet)
 	num("EXAMLAB_MAX_LABS", &c.MaxLabs)
@@ -288,6 +300,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.SubnetPrefix, "subnet-prefix", c.SubnetPrefix, "prefix length of each session subnet")
 	fs.StringVar(&c.SwitchImage, "switch-image", c.SwitchImage, "image of segmented labs' switches (sh, sleep, ip, nsenter)")
 	fs.StringVar(&c.GraderBusybox, "grader-busybox", c.GraderBusybox, "static busybox every node gets read-only for the grader's checks (none: no tools)")
+	fs.StringVar(&c.Snapshot, "snapshot", c.Snapshot, "what an archive keeps of each node: changes (what differs from its image) or full")
 	fs.IntVar(&c.WorkerConcurrency, "concurrency", c.WorkerConcurrency, "tasks one worker runs at once")
 	fs.IntVar(&c.MaxLabs, "max-labs", c.MaxLabs, "labs the deployment runs at once; more starts wait in the queue (0: as many as the subnet pool holds)")
 	fs.IntVar(&c.RetentionDays, "retention-days", c.RetentionDays, "delete archived sessions older than this (0: keep)")
@@ -353,6 +366,11 @@ func (c *Config) Validate() error {
 	case RuntimeDocker, RuntimeNomad:
 	default:
 		bad("runtime: %q must be %s or %s", c.Runtime, RuntimeDocker, RuntimeNomad)
+	}
+	switch c.Snapshot {
+	case SnapshotChanges, SnapshotFull:
+	default:
+		bad("snapshot: %q must be %s or %s", c.Snapshot, SnapshotChanges, SnapshotFull)
 	}
 	if p, err := netip.ParsePrefix(c.SubnetPool); err != nil {
 		bad("subnet pool: %q: %v", c.SubnetPool, err)

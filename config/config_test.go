@@ -46,7 +46,7 @@ func TestLoadOrder(t *testing.T) {
 	if got := strings.Join(c.Origins(), " "); got != "http://127.0.0.1:9000 https://a.example https://b.example" {
 		t.Errorf("origins = %q", got)
 	}
-	if c.Runtime != RuntimeDocker || c.SubnetPool != "10.213.0.0/16" || c.Instance != "examlab" {
+	if c.Runtime != RuntimeDocker || c.SubnetPool != "10.213.0.0/16" || c.Instance != "examlab" || c.Snapshot != SnapshotChanges {
 		t.Errorf("defaults lost: %+v", c)
 	}
 }
@@ -61,6 +61,7 @@ func TestInvalidSettingsAreNamed(t *testing.T) {
 		{"not a duration", map[string]string{"EXAMLAB_TERMINAL_IDLE": "soon"}, "EXAMLAB_TERMINAL_IDLE"},
 		{"not a boolean", map[string]string{"EXAMLAB_COOKIE_SECURE": "maybe"}, "EXAMLAB_COOKIE_SECURE"},
 		{"unknown runtime", map[string]string{"EXAMLAB_RUNTIME": "kubernetes"}, "runtime"},
+		{"unknown snapshot mode", map[string]string{"EXAMLAB_SNAPSHOT": "diff"}, "snapshot"},
 		{"bad listen", map[string]string{"EXAMLAB_LISTEN": "8080"}, "listen"},
 		{"bad pool", map[string]string{"EXAMLAB_SUBNET_POOL": "10.0.0.0/33"}, "subnet pool"},
 		{"prefix wider than pool", map[string]string{"EXAMLAB_SUBNET_PREFIX": "8"}, "subnet prefix"},

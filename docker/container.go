@@ -32,6 +32,7 @@ type hostConfig struct {
 	NetworkMode    string            `json:"NetworkMode"`
 	PidMode        string            `json:"PidMode,omitempty"`
 	Mounts         []mount           `json:"Mounts,omitempty"`
+	Binds          []string          `json:"Binds,omitempty"`
 	Memory         int64             `json:"Memory"`
 	MemorySwap     int64             `json:"MemorySwap"`
 	NanoCPUs       int64             `json:"NanoCpus"`
@@ -63,6 +64,7 @@ type containerCreate struct {
 	OpenStdin        bool              `json:"OpenStdin"`
 	Entrypoint       []string          `json:"Entrypoint,omitempty"`
 	Cmd              []string          `json:"Cmd,omitempty"`
+	NetworkDisabled  bool              `json:"NetworkDisabled,omitempty"`
 	HostConfig       hostConfig        `json:"HostConfig"`
 	NetworkingConfig networkingConfig  `json:"NetworkingConfig"`
 }
@@ -149,6 +151,7 @@ type containerState struct {
 	Error      string `json:"Error"`
 	StartedAt  string `json:"StartedAt"`
 	Pid        int    `json:"Pid"`
+	Paused     bool   `json:"Paused"`
 }
 
 type endpointSettings struct {
@@ -157,8 +160,10 @@ type endpointSettings struct {
 }
 
 type container struct {
-	ID     string         `json:"Id"`
-	Name   string         `json:"Name"`
+	ID   string `json:"Id"`
+	Name string `json:"Name"`
+	// Image is the id of the image the container was created from.
+	Image  string         `json:"Image"`
 	State  containerState `json:"State"`
 	Config struct {
 		Image  string            `json:"Image"`
@@ -171,6 +176,16 @@ type container struct {
 	HostConfig struct {
 		NetworkMode string `json:"NetworkMode"`
 	} `json:"HostConfig"`
+	// Mounts are the volumes and binds mounted in the container.
+	Mounts []struct {
+		Destination string `json:"Destination"`
+	} `json:"Mounts"`
+	// GraphDriver is the container's storage: with an overlay driver,
+	// Data["UpperDir"] holds what the container changed.
+	GraphDriver struct {
+		Name string            `json:"Name"`
+		Data map[string]string `json:"Data"`
+	} `json:"GraphDriver"`
 }
 
 // containerSummary is one entry of the container list.

@@ -21,10 +21,12 @@ import (
 // keeps it apart from every node's container name.
 func SwitchName(sessionID string) string { return "exam-" + Short(sessionID) + ".net" }
 
-// LabelPart marks a lab's containers that are not nodes (its switch).
+// LabelPart marks a lab's containers that are not nodes: its switch, and
+// the short-lived containers a snapshot reads a node's changes through.
 const (
-	LabelPart  = "examlab.part"
-	PartSwitch = "switch"
+	LabelPart   = "examlab.part"
+	PartSwitch  = "switch"
+	PartCapture = "capture"
 )
 
 // PreparedMarker is the file a node holds once its files and setup have

@@ -182,6 +182,10 @@ func (r *trivialRuntime) Exec(context.Context, string, string, lab.ExecRequest) 
 
 func (r *trivialRuntime) ExportFS(context.Context, string, string, io.Writer) error { return nil }
 
+func (r *trivialRuntime) Capture(context.Context, string, []string, lab.SnapshotMode, lab.SaveFunc) ([]lab.NodeCapture, error) {
+	return nil, nil
+}
+
 func (r *trivialRuntime) Logs(context.Context, string, string, io.Writer) error { return nil }
 
 func (r *trivialRuntime) Destroy(_ context.Context, id string) error {

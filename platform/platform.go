@@ -136,7 +136,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	if roles.Worker {
 		p.Handlers, err = workers.New(workers.Options{
 			Store: p.Store, Runtime: p.Runtime, Enqueuer: p.Enqueuer, Exams: exams,
-			RuntimeName: cfg.Runtime, ProvisionTimeout: cfg.ProvisionTimeout,
+			RuntimeName: cfg.Runtime, Snapshot: lab.SnapshotMode(cfg.Snapshot), ProvisionTimeout: cfg.ProvisionTimeout,
 			RetentionDays: cfg.RetentionDays, RetentionDryRun: cfg.RetentionDryRun, Logger: log,
 			Observer: p.Metrics, Grading: p.Metrics,
 		})

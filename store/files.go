@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/examlab/examlab/lab"
 )
 
 // File describes one file of a session's record.
@@ -34,6 +36,11 @@ type Manifest struct {
 	Results *File `json:"results,omitempty"`
 	// Missing names nodes that had no container to archive.
 	Missing []string `json:"missing,omitempty"`
+	// Mode is the snapshot mode asked for (changes or full); each node's
+	// entry in Nodes says the mode it was captured in, its image, the
+	// counts of its change set and why it fell back to full, if it did.
+	Mode  lab.SnapshotMode  `json:"mode,omitempty"`
+	Nodes []lab.NodeCapture `json:"nodes,omitempty"`
 }
 
 // ManifestName is the snapshot manifest's file name.

@@ -47,10 +47,12 @@ func (r *fakeRuntime) Status(_ context.Context, spec lab.Spec) ([]lab.NodeStatus
 	return out, nil
 }
 
-func (r *fakeRuntime) ExportFS(context.Context, string, string, io.Writer) error { return nil }
-func (r *fakeRuntime) Logs(context.Context, string, string, io.Writer) error     { return nil }
-func (r *fakeRuntime) ResetNode(context.Context, lab.Spec, string) error         { return nil }
-func (r *fakeRuntime) Labs(context.Context) ([]string, error)                    { return nil, nil }
+func (r *fakeRuntime) Capture(context.Context, string, []string, lab.SnapshotMode, lab.SaveFunc) ([]lab.NodeCapture, error) {
+	return nil, nil
+}
+func (r *fakeRuntime) Logs(context.Context, string, string, io.Writer) error { return nil }
+func (r *fakeRuntime) ResetNode(context.Context, lab.Spec, string) error     { return nil }
+func (r *fakeRuntime) Labs(context.Context) ([]string, error)                { return nil, nil }
 func (r *fakeRuntime) Exec(context.Context, string, string, lab.ExecRequest) (lab.Process, error) {
 	return nil, lab.ErrNotFound
 }

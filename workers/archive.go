@@ -105,17 +105,37 @@ func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason s
 	}
 	defer unlock()
 	m := store.Manifest{SessionID: sess.ID, Runtime: h.o.RuntimeName, Reason: reason, CreatedAt: h.o.Now().UTC(), Files: []store.File{}}
+	m.Mode = h.o.Snapshot
+	names := make([]string, len(spec.Nodes))
+	containers := make(map[string]string, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		names[i] = n.Name
+		containers[n.Name] = n.Container
+	}
+	// The runtime freezes the lab for the capture and thaws it before it
+	// returns; logs are read after, from the running (or stopped) nodes.
+	tars := make(map[string]store.File, len(spec.Nodes))
+	caps, err := h.o.Runtime.Capture(ctx, sess.ID, names, h.o.Snapshot, func(node string, write func(io.Writer) error) error {
+		f, err := h.capture(ctx, sess.ID, containers[node]+".tar", write)
+		if err != nil {
+			return err
+		}
+		tars[node] = f
+		return nil
+	})
 	var total int64
+	if err != nil {
+		return total, fmt.Errorf("capture lab: %w", err)
+	}
+	captured := make(map[string]bool, len(caps))
+	for _, c := range caps {
+		captured[c.Node] = !c.Missing
+	}
 	for _, n := range spec.Nodes {
-		tar, err := h.capture(ctx, sess.ID, n.Container+".tar", func(w io.Writer) error {
-			return h.o.Runtime.ExportFS(ctx, sess.ID, n.Name, w)
-		})
-		if errors.Is(err, lab.ErrNotFound) {
+		tar, ok := tars[n.Name]
+		if !captured[n.Name] || !ok {
 			m.Missing = append(m.Missing, n.Name)
 			continue
-		}
-		if err != nil {
-			return total, fmt.Errorf("export %s: %w", n.Name, err)
 		}
 		logf, err := h.capture(ctx, sess.ID, n.Container+".log", func(w io.Writer) error {
 			return h.o.Runtime.Logs(ctx, sess.ID, n.Name, w)
@@ -130,6 +150,7 @@ func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason s
 			total += logf.Size
 		}
 	}
+	m.Nodes = caps
 	if rf, err := h.resultsFile(sess.ID); err != nil {
 		return total, err
 	} else if rf != nil {

@@ -136,7 +136,7 @@ func TestArchiveRetriesAfterAFailedExport(t *testing.T) {
 	ctx := context.Background()
 	id := e.submittedLab(t, "candidate")
 	e.flaky.FailWhen(func(c labtest.Call) error {
-		if c.Method == "ExportFS" && c.Node == "kyoto" && c.N == 3 {
+		if c.Method == "CaptureNode" && c.Node == "kyoto" && c.N == 3 {
 			return errors.New("engine stalled")
 		}
 		return nil
@@ -219,12 +219,12 @@ func TestArchiveOnlySubmittedSessions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	exports := e.flaky.Calls("ExportFS")
+	exports := e.flaky.Calls("Capture")
 	if err := e.h.Archive(ctx, archiveTask(t, done, "candidate")); err != nil {
 		t.Errorf("archive of a completed session: %v, want a no-op", err)
 	}
-	if n := e.flaky.Calls("ExportFS"); n != exports {
-		t.Errorf("archive of a completed session exported %d nodes", n-exports)
+	if n := e.flaky.Calls("Capture"); n != exports {
+		t.Errorf("archive of a completed session captured the lab %d times", n-exports)
 	}
 }
 

@@ -140,7 +140,7 @@ func TestArchiveGradesBeforeTheSnapshot(t *testing.T) {
 					order = append(order, c.Method)
 				}
 			}
-			if !slices.Equal(order, []string{"Exec", "ExportFS", "Logs", "ExportFS", "Logs"}) {
+			if !slices.Equal(order, []string{"Exec", "Capture", "CaptureNode", "Logs"}) {
 				t.Fatalf("runtime calls %v: the checks must all run before the first export", order)
 			}
 			res, err := g.store.LatestResults(ctx, id)
@@ -176,7 +176,7 @@ func TestArchiveRerunDoesNotRegrade(t *testing.T) {
 	ctx := context.Background()
 	id := g.workedLab(t, "ada@example.com", session.ByCandidate)
 	// The first run grades, then dies in the snapshot.
-	g.flaky.FailNext("ExportFS", 1, nil)
+	g.flaky.FailNext("Capture", 1, nil)
 	if err := g.h.Archive(ctx, archiveTask(t, id, "candidate")); err == nil {
 		t.Fatal("the archive succeeded through a failed export")
 	}

@@ -26,7 +26,7 @@ type labRuntime interface {
 	Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error)
 	Provision(ctx context.Context, spec lab.Spec) error
 	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
-	ExportFS(ctx context.Context, sessionID, node string, w io.Writer) error
+	Capture(ctx context.Context, sessionID string, nodes []string, mode lab.SnapshotMode, save lab.SaveFunc) ([]lab.NodeCapture, error)
 	Logs(ctx context.Context, sessionID, node string, w io.Writer) error
 	Destroy(ctx context.Context, sessionID string) error
 	ResetNode(ctx context.Context, spec lab.Spec, node string) error
@@ -68,6 +68,9 @@ type Options struct {
 	Exams func(id string) (*exam.Exam, bool)
 	// RuntimeName is recorded in manifests ("docker", "nomad").
 	RuntimeName string
+	// Snapshot is the mode labs are archived in; empty means
+	// lab.SnapshotChanges.
+	Snapshot lab.SnapshotMode
 	// ProvisionTimeout bounds one provision attempt; default 5m.
 	ProvisionTimeout time.Duration
 	// RetentionDays deletes terminal sessions older than this; 0 disables.
@@ -94,6 +97,9 @@ type Handlers struct {
 func New(o Options) (*Handlers, error) {
 	if o.Store == nil || o.Runtime == nil || o.Enqueuer == nil || o.Exams == nil {
 		return nil, errors.New("new workers: store, runtime, enqueuer and exams are required")
+	}
+	if o.Snapshot == "" {
+		o.Snapshot = lab.SnapshotChanges
 	}
 	if o.ProvisionTimeout == 0 {
 		o.ProvisionTimeout = 5 * time.Minute
