@@ -46,7 +46,14 @@ const (
 //     /.examlab, which labnet-up makes and fills on the client. Only jobs
 //     rendered with NomadOptions.GraderTools carry it; without, a lab
 //     renders as version 1 or 2 did.
-const NomadRenderVersion = 3
+//  4. Flat labs carry the labnet-watch sidecar too: the runtime runs the
+//     lab agent's verbs in it (freeze, thaw, capture a node's changes on
+//     the client). Segmented labs, which had it, render as before.
+const NomadRenderVersion = 4
+
+// renderTools is the version a segmented lab's job with the grader's
+// tools carries.
+const renderTools = 3
 
 // renderSegmented is the version a segmented lab's job without the
 // grader's tools carries, for the same reason as renderFlat.
@@ -60,11 +67,11 @@ const GraderToolsTarget = "/.examlab"
 // labnet-up fills the tools volume from: Debian's busybox-static.
 const DefaultGraderBusybox = "/bin/busybox"
 
-// renderFlat is the version a flat lab's job carries: version 2 renders
-// flat labs exactly as version 1 did, byte for byte, so that a lab running
-// through an upgrade keeps the job it has (its digest is unchanged) rather
-// than being replaced by an identical, empty one.
-const renderFlat = 1
+// renderFlat is the version a flat lab's job carries, with or without
+// the grader's tools: the first to give it the labnet-watch sidecar.
+// Versions 2 and 3 rendered flat labs exactly as version 1 did, byte for
+// byte, so that a lab running through an upgrade kept the job it had.
+const renderFlat = 4
 
 // LabelRuntime marks Docker objects that a Nomad lab owns. Those objects do
 // not carry LabelManaged: that label is what the one-host runtime lists and
@@ -84,10 +91,12 @@ const (
 	// ready only once it has exited 0.
 	NomadLabnetUp   = "labnet-up"
 	NomadLabnetDown = "labnet-down"
-	// NomadLabnetWatch is a segmented lab's poststart sidecar: for the
-	// lab's life it wires and prepares each node container that replaces
-	// one labnet-up wired, since Nomad restarts a node (after a crash, or
-	// to reset it) in a fresh container with no network.
+	// NomadLabnetWatch is every lab's poststart sidecar, the lab's agent
+	// on its client: the runtime runs `labnet freeze|thaw|capture` in it
+	// with alloc exec. In a segmented lab it also wires and prepares, for
+	// the lab's life, each node container that replaces one labnet-up
+	// wired, since Nomad restarts a node (after a crash, or to reset it)
+	// in a fresh container with no network.
 	NomadLabnetWatch = "labnet-watch"
 	// NomadPlan is the file, in labnet-up's task directory, that a
 	// segmented lab's template writes the lab's spec (lab.Spec as JSON) to.
@@ -263,13 +272,13 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 
 	labnetArgs := []string{"labnet", "up", "-session", l.SessionID, "-exam", l.ExamID}
 	if o.GraderTools != "" {
-		job.Meta[MetaRender] = strconv.Itoa(NomadRenderVersion)
 		labnetArgs = append(labnetArgs, "-grader-tools", o.GraderTools, "-grader-busybox", o.GraderBusybox)
 	}
 	var up *api.Task
 	if l.Segmented() {
-		if o.GraderTools == "" {
-			job.Meta[MetaRender] = strconv.Itoa(renderSegmented)
+		job.Meta[MetaRender] = strconv.Itoa(renderSegmented)
+		if o.GraderTools != "" {
+			job.Meta[MetaRender] = strconv.Itoa(renderTools)
 		}
 		var err error
 		if up, err = wiringTask(l, o, labnetArgs); err != nil {
@@ -295,8 +304,9 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 		group.Tasks = append(group.Tasks, nodeTask(l, n, network, o))
 	}
 	if l.Segmented() {
-		group.Tasks = append(group.Tasks, up, watchTask(l, o))
+		group.Tasks = append(group.Tasks, up)
 	}
+	group.Tasks = append(group.Tasks, watchTask(l, o))
 	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetDown, api.TaskLifecycleHookPoststop, o.Labnet,
 		[]string{"labnet", "down", "-session", l.SessionID}))
 	job.TaskGroups = []*api.TaskGroup{group}
@@ -366,12 +376,15 @@ func wiringTask(l lab.Spec, o NomadOptions, args []string) (*api.Task, error) {
 	return t, nil
 }
 
-// watchTask is a segmented lab's labnet-watch, a poststart sidecar. It
-// starts with labnet-up and waits for the state labnet-up leaves, which
-// holds the plan.
+// watchTask is a lab's labnet-watch, a poststart sidecar. A segmented
+// lab's starts with labnet-up and waits for the state labnet-up leaves,
+// which holds the plan; a flat lab's has nothing to rewire.
 func watchTask(l lab.Spec, o NomadOptions) *api.Task {
-	t := labnetTask(NomadLabnetWatch, api.TaskLifecycleHookPoststart, o.Labnet,
-		[]string{"labnet", "watch", "-session", l.SessionID, "-state", NomadLabnetState})
+	args := []string{"labnet", "watch", "-session", l.SessionID}
+	if l.Segmented() {
+		args = append(args, "-state", NomadLabnetState)
+	}
+	t := labnetTask(NomadLabnetWatch, api.TaskLifecycleHookPoststart, o.Labnet, args)
 	t.Lifecycle.Sidecar = true
 	return t
 }

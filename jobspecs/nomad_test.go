@@ -126,7 +126,7 @@ func TestNomadJobShape(t *testing.T) {
 		t.Errorf("namespace %s datacenters %v", *job.Namespace, job.Datacenters)
 	}
 	for k, want := range map[string]string{MetaSession: goldenSession, MetaExam: "flat-lab", MetaCandidate: "candidate@example.com",
-		MetaManaged: "true", MetaRender: "1"} {
+		MetaManaged: "true", MetaRender: "4"} {
 		if job.Meta[k] != want {
 			t.Errorf("meta %s = %q, want %q", k, job.Meta[k], want)
 		}
@@ -138,10 +138,17 @@ func TestNomadJobShape(t *testing.T) {
 	if *g.Count != 1 || *g.ReschedulePolicy.Attempts != 0 || *g.ReschedulePolicy.Unlimited || *g.RestartPolicy.Mode != "fail" {
 		t.Errorf("group count/reschedule/restart not as chosen: %+v %+v %+v", *g.Count, g.ReschedulePolicy, g.RestartPolicy)
 	}
-	if len(g.Tasks) != len(l.Nodes)+2 {
-		t.Fatalf("%d tasks, want %d nodes + prestart + poststop", len(g.Tasks), len(l.Nodes))
+	if len(g.Tasks) != len(l.Nodes)+3 {
+		t.Fatalf("%d tasks, want %d nodes + prestart + watch + poststop", len(g.Tasks), len(l.Nodes))
 	}
-	up, down := g.Tasks[0], g.Tasks[len(g.Tasks)-1]
+	up, watch, down := g.Tasks[0], g.Tasks[len(g.Tasks)-2], g.Tasks[len(g.Tasks)-1]
+	if watch.Name != NomadLabnetWatch || watch.Driver != "raw_exec" || watch.Lifecycle == nil ||
+		watch.Lifecycle.Hook != api.TaskLifecycleHookPoststart || !watch.Lifecycle.Sidecar {
+		t.Errorf("task %s %s %+v, want labnet-watch as a poststart raw_exec sidecar, the lab's agent", watch.Name, watch.Driver, watch.Lifecycle)
+	}
+	if got := strings.Join(watch.Config["args"].([]string), " "); got != "labnet watch -session golden0000s1" || watch.Config["command"] != "/opt/examlab/bin/examlab" {
+		t.Errorf("labnet-watch runs %v %q, want labnet watch -session golden0000s1 with nothing to rewire", watch.Config["command"], got)
+	}
 	if up.Name != NomadLabnetUp || up.Lifecycle.Hook != api.TaskLifecycleHookPrestart || up.Driver != "raw_exec" {
 		t.Errorf("first task %s %+v %s, want the prestart labnet", up.Name, up.Lifecycle, up.Driver)
 	}
@@ -376,8 +383,12 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if job.Meta[MetaRender] != "3" {
-				t.Errorf("render version %s, want 3", job.Meta[MetaRender])
+			wantTools := "4" // flat labs: the sidecar's version
+			if l.Segmented() {
+				wantTools = "3"
+			}
+			if job.Meta[MetaRender] != wantTools {
+				t.Errorf("render version %s, want %s", job.Meta[MetaRender], wantTools)
 			}
 			nodes := 0
 			for _, task := range job.TaskGroups[0].Tasks {
@@ -408,12 +419,12 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := "1"
+			want := "4"
 			if l.Segmented() {
 				want = "2"
 			}
 			if plain.Meta[MetaRender] != want {
-				t.Errorf("without tools the job is render version %s, want %s as before", plain.Meta[MetaRender], want)
+				t.Errorf("without tools the job is render version %s, want %s", plain.Meta[MetaRender], want)
 			}
 			for _, task := range plain.TaskGroups[0].Tasks {
 				if _, ok := task.Config["mount"]; ok || strings.Contains(fmt.Sprint(task.Config["args"]), "grader") {

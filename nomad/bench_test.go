@@ -2,7 +2,9 @@ package nomad_test
 
 import (
 	"context"
+	"io"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -75,4 +77,91 @@ func coldStart(b *testing.B, rt provisioner) {
 	}
 	b.StopTimer()
 	b.ReportMetric(total.Seconds()/float64(b.N), "s/lab")
+}
+
+// BenchmarkCaptureOnNomad times the snapshot of the shipped eight-node
+// lab, lightly used (one file written in tokyo) and with 100 MB written in
+// tokyo, each captured into files: "changes" is the Nomad runtime's
+// capture through the lab's agent (frozen, each node's writable layer
+// read on the client); beside it, in the same run and on the same
+// containers, the baselines "full" (GNU tar in every node through alloc
+// exec, EXAMLAB_SNAPSHOT=full) and "docker-export" (`docker export` of
+// every node through the engine, what a snapshot was on one host). It
+// reports seconds and MiB per lab.
+func BenchmarkCaptureOnNomad(b *testing.B) {
+	env := newFakeEnv(b)
+	spec := newLab(b, env.rt)
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	if err := env.rt.Provision(ctx, spec); err != nil {
+		b.Fatal(err)
+	}
+	nodes := exam.Default().NodeNames()
+	dir := b.TempDir()
+	save := func(node string, write func(io.Writer) error) error {
+		f, err := os.Create(filepath.Join(dir, node+".tar"))
+		if err != nil {
+			return err
+		}
+		if err := write(f); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	}
+	bytesIn := func() int64 {
+		var n int64
+		for _, node := range nodes {
+			if fi, err := os.Stat(filepath.Join(dir, node+".tar")); err == nil {
+				n += fi.Size()
+			}
+		}
+		return n
+	}
+	capture := func(b *testing.B, run func() error) {
+		var total time.Duration
+		var size int64
+		for i := 0; i < b.N; i++ {
+			start := time.Now()
+			if err := run(); err != nil {
+				b.Fatal(err)
+			}
+			total += time.Since(start)
+			size += bytesIn()
+		}
+		b.ReportMetric(total.Seconds()/float64(b.N), "s/lab")
+		b.ReportMetric(float64(size)/float64(b.N)/(1<<20), "MiB/lab")
+	}
+	ways := []struct {
+		name string
+		run  func() error
+	}{
+		{"changes", func() error {
+			_, err := env.rt.Capture(ctx, spec.SessionID, nodes, lab.SnapshotChanges, save)
+			return err
+		}},
+		{"full", func() error {
+			_, err := env.rt.Capture(ctx, spec.SessionID, nodes, lab.SnapshotFull, save)
+			return err
+		}},
+		{"docker-export", func() error {
+			for _, n := range nodes {
+				if err := save(n, func(w io.Writer) error { return env.docker.ExportFS(ctx, spec.SessionID, n, w) }); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+	}
+	for _, use := range []struct{ name, cmd string }{
+		{"light", "echo 'interface check done' > /root/notes.txt"},
+		{"100MB", "head -c 104857600 /dev/urandom > /root/big.bin"},
+	} {
+		if out, code, err := lab.Output(ctx, env.rt, spec.SessionID, "tokyo", "sh", "-c", use.cmd); err != nil || code != 0 {
+			b.Fatalf("%s in tokyo: exit %d %v\n%s", use.name, code, err, out)
+		}
+		for _, w := range ways {
+			b.Run(use.name+"/"+w.name, func(b *testing.B) { capture(b, w.run) })
+		}
+	}
 }

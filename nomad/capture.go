@@ -177,19 +177,22 @@ type tarCheck struct {
 	pw   *io.PipeWriter
 	tail tarTail
 	done chan struct{} // closed when the reader has finished; err is set
-	err  error
-	bad  bool
+	// ended is closed once the end-of-archive blocks have been read.
+	ended chan struct{}
+	err   error
+	bad   bool
 }
 
 func newTarCheck() *tarCheck {
 	pr, pw := io.Pipe()
-	c := &tarCheck{pw: pw, done: make(chan struct{})}
+	c := &tarCheck{pw: pw, done: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
 		defer close(c.done)
 		tr := tar.NewReader(pr)
 		for {
 			_, err := tr.Next()
 			if err == io.EOF {
+				close(c.ended)
 				break
 			}
 			if err == nil {

@@ -3,6 +3,8 @@ package nomad_test
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -44,12 +46,32 @@ type fakeEnv struct {
 	fake   *nomadfake.Server
 	rt     *nomad.Runtime
 	docker *docker.Runtime
+	// agent is the lab agent the fake runs in labnet-watch.
+	agent *nomad.LabAgent
 }
 
 func newFakeEnv(t testing.TB) *fakeEnv {
 	t.Helper()
 	d := requireDocker(t)
-	fake, err := nomadfake.New(nomadfake.Options{Docker: d})
+	// The lab agent the fake runs for execs into labnet-watch, as the
+	// client runs `examlab labnet VERB` there. The fake's labs are the
+	// docker runtime's containers, which carry its labels rather than
+	// those Nomad's docker driver puts on a node.
+	agent, err := nomad.NewLabAgent(nomad.AgentOptions{
+		DockerHost: os.Getenv("DOCKER_HOST"),
+		Labels:     func(string) []string { return []string{lab.LabelManaged + "=true"} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent := func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+		err := nomad.RunAgent(ctx, agent, args[1:], stdin, stdout, stderr)
+		if err != nil {
+			fmt.Fprintln(stderr, "examlab:", err)
+		}
+		return nomad.AgentExitCode(err)
+	}
+	fake, err := nomadfake.New(nomadfake.Options{Docker: d, Agent: runAgent})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +84,7 @@ func newFakeEnv(t testing.TB) *fakeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeEnv{fake: fake, rt: rt, docker: d}
+	return &fakeEnv{fake: fake, rt: rt, docker: d, agent: agent}
 }
 
 // requireDocker fails the test, rather than skipping it, when the engine or

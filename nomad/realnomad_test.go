@@ -225,3 +225,24 @@ func checkGraderTools(t *testing.T, rt *nomad.Runtime, spec lab.Spec) {
 		}
 	}
 }
+
+// TestRealNomadCaptureChanges captures what a candidate changed on a real
+// agent, on a flat and a segmented lab: EXAMLAB_NOMAD_LABNET's agent in
+// labnet-watch freezes the lab, reads tokyo's writable layer on the client
+// and thaws the lab, also when the capture's stream breaks.
+func TestRealNomadCaptureChanges(t *testing.T) {
+	rt, _ := realRuntime(t)
+	for _, flat := range []bool{false, true} {
+		name := "segmented"
+		if flat {
+			name = "flat"
+		}
+		t.Run(name, func(t *testing.T) {
+			edit := func(*exam.Exam) {}
+			if flat {
+				edit = func(ex *exam.Exam) { *ex = *labtest.Flatten(ex) }
+			}
+			checkCaptureChanges(t, rt, segmentedLab(t, rt, edit), nil)
+		})
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/examlab/examlab/docker"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/nomad"
 )
 
 // labnetWait is how long `labnet down` waits for the lab's containers to
@@ -36,8 +37,10 @@ type labnetState struct {
 //
 //	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N] [-grader-tools NAME [-grader-busybox PATH]]
 //	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
-//	examlab labnet watch -session ID -state FILE [-alloc ID] [-every 2s]
+//	examlab labnet watch -session ID [-state FILE] [-alloc ID] [-every 2s] [-thaw-after 30m]
 //	examlab labnet down -session ID [-wait 2m]
+//	examlab labnet freeze|thaw -session ID -alloc ID
+//	examlab labnet capture -session ID -alloc ID -node NAME
 //
 // Without -plan, up creates a flat lab's session network before the nodes
 // start. With -plan (a segmented lab's spec, lab.Spec as JSON), it runs once
@@ -52,9 +55,27 @@ type labnetState struct {
 // network or the switch, whichever the lab has. A failure exits non-zero
 // with a one-line reason on stderr: it is what `nomad alloc logs` shows,
 // and what the runtime quotes.
+//
+// Freeze, thaw and capture are what the Nomad runtime runs with alloc exec
+// in the lab's labnet-watch task (see nomad.RunAgent): they pause and
+// resume the lab's node containers and stream a node's changes, read from
+// its writable layer on this client, to stdout. Watch without -state (a
+// flat lab's) has nothing to rewire and keeps the task running for them.
+// Every watch also thaws a node it has seen frozen for longer than
+// -thaw-after: the worker that froze it for a capture is gone.
 func labnet(ctx context.Context, args []string) error {
+	if len(args) > 0 && nomad.AgentVerb(args[0]) {
+		agent, err := nomad.NewLabAgent(nomad.AgentOptions{DockerHost: os.Getenv("DOCKER_HOST")})
+		if err != nil {
+			return err
+		}
+		if err := nomad.RunAgent(ctx, agent, args, os.Stdin, os.Stdout, os.Stderr); err != nil {
+			return agentError{err: oneLine(err), code: nomad.AgentExitCode(err)}
+		}
+		return nil
+	}
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "watch") {
-		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|watch|down -session ID [flags]")
+		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|watch|down|freeze|thaw|capture -session ID [flags]")
 		return flag.ErrHelp
 	}
 	verb := args[0]
@@ -69,6 +90,7 @@ func labnet(ctx context.Context, args []string) error {
 	alloc := fs.String("alloc", os.Getenv("NOMAD_ALLOC_ID"), "the allocation whose node containers to wire (up -plan, watch; default: NOMAD_ALLOC_ID)")
 	wait := fs.Duration("wait", labnetWait, "how long to wait for the nodes' containers to run (up -plan) or to leave the network (down)")
 	every := fs.Duration("every", labnetEvery, "how often to look for replaced node containers (watch)")
+	thawAfter := fs.Duration("thaw-after", nomad.DefaultThawAfter, "thaw a node frozen for longer than this: its capture's worker is gone (watch)")
 	host := fs.String("docker-host", os.Getenv("DOCKER_HOST"), "Docker Engine API address (default: DOCKER_HOST, else the local socket)")
 	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox first (up)")
 	busybox := fs.String("grader-busybox", def.GraderBusybox, "the static busybox on this client the grader's tools come from (up)")
@@ -89,10 +111,22 @@ func labnet(ctx context.Context, args []string) error {
 	}
 	switch {
 	case verb == "watch":
-		if *state == "" {
-			return errors.New("labnet watch: -state is required")
+		agent, err := nomad.NewLabAgent(nomad.AgentOptions{DockerHost: *host})
+		if err != nil {
+			return err
 		}
-		return oneLine(watchLab(ctx, rt, *session, *alloc, *state, *every))
+		guard := agent.NewFreezeGuard(*session, *alloc, *thawAfter)
+		if *state == "" {
+			// A flat lab's: Nomad restarts its nodes on their network, so
+			// there is nothing to rewire; the task is there for the agent
+			// verbs, run beside it, and its guard.
+			fmt.Printf("lab %s: ready for freeze, thaw and capture\n", *session)
+			for sleepCtx(ctx, *every) == nil {
+				guardLab(ctx, guard, *session)
+			}
+			return nil
+		}
+		return oneLine(watchLab(ctx, rt, guard, *session, *alloc, *state, *every))
 	case verb == "up" && *plan != "":
 		return oneLine(wireLab(ctx, rt, *session, *examID, *alloc, *plan, *state, *wait))
 	case verb == "up":
@@ -198,7 +232,7 @@ func switchLabels(spec lab.Spec, examID string) map[string]string {
 // replaced the one wired before. A node that cannot be wired is reported
 // on stderr and left alone until its container is replaced again: its
 // setup is never run twice in one container.
-func watchLab(ctx context.Context, rt *docker.Runtime, session, alloc, state string, every time.Duration) error {
+func watchLab(ctx context.Context, rt *docker.Runtime, guard *nomad.FreezeGuard, session, alloc, state string, every time.Duration) error {
 	var st labnetState
 	for {
 		b, err := os.ReadFile(state)
@@ -221,6 +255,7 @@ func watchLab(ctx context.Context, rt *docker.Runtime, session, alloc, state str
 	fmt.Printf("watching the %d nodes of lab %s\n", len(st.Plan.Nodes), session)
 	known := st.Containers
 	for sleepCtx(ctx, every) == nil {
+		guardLab(ctx, guard, session)
 		running, err := rt.RunningNodeContainers(ctx, session, alloc)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "examlab:", oneLine(fmt.Errorf("labnet watch %s: %w", session, err)))
@@ -242,6 +277,26 @@ func watchLab(ctx context.Context, rt *docker.Runtime, session, alloc, state str
 	}
 	return nil
 }
+
+// guardLab thaws the lab's nodes frozen for too long, and says so.
+func guardLab(ctx context.Context, guard *nomad.FreezeGuard, session string) {
+	thawed, err := guard.Check(ctx, time.Now())
+	if len(thawed) > 0 {
+		fmt.Fprintf(os.Stderr, "examlab: labnet watch %s: thawed %s, frozen too long: the capture that froze them never ended\n", session, strings.Join(thawed, " "))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "examlab:", oneLine(fmt.Errorf("labnet watch %s: %w", session, err)))
+	}
+}
+
+// agentError carries an agent verb's exit status (see nomad.AgentExitCode).
+type agentError struct {
+	err  error
+	code int
+}
+
+func (e agentError) Error() string { return e.err.Error() }
+func (e agentError) ExitCode() int { return e.code }
 
 // sleepCtx waits d, or until ctx ends, which it reports.
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "3"
+    "examlab.render" = "4"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "36ecfaab080aa65d"
+    "examlab.spec" = "c4771f10ab95201b"
   }
   group "lab" {
     count = 1
@@ -130,6 +130,25 @@ job "exam-golden00" {
       }
       meta = {
         "examlab.role" = "gateway"
+      }
+    }
+    task "labnet-watch" {
+      driver = "raw_exec"
+      lifecycle {
+        hook = "poststart"
+        sidecar = true
+      }
+      config {
+        args = ["labnet", "watch", "-session", "golden0000s1"]
+        command = "/usr/local/bin/examlab"
+      }
+      resources {
+        cpu = 50
+        memory = 64
+      }
+      logs {
+        max_files = 1
+        max_file_size = 1
       }
     }
     task "labnet-down" {

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "1"
+    "examlab.render" = "4"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "cbe9bdd8483ec066"
+    "examlab.spec" = "b4041dc3011e465a"
   }
   group "lab" {
     count = 1
@@ -118,6 +118,25 @@ job "exam-golden00" {
       }
       meta = {
         "examlab.role" = "gateway"
+      }
+    }
+    task "labnet-watch" {
+      driver = "raw_exec"
+      lifecycle {
+        hook = "poststart"
+        sidecar = true
+      }
+      config {
+        args = ["labnet", "watch", "-session", "golden0000s1"]
+        command = "/usr/local/bin/examlab"
+      }
+      resources {
+        cpu = 50
+        memory = 64
+      }
+      logs {
+        max_files = 1
+        max_file_size = 1
       }
     }
     task "labnet-down" {

@@ -69,7 +69,7 @@ func CheckJob(job *api.Job, nodes int) []string {
 	}
 	segmented := false
 	for _, t := range g.Tasks {
-		segmented = segmented || (t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart)
+		segmented = segmented || (t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart && !t.Lifecycle.Sidecar)
 	}
 	network, upHook := lab.NetworkName(session), api.TaskLifecycleHookPrestart
 	if segmented {
@@ -84,11 +84,17 @@ func CheckJob(job *api.Job, nodes int) []string {
 			up++
 			checkLabnet(t, "up", session, bad)
 			wiring = t
-		case segmented && t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart && t.Lifecycle.Sidecar:
+		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart && t.Lifecycle.Sidecar:
 			watch++
 			checkLabnet(t, "watch", session, bad)
-			if args := strings.Join(strList(t.Config["args"]), " "); !strings.HasSuffix(args, " -state "+jobspecs.NomadLabnetState) {
+			args := strings.Join(strList(t.Config["args"]), " ")
+			switch {
+			case t.Name != jobspecs.NomadLabnetWatch:
+				bad("the poststart sidecar is %s, want %s", t.Name, jobspecs.NomadLabnetWatch)
+			case segmented && !strings.HasSuffix(args, " -state "+jobspecs.NomadLabnetState):
 				bad("labnet task %s runs %q, without the state labnet-up leaves", t.Name, args)
+			case !segmented && args != "labnet watch -session "+session:
+				bad("a flat lab's labnet task %s runs %q, want labnet watch -session %s", t.Name, args, session)
 			}
 		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststop:
 			down++
@@ -107,8 +113,8 @@ func CheckJob(job *api.Job, nodes int) []string {
 	if segmented && up == 1 {
 		checkWiring(wiring, job, nodeTasks, bad)
 	}
-	if segmented && watch != 1 {
-		bad("%d poststart labnet watch sidecars, want 1 to wire restarted nodes", watch)
+	if watch != 1 {
+		bad("%d poststart labnet watch sidecars, want 1: the lab's agent, which also wires restarted nodes of a segmented lab", watch)
 	}
 	switch {
 	case nodes > 0 && docker != nodes:

@@ -195,6 +195,10 @@ func (s *Server) place(a *allocation, failures map[string]failureSpec) {
 		s.stopAlloc(a)
 		return
 	}
+	// labnet-watch, the lab's agent, once the nodes run.
+	setTask(a, jobspecs.NomadLabnetWatch, "running", false, event(api.TaskStarted, "Task started by client"))
+	a.stderr[jobspecs.NomadLabnetWatch] = ""
+	a.ModifyIndex = s.bump()
 	s.mu.Unlock()
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/hashicorp/nomad/api"
 
+	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 )
 
@@ -36,6 +38,67 @@ func (s *Server) runningTask(allocID, task string) (*allocation, int, string) {
 	return a, 0, ""
 }
 
+// agentVerbs are the verbs of `examlab labnet` the runtime runs in a
+// lab's labnet-watch task, and the flags each takes besides -session and
+// -alloc.
+var agentVerbs = map[string][]string{"freeze": nil, "thaw": nil, "capture": {"-node"}}
+
+// agentTask checks an exec into a lab's labnet-watch task, which runs on
+// the client itself as root: only the job's own examlab binary running an
+// agent verb for this session, allocation and a node of its lab passes.
+// It returns the command from "labnet" on. The caller holds mu.
+func (s *Server) agentTask(allocID string, cmd []string, tty bool) (*allocation, []string, int, string) {
+	a := s.allocs[allocID]
+	if a == nil {
+		return nil, nil, http.StatusNotFound, "unknown allocation ID " + allocID
+	}
+	if s.opts.Agent == nil {
+		return nil, nil, http.StatusBadRequest, "nomadfake: no agent to run labnet-watch's commands"
+	}
+	if ts := a.TaskStates[jobspecs.NomadLabnetWatch]; ts == nil || ts.State != "running" {
+		return nil, nil, http.StatusBadRequest, "task " + jobspecs.NomadLabnetWatch + " is not running"
+	}
+	var bin string
+	if job := s.jobs[a.JobID]; job != nil {
+		for _, t := range job.TaskGroups[0].Tasks {
+			if t.Name == jobspecs.NomadLabnetWatch {
+				bin, _ = t.Config["command"].(string)
+			}
+		}
+	}
+	bad := func(why string) (*allocation, []string, int, string) {
+		return nil, nil, http.StatusBadRequest, fmt.Sprintf("nomadfake: exec %q in %s: %s", cmd, jobspecs.NomadLabnetWatch, why)
+	}
+	if tty {
+		return bad("the agent's commands run without a TTY")
+	}
+	if len(cmd) < 7 || cmd[0] != bin || cmd[1] != "labnet" {
+		return bad("want " + bin + " labnet VERB -session ID -alloc ID")
+	}
+	extra, ok := agentVerbs[cmd[2]]
+	if !ok {
+		return bad("unknown verb " + cmd[2])
+	}
+	if cmd[3] != "-session" || cmd[4] != a.session || cmd[5] != "-alloc" || cmd[6] != allocID {
+		return bad("not -session " + a.session + " -alloc " + allocID)
+	}
+	rest := cmd[7:]
+	if len(rest) != 2*len(extra) {
+		return bad(fmt.Sprintf("want flags %v after -alloc", extra))
+	}
+	for i, f := range extra {
+		if rest[2*i] != f {
+			return bad("want " + f)
+		}
+		if f == "-node" {
+			if _, ok := a.lab.Node(rest[2*i+1]); !ok {
+				return bad("no node " + rest[2*i+1] + " in the lab")
+			}
+		}
+	}
+	return a, cmd[1:], 0, ""
+}
+
 // exec bridges Nomad's alloc exec WebSocket to a docker exec in the task's
 // container, recording every input frame.
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
@@ -47,7 +110,15 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	a, code, msg := s.runningTask(r.PathValue("id"), task)
+	var a *allocation
+	var code int
+	var msg string
+	var agentArgs []string
+	if task == jobspecs.NomadLabnetWatch {
+		a, agentArgs, code, msg = s.agentTask(r.PathValue("id"), cmd, tty)
+	} else {
+		a, code, msg = s.runningTask(r.PathValue("id"), task)
+	}
 	rec := &Exec{AllocID: r.PathValue("id"), Task: task, Command: cmd, TTY: tty, ExitCode: -1}
 	s.execs = append(s.execs, rec)
 	s.mu.Unlock()
@@ -138,7 +209,11 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		stderr := frameWriter(func(b []byte) error {
 			return send(api.ExecStreamingOutput{Stderr: &api.ExecStreamingIOOperation{Data: b}})
 		})
-		exit, err = s.opts.Docker.ExecStreams(ctx, a.session, task, cmd, inR, stdout, stderr)
+		if agentArgs != nil {
+			exit = s.opts.Agent(ctx, agentArgs, inR, stdout, stderr)
+		} else {
+			exit, err = s.opts.Docker.ExecStreams(ctx, a.session, task, cmd, inR, stdout, stderr)
+		}
 	}
 	if err != nil {
 		closeWith(websocket.CloseInternalServerErr, err.Error())

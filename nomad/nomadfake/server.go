@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -44,6 +45,13 @@ type Options struct {
 	// MHzPerCPU converts task CPU back into cpus; 0 means
 	// jobspecs.DefaultMHzPerCPU.
 	MHzPerCPU int
+	// Agent runs `examlab labnet VERB …` (args from "labnet" on) for an
+	// alloc exec into a lab's labnet-watch task, as the client runs the
+	// examlab binary there, and returns its exit code. The fake first
+	// checks the command: the job's labnet binary, a verb of the lab
+	// agent, this session and allocation, a node of the lab. Nil refuses
+	// execs into labnet-watch.
+	Agent func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int
 }
 
 // Register is one job register request the fake received.
