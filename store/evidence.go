@@ -228,23 +228,33 @@ func (s *Store) Evidence(ctx context.Context, id string, full bool) (EvidenceSta
 	if s.sign == nil {
 		return EvidenceStatus{State: EvidenceUnsealed}, nil
 	}
-	if !full {
-		recs, err := s.evidenceRecords(ctx, []string{id})
+	recs, err := s.evidenceRecords(ctx, []string{id})
+	if err != nil {
+		return EvidenceStatus{}, err
+	}
+	rec, had := recs[id]
+	if !full && had && rec.State != EvidenceUnchecked {
+		stamps, err := evidence.Stamps(dir)
 		if err != nil {
 			return EvidenceStatus{}, err
 		}
-		if rec, ok := recs[id]; ok && rec.State != EvidenceUnchecked {
-			stamps, err := evidence.Stamps(dir)
-			if err != nil {
-				return EvidenceStatus{}, err
-			}
-			if maps.Equal(stamps, rec.Stamps) {
-				return rec.EvidenceStatus, nil
-			}
+		if maps.Equal(stamps, rec.Stamps) {
+			return rec.EvidenceStatus, nil
 		}
 	}
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return EvidenceStatus{}, fmt.Errorf("session %s: %w", id, ErrNotFound)
+	sealed, err := evidence.IsSealed(dir)
+	if err != nil {
+		return EvidenceStatus{}, err
+	}
+	if !sealed {
+		if !had || rec.SealedAt.IsZero() {
+			return EvidenceStatus{State: EvidenceUnsealed}, nil
+		}
+		// It was sealed: the seal is gone, not yet to come.
+		st := EvidenceStatus{State: EvidenceFailed, SealedAt: rec.SealedAt, CheckedAt: s.now().UTC(), Key: evidence.Fingerprint(s.SigningKey()),
+			Problems: []string{sealGone(rec.SealedAt)}}
+		s.saveEvidence(ctx, id, dir, st)
+		return st, nil
 	}
 	// Under the lock: a write and its renewed seal are never seen halfway.
 	unlock, err := s.lockFor(ctx, "evidence", id, evidenceLockTTL)
@@ -257,22 +267,16 @@ func (s *Store) Evidence(ctx context.Context, id string, full bool) (EvidenceSta
 		return EvidenceStatus{}, err
 	}
 	st := statusOf(r, s.SigningKey(), s.now().UTC())
-	if !r.Sealed() {
-		recs, err := s.evidenceRecords(ctx, []string{id})
-		if err != nil {
-			return EvidenceStatus{}, err
-		}
-		if rec, ok := recs[id]; ok && !rec.SealedAt.IsZero() {
-			// It was sealed: the seal is gone, not yet to come.
-			st.State, st.SealedAt = EvidenceFailed, rec.SealedAt
-			st.Problems = []string{evidence.Problem{Kind: evidence.Missing, Path: evidence.ManifestFile,
-				Detail: "the folder was sealed at " + rec.SealedAt.Format(time.RFC3339) + " and its seal is gone"}.String()}
-		} else {
-			return st, nil
-		}
+	if st.State == EvidenceUnsealed {
+		return st, nil // removed since we looked; the next look says so
 	}
 	s.saveEvidence(ctx, id, dir, st)
 	return st, nil
+}
+
+func sealGone(at time.Time) string {
+	return evidence.Problem{Kind: evidence.Missing, Path: evidence.ManifestFile,
+		Detail: "the folder was sealed at " + at.Format(time.RFC3339) + " and its seal is gone"}.String()
 }
 
 // EvidenceStates gives the verification state of each session for a
@@ -323,7 +327,7 @@ func (s *Store) EvidenceStates(ctx context.Context, ids []string) (map[string]Ev
 		switch {
 		case !r.Sealed() && had && !rec.SealedAt.IsZero():
 			st = EvidenceStatus{State: EvidenceFailed, SealedAt: rec.SealedAt, CheckedAt: st.CheckedAt, Key: st.Key,
-				Problems: []string{evidence.Problem{Kind: evidence.Missing, Path: evidence.ManifestFile, Detail: "the seal is gone"}.String()}}
+				Problems: []string{sealGone(rec.SealedAt)}}
 		case st.State == EvidenceVerified:
 			st.State = EvidenceUnchecked
 		}
