@@ -51,6 +51,10 @@ func runVerify(args []string, stdout, stderr io.Writer, getenv func(string) stri
 		return 2
 	}
 	dir := fs.Arg(0)
+	if info, err := os.Stat(dir); err != nil || !info.IsDir() {
+		fmt.Fprintf(stderr, "examlab verify: %s is not a session folder\n", dir)
+		return 2
+	}
 	pub, from, err := verifyKey(*keyFile, *stateDir, dir, getenv)
 	if err != nil {
 		fmt.Fprintln(stderr, "examlab verify:", err)
