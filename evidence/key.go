@@ -149,8 +149,8 @@ func ParsePublicKey(b []byte) (ed25519.PublicKey, error) {
 	}
 }
 
-// Fingerprint names a public key briefly, the way ssh-keygen -l does:
-// SHA256: and the unpadded base64 of the key's digest.
+// Fingerprint names a public key briefly: SHA256: and the unpadded base64
+// of the sha256 of the key's 32 bytes.
 func Fingerprint(pub ed25519.PublicKey) string {
 	sum := sha256.Sum256(pub)
 	return "SHA256:" + base64.RawStdEncoding.EncodeToString(sum[:])

@@ -307,6 +307,14 @@ func (s *Store) EvidenceStates(ctx context.Context, ids []string) (map[string]Ev
 			out[id] = rec.EvidenceStatus
 			continue
 		}
+		if !had {
+			// Never sealed (or never seen sealed): one stat says whether
+			// there is a seal to check.
+			if sealed, err := evidence.IsSealed(dir); err == nil && !sealed {
+				out[id] = EvidenceStatus{State: EvidenceUnsealed}
+				continue
+			}
+		}
 		stamps, err := evidence.Stamps(dir)
 		if errors.Is(err, os.ErrNotExist) {
 			out[id] = EvidenceStatus{State: EvidenceUnsealed}
