@@ -88,7 +88,7 @@ func (s *Store) Seal(ctx context.Context, id string) (EvidenceStatus, error) {
 	}
 	var prior *evidence.Report
 	if sealed {
-		if prior, err = evidence.Verify(dir, s.SigningKey()); err != nil {
+		if prior, _, err = s.verifyBeforeSeal(ctx, id, dir); err != nil {
 			return EvidenceStatus{}, err
 		}
 		if !prior.OK() {
@@ -126,8 +126,13 @@ func (s *Store) sealedWrite(ctx context.Context, id, action string, write func()
 	if err != nil || !sealed {
 		return write()
 	}
-	prior, verr := evidence.Verify(dir, s.SigningKey())
+	prior, before, verr := s.verifyBeforeSeal(ctx, id, dir)
 	werr := write()
+	if verr == nil && prior.OK() {
+		if after, err := evidence.Stamps(dir); err == nil && maps.Equal(before, after) {
+			return werr // nothing was written (a refused transition): the seal stands
+		}
+	}
 	switch {
 	case verr != nil:
 		s.log.Error("verify evidence before a write", "session", id, "action", action, "err", verr)
@@ -143,6 +148,37 @@ func (s *Store) sealedWrite(ctx context.Context, id, action string, write func()
 		}
 	}
 	return werr
+}
+
+// verifyBeforeSeal checks the seal in place before it is renewed, and
+// returns the folder's stamps as they were. When every stamp is the same as
+// at the last full verification (or seal), which hashed each file, the
+// files are not read again: a change of content changes a file's ctime,
+// which no ordinary tool sets back. The signature, file list and sizes are
+// checked regardless. Otherwise every file is hashed.
+func (s *Store) verifyBeforeSeal(ctx context.Context, id, dir string) (*evidence.Report, map[string]string, error) {
+	stamps, err := evidence.Stamps(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	recs, err := s.evidenceRecords(ctx, []string{id})
+	if err != nil {
+		return nil, nil, err
+	}
+	if rec, ok := recs[id]; ok && rec.State == EvidenceVerified && maps.Equal(stamps, rec.Stamps) {
+		r, err := evidence.QuickCheck(dir, s.SigningKey())
+		if err != nil {
+			return nil, nil, err
+		}
+		if r.OK() {
+			for _, f := range r.Manifest.Files {
+				r.Observed = append(r.Observed, evidence.Observed{Path: f.Path, Size: f.Size, SHA256: f.SHA256, Stamp: stamps[f.Path]})
+			}
+			return r, stamps, nil
+		}
+	}
+	r, err := evidence.Verify(dir, s.SigningKey())
+	return r, stamps, err
 }
 
 // sealLocked writes the seal; the caller holds the evidence lock and has

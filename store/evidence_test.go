@@ -125,6 +125,15 @@ func TestWritesToASealedSessionRenewTheSeal(t *testing.T) {
 	if err != nil || st.State != store.EvidenceVerified {
 		t.Fatalf("evidence = %+v, %v", st, err)
 	}
+
+	// A refused transition writes nothing, and the seal is left as it is.
+	before, _ := os.ReadFile(filepath.Join(dir, evidence.ManifestFile))
+	if _, err := s.Update(ctx, id, func(x *session.Session) error { return x.Start(time.Now()) }); !errors.Is(err, session.ErrNotAllowed) {
+		t.Fatalf("start of a completed session: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, evidence.ManifestFile)); !bytes.Equal(before, after) {
+		t.Fatal("a refused transition renewed the seal")
+	}
 }
 
 // A folder changed behind the platform's back is never signed again: an
@@ -133,9 +142,15 @@ func TestATamperedSessionIsNotResealed(t *testing.T) {
 	s, key, id, dir := sealedSession(t)
 	ctx := context.Background()
 	answer := filepath.Join(dir, store.AnswersDir, "t1.json")
+	info, _ := os.Stat(answer)
 	b, _ := os.ReadFile(answer)
 	b[len(b)/2] ^= 0x01
 	if err := os.WriteFile(answer, b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	// Same size, and the modification time set back: only the change time
+	// (and the contents) tell.
+	if err := os.Chtimes(answer, info.ModTime(), info.ModTime()); err != nil {
 		t.Fatal(err)
 	}
 	sealedManifest, _ := os.ReadFile(filepath.Join(dir, evidence.ManifestFile))
