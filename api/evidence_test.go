@@ -123,6 +123,11 @@ func TestEvidenceOfACompletedSession(t *testing.T) {
 		t.Fatalf("listed evidence %+v", ev)
 	}
 
+	// The candidate can no longer add to the record.
+	if code, _ := cand.Do("POST", "/api/session/"+id+"/terminal/tokyo/history", map[string]any{"commands": []string{"rm -rf /"}}, nil); code != 409 {
+		t.Fatalf("history posted after the end: %d, want 409", code)
+	}
+
 	// An admin's mark is written into the sealed folder: the seal follows.
 	if code, err := admin.Do("PUT", "/api/admin/session/"+id+"/marks/t2-notes", map[string]any{"points": 0, "note": "fine"}, nil); code != 200 || err != nil {
 		t.Fatalf("mark: %d %v", code, err)
