@@ -72,8 +72,12 @@ func (s *Server) adminSessions(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	listed, err := s.withEvidence(c, res.Sessions)
+	if err != nil {
+		return err
+	}
 	return c.JSON(fiber.Map{"total": res.Total, "page": page, "per_page": per, "sort": q.Sort,
-		"order": map[bool]string{true: "desc", false: "asc"}[q.Desc], "sessions": res.Sessions})
+		"order": map[bool]string{true: "desc", false: "asc"}[q.Desc], "sessions": listed})
 }
 
 // scoreFilters reads ?score_min=&score_max= (a range of scores) and
@@ -187,6 +191,10 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	ev, err := s.o.Store.Evidence(ctx, id, false)
+	if err != nil {
+		return err
+	}
 	v := s.view(sess)
 	if live := s.liveNodes(ctx, sess); live != nil {
 		v.Nodes = live
@@ -202,6 +210,7 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 		"manifest":       manifest,
 		"audit":          audit,
 		"grading":        grades,
+		"evidence":       ev,
 	})
 }
 

@@ -458,6 +458,10 @@ func (s *Server) postHistory(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if sess.Status.Terminal() {
+		// The session's record is sealed: history belongs to the exam.
+		return fail(fiber.StatusConflict, "the session has ended")
+	}
 	term := c.Params("terminalId")
 	ex, _ := s.o.Exams(sess.ExamID)
 	if ex == nil || !store.ValidTerminalID(term) {

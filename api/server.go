@@ -205,6 +205,7 @@ func (s *Server) routes() {
 	s.sittingRoutes(adm)
 	s.queueRoutes(adm)
 	s.downloadRoutes(adm)
+	s.evidenceRoutes(adm)
 	s.opsRoutes()
 	s.panelRoutes()
 	s.pageRoutes()

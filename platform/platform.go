@@ -5,11 +5,13 @@ package platform
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/docker"
+	"github.com/examlab/examlab/evidence"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
@@ -107,7 +110,19 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		p.Redis.Close()
 		return nil, fmt.Errorf("connect redis %s: %w", cfg.Redis, err)
 	}
-	p.Store, err = store.New(store.Options{Dir: cfg.StateDir, Redis: p.Redis, Prefix: cfg.RedisPrefix, MaxAnswerBytes: cfg.MaxAnswerBytes, MaxLabs: cfg.MaxLabs})
+	// Every role writes into session folders, so every role seals: they
+	// share the deployment's one key from the state directory.
+	key, created, err := evidence.LoadOrCreateKey(cfg.StateDir)
+	if err != nil {
+		p.Redis.Close()
+		return nil, err
+	}
+	if created {
+		log.Info("generated the evidence signing key; back it up", "file", filepath.Join(cfg.StateDir, evidence.KeyFile),
+			"fingerprint", evidence.Fingerprint(key.Public().(ed25519.PublicKey)))
+	}
+	p.Store, err = store.New(store.Options{Dir: cfg.StateDir, Redis: p.Redis, Prefix: cfg.RedisPrefix, MaxAnswerBytes: cfg.MaxAnswerBytes, MaxLabs: cfg.MaxLabs,
+		SigningKey: key, Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ func (s *Store) Audit(ctx context.Context, id string, e AuditEntry) error {
 	if err != nil {
 		return err
 	}
-	return s.appendAudit(ctx, id, p, e)
+	return s.sealedWrite(ctx, id, "audit "+e.Action, func() error { return s.appendAudit(ctx, id, p, e) })
 }
 
 // AuditLog returns the session's audit entries, oldest first. A torn last

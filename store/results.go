@@ -39,6 +39,10 @@ var resultsPattern = regexp.MustCompile(`^results\.([1-9][0-9]{0,8})\.json$`)
 // free results.N.json. A crash in between leaves the previous results in
 // the history and no results.json, which LatestResults reads past.
 func (s *Store) SaveResults(ctx context.Context, id string, res *grading.Results) error {
+	return s.sealedWrite(ctx, id, "results", func() error { return s.saveResults(ctx, id, res) })
+}
+
+func (s *Store) saveResults(ctx context.Context, id string, res *grading.Results) error {
 	p, err := s.Path(id, ResultsFile)
 	if err != nil {
 		return err
@@ -200,6 +204,17 @@ func (s *Store) SetMark(ctx context.Context, id string, m Mark, maxPoints int) (
 	if _, err := s.Get(ctx, id); err != nil {
 		return Mark{}, err
 	}
+	var out Mark
+	err = s.sealedWrite(ctx, id, "mark", func() (err error) {
+		out, err = s.setMark(ctx, id, p, m)
+		return err
+	})
+	return out, err
+}
+
+// setMark writes a checked mark and its audit entry; the caller holds the
+// evidence lock.
+func (s *Store) setMark(ctx context.Context, id, p string, m Mark) (Mark, error) {
 	m.At = s.now().UTC()
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -218,7 +233,11 @@ func (s *Store) SetMark(ctx context.Context, id string, m Mark, maxPoints int) (
 	if prev != nil {
 		detail["previous_points"] = prev.Points
 	}
-	if err := s.Audit(ctx, id, AuditEntry{At: m.At, Actor: m.By, Action: "mark", Detail: detail}); err != nil {
+	ap, err := s.Path(id, auditFile)
+	if err != nil {
+		return Mark{}, err
+	}
+	if err := s.appendAudit(ctx, id, ap, AuditEntry{At: m.At, Actor: m.By, Action: "mark", Detail: detail}); err != nil {
 		return Mark{}, err
 	}
 	return m, s.indexScoreLocked(ctx, id)

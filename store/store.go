@@ -6,10 +6,12 @@ package store
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +53,11 @@ type Options struct {
 	MaxLabs int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// SigningKey seals session folders (see Seal); nil: nothing is sealed,
+	// and writes do not renew a seal found in place.
+	SigningKey ed25519.PrivateKey
+	// Logger hears of seals that fail; default slog.Default().
+	Logger *slog.Logger
 }
 
 // Store reads and writes session records.
@@ -63,6 +70,8 @@ type Store struct {
 	maxLabs int
 	now     func() time.Time
 	cache   summaryCache
+	sign    ed25519.PrivateKey
+	log     *slog.Logger
 }
 
 // New opens the store rooted at o.Dir.
@@ -95,7 +104,11 @@ func New(o Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "sessions"), 0o750); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{dir: dir, rdb: o.Redis, prefix: o.Prefix, lockTTL: o.LockTTL, maxAns: o.MaxAnswerBytes, maxLabs: o.MaxLabs, now: o.Now}, nil
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Store{dir: dir, rdb: o.Redis, prefix: o.Prefix, lockTTL: o.LockTTL, maxAns: o.MaxAnswerBytes, maxLabs: o.MaxLabs, now: o.Now,
+		sign: o.SigningKey, log: o.Logger}, nil
 }
 
 // Redis returns the index client, for callers that share it (health checks).
@@ -278,7 +291,18 @@ func (s *Store) ByToken(ctx context.Context, token string) (*session.Session, er
 
 // Update applies fn to the session under its lock and writes the result
 // durably. fn may refuse by returning an error; nothing is written then.
-func (s *Store) Update(ctx context.Context, id string, fn func(*session.Session) error) (*session.Session, error) {
+func (s *Store) Update(ctx context.Context, id string, fn func(*session.Session) error) (sess *session.Session, err error) {
+	werr := s.sealedWrite(ctx, id, "update", func() error {
+		sess, err = s.update(ctx, id, fn)
+		return err
+	})
+	if err == nil {
+		err = werr
+	}
+	return sess, err
+}
+
+func (s *Store) update(ctx context.Context, id string, fn func(*session.Session) error) (*session.Session, error) {
 	unlock, err := s.lock(ctx, "session", id)
 	if err != nil {
 		return nil, err

@@ -34,7 +34,7 @@ func ValidTerminalID(id string) bool { return terminalPattern.MatchString(id) }
 const MaxHistoryEntries = 5000
 
 // AppendHistory adds entries to a terminal's command history.
-func (s *Store) AppendHistory(ctx context.Context, id, terminal string, entries []HistoryEntry) (History, error) {
+func (s *Store) AppendHistory(ctx context.Context, id, terminal string, entries []HistoryEntry) (h History, err error) {
 	if !ValidTerminalID(terminal) {
 		return History{}, fmt.Errorf("terminal %q: %w", terminal, ErrBadID)
 	}
@@ -42,6 +42,17 @@ func (s *Store) AppendHistory(ctx context.Context, id, terminal string, entries 
 	if err != nil {
 		return History{}, err
 	}
+	werr := s.sealedWrite(ctx, id, "history", func() error {
+		h, err = s.appendHistory(ctx, id, terminal, p, entries)
+		return err
+	})
+	if err == nil {
+		err = werr
+	}
+	return h, err
+}
+
+func (s *Store) appendHistory(ctx context.Context, id, terminal, p string, entries []HistoryEntry) (History, error) {
 	unlock, err := s.lock(ctx, "history", id+":"+terminal)
 	if err != nil {
 		return History{}, err

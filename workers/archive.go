@@ -248,6 +248,9 @@ func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("cleanup %s: %w", sess.ID, err)
 	}
 	if sess.Status.Terminal() {
+		if err := h.seal(ctx, sess.ID); err != nil {
+			return fmt.Errorf("cleanup %s: %w", sess.ID, err)
+		}
 		if err := h.o.Store.ReleaseShort(ctx, sess); err != nil {
 			return fmt.Errorf("cleanup %s: %w", sess.ID, err)
 		}

@@ -34,6 +34,8 @@ var commands = map[string]command{
 	"retention":     {"delete ended sessions older than -days (or list them with -dry-run)", retention},
 	"jobspec":       {"print the Nomad job a session's lab runs as (JSON or HCL)", jobspec},
 	"labnet":        {"create or remove a Nomad lab's network on this client (run by the lab's job)", labnet},
+	"verify":        {"check a session folder against its signed manifest (exit 0 only when it matches)", verify},
+	"signing-key":   {"print the public key that signs session folders, with its fingerprint", signingKey},
 	"version":       {"print the version", func(context.Context, []string) error { fmt.Println("examlab", version); return nil }},
 }
 
@@ -70,6 +72,10 @@ func main() {
 	if err := cmd.run(ctx, os.Args[2:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
+		}
+		var code exitCode
+		if errors.As(err, &code) {
+			os.Exit(int(code))
 		}
 		fmt.Fprintln(os.Stderr, "examlab:", err)
 		var ec interface{ ExitCode() int }

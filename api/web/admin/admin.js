@@ -132,7 +132,7 @@
       tbody.textContent = "";
       res.sessions.forEach(function (s) {
         var score = s.score === undefined || s.score === null ? "" : s.score + " / " + s.max_score;
-        var tr = row([el("code", s.id), s.email, badge(s.status), score, when(s.created_at), when(s.updated_at), when(s.deadline)]);
+        var tr = row([el("code", s.id), s.email, badge(s.status), score, evidenceCell(s.evidence), when(s.created_at), when(s.updated_at), when(s.deadline)]);
         tr.className = "row";
         tr.dataset.id = s.id;
         tr.addEventListener("click", function () { goSession(s.id); });
@@ -145,6 +145,47 @@
       $("next").disabled = res.page >= pages;
     }).catch(function (e) { $("list-summary").textContent = e.message; });
   }
+  // ---- evidence: the seal of a session's files ----
+  var EVIDENCE_LABELS = { verified: "verified", failed: "FAILED", unchecked: "changed, not checked", unsealed: "not sealed yet" };
+  function evidenceBadge(ev) {
+    var st = (ev && ev.state) || "unsealed";
+    return el("span", EVIDENCE_LABELS[st] || st, "badge ev-" + st);
+  }
+  function evidenceCell(ev) {
+    var b = evidenceBadge(ev);
+    if (ev && ev.problems && ev.problems.length) b.title = ev.problems.join("\n");
+    return b;
+  }
+  function renderEvidence(ev) {
+    ev = ev || { state: "unsealed" };
+    var b = evidenceBadge(ev);
+    $("ev-badge").textContent = b.textContent;
+    $("ev-badge").className = b.className;
+    var text = {
+      verified: "Every file matches the signed manifest.",
+      failed: "The files do not match the signed manifest; the platform will not sign this folder again.",
+      unchecked: "A file changed on disk since the files were last hashed; verify to hash them.",
+      unsealed: "The session's files are sealed when it completes."
+    }[ev.state] || "";
+    if (ev.sealed_at) text += " Sealed " + when(ev.sealed_at) + (ev.files ? ", " + ev.files + " files" : "") + ".";
+    if (ev.checked_at) text += " Checked " + when(ev.checked_at) + ".";
+    if (ev.key) text += " Key " + ev.key + ".";
+    $("ev-summary").textContent = text;
+    var ul = $("ev-problems");
+    ul.textContent = "";
+    (ev.problems || []).forEach(function (p) { ul.appendChild(el("li", p)); });
+  }
+  $("ev-verify").addEventListener("click", function () {
+    if (!current) return;
+    var id = current.session.id;
+    $("ev-verify").disabled = true;
+    message("Hashing every file of the session…");
+    api("POST", "/api/admin/session/" + encodeURIComponent(id) + "/verify").then(function (ev) {
+      renderEvidence(ev);
+      message(ev.state === "failed" ? "Verification failed." : "Verified: " + (EVIDENCE_LABELS[ev.state] || ev.state) + ".", ev.state === "failed");
+    }).catch(function (e) { message(e.message, true); }).then(function () { $("ev-verify").disabled = false; });
+  });
+
   $("filters").addEventListener("submit", function (ev) { ev.preventDefault(); goList(1); });
   $("f-status").addEventListener("change", function () { goList(1); });
   $("prev").addEventListener("click", function () { goList(listState.page - 1); });
@@ -245,6 +286,7 @@
     if (!(d.snapshots || []).length) snaps.appendChild(row(["no snapshot yet"]));
 
     renderGrading(d);
+    renderEvidence(d.evidence);
 
     var audit = $("s-audit").querySelector("tbody");
     audit.textContent = "";
