@@ -361,6 +361,11 @@ func (s *Server) gradingDetails(ctx context.Context, sess *session.Session) (*Gr
 		return nil, nil
 	}
 	d := &GradingDetails{PassMark: ex.Grading.PassMark, Gradable: gradable(sess.Status) && s.o.Runner != nil, Manual: []ManualTask{}}
+	if sess.Status.Terminal() {
+		// Regraded in a review lab restored from the archive, if any.
+		_, err := s.o.Store.Manifest(ctx, sess.ID)
+		d.Gradable = err == nil
+	}
 	history, err := s.o.Store.ResultsHistory(ctx, sess.ID)
 	if err != nil {
 		return nil, err
