@@ -110,6 +110,15 @@ func Apply(ctx context.Context, rt runner, labID, node string, open func() (io.R
 			return st, err
 		}
 	}
+	if want.Full {
+		// Before the extraction, which then sets the directories' times
+		// as they were.
+		n, err := prune(ctx, rt, labID, node, plan.names)
+		st.Pruned = n
+		if err != nil {
+			return st, err
+		}
+	}
 	inPlace, err := extract(ctx, rt, labID, node, open, &st)
 	if err != nil {
 		return st, err
@@ -119,13 +128,6 @@ func Apply(ctx context.Context, rt runner, labID, node string, open func() (io.R
 			return st, err
 		}
 		st.InPlace++
-	}
-	if want.Full {
-		n, err := prune(ctx, rt, labID, node, plan.names)
-		st.Pruned = n
-		if err != nil {
-			return st, err
-		}
 	}
 	return st, nil
 }
@@ -239,11 +241,15 @@ func inPlace(name string) bool {
 }
 
 // prune removes what the node has on its root file system beyond names:
-// what a full export does not hold was deleted by the candidate. The
+// what a full export does not hold was deleted by the candidate. It runs
+// before the extraction, so a path the export holds is never removed. The
 // node's paths come NUL-separated from the grader's busybox find, which
 // stays on the root file system (mounts are the runtime's).
 func prune(ctx context.Context, rt runner, labID, node string, names map[string]struct{}) (int, error) {
-	p, err := rt.Exec(ctx, labID, node, lab.ExecRequest{Cmd: []string{ToolsBusybox, "find", "/", "-xdev", "-mindepth", "1", "-print0"}})
+	// A fixed script (no path in it): it only keeps find's complaints
+	// out of the list, which shares the process's output.
+	list := "exec " + ToolsBusybox + " find / -xdev -mindepth 1 -print0 2>/dev/null"
+	p, err := rt.Exec(ctx, labID, node, lab.ExecRequest{Cmd: []string{ToolsBusybox, "sh", "-c", list}})
 	if err != nil {
 		return 0, fmt.Errorf("list the files of %s: %w", node, err)
 	}
@@ -260,9 +266,9 @@ func prune(ctx context.Context, rt runner, labID, node string, names map[string]
 				cur = append(cur, b)
 				continue
 			}
-			name := strings.TrimPrefix(string(cur), "/")
+			name, abs := strings.CutPrefix(string(cur), "/")
 			cur = cur[:0]
-			if _, ok := names[name]; ok || name == "" || skipped(name) || inPlace(name) {
+			if _, ok := names[name]; ok || !abs || name == "" || skipped(name) || inPlace(name) {
 				continue
 			}
 			// Under a path already going, it goes with it.
