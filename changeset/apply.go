@@ -78,12 +78,12 @@ type Expect struct {
 
 // Stats count what one Apply did.
 type Stats struct {
-	Deleted  int   `json:"deleted"`
-	Opaque   int   `json:"opaque"`
-	Entries  int   `json:"entries"`
-	Skipped  int   `json:"skipped"`
-	InPlace  int   `json:"in_place"`
-	Bytes    int64 `json:"bytes"`
+	Deleted int   `json:"deleted"`
+	Opaque  int   `json:"opaque"`
+	Entries int   `json:"entries"`
+	Skipped int   `json:"skipped"`
+	InPlace int   `json:"in_place"`
+	Bytes   int64 `json:"bytes"`
 	// Pruned counts paths of the fresh node a full export did not hold.
 	Pruned int `json:"pruned,omitempty"`
 }

@@ -97,7 +97,9 @@ type ReviewRegrade struct {
 }
 
 // Expired reports whether the review lab is past its time.
-func (r *Review) Expired(now time.Time) bool { return !r.ExpiresAt.IsZero() && !now.Before(r.ExpiresAt) }
+func (r *Review) Expired(now time.Time) bool {
+	return !r.ExpiresAt.IsZero() && !now.Before(r.ExpiresAt)
+}
 
 const (
 	reviewsDir      = "reviews"
