@@ -32,7 +32,7 @@ const ToolsBusybox = "/.examlab/busybox"
 // ExtractCmd is the command that extracts the filtered stream in the
 // node. It is the node image's GNU tar: busybox tar neither keeps
 // extended attributes nor numeric owners on every build.
-var ExtractCmd = []string{"tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f", "-", "-C", "/"}
+var ExtractCmd = []string{"tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", "/", "-f", "-"}
 
 // Skipped are top-level paths a snapshot may hold that a node's runtime
 // owns, not its filesystem: kernel file systems, the device tree, the
