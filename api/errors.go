@@ -59,7 +59,8 @@ func statusOf(err error) int {
 		return fiber.StatusTooManyRequests
 	case errors.Is(err, store.ErrTooLarge), errors.Is(err, sitting.ErrRosterTooLarge):
 		return fiber.StatusRequestEntityTooLarge
-	case errors.Is(err, store.ErrClosed), errors.Is(err, session.ErrNotAllowed), errors.Is(err, store.ErrExists), errors.Is(err, store.ErrLiveSession):
+	case errors.Is(err, store.ErrClosed), errors.Is(err, session.ErrNotAllowed), errors.Is(err, store.ErrExists), errors.Is(err, store.ErrLiveSession),
+		errors.Is(err, store.ErrArchiveIncomplete), errors.Is(err, store.ErrNoCapacity):
 		return fiber.StatusConflict
 	case errors.Is(err, store.ErrLocked):
 		return fiber.StatusServiceUnavailable

@@ -47,18 +47,24 @@ func manualTask(t exam.Task) bool {
 }
 
 // adminRegrade runs the exam's checks on the session's live lab again and
-// stores the results as the newest; the earlier ones are kept.
+// stores the results as the newest; the earlier ones are kept. A session
+// that has ended is regraded in a review lab instead (regradeInReview).
 func (s *Server) adminRegrade(c *fiber.Ctx) error {
 	ctx := c.UserContext()
 	sess, ex, err := s.adminSessionExam(c)
 	if err != nil {
 		return err
 	}
+	if !gradable(sess.Status) && sess.Status.Terminal() {
+		// The live lab is gone: the checks run in a review lab restored
+		// from the archive, in a worker.
+		return s.regradeInReview(c, sess, ex)
+	}
 	if s.o.Runner == nil {
 		return fail(fiber.StatusServiceUnavailable, "this API cannot reach the labs to grade them")
 	}
 	if !gradable(sess.Status) {
-		return fail(fiber.StatusConflict, "the session is "+string(sess.Status)+" and its lab is gone; a regrade needs the live lab")
+		return fail(fiber.StatusConflict, "the session is "+string(sess.Status)+" and has no lab to grade yet")
 	}
 	answers, err := s.o.Store.Answers(ctx, sess.ID)
 	if err != nil {
@@ -355,6 +361,11 @@ func (s *Server) gradingDetails(ctx context.Context, sess *session.Session) (*Gr
 		return nil, nil
 	}
 	d := &GradingDetails{PassMark: ex.Grading.PassMark, Gradable: gradable(sess.Status) && s.o.Runner != nil, Manual: []ManualTask{}}
+	if sess.Status.Terminal() {
+		// Regraded in a review lab restored from the archive, if any.
+		_, err := s.o.Store.Manifest(ctx, sess.ID)
+		d.Gradable = err == nil
+	}
 	history, err := s.o.Store.ResultsHistory(ctx, sess.ID)
 	if err != nil {
 		return nil, err

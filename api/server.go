@@ -78,6 +78,8 @@ type Options struct {
 	BodyLimit int
 	// Ops are the health, readiness, metrics and queue-monitor endpoints.
 	Ops OpsOptions
+	// ReviewTTL is how long a review lab lives; default DefaultReviewTTL.
+	ReviewTTL time.Duration
 	// RetentionDays is the configured policy the retention dry run uses
 	// when the admin names no number of days; 0: off.
 	RetentionDays int
@@ -202,6 +204,7 @@ func (s *Server) routes() {
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
 	s.actionRoutes(adm)
 	s.gradingRoutes(adm)
+	s.reviewRoutes(adm)
 	s.sittingRoutes(adm)
 	s.queueRoutes(adm)
 	s.downloadRoutes(adm)

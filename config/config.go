@@ -131,6 +131,9 @@ type Config struct {
 	GradingConcurrency int
 	// ProvisionTimeout bounds one provision attempt. EXAMLAB_PROVISION_TIMEOUT, 5m.
 	ProvisionTimeout time.Duration
+	// ReviewTTL is how long a review lab restored from a finished
+	// session's archive lives. EXAMLAB_REVIEW_TTL, 2h.
+	ReviewTTL time.Duration
 
 	// MaxTerminals per session, MaxMessageBytes per WebSocket frame and
 	// TerminalIdle before an idle terminal is closed.
@@ -180,6 +183,7 @@ func Default() Config {
 		WorkerConcurrency:  8,
 		GradingConcurrency: 4,
 		ProvisionTimeout:   5 * time.Minute,
+		ReviewTTL:          2 * time.Hour,
 		MaxTerminals:       16,
 		MaxMessageBytes:    64 << 10,
 		TerminalIdle:       30 * time.Minute,
@@ -277,6 +281,7 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 	num("EXAMLAB_WORKER_CONCURRENCY", &c.WorkerConcurrency)
 	num("EXAMLAB_GRADING_CONCURRENCY", &c.GradingConcurrency)
 	dur("EXAMLAB_PROVISION_TIMEOUT", &c.ProvisionTimeout)
+	dur("EXAMLAB_REVIEW_TTL", &c.ReviewTTL)
 	num("EXAMLAB_MAX_TERMINALS", &c.MaxTerminals)
 	num("EXAMLAB_MAX_MESSAGE_BYTES", &c.MaxMessageBytes)
 	dur("EXAMLAB_TERMINAL_IDLE", &c.TerminalIdle)
@@ -411,6 +416,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RetentionDays < 0 {
 		bad("retention days: %d must not be negative", c.RetentionDays)
+	}
+	if c.ReviewTTL < time.Minute || c.ReviewTTL > 7*24*time.Hour {
+		bad("review TTL: %s must be between 1m and 168h", c.ReviewTTL)
 	}
 	if c.ProvisionTimeout < 10*time.Second {
 		bad("provision timeout: %s is too short", c.ProvisionTimeout)

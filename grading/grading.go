@@ -54,6 +54,9 @@ type Results struct {
 	Score    int          `json:"score"`
 	MaxScore int          `json:"max_score"`
 	Tasks    []TaskResult `json:"tasks"`
+	// Note says where the checks ran when it was not the session's own
+	// lab (a review lab restored from its archive).
+	Note string `json:"note,omitempty"`
 }
 
 // TaskResult is one task's part of the results.

@@ -207,7 +207,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			Runtime: p.Runtime, Runner: p.Runtime, Grading: p.Metrics, RuntimeName: cfg.Runtime, Auth: p.Auth,
 			CookieSecure: cfg.CookieSecure, PublicURL: cfg.PublicURL, Signin: signin, Proxies: proxies,
 			Logger: log, Mounts: p.mounts(roles),
-			Ops: p.opsOptions(), RetentionDays: cfg.RetentionDays,
+			Ops: p.opsOptions(), RetentionDays: cfg.RetentionDays, ReviewTTL: cfg.ReviewTTL,
 		})
 		if err != nil {
 			return nil, err

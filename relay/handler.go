@@ -265,27 +265,7 @@ func (r *Relay) serveAdmin(ws *websocket.Conn) {
 		return
 	}
 	key := termKey{session: ws.Params("id"), node: ws.Params("node")}
-	if r.o.Limits != nil {
-		// A token offered here is a guess until it proves right: the
-		// address's wrong-credential budget is checked first and charged
-		// when it is wrong, as for a sign-in.
-		addr, _ := ws.Locals(localClient).(netip.Addr)
-		if err := r.o.Limits.Guard(r.ctx, addr); errors.Is(err, ratelimit.ErrLimited) {
-			refuse(ws, CloseTooMany, "too many wrong sign-ins from this address; try again later")
-			return
-		} else if err != nil {
-			r.log.Error("check sign-in limits", "err", err)
-			refuse(ws, CloseInternal, "could not check your sign-in; try again")
-			return
-		}
-		if !r.o.Auth.IsAdmin(token) {
-			if err := r.o.Limits.Failed(r.ctx, addr, ""); err != nil {
-				r.log.Error("charge a wrong admin token", "err", err)
-			}
-		}
-	}
-	if !r.o.Auth.IsAdmin(token) {
-		refuse(ws, CloseForbidden, "admin credentials required")
+	if !r.adminOnly(ws, token) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, lookupTimeout)
@@ -306,6 +286,34 @@ func (r *Relay) serveAdmin(ws *websocket.Conn) {
 	}
 	c := r.newClient(ws, key, true)
 	r.serve(c, func() (*shell, error) { return r.viewerShell(c) })
+}
+
+// adminOnly admits token as the admin's or refuses the connection. A
+// token offered here is a guess until it proves right: the address's
+// wrong-credential budget is checked first and charged when it is wrong,
+// as for a sign-in.
+func (r *Relay) adminOnly(ws *websocket.Conn, token string) bool {
+	if r.o.Limits != nil {
+		addr, _ := ws.Locals(localClient).(netip.Addr)
+		if err := r.o.Limits.Guard(r.ctx, addr); errors.Is(err, ratelimit.ErrLimited) {
+			refuse(ws, CloseTooMany, "too many wrong sign-ins from this address; try again later")
+			return false
+		} else if err != nil {
+			r.log.Error("check sign-in limits", "err", err)
+			refuse(ws, CloseInternal, "could not check your sign-in; try again")
+			return false
+		}
+		if !r.o.Auth.IsAdmin(token) {
+			if err := r.o.Limits.Failed(r.ctx, addr, ""); err != nil {
+				r.log.Error("charge a wrong admin token", "err", err)
+			}
+		}
+	}
+	if !r.o.Auth.IsAdmin(token) {
+		refuse(ws, CloseForbidden, "admin credentials required")
+		return false
+	}
+	return true
 }
 
 // attachErr carries the close code an attach failure ends the connection with.

@@ -306,6 +306,7 @@ func New(o Options) (*Relay, error) {
 //	GET /ws/session/:id/terminal/:node        the candidate's terminal
 //	GET /api/terminal/:container              the same, by container name (the seed's route)
 //	GET /ws/admin/session/:id/terminal/:node  an admin's read-only view
+//	GET /ws/admin/review/:rid/terminal/:node  an admin's shell in a review lab (review.go)
 func (r *Relay) Register(rt fiber.Router) {
 	cfg := websocket.Config{
 		// Origin is checked after the upgrade so that the page learns why
@@ -317,6 +318,7 @@ func (r *Relay) Register(rt fiber.Router) {
 	rt.Get("/ws/session/:id/terminal/:node", requireUpgrade, websocket.New(r.serveCandidate, cfg))
 	rt.Get("/api/terminal/:container", requireUpgrade, websocket.New(r.serveContainer, cfg))
 	rt.Get("/ws/admin/session/:id/terminal/:node", requireUpgrade, r.noteClient, websocket.New(r.serveAdmin, cfg))
+	rt.Get("/ws/admin/review/:rid/terminal/:node", requireUpgrade, r.noteClient, websocket.New(r.serveReview, cfg))
 }
 
 // requireUpgrade answers plain HTTP requests on the WebSocket routes.

@@ -60,21 +60,46 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 }
 
 // Reap removes labs that no live session owns: their record is gone, or
-// the session has ended and its cleanup never ran.
+// the session has ended and its cleanup never ran. It also ends review
+// labs past their time; a live review lab is no orphan.
 func (h *Handlers) Reap(ctx context.Context, _ *asynq.Task) error {
 	_, err := h.ReapOnce(ctx)
 	return err
 }
 
-// ReapOnce runs one reaper pass and returns the session ids it removed.
+// ReapOnce runs one reaper pass and returns the lab ids it removed
+// (sessions' and review labs').
 func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
+	removed, rerr := h.reapReviews(ctx)
+	errs := []error{rerr}
 	ids, err := h.o.Runtime.Labs(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("reap: list labs: %w", err)
+		return removed, errors.Join(rerr, fmt.Errorf("reap: list labs: %w", err))
 	}
-	var removed []string
-	var errs []error
+	ended := map[string]bool{}
+	for _, id := range removed {
+		ended[id] = true
+	}
 	for _, id := range ids {
+		// A review lab has no session record of its own: its record
+		// says whether it is live.
+		rv, err := h.o.Store.Review(ctx, id)
+		if err == nil {
+			if rv.Status.Live() || ended[id] {
+				continue
+			}
+			if err := h.o.Runtime.Destroy(ctx, id); err != nil {
+				errs = append(errs, fmt.Errorf("reap review lab %s: %w", id, err))
+				continue
+			}
+			removed = append(removed, id)
+			h.log.Info("reaped the lab of an ended review lab", "review", id)
+			continue
+		}
+		if !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrBadID) {
+			errs = append(errs, err)
+			continue
+		}
 		sess, err := h.o.Store.Get(ctx, id)
 		orphan := errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrBadID)
 		if err != nil && !orphan {

@@ -192,7 +192,7 @@
   $("next").addEventListener("click", function () { goList(listState.page + 1); });
 
   // ---- one session ----
-  var current = null, player = null, live = null, refreshTimer = null, recordings = {};
+  var current = null, player = null, live = null, refreshTimer = null, recordings = {}, review = null;
 
   function goSession(id) {
     history.pushState(null, "", "/admin/session/" + encodeURIComponent(id));
@@ -208,6 +208,7 @@
     return api("GET", "/api/admin/session/" + encodeURIComponent(id) + "/details").then(function (d) {
       current = d;
       renderSession(d, quiet);
+      if (!quiet) review.load(id);
     }).catch(function (e) { message(e.message, true); });
   }
 
@@ -390,14 +391,20 @@
     snapshot: "Archive every node of this lab now? The lab stays up.",
     submit: "Submit this session for the candidate now? Their lab will be archived and removed.",
     cleanup: "Remove this session's lab? An open session is submitted and archived first.",
-    regrade: "Run every check on this session's live lab again? The earlier results are kept."
+    regrade: "Run every check again? On a live lab they run there; once the lab is gone they run in a review lab restored from the archive. The earlier results are kept."
   };
   var doneText = { snapshot: "Snapshot queued.", submit: "Session submitted; archive queued.", cleanup: "Clean-up queued.", regrade: "Regraded." };
   document.querySelectorAll("[data-action]").forEach(function (b) {
     b.addEventListener("click", function () {
       var a = b.dataset.action;
       if (!window.confirm(confirmText[a])) return;
-      act("/" + a, undefined, doneText[a]);
+      act("/" + a, undefined, doneText[a]).then(function (res) {
+        // A regrade after the exam runs in a review lab, in a worker.
+        if (res && res.in_review_lab) {
+          message("Regrade queued in review lab " + res.review.id + "; its progress shows under Review lab.");
+          review.load(current.session.id);
+        }
+      });
     });
   });
   $("extend-form").addEventListener("submit", function (ev) {
@@ -453,10 +460,12 @@
   var helpers = { $: $, api: api, el: el, row: row, badge: badge, when: when, size: size, show: show, goSession: goSession, go: go, route: route };
   var sittings = window.ExamlabSittings.create(helpers);
   var queue = window.ExamlabQueue.create(helpers);
+  review = window.ExamlabReview.create({ $: $, api: api, el: el, when: when, onRegraded: function (id) { loadSession(id, true); } });
 
   // ---- routing ----
   function route() {
     closeLive();
+    review.close();
     if (player) player.pause();
     if (queue.route(location.pathname)) return;
     if (sittings.route(location.pathname)) return;
