@@ -51,6 +51,12 @@ type EvidenceStatus struct {
 type evidenceRecord struct {
 	EvidenceStatus
 	Stamps map[string]string `json:"stamps"`
+	// Renew marks a seal the platform failed to renew after a write into
+	// a folder it had just verified; Known are the hashes of that
+	// verification. While the stamps are unchanged the next write or seal
+	// resumes from them.
+	Renew bool                `json:"renew,omitempty"`
+	Known []evidence.Observed `json:"known,omitempty"`
 }
 
 // evidenceLockTTL bounds how long a crashed sealer holds a session's
@@ -140,11 +146,13 @@ func (s *Store) sealedWrite(ctx context.Context, id, action string, write func()
 		s.evidenceFailed(ctx, id, dir, prior, action)
 	default:
 		if _, err := s.sealLocked(ctx, id, dir, prior); err != nil {
-			// The seal in place is the old one; the panel says so until a
-			// later write seals again.
+			// The seal in place is the old one. The folder is as the
+			// platform left it, so the next write (or the cleanup task's
+			// retry) renews it, unless something else changes it first.
 			s.log.Error("renew seal", "session", id, "action", action, "err", err)
-			s.saveEvidence(ctx, id, dir, EvidenceStatus{State: EvidenceFailed, CheckedAt: s.now().UTC(), Key: evidence.Fingerprint(s.SigningKey()),
-				Problems: []string{"the seal could not be renewed after " + action + ": " + err.Error()}})
+			s.saveRecord(ctx, id, dir, evidenceRecord{Renew: true, Known: prior.Observed, EvidenceStatus: EvidenceStatus{
+				State: EvidenceUnchecked, CheckedAt: s.now().UTC(), Key: evidence.Fingerprint(s.SigningKey()),
+				Problems: []string{"the seal could not be renewed after " + action + " (" + err.Error() + "); the next write renews it"}}})
 		}
 	}
 	return werr
@@ -165,7 +173,13 @@ func (s *Store) verifyBeforeSeal(ctx context.Context, id, dir string) (*evidence
 	if err != nil {
 		return nil, nil, err
 	}
-	if rec, ok := recs[id]; ok && rec.State == EvidenceVerified && maps.Equal(stamps, rec.Stamps) {
+	rec, ok := recs[id]
+	if ok && rec.Renew && maps.Equal(stamps, rec.Stamps) {
+		// Nothing changed since the platform's own write that it could
+		// not seal: the verification before that write still holds.
+		return &evidence.Report{Observed: rec.Known}, stamps, nil
+	}
+	if ok && rec.State == EvidenceVerified && maps.Equal(stamps, rec.Stamps) {
 		r, err := evidence.QuickCheck(dir, s.SigningKey())
 		if err != nil {
 			return nil, nil, err
@@ -239,12 +253,17 @@ func statusOf(r *evidence.Report, pub ed25519.PublicKey, now time.Time) Evidence
 // saveEvidence keeps st as the session's last verification, with the
 // folder's stamps as they are now.
 func (s *Store) saveEvidence(ctx context.Context, id, dir string, st EvidenceStatus) {
+	s.saveRecord(ctx, id, dir, evidenceRecord{EvidenceStatus: st})
+}
+
+func (s *Store) saveRecord(ctx context.Context, id, dir string, rec evidenceRecord) {
 	stamps, err := evidence.Stamps(dir)
 	if err != nil {
 		s.log.Error("stat session files", "session", id, "err", err)
 		return
 	}
-	b, err := json.Marshal(evidenceRecord{EvidenceStatus: st, Stamps: stamps})
+	rec.Stamps = stamps
+	b, err := json.Marshal(rec)
 	if err == nil {
 		err = s.rdb.HSet(context.WithoutCancel(ctx), s.key("evidence"), id, b).Err()
 	}
@@ -269,6 +288,18 @@ func (s *Store) Evidence(ctx context.Context, id string, full bool) (EvidenceSta
 		return EvidenceStatus{}, err
 	}
 	rec, had := recs[id]
+	if had && rec.Renew {
+		// A renewal is pending: the folder holds a write of the platform's
+		// that the seal in place does not cover yet, so hashing it against
+		// that seal would cry wolf. Only a change since is news.
+		stamps, err := evidence.Stamps(dir)
+		if err != nil {
+			return EvidenceStatus{}, err
+		}
+		if maps.Equal(stamps, rec.Stamps) {
+			return rec.EvidenceStatus, nil
+		}
+	}
 	if !full && had && rec.State != EvidenceUnchecked {
 		stamps, err := evidence.Stamps(dir)
 		if err != nil {

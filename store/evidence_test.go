@@ -301,3 +301,64 @@ func TestEvidenceStatesForTheListing(t *testing.T) {
 		t.Fatalf("session page after the seal was removed: %+v", st)
 	}
 }
+
+// A seal the platform could not renew after its own write (a full disk,
+// here a folder in the way of the new signature) is renewed by the next
+// write; the mark written meanwhile is kept and ends up sealed.
+func TestAFailedRenewalResumes(t *testing.T) {
+	s, key, id, dir := sealedSession(t)
+	ctx := context.Background()
+	obstacle := filepath.Join(dir, ".evidence.sig.next", "x")
+	if err := os.MkdirAll(obstacle, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	sealed, _ := os.ReadFile(filepath.Join(dir, evidence.ManifestFile))
+	if _, err := s.SetMark(ctx, id, store.Mark{Task: "t2", Points: 3, By: "admin"}, 10); err != nil {
+		t.Fatalf("the mark is refused when its seal cannot be renewed: %v", err)
+	}
+	if now, _ := os.ReadFile(filepath.Join(dir, evidence.ManifestFile)); !bytes.Equal(sealed, now) {
+		t.Fatal("the manifest changed though its signature could not be written")
+	}
+	for _, full := range []bool{false, true} {
+		st, err := s.Evidence(ctx, id, full)
+		if err != nil || st.State != store.EvidenceUnchecked || !strings.Contains(strings.Join(st.Problems, ""), "could not be renewed after mark") {
+			t.Fatalf("evidence (full %v) while the renewal waits: %+v %v", full, st, err)
+		}
+	}
+	os.RemoveAll(filepath.Dir(obstacle))
+	if err := s.Audit(ctx, id, store.AuditEntry{Actor: "admin", Action: "note"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := mustVerify(t, dir, key); !r.OK() {
+		t.Fatalf("after the next write: %v", r.Problems)
+	}
+	if !manifestFiles(t, dir)["marks/t2.json"] {
+		t.Fatal("the mark written while the renewal failed is not sealed")
+	}
+	if st, err := s.Evidence(ctx, id, true); err != nil || st.State != store.EvidenceVerified {
+		t.Fatalf("evidence after the renewal: %+v %v", st, err)
+	}
+}
+
+// While a renewal waits, a change that is not the platform's is caught.
+func TestAFailedRenewalDoesNotCoverTampering(t *testing.T) {
+	s, _, id, dir := sealedSession(t)
+	ctx := context.Background()
+	obstacle := filepath.Join(dir, ".evidence.sig.next", "x")
+	os.MkdirAll(obstacle, 0o750)
+	if _, err := s.SetMark(ctx, id, store.Mark{Task: "t2", Points: 3, By: "admin"}, 10); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Dir(obstacle))
+	os.WriteFile(filepath.Join(dir, store.AnswersDir, "t1.json"), []byte(`{"task_id":"t1","value":"other"}`), 0o640)
+	sealed, _ := os.ReadFile(filepath.Join(dir, evidence.ManifestFile))
+	if err := s.Audit(ctx, id, store.AuditEntry{Actor: "admin", Action: "note"}); err != nil {
+		t.Fatal(err)
+	}
+	if now, _ := os.ReadFile(filepath.Join(dir, evidence.ManifestFile)); !bytes.Equal(sealed, now) {
+		t.Fatal("a folder changed while its renewal waited was sealed again")
+	}
+	if st, _ := s.Evidence(ctx, id, true); st.State != store.EvidenceFailed {
+		t.Fatalf("evidence: %+v, want failed", st)
+	}
+}
