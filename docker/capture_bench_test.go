@@ -98,21 +98,21 @@ func BenchmarkArchiveLab(b *testing.B) {
 		mustSh(b, r, spec.SessionID, n.Name, lightUse)
 	}
 	dir := b.TempDir()
-	run := func(name string, capture func() int64) {
+	run := func(name string, capture func(b *testing.B) int64) {
 		b.Run(name, func(b *testing.B) {
 			var bytes int64
 			for b.Loop() {
-				bytes = capture()
+				bytes = capture(b)
 			}
 			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/lab")
 			b.ReportMetric(float64(bytes)/(1<<20), "MiB/lab")
 		})
 	}
-	run("light/changes", func() int64 { return benchCapture(b, r, spec, lab.SnapshotChanges, dir) })
-	run("light/export", func() int64 { return benchExport(b, r, spec, dir) })
+	run("light/changes", func(b *testing.B) int64 { return benchCapture(b, r, spec, lab.SnapshotChanges, dir) })
+	run("light/export", func(b *testing.B) int64 { return benchExport(b, r, spec, dir) })
 	mustSh(b, r, spec.SessionID, "tokyo", "head -c 104857600 /dev/urandom > /root/big.bin")
-	run("100MB/changes", func() int64 { return benchCapture(b, r, spec, lab.SnapshotChanges, dir) })
-	run("100MB/export", func() int64 { return benchExport(b, r, spec, dir) })
+	run("100MB/changes", func(b *testing.B) int64 { return benchCapture(b, r, spec, lab.SnapshotChanges, dir) })
+	run("100MB/export", func(b *testing.B) int64 { return benchExport(b, r, spec, dir) })
 }
 
 // BenchmarkArchive2GB reports the peak heap of this process while a node
