@@ -88,8 +88,9 @@ const captureParallel = 4
 // engine's archive API streams it. Whether a changed path is added or
 // modified is looked up in an index of the image's paths, read once per
 // image through the same container and kept (imageIndex). Sockets, which
-// no tar holds, are looked for in the running node before the pause and
-// reported. A node whose storage driver has no upper directory is
+// no tar holds, are looked for after the thaw in the directories the
+// change set holds (a new socket's directory is always among them), in
+// the nodes that run, and reported. A node whose storage driver has no upper directory is
 // captured in full, and says why.
 func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string, mode lab.SnapshotMode, save lab.SaveFunc) (_ []lab.NodeCapture, err error) {
 	if !lab.ValidSessionID(sessionID) {
@@ -122,7 +123,7 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 		}
 	}()
 	if mode == lab.SnapshotChanges {
-		if err := r.prepareCapture(ctx, sessionID, conts, preps); err != nil {
+		if err := r.prepareCapture(ctx, conts, preps); err != nil {
 			return nil, err
 		}
 	}
@@ -148,7 +149,44 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 		}
 		out = append(out, nc)
 	}
+	err = r.thaw(ctx, frozen)
+	frozen = nil
+	if err != nil {
+		return out, err
+	}
+	r.reportSockets(ctx, sessionID, conts, preps, out)
 	return out, nil
+}
+
+// maxSocketDirs bounds the directories looked into for sockets.
+const maxSocketDirs = 512
+
+// reportSockets fills in the sockets each running node holds in the
+// directories of its change set. It runs in the thawed lab (a paused node
+// runs nothing); a node it cannot look into reports none.
+func (r *Runtime) reportSockets(ctx context.Context, sessionID string, conts map[string]container, preps map[string]*nodePrep, out []lab.NodeCapture) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, captureParallel)
+	for i := range out {
+		nc := &out[i]
+		p := preps[nc.Node]
+		if nc.Missing || p == nil || len(p.dirs) == 0 || !conts[nc.Node].State.Running {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			sockets := r.sockets(ctx, sessionID, nc.Node, p.dirs)
+			sort.Strings(sockets)
+			nc.Skipped = len(sockets)
+			for _, s := range sockets[:min(len(sockets), maxSkippedPaths)] {
+				nc.SkippedPaths = append(nc.SkippedPaths, strconv.Quote(s))
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // nodePrep is what a changes capture readies for a node before the lab
@@ -158,12 +196,13 @@ type nodePrep struct {
 	// has no upper directory.
 	capture string
 	index   map[string]bool
-	sockets []string
+	// dirs are the directories of the node's change set, "/" first.
+	dirs []string
 }
 
-// prepareCapture creates each node's capture container, reads the index of each
-// image the lab's nodes run, and looks for sockets in the running nodes.
-func (r *Runtime) prepareCapture(ctx context.Context, sessionID string, conts map[string]container, preps map[string]*nodePrep) error {
+// prepareCapture creates each node's capture container and reads the
+// index of each image the lab's nodes run.
+func (r *Runtime) prepareCapture(ctx context.Context, conts map[string]container, preps map[string]*nodePrep) error {
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -178,13 +217,6 @@ func (r *Runtime) prepareCapture(ctx context.Context, sessionID string, conts ma
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			err := func() error {
-				if c.State.Running && !c.State.Paused {
-					sockets, err := r.sockets(ctx, sessionID, n)
-					if err != nil {
-						return err
-					}
-					p.sockets = sockets
-				}
 				upper := c.GraphDriver.Data["UpperDir"]
 				if upper == "" {
 					return nil
@@ -220,29 +252,29 @@ func (r *Runtime) prepareCapture(ctx context.Context, sessionID string, conts ma
 	return nil
 }
 
-// sockets lists the sockets in a running node's own filesystem, with the
+// sockets lists the sockets directly in dirs of a running node, with the
 // grader's busybox where the node has it (a candidate cannot replace it),
 // else the node's find. An image cannot hold a socket: every one is the
-// node's own doing.
-func (r *Runtime) sockets(ctx context.Context, sessionID, node string) ([]string, error) {
-	find := []string{"find", "/", "-xdev", "-type", "s", "-print0"}
+// node's own doing. Errors are reported as none found: the list is a
+// report, not part of the snapshot.
+func (r *Runtime) sockets(ctx context.Context, sessionID, node string, dirs []string) []string {
+	find := append([]string{"find"}, dirs...)
+	find = append(find, "-maxdepth", "1", "-type", "s", "-print0")
 	out, code, err := lab.Output(ctx, r, sessionID, node, append([]string{toolsTarget + "/busybox"}, find...)...)
 	if err != nil || code == 126 || code == 127 {
-		out, code, err = lab.Output(ctx, r, sessionID, node, find...)
+		out, _, err = lab.Output(ctx, r, sessionID, node, find...)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("look for sockets: %w", err)
+		return nil
 	}
 	var paths []string
 	for _, p := range strings.Split(out, "\x00") {
+		// Anything else is a message from find.
 		if rel, ok := strings.CutPrefix(p, "/"); ok && rel != "" {
 			paths = append(paths, rel)
 		}
 	}
-	if code != 0 && len(paths) == 0 {
-		return nil, nil // no find at all: nothing to report
-	}
-	return paths, nil
+	return paths
 }
 
 // freeze pauses every running node of conts and returns the ids of those
@@ -314,6 +346,7 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 	}
 	err = save(node, func(w io.Writer) error {
 		nc.Added, nc.Modified, nc.Deleted = 0, 0, 0
+		p.dirs = []string{"/"}
 		resp, err := r.client.stream(ctx, http.MethodGet, "/containers/"+p.capture+"/archive", url.Values{"path": {upperMount + "/."}}, nil)
 		if err != nil {
 			return fmt.Errorf("read changes of %s: %w", node, err)
@@ -322,7 +355,10 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 		cw := &countWriter{w: w}
 		st, err := changeset.FromOverlay(cw, resp.Body, changeset.OverlayOptions{
 			Omit: omit,
-			Seen: func(path string) {
+			Seen: func(path string, dir bool) {
+				if dir && len(p.dirs) < maxSocketDirs {
+					p.dirs = append(p.dirs, "/"+path)
+				}
 				switch {
 				case strings.HasPrefix(pathpkg.Base(path), changeset.WhiteoutPrefix):
 				case p.index[path]:
@@ -339,21 +375,7 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 		}
 		return nil
 	})
-	if err != nil {
-		return nc, err
-	}
-	var skipped []string
-	for _, s := range p.sockets {
-		if !omit(s) {
-			skipped = append(skipped, s)
-		}
-	}
-	sort.Strings(skipped)
-	nc.Skipped = len(skipped)
-	for _, s := range skipped[:min(len(skipped), maxSkippedPaths)] {
-		nc.SkippedPaths = append(nc.SkippedPaths, strconv.Quote(s))
-	}
-	return nc, nil
+	return nc, err
 }
 
 // export streams the container's whole filesystem into w.
