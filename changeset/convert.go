@@ -56,8 +56,9 @@ type OverlayOptions struct {
 	// is the tar's root. A leading "./" is ignored.
 	Prefix string
 	// Seen, when set, is called with the path of every entry copied (not
-	// whiteouts or markers), without a trailing slash.
-	Seen func(path string)
+	// whiteouts or markers), without a trailing slash, and whether it is a
+	// directory.
+	Seen func(path string, dir bool)
 	// Omit, when set, leaves out every path it reports true for, and all
 	// under it: the mount points of a container, which its runtime made.
 	Omit func(path string) bool
@@ -167,7 +168,7 @@ func FromOverlay(w io.Writer, r io.Reader, o OverlayOptions) (OverlayStats, erro
 			}
 		}
 		if o.Seen != nil {
-			o.Seen(name)
+			o.Seen(name, out.Typeflag == tar.TypeDir)
 		}
 		if opaque && out.Typeflag == tar.TypeDir {
 			if err := marker(name+"/", h); err != nil {

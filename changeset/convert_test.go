@@ -161,7 +161,7 @@ func TestFromOverlay(t *testing.T) {
 			var out bytes.Buffer
 			var seen []string
 			omit := func(p string) bool { return p == "mnt/tools" }
-			st, err := FromOverlay(&out, bytes.NewReader(upperTar(t, prefix, in)), OverlayOptions{Prefix: prefix, Seen: func(p string) { seen = append(seen, p) }, Omit: omit})
+			st, err := FromOverlay(&out, bytes.NewReader(upperTar(t, prefix, in)), OverlayOptions{Prefix: prefix, Seen: func(p string, _ bool) { seen = append(seen, p) }, Omit: omit})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -238,7 +238,7 @@ func TestFromOverlayStopsAtAFailingWriter(t *testing.T) {
 		{name: "b", typ: tar.TypeReg, body: "b"},
 	})
 	var seen []string
-	_, err := FromOverlay(&failAfter{n: 10 << 10, err: full}, bytes.NewReader(in), OverlayOptions{Prefix: "upper/", Seen: func(p string) { seen = append(seen, p) }})
+	_, err := FromOverlay(&failAfter{n: 10 << 10, err: full}, bytes.NewReader(in), OverlayOptions{Prefix: "upper/", Seen: func(p string, _ bool) { seen = append(seen, p) }})
 	if !errors.Is(err, full) {
 		t.Fatalf("err = %v, want the writer's", err)
 	}

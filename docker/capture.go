@@ -1,18 +1,19 @@
 package docker
 
 import (
+	"archive/tar"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	pathpkg "path"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/examlab/examlab/changeset"
 	"github.com/examlab/examlab/lab"
@@ -59,19 +60,24 @@ const captureSuffix = ".capture"
 // upperMount is where a capture container sees the node's upper directory.
 const upperMount = "/upper"
 
-// thawTimeout bounds unpausing a lab after its capture, which runs even
-// when the capture's own context has ended.
+// thawTimeout bounds unpausing a lab and removing its capture containers
+// after its capture, which run even when the capture's context has ended.
 const thawTimeout = 30 * time.Second
 
 // maxSkippedPaths bounds the paths a NodeCapture names among those it
 // left out.
 const maxSkippedPaths = 50
 
+// captureParallel bounds how many nodes are prepared (capture containers
+// created, sockets looked for) at once.
+const captureParallel = 4
+
 // Capture snapshots the nodes of a lab at one moment: it pauses every
-// running node first (the switch of a segmented lab is left alone: it
-// holds no candidate's files), captures each node in turn and unpauses
-// the lab before it returns, on failure too. Grading and terminals need a
-// running lab, so the pause lasts only as long as the capture.
+// running node (the switch of a segmented lab is left alone: it holds no
+// candidate's files), captures each node in turn and unpauses the lab
+// before it returns, on failure too. Grading and terminals need a running
+// lab, so the pause lasts only as long as the capture; what can be done
+// before it is.
 //
 // In changes mode a node's snapshot is its container's overlay upper
 // directory, which holds exactly what the node changed, converted to a
@@ -79,8 +85,13 @@ const maxSkippedPaths = 50
 // engine, never from this host's filesystem (the worker may run in a
 // container of its own): a short-lived capture container, created from
 // the node's image and never started, mounts it read-only, and the
-// engine's archive API streams it. A node whose storage driver has no
-// upper directory is captured in full, and says why.
+// engine's archive API streams it. Whether a changed path is added or
+// modified is looked up in an index of the image's paths, read once per
+// image through the same container and kept (imageIndex). Sockets, which
+// no tar holds, are looked for after the thaw in the directories the
+// change set holds (a new socket's directory is always among them), in
+// the nodes that run, and reported. A node whose storage driver has no upper directory is
+// captured in full, and says why.
 func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string, mode lab.SnapshotMode, save lab.SaveFunc) (_ []lab.NodeCapture, err error) {
 	if !lab.ValidSessionID(sessionID) {
 		return nil, fmt.Errorf("capture lab: invalid session id %q", sessionID)
@@ -95,6 +106,26 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 			return nil, fmt.Errorf("capture lab: %w", err)
 		}
 		conts[n] = c
+	}
+	preps := make(map[string]*nodePrep, len(conts))
+	for n := range conts {
+		preps[n] = &nodePrep{}
+	}
+	defer func() {
+		// Gone even when the capture failed or its context ended; Destroy
+		// sweeps up one a crash left behind.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), thawTimeout)
+		defer cancel()
+		for _, p := range preps {
+			if p.capture != "" {
+				_ = r.client.removeContainer(rctx, p.capture)
+			}
+		}
+	}()
+	if mode == lab.SnapshotChanges {
+		if err := r.prepareCapture(ctx, conts, preps); err != nil {
+			return nil, err
+		}
 	}
 	frozen, err := r.freeze(ctx, conts)
 	defer func() {
@@ -112,13 +143,138 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 			out = append(out, lab.NodeCapture{Node: n, Missing: true})
 			continue
 		}
-		nc, err := r.captureNode(ctx, n, c, mode, save)
+		nc, err := r.captureNode(ctx, n, c, mode, preps[n], save)
 		if err != nil {
 			return out, fmt.Errorf("capture %s: %w", n, err)
 		}
 		out = append(out, nc)
 	}
+	err = r.thaw(ctx, frozen)
+	frozen = nil
+	if err != nil {
+		return out, err
+	}
+	r.reportSockets(ctx, sessionID, conts, preps, out)
 	return out, nil
+}
+
+// maxSocketDirs bounds the directories looked into for sockets.
+const maxSocketDirs = 512
+
+// reportSockets fills in the sockets each running node holds in the
+// directories of its change set. It runs in the thawed lab (a paused node
+// runs nothing); a node it cannot look into reports none.
+func (r *Runtime) reportSockets(ctx context.Context, sessionID string, conts map[string]container, preps map[string]*nodePrep, out []lab.NodeCapture) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, captureParallel)
+	for i := range out {
+		nc := &out[i]
+		p := preps[nc.Node]
+		if nc.Missing || p == nil || len(p.dirs) == 0 || !conts[nc.Node].State.Running {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			sockets := r.sockets(ctx, sessionID, nc.Node, p.dirs)
+			sort.Strings(sockets)
+			nc.Skipped = len(sockets)
+			for _, s := range sockets[:min(len(sockets), maxSkippedPaths)] {
+				nc.SkippedPaths = append(nc.SkippedPaths, strconv.Quote(s))
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// nodePrep is what a changes capture readies for a node before the lab
+// is paused.
+type nodePrep struct {
+	// capture is the capture container's id; "" when the node's storage
+	// has no upper directory.
+	capture string
+	index   map[string]bool
+	// dirs are the directories of the node's change set, "/" first.
+	dirs []string
+}
+
+// prepareCapture creates each node's capture container and reads the
+// index of each image the lab's nodes run.
+func (r *Runtime) prepareCapture(ctx context.Context, conts map[string]container, preps map[string]*nodePrep) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		sem  = make(chan struct{}, captureParallel)
+	)
+	for n, c := range conts {
+		p := preps[n]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			err := func() error {
+				upper := c.GraphDriver.Data["UpperDir"]
+				if upper == "" {
+					return nil
+				}
+				id, err := r.createCapture(ctx, c, upper)
+				mu.Lock()
+				p.capture = id
+				mu.Unlock()
+				return err
+			}()
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("prepare capture of %s: %w", n, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for n, c := range conts {
+		p := preps[n]
+		if p.capture == "" {
+			continue
+		}
+		idx, err := r.imageIndex(ctx, c.Image, p.capture)
+		if err != nil {
+			return fmt.Errorf("prepare capture of %s: %w", n, err)
+		}
+		p.index = idx
+	}
+	return nil
+}
+
+// sockets lists the sockets directly in dirs of a running node, with the
+// grader's busybox where the node has it (a candidate cannot replace it),
+// else the node's find. An image cannot hold a socket: every one is the
+// node's own doing. Errors are reported as none found: the list is a
+// report, not part of the snapshot.
+func (r *Runtime) sockets(ctx context.Context, sessionID, node string, dirs []string) []string {
+	find := append([]string{"find"}, dirs...)
+	find = append(find, "-maxdepth", "1", "-type", "s", "-print0")
+	out, code, err := lab.Output(ctx, r, sessionID, node, append([]string{toolsTarget + "/busybox"}, find...)...)
+	if err != nil || code == 126 || code == 127 {
+		out, _, err = lab.Output(ctx, r, sessionID, node, find...)
+	}
+	if err != nil {
+		return nil
+	}
+	var paths []string
+	for _, p := range strings.Split(out, "\x00") {
+		// Anything else is a message from find.
+		if rel, ok := strings.CutPrefix(p, "/"); ok && rel != "" {
+			paths = append(paths, rel)
+		}
+	}
+	return paths
 }
 
 // freeze pauses every running node of conts and returns the ids of those
@@ -157,15 +313,14 @@ func (r *Runtime) thaw(ctx context.Context, ids []string) error {
 
 // captureNode saves one node's snapshot in mode, or in full when its
 // storage cannot tell its changes.
-func (r *Runtime) captureNode(ctx context.Context, node string, c container, mode lab.SnapshotMode, save lab.SaveFunc) (lab.NodeCapture, error) {
+func (r *Runtime) captureNode(ctx context.Context, node string, c container, mode lab.SnapshotMode, p *nodePrep, save lab.SaveFunc) (lab.NodeCapture, error) {
 	nc := lab.NodeCapture{Node: node, Mode: mode, Image: c.Image}
 	digest, err := r.imageDigest(ctx, c.Image)
 	if err != nil {
 		return nc, err
 	}
 	nc.ImageDigest = digest
-	upper := c.GraphDriver.Data["UpperDir"]
-	if mode != lab.SnapshotChanges || upper == "" {
+	if mode != lab.SnapshotChanges || p.capture == "" {
 		if mode == lab.SnapshotChanges {
 			nc.Fallback = fmt.Sprintf("the storage driver %q shows no upper directory", c.GraphDriver.Name)
 		}
@@ -180,64 +335,47 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 	}
 	// The mount points of the node's volumes (the grader's tools) are the
 	// runtime's, not the candidate's.
-	omit := func(p string) bool {
+	omit := func(path string) bool {
 		for _, m := range c.Mounts {
 			d := strings.TrimPrefix(m.Destination, "/")
-			if p == d || strings.HasPrefix(p, d+"/") {
+			if path == d || strings.HasPrefix(path, d+"/") {
 				return true
 			}
 		}
 		return false
 	}
-	changed, err := r.changes(ctx, c.ID, omit, &nc)
-	if err != nil {
-		return nc, err
-	}
-	capID, err := r.createCapture(ctx, c, upper)
-	if err != nil {
-		return nc, err
-	}
-	defer func() {
-		// Gone even when the capture failed or its context ended; Destroy
-		// sweeps up one a crash left behind.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), thawTimeout)
-		defer cancel()
-		_ = r.client.removeContainer(rctx, capID)
-	}()
 	err = save(node, func(w io.Writer) error {
-		resp, err := r.client.stream(ctx, http.MethodGet, "/containers/"+capID+"/archive", url.Values{"path": {upperMount + "/."}}, nil)
+		nc.Added, nc.Modified, nc.Deleted = 0, 0, 0
+		p.dirs = []string{"/"}
+		resp, err := r.client.stream(ctx, http.MethodGet, "/containers/"+p.capture+"/archive", url.Values{"path": {upperMount + "/."}}, nil)
 		if err != nil {
 			return fmt.Errorf("read changes of %s: %w", node, err)
 		}
 		defer resp.Body.Close()
 		cw := &countWriter{w: w}
-		_, err = changeset.FromOverlay(cw, resp.Body, changeset.OverlayOptions{
-			Seen: func(p string) { delete(changed, jsonPath(p)) },
+		st, err := changeset.FromOverlay(cw, resp.Body, changeset.OverlayOptions{
 			Omit: omit,
+			Seen: func(path string, dir bool) {
+				if dir && len(p.dirs) < maxSocketDirs {
+					p.dirs = append(p.dirs, "/"+path)
+				}
+				switch {
+				case strings.HasPrefix(pathpkg.Base(path), changeset.WhiteoutPrefix):
+				case p.index[path]:
+					nc.Modified++
+				default:
+					nc.Added++
+				}
+			},
 		})
 		nc.Bytes = cw.n
+		nc.Deleted = st.Whiteouts
 		if err != nil {
 			return fmt.Errorf("convert changes of %s: %w", node, err)
 		}
 		return nil
 	})
-	if err != nil {
-		return nc, err
-	}
-	// What the engine lists as changed and the tar did not hold is what
-	// a tar cannot hold: sockets.
-	if len(changed) > 0 {
-		skipped := make([]string, 0, len(changed))
-		for p := range changed {
-			skipped = append(skipped, p)
-		}
-		sort.Strings(skipped)
-		nc.Skipped = len(skipped)
-		for _, p := range skipped[:min(len(skipped), maxSkippedPaths)] {
-			nc.SkippedPaths = append(nc.SkippedPaths, strconv.Quote(p))
-		}
-	}
-	return nc, nil
+	return nc, err
 }
 
 // export streams the container's whole filesystem into w.
@@ -253,74 +391,45 @@ func (r *Runtime) export(ctx context.Context, node, id string, w io.Writer) erro
 	return nil
 }
 
-// Kinds of the engine's container changes.
-const (
-	changeModified = 0
-	changeAdded    = 1
-	changeDeleted  = 2
-)
-
-// changes counts the container's changes into nc and returns the added and
-// modified paths (relative, as jsonPath writes them), leaving out those
-// omit reports. The list is decoded one change at a time: it holds paths,
-// never contents.
-func (r *Runtime) changes(ctx context.Context, id string, omit func(string) bool, nc *lab.NodeCapture) (map[string]bool, error) {
-	resp, err := r.client.stream(ctx, http.MethodGet, "/containers/"+id+"/changes", nil, nil)
+// imageIndex returns the set of paths image holds (relative, without a
+// trailing slash), read once through capture, a container created from
+// image, and kept for the life of the runtime: every lab of an exam runs
+// the same few images. It holds names only, a few hundred kilobytes for
+// the lab image. The container's bind mount of a node's upper directory
+// is left out.
+func (r *Runtime) imageIndex(ctx context.Context, image, capture string) (map[string]bool, error) {
+	r.indexMu.Lock()
+	defer r.indexMu.Unlock()
+	if idx, ok := r.indexes[image]; ok {
+		return idx, nil
+	}
+	resp, err := r.client.stream(ctx, http.MethodGet, "/containers/"+capture+"/archive", url.Values{"path": {"/"}}, nil)
 	if err != nil {
-		return nil, fmt.Errorf("list changes of %s: %w", nc.Node, err)
+		return nil, fmt.Errorf("index image %s: %w", image, err)
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
-	changed := map[string]bool{}
-	// The engine answers null when nothing changed.
-	if t, err := dec.Token(); err != nil {
-		return nil, fmt.Errorf("list changes of %s: %w", nc.Node, err)
-	} else if t == nil {
-		return changed, nil
-	}
-	for dec.More() {
-		var ch struct {
-			Path string `json:"Path"`
-			Kind int    `json:"Kind"`
+	idx := map[string]bool{}
+	tr := tar.NewReader(resp.Body)
+	mount := strings.TrimPrefix(upperMount, "/")
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
 		}
-		if err := dec.Decode(&ch); err != nil {
-			return nil, fmt.Errorf("list changes of %s: %w", nc.Node, err)
+		if err != nil {
+			return nil, fmt.Errorf("index image %s: %w", image, err)
 		}
-		p := strings.TrimPrefix(ch.Path, "/")
-		if omit(p) {
+		name := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(h.Name, "./"), "/"), "/")
+		if name == "" || name == mount || strings.HasPrefix(name, mount+"/") {
 			continue
 		}
-		switch ch.Kind {
-		case changeModified:
-			nc.Modified++
-		case changeAdded:
-			nc.Added++
-		case changeDeleted:
-			nc.Deleted++
-			continue
-		}
-		changed[p] = true
+		idx[name] = true
 	}
-	return changed, nil
-}
-
-// jsonPath is p as the engine's JSON gives it: every byte that is not part
-// of a UTF-8 sequence replaced by U+FFFD.
-func jsonPath(p string) string {
-	if utf8.ValidString(p) {
-		return p
+	if r.indexes == nil {
+		r.indexes = map[string]map[string]bool{}
 	}
-	var b strings.Builder
-	for i := 0; i < len(p); {
-		r, size := utf8.DecodeRuneInString(p[i:])
-		if r == utf8.RuneError && size == 1 {
-			b.WriteRune(utf8.RuneError)
-		} else {
-			b.WriteString(p[i : i+size])
-		}
-		i += size
-	}
-	return b.String()
+	r.indexes[image] = idx
+	return idx, nil
 }
 
 // createCapture creates (and never starts) the container that mounts the

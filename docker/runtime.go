@@ -66,6 +66,10 @@ type Runtime struct {
 	toolsMu       sync.Mutex
 	toolsReady    string
 	toolsWarned   bool
+
+	// indexes are the paths of each image a capture has read, by image id.
+	indexMu sync.Mutex
+	indexes map[string]map[string]bool
 }
 
 // New returns a Runtime for the engine opts name. It does not contact the

@@ -64,6 +64,10 @@ func fillStatus(st *lab.NodeStatus, c container, netName string) {
 	switch s.Status {
 	case "running":
 		st.State = lab.StateRunning
+	case "paused":
+		// Only a snapshot pauses a node, for as long as it is captured.
+		st.State = lab.StateRunning
+		st.Detail = "paused for a snapshot"
 	case "created":
 		st.State = lab.StateCreating
 	case "restarting":
@@ -75,7 +79,7 @@ func fillStatus(st *lab.NodeStatus, c container, netName string) {
 	case "removing":
 		st.State = lab.StateMissing
 		st.Detail = "being removed"
-	default: // exited, paused
+	default: // exited
 		st.State = lab.StateExited
 		st.Detail = fmt.Sprintf("%s, exit code %d", s.Status, s.ExitCode)
 	}

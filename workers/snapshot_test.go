@@ -105,7 +105,7 @@ func wholeTar(b []byte) error {
 	for {
 		_, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			if !bytes.Equal(b[len(b)-1024:], make([]byte, 1024)) {
+			if len(b) < 1024 || !bytes.Equal(b[len(b)-1024:], make([]byte, 1024)) {
 				return errors.New("no end blocks")
 			}
 			return nil
