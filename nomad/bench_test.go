@@ -79,6 +79,9 @@ func coldStart(b *testing.B, rt provisioner) {
 	b.ReportMetric(total.Seconds()/float64(b.N), "s/lab")
 }
 
+// benchCaptureTimeout bounds all the captures of BenchmarkCaptureOnNomad.
+const benchCaptureTimeout = 30 * time.Minute
+
 // BenchmarkCaptureOnNomad times the snapshot of the shipped eight-node
 // lab, lightly used (one file written in tokyo) and with 100 MB written in
 // tokyo, each captured into files: "changes" is the Nomad runtime's
@@ -91,11 +94,14 @@ func coldStart(b *testing.B, rt provisioner) {
 func BenchmarkCaptureOnNomad(b *testing.B) {
 	env := newFakeEnv(b)
 	spec := newLab(b, env.rt)
-	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	pctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
 	defer cancel()
-	if err := env.rt.Provision(ctx, spec); err != nil {
+	if err := env.rt.Provision(pctx, spec); err != nil {
 		b.Fatal(err)
 	}
+	// Full exports of eight nodes take minutes on a loaded machine.
+	ctx, cancelAll := context.WithTimeout(context.Background(), benchCaptureTimeout)
+	defer cancelAll()
 	nodes := exam.Default().NodeNames()
 	dir := b.TempDir()
 	save := func(node string, write func(io.Writer) error) error {

@@ -105,9 +105,7 @@ type engineContainer struct {
 		Name string
 		Data map[string]string
 	}
-	Config struct {
-		Labels map[string]string
-	}
+	Mounts []struct{ Destination string }
 }
 
 func (a *LabAgent) call(ctx context.Context, method, path string, q url.Values, out any) error {
@@ -287,13 +285,29 @@ func (a *LabAgent) Capture(ctx context.Context, session, alloc, node string, w i
 	if c.Image != "" && a.call(ctx, http.MethodGet, "/images/"+c.Image+"/json", nil, &img) == nil && len(img.RepoDigests) > 0 {
 		nc.ImageDigest = img.RepoDigests[0]
 	}
-	st, err := WriteUpper(ctx, upper, lower, w)
+	st, err := WriteUpper(ctx, upper, lower, mountPoints(c), w)
 	nc.Added, nc.Modified, nc.Deleted = st.Added, st.Modified, st.Deleted
 	nc.Skipped, nc.SkippedPaths = st.Skipped, st.SkippedPaths
 	if err != nil {
 		return nc, fmt.Errorf("capture node %s of %s: %w", node, session, err)
 	}
 	return nc, nil
+}
+
+// mountPoints reports whether a path of the node is one of its
+// container's mount points (Nomad's alloc/, local/ and secrets/, the
+// grader's tools) or under one: the engine made them in the writable
+// layer, the candidate did not.
+func mountPoints(c engineContainer) func(string) bool {
+	return func(p string) bool {
+		for _, m := range c.Mounts {
+			d := strings.Trim(m.Destination, "/")
+			if d != "" && (p == d || strings.HasPrefix(p, d+"/")) {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // layers finds the container's overlay upper directory on this host, and
