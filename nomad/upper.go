@@ -64,7 +64,7 @@ func WriteUpper(ctx context.Context, root string, lower []string, omit func(stri
 	var added, modified int
 	ost, err := changeset.FromOverlay(w, pr, changeset.OverlayOptions{
 		Omit: omit,
-		Seen: func(p string) {
+		Seen: func(p string, _ bool) {
 			if inLower(lower, p) {
 				modified++
 			} else {
