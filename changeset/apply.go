@@ -399,6 +399,11 @@ func extract(ctx context.Context, rt runner, labID, node string, open func() (io
 			} else {
 				h.Name = name
 			}
+			if h.ModTime.Nanosecond() != 0 {
+				// Only PAX keeps a time finer than the second; left to
+				// choose, the writer would round it.
+				h.Format = tar.FormatPAX
+			}
 			if err := tw.WriteHeader(h); err != nil {
 				return fmt.Errorf("stream %q into %s: %w", name, node, err)
 			}

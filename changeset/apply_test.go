@@ -200,6 +200,9 @@ func changeSetOf(t testing.TB, rt lab.Runner, id string, extra func(*tar.Writer)
 		if err != nil {
 			t.Fatalf("read the node's tar: %v", err)
 		}
+		if h.ModTime.Nanosecond() != 0 {
+			h.Format = tar.FormatPAX // keep the time as the node has it
+		}
 		if err := tw.WriteHeader(h); err != nil {
 			t.Fatal(err)
 		}
