@@ -17,13 +17,14 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/fasthttp/websocket"
 
+	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
 
 // Named timeouts of the browser test.
 const (
-	browserTimeout  = 2 * time.Minute
+	browserTimeout  = 2*time.Minute + reviewTimeout // the page, then a review lab restored
 	terminalTimeout = 30 * time.Second
 	downloadTimeout = 2 * time.Minute
 )
@@ -76,7 +77,10 @@ func runInTerminal(t *testing.T, url string, header http.Header, line, want stri
 // seek, speed) and download a snapshot whose sha256 matches the manifest.
 func TestAdminPanelInBrowser(t *testing.T) {
 	chromium := chromiumPath(t)
-	st := startStack(t, nil)
+	// A known address, so that the page's Origin is the configured public
+	// URL the relay accepts (the review lab's terminal).
+	addr := freeAddr(t)
+	st := startStack(t, func(c *config.Config) { c.Listen, c.PublicURL = addr, "http://"+addr })
 	cand, id := readyLab(t, st, "replay@example.com")
 	for _, other := range []string{"someone@example.com", "else@example.com"} {
 		st.Client().Login(t, other) // sessions the filters must hide
@@ -246,6 +250,27 @@ func TestAdminPanelInBrowser(t *testing.T) {
 	if got := hex.EncodeToString(h.Sum(nil)); got != wantSum {
 		t.Fatalf("downloaded %s has sha256 %s, manifest %s", tarName, got, wantSum)
 	}
+
+	// A review lab restored from the archive, with a terminal in a node.
+	t.Cleanup(func() {
+		live, _ := st.Store.LiveReviews(context.Background())
+		for _, rv := range live {
+			st.Runtime.Destroy(context.Background(), rv.ID)
+		}
+	})
+	step("start a review lab, type in its terminal, end it",
+		js(`window.confirm = function () { return true; }`),
+		poll(`document.getElementById("rv-state").textContent === "none"`),
+		chromedp.Click(chromedp.CSS("#rv-start")),
+		poll(`document.getElementById("rv-state").textContent === "ready"`),
+		setSelect("rv-node", "tokyo"),
+		chromedp.Click(chromedp.CSS("#rv-open")),
+		poll(`document.getElementById("rv-term-state").textContent.includes("recorded")`),
+		chromedp.SendKeys(chromedp.CSS("#rv-terminal .xterm-helper-textarea"), "echo review-$((6*7))\r"),
+		poll(`document.getElementById("rv-terminal").textContent.includes("review-42")`),
+		chromedp.Click(chromedp.CSS("#rv-end")),
+		poll(`document.getElementById("rv-state").textContent === "none"`),
+	)
 }
 
 func ptrTo[T any](v T) *T { return &v }

@@ -412,3 +412,44 @@ func lineDiff(want, got string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestReviewLabCapacity: a review lab counts against the deployment's lab
+// limit like any lab — beyond it the request is refused in plain words and
+// nothing is recorded — and its end frees the slot. (In-memory runtime:
+// the logic only; TestReviewLab restores real containers.)
+func TestReviewLabCapacity(t *testing.T) {
+	st := memStack(t, func(c *config.Config) { c.MaxLabs = 1 })
+	admin := st.Admin()
+	var ids []string
+	for _, email := range []string{"one@example.com", "two@example.com"} {
+		c := st.Client()
+		id := c.Login(t, email)
+		c.StartLab(t, id)
+		if code, err := c.Do("POST", "/api/session/"+id+"/submit", nil, nil); err != nil || code != http.StatusAccepted {
+			t.Fatalf("submit: %d %v", code, err)
+		}
+		c.WaitStatus(t, id, testlab.ArchiveTimeout, "completed")
+		ids = append(ids, id)
+	}
+	var a reviewAnswer
+	if code, err := admin.Do("POST", "/api/admin/session/"+ids[0]+"/review", nil, &a); err != nil || code != http.StatusAccepted {
+		t.Fatalf("first review lab: %d %+v %v", code, a, err)
+	}
+	code, body := raw(t, admin, "POST", "/api/admin/session/"+ids[1]+"/review", nil)
+	if code != http.StatusConflict || !strings.Contains(string(body), "all 1 lab slots of this deployment are in use") {
+		t.Fatalf("a review lab beyond the limit: %d %s, want 409 in words", code, body)
+	}
+	var q struct {
+		Running int `json:"running"`
+	}
+	if code, err := admin.Do("GET", "/api/admin/queue", nil, &q); err != nil || code != 200 || q.Running != 1 {
+		t.Fatalf("queue: %d %+v %v, want the review lab running", code, q, err)
+	}
+	if code, err := admin.Do("DELETE", "/api/admin/session/"+ids[0]+"/review", nil, nil); err != nil || code != http.StatusAccepted {
+		t.Fatalf("end: %d %v", code, err)
+	}
+	waitReview(t, admin, ids[0], func(r *store.Review) bool { return r == nil })
+	if code, err := admin.Do("POST", "/api/admin/session/"+ids[1]+"/review", nil, &a); err != nil || code != http.StatusAccepted {
+		t.Fatalf("a review lab once the slot is free: %d %+v %v", code, a, err)
+	}
+}

@@ -31,8 +31,11 @@ const ToolsBusybox = "/.examlab/busybox"
 
 // ExtractCmd is the command that extracts the filtered stream in the
 // node. It is the node image's GNU tar: busybox tar neither keeps
-// extended attributes nor numeric owners on every build.
-var ExtractCmd = []string{"tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", "/", "-f", "-"}
+// extended attributes nor numeric owners on every build. Extended
+// attributes are set but the trusted.* ones (an overlay file system's
+// own bookkeeping, which a node may not set); one tar cannot set is a
+// warning, not a failure.
+var ExtractCmd = []string{"tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=trusted.*", "-C", "/", "-f", "-"}
 
 // Skipped are top-level paths a snapshot may hold that a node's runtime
 // owns, not its filesystem: kernel file systems, the device tree, the
@@ -395,6 +398,11 @@ func extract(ctx context.Context, rt runner, labID, node string, open func() (io
 				h.Name = name + "/"
 			} else {
 				h.Name = name
+			}
+			if h.ModTime.Nanosecond() != 0 {
+				// Only PAX keeps a time finer than the second; left to
+				// choose, the writer would round it.
+				h.Format = tar.FormatPAX
 			}
 			if err := tw.WriteHeader(h); err != nil {
 				return fmt.Errorf("stream %q into %s: %w", name, node, err)

@@ -48,7 +48,7 @@ topology:
 
 // newLab brings up a one-node lab on a runtime of the test's own instance
 // and removes it when the test ends.
-func newLab(t *testing.T, rt *docker.Runtime) string {
+func newLab(t testing.TB, rt *docker.Runtime) string {
 	t.Helper()
 	ex, err := exam.Parse([]byte(oneNode))
 	if err != nil {
@@ -72,7 +72,7 @@ func newLab(t *testing.T, rt *docker.Runtime) string {
 	return id
 }
 
-func labID(t *testing.T) string {
+func labID(t testing.TB) string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
 	b := make([]byte, 12)
 	if _, err := rand.Read(b); err != nil {
@@ -85,7 +85,7 @@ func labID(t *testing.T) string {
 	return string(b)
 }
 
-func runtime(t *testing.T) *docker.Runtime {
+func runtime(t testing.TB) *docker.Runtime {
 	t.Helper()
 	rt, err := docker.New(docker.Options{Instance: "t-" + labID(t)})
 	if err != nil {
@@ -100,7 +100,7 @@ func runtime(t *testing.T) *docker.Runtime {
 }
 
 // sh runs a shell script of the test's own in a node.
-func sh(t *testing.T, rt lab.Runner, id, script string) string {
+func sh(t testing.TB, rt lab.Runner, id, script string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -149,7 +149,7 @@ var whiteouts = []string{"etc/" + changeset.WhiteoutPrefix + "issue", "srv/" + c
 // fingerprints hold the same files there. Left out are the files the
 // engine makes in every container (/etc/hosts, hostname, resolv.conf,
 // mtab).
-func fingerprint(t *testing.T, rt lab.Runner, id string) string {
+func fingerprint(t testing.TB, rt lab.Runner, id string) string {
 	t.Helper()
 	// Times to the second: a tar (a full export's too) keeps no more.
 	out := sh(t, rt, id, `find /etc /opt /root /srv -xdev \( -path /etc/hosts -o -path /etc/hostname -o -path /etc/resolv.conf -o -path /etc/mtab \) -prune -o -printf '%p|%m|%U|%G|%y|%l|%s|%T@\0' | sort -z | tr '\0' '\n';
@@ -165,7 +165,7 @@ var fractions = regexp.MustCompile(`\|([0-9]+)\.[0-9]+\n`)
 // owner, time and link is the node's), then the whiteouts and the opaque
 // marker. It is built from known changes: the platform's capture of a
 // change set lands separately, and api's review test archives a real lab.
-func changeSetOf(t *testing.T, rt lab.Runner, id string, extra func(*tar.Writer)) string {
+func changeSetOf(t testing.TB, rt lab.Runner, id string, extra func(*tar.Writer)) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -199,6 +199,9 @@ func changeSetOf(t *testing.T, rt lab.Runner, id string, extra func(*tar.Writer)
 		}
 		if err != nil {
 			t.Fatalf("read the node's tar: %v", err)
+		}
+		if h.ModTime.Nanosecond() != 0 {
+			h.Format = tar.FormatPAX // keep the time as the node has it
 		}
 		if err := tw.WriteHeader(h); err != nil {
 			t.Fatal(err)
