@@ -1,12 +1,7 @@
 package api_test
 
 import (
-	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/examlab/examlab/changeset"
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/grading"
 	"github.com/examlab/examlab/lab"
@@ -40,14 +34,6 @@ mkdir -p /opt/app; printf '#!/bin/sh\n' > /opt/app/run.sh; chmod 4755 /opt/app/r
 rm /etc/issue
 rm -rf /etc/skel; mkdir /etc/skel; echo only > /etc/skel/only
 `
-
-// reviewChanged are the paths reviewWork (and each node's marker file)
-// added or changed, and reviewDeleted what it deleted, in the change set
-// format.
-var (
-	reviewChanged = []string{"etc", "etc/motd", "etc/skel", "etc/skel/only", "opt", "opt/app", "opt/app/run.sh", "opt/app/link", "root", "root/done.txt", "root/ready"}
-	reviewDeleted = []string{"etc/" + changeset.WhiteoutPrefix + "issue", "etc/skel/" + changeset.OpaqueMarker}
-)
 
 // nodeState lists every path under /etc, /opt and /root with its mode,
 // owner, type, link target, size and time (to the second, as archives keep
@@ -111,8 +97,8 @@ func startReview(t *testing.T, admin *testlab.Client, id string) *store.Review {
 }
 
 // TestReviewLab restores a finished session's lab from its archive — the
-// real full export the archive wrote, then the same archive as change
-// sets — and finds the candidate's state in every node; it runs under its
+// change sets the archive task captured — and finds the candidate's state
+// in every node (a full export's restore is proved in package changeset); it runs under its
 // own names with admin terminals only, a regrade after the exam grades in
 // it, the reaper leaves it alone while it lives and removes it once it
 // expires, and an admin ends one early. An incomplete archive is refused
@@ -160,12 +146,18 @@ func TestReviewLab(t *testing.T) {
 		t.Errorf("review lab of an unknown session: %d, want 404", code)
 	}
 
-	// From the archive as the platform wrote it: full exports.
+	// From the archive as the platform wrote it: change sets.
+	if m, err := st.Store.Manifest(ctx, id); err != nil || m.Mode != lab.SnapshotChanges {
+		t.Fatalf("the archive's manifest: %+v %v, want mode changes", m, err)
+	}
 	rv := startReview(t, admin, id)
+	if rv.Mode != "changes" {
+		t.Errorf("review lab mode %q, want changes", rv.Mode)
+	}
 	t.Cleanup(func() { st.Runtime.Destroy(context.Background(), rv.ID) })
 	for n, w := range want {
 		if got := nodeState(t, st.Runtime, rv.ID, n); got != w {
-			t.Errorf("%s of the review lab (full archive) differs from the candidate's:\n%s", n, lineDiff(w, got))
+			t.Errorf("%s of the review lab (change sets) differs from the candidate's:\n%s", n, lineDiff(w, got))
 		}
 	}
 	conts := eng.Containers(t, rv.ID)
@@ -233,18 +225,15 @@ func TestReviewLab(t *testing.T) {
 		}
 	}
 
-	// The same archive as change sets: only what changed, deletions as
-	// whiteouts. (Built here from the full exports and the known changes
-	// until the platform captures change sets itself.)
-	toChangeSets(t, st.Store, id)
+	// A second review lab of the same archive, which an admin ends early.
 	rv2 := startReview(t, admin, id)
 	t.Cleanup(func() { st.Runtime.Destroy(context.Background(), rv2.ID) })
-	if rv2.Mode != "changes" {
-		t.Errorf("review lab mode %q, want changes", rv2.Mode)
+	if rv2.ID == rv.ID {
+		t.Fatalf("the second review lab took the first one's id %s", rv.ID)
 	}
 	for n, w := range want {
 		if got := nodeState(t, st.Runtime, rv2.ID, n); got != w {
-			t.Errorf("%s of the review lab (change sets) differs from the candidate's:\n%s", n, lineDiff(w, got))
+			t.Errorf("%s of the second review lab differs from the candidate's:\n%s", n, lineDiff(w, got))
 		}
 	}
 	// An admin ends it early.
@@ -298,77 +287,6 @@ func startAgain(t *testing.T, admin *testlab.Client, id string) *store.Review {
 		t.Fatalf("ask again: %d %+v %v, want 200 with the running one", code, a, err)
 	}
 	return a.Review
-}
-
-// toChangeSets rewrites the session's archive as the changes mode writes
-// it: each node's tar holds only reviewChanged (as the full export had
-// them) and the whiteouts of reviewDeleted, and the manifest says mode
-// "changes" with the new sizes and checksums.
-func toChangeSets(t *testing.T, st *store.Store, id string) {
-	t.Helper()
-	dir, _ := st.Path(id, store.SnapshotDir)
-	mpath := filepath.Join(dir, store.ManifestName)
-	b, err := os.ReadFile(mpath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	files, _ := m["files"].([]any)
-	for _, f := range files {
-		entry := f.(map[string]any)
-		name := entry["name"].(string)
-		if !strings.HasSuffix(name, ".tar") {
-			continue
-		}
-		full := filepath.Join(dir, name)
-		in, err := os.Open(full)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := os.Create(full + ".new")
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.New()
-		tw := tar.NewWriter(io.MultiWriter(out, sum))
-		tr := tar.NewReader(in)
-		for {
-			h, err := tr.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Contains(reviewChanged, strings.TrimSuffix(strings.TrimPrefix(h.Name, "./"), "/")) {
-				continue
-			}
-			tw.WriteHeader(h)
-			io.Copy(tw, tr)
-		}
-		for _, w := range reviewDeleted {
-			tw.WriteHeader(&tar.Header{Name: w, Typeflag: tar.TypeReg, Mode: 0o644, ModTime: time.Now()})
-		}
-		if err := tw.Close(); err != nil {
-			t.Fatal(err)
-		}
-		in.Close()
-		info, _ := out.Stat()
-		out.Close()
-		if err := os.Rename(full+".new", full); err != nil {
-			t.Fatal(err)
-		}
-		entry["size"] = info.Size()
-		entry["sha256"] = hex.EncodeToString(sum.Sum(nil))
-	}
-	m["mode"] = "changes"
-	b, _ = json.Marshal(m)
-	if err := os.WriteFile(mpath, b, 0o640); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func flipByte(t *testing.T, path string) func() {
