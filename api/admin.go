@@ -196,6 +196,7 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 		return err
 	}
 	v := s.view(sess)
+	v.Error = sess.Error // the exam staff read the runtime's own words
 	if live := s.liveNodes(ctx, sess); live != nil {
 		v.Nodes = live
 	}

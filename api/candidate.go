@@ -48,7 +48,7 @@ func (s *Server) view(sess *session.Session) sessionView {
 		ID: sess.ID, Email: sess.Email, ExamID: sess.ExamID, Status: sess.Status,
 		CreatedAt: sess.CreatedAt, StartedAt: sess.StartedAt, ReadyAt: sess.ReadyAt,
 		SubmittedAt: sess.SubmittedAt, CompletedAt: sess.CompletedAt, Deadline: sess.Deadline,
-		Duration: sess.DurationSeconds, Nodes: sess.Nodes, Error: sess.Error, ServerTime: now,
+		Duration: sess.DurationSeconds, Nodes: sess.Nodes, Error: sess.CandidateError(), ServerTime: now,
 	}
 	if v.Nodes == nil {
 		v.Nodes = []lab.NodeStatus{}

@@ -77,11 +77,16 @@ type Session struct {
 	// DurationSeconds is the exam's time allowance, extendable by admins.
 	DurationSeconds int64 `json:"duration_seconds"`
 	// SubmitReason is ByCandidate, ByAdmin or ByDeadline.
-	SubmitReason string            `json:"submit_reason,omitempty"`
-	Nodes        []lab.NodeStatus  `json:"nodes"`
-	Error        string            `json:"error,omitempty"`
-	Attempts     int               `json:"provision_attempts,omitempty"`
-	RuntimeInfo  map[string]string `json:"runtime_info,omitempty"`
+	SubmitReason string           `json:"submit_reason,omitempty"`
+	Nodes        []lab.NodeStatus `json:"nodes"`
+	// Error is why the lab could not be made or the session failed, in
+	// full, for the exam staff: a runtime's own words, addresses included.
+	Error string `json:"error,omitempty"`
+	// Notice is what the candidate is told of it, in plain words; see
+	// CandidateError.
+	Notice      string            `json:"notice,omitempty"`
+	Attempts    int               `json:"provision_attempts,omitempty"`
+	RuntimeInfo map[string]string `json:"runtime_info,omitempty"`
 	// TokenHashes are sha256 of the candidate's bearer tokens; the tokens
 	// themselves are never stored.
 	TokenHashes []string `json:"token_hashes,omitempty"`
@@ -180,7 +185,7 @@ func (s *Session) BeginProvision() error {
 		return s.refuse("provisioned")
 	}
 	s.Attempts++
-	s.Error = ""
+	s.Error, s.Notice = "", ""
 	return nil
 }
 
@@ -188,8 +193,9 @@ func (s *Session) BeginProvision() error {
 // final attempt a session still provisioning ends failed; one submitted
 // meanwhile keeps its course.
 func (s *Session) ProvisionFailed(reason string, final bool, now time.Time) {
-	s.Error = reason
+	s.Error, s.Notice = reason, NoticePreparing
 	if final && s.Status == StateProvisioning {
+		s.Notice = NoticeNotPrepared
 		s.Status = StateFailed
 		s.CompletedAt = now.UTC()
 	}
@@ -263,12 +269,13 @@ func (s *Session) Complete(now time.Time) (bool, error) {
 	return true, nil
 }
 
-// Fail ends a live session that can no longer go on, with the reason.
+// Fail ends a live session that can no longer go on, with the reason,
+// which the candidate reads too: it must be in plain words.
 func (s *Session) Fail(reason string, now time.Time) error {
 	if err := s.move("failed", StateFailed); err != nil {
 		return err
 	}
-	s.Error = reason
+	s.Error, s.Notice = reason, reason
 	if s.CompletedAt.IsZero() {
 		s.CompletedAt = now.UTC()
 	}
@@ -350,4 +357,28 @@ func (s *Session) WalkTo(to State, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// What a candidate is told when their lab is not there, in place of the
+// runtime's own words.
+const (
+	NoticePreparing   = "your lab is being prepared; this is taking longer than usual, and your time has not started"
+	NoticeNotPrepared = "your lab could not be prepared; please tell the exam staff"
+)
+
+// CandidateError is what the candidate is told of s.Error: the notice
+// made for them, never the runtime's own words, which may name internal
+// addresses. A record written before notices existed gets the plain
+// words for its state.
+func (s *Session) CandidateError() string {
+	switch {
+	case s.Notice != "":
+		return s.Notice
+	case s.Error == "":
+		return ""
+	case s.Status == StateFailed:
+		return NoticeNotPrepared
+	default:
+		return NoticePreparing
+	}
 }

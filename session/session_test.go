@@ -341,3 +341,34 @@ func TestRefusalReadsPlainly(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestCandidateError: the candidate is told plain words for a failed
+// attempt and a failed provision, the reason itself for a session failed
+// on purpose, and plain words for a record from before notices.
+func TestCandidateError(t *testing.T) {
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	raw := `dial tcp 10.0.0.9:2375: connect: connection refused`
+	s := &Session{Status: StateProvisioning}
+	s.ProvisionFailed(raw, false, now)
+	if s.Error != raw || s.CandidateError() != NoticePreparing {
+		t.Errorf("attempt failed: error %q, candidate reads %q", s.Error, s.CandidateError())
+	}
+	s.ProvisionFailed(raw, true, now)
+	if s.Status != StateFailed || s.Error != raw || s.CandidateError() != NoticeNotPrepared {
+		t.Errorf("last attempt failed: %s, error %q, candidate reads %q", s.Status, s.Error, s.CandidateError())
+	}
+	q := &Session{Status: StateQueued}
+	if err := q.Fail("removed from the queue by the exam staff: wrong room", now); err != nil {
+		t.Fatal(err)
+	}
+	if q.CandidateError() != "removed from the queue by the exam staff: wrong room" {
+		t.Errorf("failed on purpose: candidate reads %q", q.CandidateError())
+	}
+	old := &Session{Status: StateFailed, Error: raw}
+	if old.CandidateError() != NoticeNotPrepared {
+		t.Errorf("an older record: candidate reads %q", old.CandidateError())
+	}
+	if (&Session{Status: StateReady}).CandidateError() != "" {
+		t.Error("a session with no error tells the candidate of one")
+	}
+}

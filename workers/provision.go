@@ -60,6 +60,7 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	if perr != nil {
 		h.o.Observer.Provisioned(h.o.Now().Sub(start), false)
 		final := lastAttempt(ctx) || errors.Is(perr, asynq.SkipRetry)
+		h.log.Warn("provision attempt failed", "session", sess.ID, "attempt", sess.Attempts, "final", final, "err", perr)
 		_, uerr := h.o.Store.Update(context.WithoutCancel(ctx), sess.ID, func(s *session.Session) error {
 			if serr == nil {
 				s.Nodes = nodes
