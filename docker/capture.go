@@ -326,9 +326,9 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 		}
 		nc.Mode = lab.SnapshotFull
 		err := save(node, func(w io.Writer) error {
-			cw := &countWriter{w: w}
+			cw := &lab.CountingWriter{W: w}
 			err := r.export(ctx, node, c.ID, cw)
-			nc.Bytes = cw.n
+			nc.Bytes = cw.N
 			return err
 		})
 		return nc, err
@@ -352,7 +352,7 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 			return fmt.Errorf("read changes of %s: %w", node, err)
 		}
 		defer resp.Body.Close()
-		cw := &countWriter{w: w}
+		cw := &lab.CountingWriter{W: w}
 		st, err := changeset.FromOverlay(cw, resp.Body, changeset.OverlayOptions{
 			Omit: omit,
 			Seen: func(path string, dir bool) {
@@ -368,7 +368,7 @@ func (r *Runtime) captureNode(ctx context.Context, node string, c container, mod
 				}
 			},
 		})
-		nc.Bytes = cw.n
+		nc.Bytes = cw.N
 		nc.Deleted = st.Whiteouts
 		if err != nil {
 			return fmt.Errorf("convert changes of %s: %w", node, err)
@@ -492,16 +492,4 @@ func (r *Runtime) imageDigest(ctx context.Context, id string) (string, error) {
 		return "", nil
 	}
 	return img.RepoDigests[0], nil
-}
-
-// countWriter counts the bytes written through it.
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }

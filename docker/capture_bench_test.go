@@ -84,11 +84,11 @@ func toFile(path string, write func(io.Writer) error) (int64, error) {
 		return 0, err
 	}
 	defer f.Close()
-	cw := &countWriter{w: io.MultiWriter(f, sha256.New())}
+	cw := &lab.CountingWriter{W: io.MultiWriter(f, sha256.New())}
 	if err := write(cw); err != nil {
-		return cw.n, err
+		return cw.N, err
 	}
-	return cw.n, f.Sync()
+	return cw.N, f.Sync()
 }
 
 func BenchmarkArchiveLab(b *testing.B) {

@@ -86,9 +86,9 @@ func CaptureExports(ctx context.Context, sessionID string, nodes []string, mode 
 			c.Fallback = fallback
 		}
 		err := save(node, func(w io.Writer) error {
-			cw := &countWriter{w: w}
+			cw := &CountingWriter{W: w}
 			err := export(ctx, sessionID, node, cw)
-			c.Bytes = cw.n
+			c.Bytes = cw.N
 			return err
 		})
 		if errors.Is(err, ErrNotFound) {
@@ -103,14 +103,14 @@ func CaptureExports(ctx context.Context, sessionID string, nodes []string, mode 
 	return out, nil
 }
 
-// countWriter counts the bytes written through it.
-type countWriter struct {
-	w io.Writer
-	n int64
+// CountingWriter passes writes on to W and counts the bytes written in N.
+type CountingWriter struct {
+	W io.Writer
+	N int64
 }
 
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
+func (c *CountingWriter) Write(p []byte) (int, error) {
+	n, err := c.W.Write(p)
+	c.N += int64(n)
 	return n, err
 }

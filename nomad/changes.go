@@ -110,7 +110,7 @@ func (r *Runtime) captureChanges(ctx context.Context, sessionID, node string, sa
 		// The exec stream drops write errors, so a failing w must stop it.
 		check := newTarCheck()
 		defer check.abort()
-		cw := &countingWriter{w: w}
+		cw := &lab.CountingWriter{W: w}
 		sink := &stopWriter{w: io.MultiWriter(cw, check), stop: cancel}
 		// labnet capture holds on until its input closes, which happens
 		// once the whole archive is here: the stream cannot end first.
@@ -149,7 +149,7 @@ func (r *Runtime) captureChanges(ctx context.Context, sessionID, node string, sa
 			return err
 		}
 		nc = got
-		nc.Node, nc.Mode, nc.Bytes = node, lab.SnapshotChanges, cw.n
+		nc.Node, nc.Mode, nc.Bytes = node, lab.SnapshotChanges, cw.N
 		return nil
 	})
 	return nc, err
@@ -169,15 +169,4 @@ func captureReport(stderr string) (lab.NodeCapture, error) {
 		}
 	}
 	return nc, errors.New("labnet capture did not say what it captured")
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }

@@ -182,7 +182,7 @@ func (h *Handlers) capture(ctx context.Context, id, name string, write func(io.W
 		return store.File{}, err
 	}
 	sum := sha256.New()
-	cw := &countingWriter{w: io.MultiWriter(f, sum)}
+	cw := &lab.CountingWriter{W: io.MultiWriter(f, sum)}
 	if err := write(cw); err != nil {
 		f.Abort()
 		return store.File{}, err
@@ -190,7 +190,7 @@ func (h *Handlers) capture(ctx context.Context, id, name string, write func(io.W
 	if err := f.Commit(); err != nil {
 		return store.File{}, err
 	}
-	return store.File{Name: name, Size: cw.n, SHA256: hex.EncodeToString(sum.Sum(nil)), ModTime: h.o.Now().UTC()}, nil
+	return store.File{Name: name, Size: cw.N, SHA256: hex.EncodeToString(sum.Sum(nil)), ModTime: h.o.Now().UTC()}, nil
 }
 
 // resultsFile describes the session's results.json for the manifest;
@@ -209,17 +209,6 @@ func (h *Handlers) resultsFile(id string) (*store.File, error) {
 	}
 	sum := sha256.Sum256(b)
 	return &store.File{Name: store.ResultsFile, Size: int64(len(b)), SHA256: hex.EncodeToString(sum[:]), ModTime: h.o.Now().UTC()}, nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // Cleanup removes the session's lab and, once an archive has run, marks
