@@ -349,6 +349,22 @@ func TestReviewLabCapacity(t *testing.T) {
 		c.WaitStatus(t, id, testlab.ArchiveTimeout, "completed")
 		ids = append(ids, id)
 	}
+	var q struct {
+		Running int `json:"running"`
+	}
+	// A session reads completed a moment before its cleanup gives the
+	// slot back (see TestCapacityQueue): wait for the slot.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if code, err := admin.Do("GET", "/api/admin/queue", nil, &q); err != nil || code != 200 {
+			t.Fatalf("queue: %d %v", code, err)
+		}
+		if q.Running == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after both sessions completed, %d labs still hold slots", q.Running)
+		}
+	}
 	var a reviewAnswer
 	if code, err := admin.Do("POST", "/api/admin/session/"+ids[0]+"/review", nil, &a); err != nil || code != http.StatusAccepted {
 		t.Fatalf("first review lab: %d %+v %v", code, a, err)
@@ -356,9 +372,6 @@ func TestReviewLabCapacity(t *testing.T) {
 	code, body := raw(t, admin, "POST", "/api/admin/session/"+ids[1]+"/review", nil)
 	if code != http.StatusConflict || !strings.Contains(string(body), "all 1 lab slots of this deployment are in use") {
 		t.Fatalf("a review lab beyond the limit: %d %s, want 409 in words", code, body)
-	}
-	var q struct {
-		Running int `json:"running"`
 	}
 	if code, err := admin.Do("GET", "/api/admin/queue", nil, &q); err != nil || code != 200 || q.Running != 1 {
 		t.Fatalf("queue: %d %+v %v, want the review lab running", code, q, err)

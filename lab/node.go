@@ -16,6 +16,18 @@ var (
 	ErrNotFound = errors.New("lab or node not found")
 	// ErrNotRunning: the node exists but is not running.
 	ErrNotRunning = errors.New("node not running")
+	// ErrNoCapacity: the runtime answered, and the lab cannot be placed
+	// now (no client has the room it reserves). Provision returns it
+	// wrapped with the scheduler's reason, before it creates anything, so
+	// the start can wait for room instead of failing.
+	ErrNoCapacity = errors.New("no room to place the lab")
+	// ErrUnavailable: the runtime's service cannot be reached (refused,
+	// timed out, no leader). Returned wrapped with the underlying error.
+	ErrUnavailable = errors.New("the lab runtime is unavailable")
+	// ErrLost: the lab, or a node of it, was running and is gone with its
+	// host (a Nomad allocation lost, its client down): not a candidate's
+	// doing, and not coming back by itself.
+	ErrLost = errors.New("lab lost with its host")
 )
 
 // State is one node's runtime state.
@@ -29,6 +41,12 @@ const (
 	StateExited   State = "exited"  // stopped or dead
 	StateFailed   State = "failed"  // could not be created or keeps failing
 	StateMissing  State = "missing" // expected but gone
+	// StateLost: the host the node ran on is gone (a Nomad allocation
+	// lost, its client down); the node will not come back by itself.
+	StateLost State = "lost"
+	// StateUnknown: the host the node runs on stopped reporting (a Nomad
+	// client disconnected); the node may still run, or come back.
+	StateUnknown State = "unknown"
 )
 
 // NodeStatus is what a runtime reports of one node.
