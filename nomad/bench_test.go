@@ -2,13 +2,18 @@ package nomad_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/nomad/api"
+
 	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
 )
 
@@ -36,12 +41,14 @@ func BenchmarkColdStart(b *testing.B) {
 		if os.Getenv("NOMAD_ADDR") == "" {
 			b.Skip(skipWithoutNomad)
 		}
-		rt, _ := realRuntime(b)
-		coldStart(b, rt)
+		rt, client := realRuntime(b)
+		coldStart(b, rt, func(sessionID string, start time.Time) {
+			logTimeline(b, client, sessionID, start)
+		})
 	})
 }
 
-func coldStart(b *testing.B, rt provisioner) {
+func coldStart(b *testing.B, rt provisioner, after ...func(sessionID string, start time.Time)) {
 	ctx := context.Background()
 	var total time.Duration
 	b.ResetTimer()
@@ -62,6 +69,9 @@ func coldStart(b *testing.B, rt provisioner) {
 			if nodes, err = rt.Status(pctx, spec); err == nil && !lab.AllRunning(nodes) {
 				b.Errorf("provision returned with nodes not running: %+v", nodes)
 			}
+			for _, f := range after {
+				f(spec.SessionID, start)
+			}
 		}
 		cancel()
 		dctx, dcancel := context.WithTimeout(ctx, provisionTimeout)
@@ -77,6 +87,55 @@ func coldStart(b *testing.B, rt provisioner) {
 	}
 	b.StopTimer()
 	b.ReportMetric(total.Seconds()/float64(b.N), "s/lab")
+}
+
+// logTimeline prints where a cold start's time went on a real agent, each
+// moment as seconds since Provision was called: the allocation created
+// (the scheduler's part), the client's first task event (the client
+// picked the allocation up), and per task when it was received, set up
+// and started, in the order they started.
+func logTimeline(b *testing.B, client *api.Client, sessionID string, start time.Time) {
+	stubs, _, err := client.Jobs().Allocations(jobspecs.JobName(sessionID), true, nil)
+	if err != nil || len(stubs) == 0 {
+		b.Logf("timeline: allocations of %s: %v (%d)", sessionID, err, len(stubs))
+		return
+	}
+	alloc, _, err := client.Allocations().Info(stubs[0].ID, nil)
+	if err != nil {
+		b.Logf("timeline: allocation %s: %v", stubs[0].ID, err)
+		return
+	}
+	at := func(ns int64) string {
+		if ns == 0 {
+			return "      -"
+		}
+		return fmt.Sprintf("%6.2fs", time.Unix(0, ns).Sub(start).Seconds())
+	}
+	type step struct {
+		task  string
+		times map[string]int64
+	}
+	var steps []step
+	first := int64(0)
+	for name, ts := range alloc.TaskStates {
+		st := step{task: name, times: map[string]int64{}}
+		for _, e := range ts.Events {
+			if _, seen := st.times[e.Type]; !seen {
+				st.times[e.Type] = e.Time
+			}
+			if first == 0 || e.Time < first {
+				first = e.Time
+			}
+		}
+		steps = append(steps, st)
+	}
+	sort.Slice(steps, func(i, j int) bool { return steps[i].times["Started"] < steps[j].times["Started"] })
+	b.Logf("timeline of %s (seconds since Provision was called): allocation created %s, first task event %s",
+		sessionID, at(alloc.CreateTime), at(first))
+	for _, st := range steps {
+		b.Logf("  %-12s received %s  set up %s  started %s", st.task,
+			at(st.times["Received"]), at(st.times["Task Setup"]), at(st.times["Started"]))
+	}
 }
 
 // benchCaptureTimeout bounds all the captures of BenchmarkCaptureOnNomad.
