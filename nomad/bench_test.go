@@ -93,7 +93,8 @@ func coldStart(b *testing.B, rt provisioner, after ...func(sessionID string, sta
 // moment as seconds since Provision was called: the allocation created
 // (the scheduler's part), the client's first task event (the client
 // picked the allocation up), and per task when it was received, set up
-// and started, in the order they started.
+// started and, for the lifecycle tasks that run once, ended, in the
+// order they started.
 func logTimeline(b *testing.B, client *api.Client, sessionID string, start time.Time) {
 	stubs, _, err := client.Jobs().Allocations(jobspecs.JobName(sessionID), true, nil)
 	if err != nil || len(stubs) == 0 {
@@ -133,8 +134,8 @@ func logTimeline(b *testing.B, client *api.Client, sessionID string, start time.
 	b.Logf("timeline of %s (seconds since Provision was called): allocation created %s, first task event %s",
 		sessionID, at(alloc.CreateTime), at(first))
 	for _, st := range steps {
-		b.Logf("  %-12s received %s  set up %s  started %s", st.task,
-			at(st.times["Received"]), at(st.times["Task Setup"]), at(st.times["Started"]))
+		b.Logf("  %-12s received %s  set up %s  started %s  ended %s", st.task,
+			at(st.times["Received"]), at(st.times["Task Setup"]), at(st.times["Started"]), at(st.times["Terminated"]))
 	}
 }
 
