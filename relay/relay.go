@@ -127,6 +127,10 @@ const (
 	DefaultMaxRecordingBytes = 64 << 20
 )
 
+// DefaultHolder is where nodes have the platform's binary: in the
+// grader's tools volume (grading.ToolsDir).
+const DefaultHolder = "/.examlab/examlab"
+
 // DefaultShell is the login shell started in a node.
 var DefaultShell = []string{"/bin/bash", "-l"}
 
@@ -202,6 +206,10 @@ type Options struct {
 	MaxRecordingBytes int64
 	// Shell is the command run in a node; default DefaultShell.
 	Shell []string
+	// Holder is the platform's binary in the nodes, run as the terminal
+	// holder (held.go); default DefaultHolder. "none" runs every shell in
+	// this relay's exec, as does a node without the binary.
+	Holder string
 	// Observer, when set, counts open terminal connections.
 	Observer observer
 	Logger   *slog.Logger
@@ -280,6 +288,9 @@ func New(o Options) (*Relay, error) {
 	}
 	if len(o.Shell) == 0 {
 		o.Shell = DefaultShell
+	}
+	if o.Holder == "" {
+		o.Holder = DefaultHolder
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -482,17 +493,19 @@ func (r *Relay) watchSessions() {
 
 // noteShell records a shell's start (live) or end in the store, where a
 // worker about to grade the session looks for live terminals.
-func (r *Relay) noteShell(s *shell, live bool) {
+func (r *Relay) noteShell(s *shell, live bool) { r.noteShellTag(s.key.session, s.tag, live) }
+
+func (r *Relay) noteShellTag(session, tag string, live bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.o.SessionCheck)
 	defer cancel()
 	var err error
 	if live {
-		err = r.o.Store.TerminalOpened(ctx, s.key.session, s.tag)
+		err = r.o.Store.TerminalOpened(ctx, session, tag)
 	} else {
-		err = r.o.Store.TerminalClosed(ctx, s.key.session, s.tag)
+		err = r.o.Store.TerminalClosed(ctx, session, tag)
 	}
 	if err != nil {
-		r.log.Warn("note terminal", "session", s.key.session, "node", s.key.node, "live", live, "err", err)
+		r.log.Warn("note terminal", "session", session, "live", live, "err", err)
 	}
 }
 
