@@ -6,11 +6,11 @@
 // the shell; admins may watch any terminal read-only. A dropped connection
 // leaves the shell running for a grace period, and a new connection from the
 // same candidate reattaches to it and first receives a replay of recent
-// output. Shells live in this process's memory, so reattaching needs the same
-// relay process: run one relay, or route each session to the same relay
-// (sticky routing on the session id in the path, or on the eight-character
-// prefix in the container name of the seed's /api/terminal/:container
-// route, which is unique among live sessions).
+// output. The shell itself lives in its node, held by the platform's binary
+// (held.go), so any relay reattaches to it: a restarted relay, or another
+// one behind the same address; no sticky routing is needed. Nodes without
+// the holder get a shell of the relay's own exec, which ends with the
+// relay.
 //
 // Clients written against the seed name a terminal by its container,
 // exam-{id8}-{node}: that route takes the session from the credential (the
@@ -61,8 +61,11 @@
 //
 // Every shell is recorded as asciicast v2 in the session's terminal-logs
 // folder: the first shell on a node in {node}.cast, later shells on the same
-// node (after an exit, a grace expiry or a relay restart) in {node}.2.cast,
-// {node}.3.cast… A reattach appends to the same file. Output ("o"), the
+// node (after an exit or a grace expiry) in {node}.2.cast, {node}.3.cast…
+// A reattach appends to the same file, through this relay or another one:
+// a held shell's recording carries "attached/detached shell=… offset=…"
+// markers that tell the next relay which part of the scrollback it has not
+// recorded yet (held.go). Output ("o"), the
 // candidate's input ("i") and resizes ("r") are recorded; a file that
 // reaches MaxRecordingBytes stops recording output and says so with a
 // marker ("m") event. Lines typed into the shell are also kept as command
