@@ -96,8 +96,13 @@ func (s *shell) startHeld(dir string, size lab.Size) error {
 		Cmd: s.r.holdCommand(s.key.node),
 		Env: []string{"TERM=xterm-256color", tagVar + "=" + s.tag},
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, lab.ErrNotFound), errors.Is(err, lab.ErrNotRunning), s.ctx.Err() != nil:
 		return fmt.Errorf("start shell in %s: %w", s.key.node, err)
+	case err != nil:
+		// A runtime may refuse a missing binary outright rather than in
+		// the exec's output; the shell of the relay's own exec is tried.
+		return fmt.Errorf("start shell in %s: %w: %v", s.key.node, holder.ErrNoHolder, err)
 	}
 	conn := holder.NewConn(exec, exec)
 	fail := func(err error) error {

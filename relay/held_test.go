@@ -60,6 +60,15 @@ func (ls *labStack) relayURL(addr, node string) string {
 	return "ws://" + addr + "/ws/session/" + ls.session + "/terminal/" + node
 }
 
+func mustDir(t *testing.T, ls *labStack) string {
+	t.Helper()
+	dir, err := ls.Store.Path(ls.session, store.TerminalDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // castText is a recording's output, its markers, and its files.
 func castText(t *testing.T, ls *labStack, node string) (out string, marks []string, files []string) {
 	t.Helper()
@@ -177,6 +186,17 @@ func TestHeldTerminals(t *testing.T) {
 		_, _, files := waitCast(t, ls, "osaka", "Y=7")
 		if len(files) != 1 {
 			t.Errorf("recordings of osaka: %v; want one", files)
+		}
+	})
+
+	t.Run("a node without the holder gets a shell of the relay", func(t *testing.T) {
+		_, addr := ownRelay(t, ls, relay.Options{Holder: "/.examlab/no-such-holder"})
+		tm := dial(t, ls.relayURL(addr, "g1"), ls.browser())
+		tm.waitReady()
+		tm.send("test -e /run/examlab/term-g1.sock || echo no-ho''lder\r")
+		tm.waitLine("no-holder")
+		if _, err := os.Stat(filepath.Join(mustDir(t, ls), "g1.cast")); err != nil {
+			t.Errorf("the relay's own shell is not recorded: %v", err)
 		}
 	})
 

@@ -18,7 +18,7 @@ import (
 //	examlab hold serve  -name NODE [flags] -- SHELL...   started by attach
 func hold(ctx context.Context, args []string) error {
 	if len(args) == 0 || (args[0] != "attach" && args[0] != "serve") {
-		return errors.New("hold: usage: examlab hold attach|serve -name NODE [-dir D] [-ring BYTES] [-grace D] -- SHELL...")
+		return errors.New("hold: usage: examlab hold attach|serve -name NODE [-dir D] [-ring BYTES] [-grace D] -- SHELL")
 	}
 	fs := flag.NewFlagSet("hold "+args[0], flag.ContinueOnError)
 	name := fs.String("name", "", "the terminal's name (the node)")
