@@ -21,8 +21,8 @@ image: ## build the lab node image examlab/node:bookworm from Debian's packages 
 web: ## rebuild the committed xterm.js bundle from Debian's node-xterm and libjs-xterm
 	@./deploy/web.sh
 
-build: ## build bin/examlab
-	$(GO) build -o $(BIN) ./cmd/examlab
+build: ## build bin/examlab (static: nodes run it as the terminal holder)
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/examlab
 
 COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
 

@@ -45,6 +45,11 @@ type Options struct {
 	// gets read-only as the grader's tools; empty means
 	// DefaultGraderBusybox, "none" gives labs no tools.
 	GraderBusybox string
+	// Holder is a static build of the platform's binary that joins the
+	// grader's tools so that nodes run it as the terminal holder (see
+	// package holder); empty means none, and the relay then keeps shells
+	// itself. A binary that is not static is left out with a warning.
+	Holder string
 	// Instance, when set, is stamped on every container and network this
 	// runtime creates (label examlab.instance), and Labs reports only labs
 	// that carry it. Empty means no stamp, and Labs sees every managed lab.
@@ -63,9 +68,11 @@ type Runtime struct {
 	switchImage string
 
 	graderBusybox string
+	holder        string
 	toolsMu       sync.Mutex
 	toolsReady    string
 	toolsWarned   bool
+	holderWarned  bool
 
 	// indexes are the paths of each image a capture has read, by image id.
 	indexMu sync.Mutex
@@ -113,7 +120,7 @@ func New(opts Options) (*Runtime, error) {
 	case "none":
 		bb = ""
 	}
-	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw, graderBusybox: bb}, nil
+	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw, graderBusybox: bb, holder: opts.Holder}, nil
 }
 
 // Ping reports whether the engine answers.

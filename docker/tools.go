@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -58,13 +59,14 @@ func (r *Runtime) toolsVolume(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("grader's tools: %w", err)
 	}
-	sum := sha256.Sum256(bin)
-	name := ToolsVolumeName(bin)
+	hold := r.holderBinary()
+	sum := toolsSum(bin, hold)
+	name := "examlab-grader-" + hex.EncodeToString(sum[:6])
 	body := map[string]any{"Name": name, "Labels": map[string]string{LabelTools: hex.EncodeToString(sum[:])}}
 	if err := r.client.do(ctx, http.MethodPost, "/volumes/create", nil, body, nil); err != nil {
 		return "", fmt.Errorf("grader's tools: create volume %s: %w", name, err)
 	}
-	if err := r.fillTools(ctx, name, bin); err != nil {
+	if err := r.fillTools(ctx, name, bin, hold); err != nil {
 		return "", fmt.Errorf("grader's tools: fill volume %s: %w", name, err)
 	}
 	r.toolsReady = name
@@ -82,6 +84,56 @@ func (r *Runtime) GraderTools(ctx context.Context) (string, error) { return r.to
 func ToolsVolumeName(bin []byte) string {
 	sum := sha256.Sum256(bin)
 	return "examlab-grader-" + hex.EncodeToString(sum[:6])
+}
+
+// toolsSum is the digest a tools volume is named by: busybox's alone
+// (ToolsVolumeName) without a holder, else one over both binaries, so a
+// new build of either gets a new volume.
+func toolsSum(busybox, holder []byte) [32]byte {
+	if len(holder) == 0 {
+		return sha256.Sum256(busybox)
+	}
+	a, b := sha256.Sum256(busybox), sha256.Sum256(holder)
+	return sha256.Sum256(append(a[:], b[:]...))
+}
+
+// holderBinary reads the terminal holder to ship, nil when there is none
+// or it would not run in a node (not a static executable).
+func (r *Runtime) holderBinary() []byte {
+	if r.holder == "" {
+		return nil
+	}
+	bin, err := os.ReadFile(r.holder)
+	if err == nil {
+		err = staticELF(bin)
+	}
+	if err != nil {
+		if !r.holderWarned {
+			r.holderWarned = true
+			fmt.Fprintf(os.Stderr, "examlab: no terminal holder for the nodes (%v): terminals live in the relay and end when it restarts; build examlab with CGO_ENABLED=0 (make build)\n", err)
+		}
+		return nil
+	}
+	return bin
+}
+
+// staticELF checks bin is an executable that needs no loader, so that it
+// runs in any node of this host's architecture.
+func staticELF(bin []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(bin))
+	if err != nil {
+		return fmt.Errorf("terminal holder: %w", err)
+	}
+	defer f.Close()
+	if f.Type != elf.ET_EXEC {
+		return errors.New("terminal holder: not a static executable")
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("terminal holder: linked dynamically")
+		}
+	}
+	return nil
 }
 
 // ToolsVolumeFor is ToolsVolumeName of the busybox at path, as a platform
@@ -102,11 +154,13 @@ func ToolsVolumeFor(path string) (string, error) {
 }
 
 // fillScript installs the busybox uploaded as busybox.new and links its
-// applets, then moves it into place last: a volume that holds busybox is
-// complete, and one that does not is filled again.
+// applets, and the terminal holder uploaded as examlab.new, then moves
+// busybox into place last: a volume that holds busybox is complete, and
+// one that does not is filled again.
 const fillScript = `set -e
 cd /tools
 [ -x busybox ] && exit 0
+if [ -f examlab.new ]; then chmod 0755 examlab.new; mv examlab.new examlab; fi
 chmod 0755 busybox.new
 rm -rf bin && mkdir bin
 for a in $(./busybox.new --list); do ln -s ../busybox "bin/$a"; done
@@ -115,7 +169,7 @@ mv busybox.new busybox
 
 // fillTools runs a short-lived container of the switch image with the
 // volume mounted read-write, uploads the busybox into it and installs it.
-func (r *Runtime) fillTools(ctx context.Context, volume string, bin []byte) error {
+func (r *Runtime) fillTools(ctx context.Context, volume string, bin, holder []byte) error {
 	cc := containerCreate{
 		Image:      r.switchImage,
 		Labels:     map[string]string{LabelTools: "fill"},
@@ -142,6 +196,14 @@ func (r *Runtime) fillTools(ctx context.Context, volume string, bin []byte) erro
 	}
 	if _, err := tw.Write(bin); err != nil {
 		return err
+	}
+	if len(holder) > 0 {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "examlab.new", Mode: 0o755, Size: int64(len(holder)), ModTime: time.Now()}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(holder); err != nil {
+			return err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return err

@@ -85,6 +85,10 @@ type Options struct {
 	Runtime lab.Runtime
 	// NoScheduler leaves out the periodic sweeps (tests drive them).
 	NoScheduler bool
+	// Holder is a static build of this binary for the Docker runtime to
+	// ship into the nodes as the terminal holder (docker.Options.Holder);
+	// the commands pass their own executable.
+	Holder string
 }
 
 // New connects to Redis and the runtime and builds the roles; Start runs them.
@@ -133,7 +137,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	}
 	p.Runtime = o.Runtime
 	if p.Runtime == nil {
-		if p.Runtime, err = NewRuntime(cfg); err != nil {
+		if p.Runtime, err = newRuntime(cfg, o.Holder); err != nil {
 			return nil, err
 		}
 	}
@@ -329,10 +333,12 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 }
 
 // NewRuntime builds the lab runtime the config names.
-func NewRuntime(cfg config.Config) (lab.Runtime, error) {
+func NewRuntime(cfg config.Config) (lab.Runtime, error) { return newRuntime(cfg, "") }
+
+func newRuntime(cfg config.Config, holder string) (lab.Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
-		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, GraderBusybox: cfg.GraderBusybox, Instance: cfg.Instance})
+		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, GraderBusybox: cfg.GraderBusybox, Holder: holder, Instance: cfg.Instance})
 	case config.RuntimeNomad:
 		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
 		// NOMAD_REGION and the TLS variables itself.

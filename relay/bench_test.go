@@ -247,3 +247,69 @@ func BenchmarkTerminal(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReattach measures what a relay restart costs a candidate: the
+// time from dialling a new relay to a command's answer in the same shell,
+// beside opening a fresh terminal in the same run, held in the node
+// (fresh-held) and, the baseline, run by the relay itself (fresh-relay,
+// how every terminal opened before the holder). Relays start and stop
+// outside the timed part.
+func BenchmarkReattach(b *testing.B) {
+	ls := startBenchLab(b)
+	url := func(addr string) string { return ls.relayURL(addr, "tokyo") }
+	// roundTrip dials, waits for the ready message and a command's answer.
+	roundTrip := func(b *testing.B, addr string, i int) (*term, time.Duration) {
+		t0 := time.Now()
+		tm := dial(b, url(addr), ls.browser())
+		tm.waitReady()
+		tm.send(fmt.Sprintf("echo R-$((%d+1))\r", i))
+		tm.waitLine(fmt.Sprintf("R-%d", i+1))
+		return tm, time.Since(t0)
+	}
+	fresh := func(holder string) func(b *testing.B) {
+		return func(b *testing.B) {
+			_, addr := ownRelay(b, ls, relay.Options{Holder: holder})
+			var ds []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				tm, d := roundTrip(b, addr, i)
+				ds = append(ds, d)
+				b.StopTimer()
+				tm.send("exit\r") // the next open starts a new shell
+				tm.waitClose()
+				b.StartTimer()
+			}
+			b.StopTimer()
+			testlab.ReportDurations(b, ds)
+		}
+	}
+	b.Run("fresh-relay", fresh("none"))
+	b.Run("fresh-held", fresh(""))
+	b.Run("reattach-after-restart", func(b *testing.B) {
+		r, addr := ownRelay(b, ls, relay.Options{})
+		tm, _ := roundTrip(b, addr, 0)
+		var ds []time.Duration
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			ctx, cancel := context.WithTimeout(context.Background(), benchStepTimeout)
+			if err := r.Shutdown(ctx); err != nil {
+				b.Fatalf("relay shutdown: %v", err)
+			}
+			cancel()
+			tm.waitClose()
+			r, addr = ownRelay(b, ls, relay.Options{})
+			b.StartTimer()
+			var d time.Duration
+			tm, d = roundTrip(b, addr, i+1)
+			if tm.waitReady()["reattached"] != true {
+				b.Fatal("the new relay started a new shell instead of reattaching")
+			}
+			ds = append(ds, d)
+		}
+		b.StopTimer()
+		testlab.ReportDurations(b, ds)
+		tm.send("exit\r")
+		tm.waitClose()
+	})
+}

@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -48,6 +51,11 @@ type recorder struct {
 	pending []byte
 	timer   *time.Timer
 	err     error
+	// floor is the time of the last event a previous relay wrote to a
+	// continued recording: event times never go back.
+	floor float64
+	// offset is the holder's output offset recorded up to (held shells).
+	offset int64
 }
 
 // createRecording opens the first free name of node's recordings in dir:
@@ -72,6 +80,9 @@ func createRecording(dir, node string, size lab.Size, start time.Time, title str
 			return nil, fmt.Errorf("create recording %s: %w", name, err)
 		}
 	}
+	// The lock tells a relay continuing this shell's recording to wait
+	// until this one has written its last event.
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 	rec := &recorder{f: f, w: bufio.NewWriterSize(f, 64<<10), name: name, start: start, limit: limit}
 	h := castHeader{
 		Version: 2, Width: int(size.Cols), Height: int(size.Rows), Timestamp: start.Unix(), Title: title,
@@ -91,6 +102,7 @@ func createRecording(dir, node string, size lab.Size, start time.Time, title str
 func (r *recorder) Output(at time.Time, p []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.offset += int64(len(p))
 	if r.truncated || r.f == nil {
 		return
 	}
@@ -154,7 +166,7 @@ func (r *recorder) encode(at time.Time, kind string, data []byte) []byte {
 	var line bytes.Buffer
 	line.Grow(len(data) + 32)
 	line.WriteByte('[')
-	line.WriteString(strconv.FormatFloat(max(at.Sub(r.start).Seconds(), 0), 'f', 6, 64))
+	line.WriteString(strconv.FormatFloat(max(at.Sub(r.start).Seconds(), r.floor), 'f', 6, 64))
 	line.WriteString(`, "`)
 	line.WriteString(kind)
 	line.WriteString(`", `)
@@ -237,4 +249,139 @@ func incompleteTail(p []byte) int {
 		}
 	}
 	return len(p)
+}
+
+// Offset is the holder's output offset the recording has reached.
+func (r *recorder) Offset() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.offset
+}
+
+// Marks a held shell's recording carries, so that the relay that attaches
+// next knows where this one stopped: "attached shell=TAG offset=N" when a
+// relay attaches, "detached shell=TAG offset=N" when it lets go of a shell
+// that lives on in its node.
+const (
+	markAttached = "attached"
+	markDetached = "detached"
+)
+
+func holdMark(kind, tag string, offset int64) string {
+	return kind + " shell=" + tag + " offset=" + strconv.FormatInt(offset, 10)
+}
+
+// castMark is the last holder mark found in a recording.
+type castMark struct {
+	kind   string
+	tag    string
+	offset int64
+}
+
+func parseHoldMark(label string) (castMark, bool) {
+	f := strings.Fields(label)
+	if len(f) != 3 || (f[0] != markAttached && f[0] != markDetached) ||
+		!strings.HasPrefix(f[1], "shell=") || !strings.HasPrefix(f[2], "offset=") {
+		return castMark{}, false
+	}
+	n, err := strconv.ParseInt(strings.TrimPrefix(f[2], "offset="), 10, 64)
+	if err != nil || n < 0 {
+		return castMark{}, false
+	}
+	return castMark{kind: f[0], tag: strings.TrimPrefix(f[1], "shell="), offset: n}, true
+}
+
+// castTail bounds how much of a recording's end is read for its last mark.
+const castTail = 256 << 10
+
+// recordingLockWait bounds the wait for the relay that records a shell to
+// let go of its file when another relay takes the shell over.
+const recordingLockWait = 10 * time.Second
+
+// latestRecording names the newest of node's recordings in dir, "" when
+// there is none.
+func latestRecording(dir, node string) string {
+	latest := ""
+	for i := 1; i < 10000; i++ {
+		name := node + ".cast"
+		if i > 1 {
+			name = node + "." + strconv.Itoa(i) + ".cast"
+		}
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			return latest
+		}
+		latest = name
+	}
+	return latest
+}
+
+// continueRecording reopens node's newest recording when it is the one of
+// the held shell tag, once the relay recording it now has let go of it
+// (or recordingLockWait has passed). It returns the recording's last mark;
+// nil when the newest recording is another shell's or there is none.
+func continueRecording(dir, node, tag string, limit int64) (*recorder, castMark, error) {
+	name := latestRecording(dir, node)
+	if name == "" {
+		return nil, castMark{}, nil
+	}
+	path := filepath.Join(dir, name)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, castMark{}, fmt.Errorf("continue recording %s: %w", name, err)
+	}
+	deadline := time.Now().Add(recordingLockWait)
+	for syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	start, last, mark, size, err := readCastEnd(path)
+	if err != nil || mark.tag != tag {
+		f.Close()
+		return nil, castMark{}, err
+	}
+	rec := &recorder{f: f, w: bufio.NewWriterSize(f, 64<<10), name: name, start: start, limit: limit,
+		written: size, floor: last, offset: mark.offset}
+	return rec, mark, nil
+}
+
+// readCastEnd reads a recording's header time, its last event's time, its
+// last holder mark and its size.
+func readCastEnd(path string) (start time.Time, last float64, mark castMark, size int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return start, 0, mark, 0, fmt.Errorf("read recording: %w", err)
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	head, err := br.ReadBytes('\n')
+	var h castHeader
+	if err != nil || json.Unmarshal(head, &h) != nil {
+		return start, 0, mark, 0, fmt.Errorf("read recording %s: no header", filepath.Base(path))
+	}
+	start = time.Unix(h.Timestamp, 0)
+	fi, err := f.Stat()
+	if err != nil {
+		return start, 0, mark, 0, fmt.Errorf("read recording: %w", err)
+	}
+	size = fi.Size()
+	from := max(int64(len(head)), size-castTail)
+	buf := make([]byte, size-from)
+	if _, err := f.ReadAt(buf, from); err != nil && err != io.EOF {
+		return start, 0, mark, 0, fmt.Errorf("read recording: %w", err)
+	}
+	for _, line := range bytes.Split(buf, []byte{'\n'}) {
+		var ev [3]json.RawMessage
+		var at float64
+		var kind, data string
+		if json.Unmarshal(line, &ev) != nil || json.Unmarshal(ev[0], &at) != nil ||
+			json.Unmarshal(ev[1], &kind) != nil || json.Unmarshal(ev[2], &data) != nil {
+			continue // the cut at the front, or a torn last line
+		}
+		last = max(last, at)
+		if kind == "m" {
+			if m, ok := parseHoldMark(data); ok {
+				mark = m
+			}
+		}
+	}
+	return start, last, mark, size, nil
 }

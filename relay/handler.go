@@ -388,7 +388,7 @@ func (r *Relay) candidateShell(c *client, size lab.Size) (*shell, error) {
 		}
 		sh, fresh, err := r.acquire(c.key, size)
 		if err == nil {
-			if sh.attach(c, !fresh) {
+			if sh.attach(c, !fresh || sh.resumed) {
 				return sh, nil
 			}
 			continue // it ended in between; start another

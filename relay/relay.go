@@ -6,11 +6,11 @@
 // the shell; admins may watch any terminal read-only. A dropped connection
 // leaves the shell running for a grace period, and a new connection from the
 // same candidate reattaches to it and first receives a replay of recent
-// output. Shells live in this process's memory, so reattaching needs the same
-// relay process: run one relay, or route each session to the same relay
-// (sticky routing on the session id in the path, or on the eight-character
-// prefix in the container name of the seed's /api/terminal/:container
-// route, which is unique among live sessions).
+// output. The shell itself lives in its node, held by the platform's binary
+// (held.go), so any relay reattaches to it: a restarted relay, or another
+// one behind the same address; no sticky routing is needed. Nodes without
+// the holder get a shell of the relay's own exec, which ends with the
+// relay.
 //
 // Clients written against the seed name a terminal by its container,
 // exam-{id8}-{node}: that route takes the session from the credential (the
@@ -61,8 +61,11 @@
 //
 // Every shell is recorded as asciicast v2 in the session's terminal-logs
 // folder: the first shell on a node in {node}.cast, later shells on the same
-// node (after an exit, a grace expiry or a relay restart) in {node}.2.cast,
-// {node}.3.cast… A reattach appends to the same file. Output ("o"), the
+// node (after an exit or a grace expiry) in {node}.2.cast, {node}.3.cast…
+// A reattach appends to the same file, through this relay or another one:
+// a held shell's recording carries "attached/detached shell=… offset=…"
+// markers that tell the next relay which part of the scrollback it has not
+// recorded yet (held.go). Output ("o"), the
 // candidate's input ("i") and resizes ("r") are recorded; a file that
 // reaches MaxRecordingBytes stops recording output and says so with a
 // marker ("m") event. Lines typed into the shell are also kept as command
@@ -126,6 +129,10 @@ const (
 	DefaultSessionCheck      = 5 * time.Second
 	DefaultMaxRecordingBytes = 64 << 20
 )
+
+// DefaultHolder is where nodes have the platform's binary: in the
+// grader's tools volume (grading.ToolsDir).
+const DefaultHolder = "/.examlab/examlab"
 
 // DefaultShell is the login shell started in a node.
 var DefaultShell = []string{"/bin/bash", "-l"}
@@ -202,6 +209,10 @@ type Options struct {
 	MaxRecordingBytes int64
 	// Shell is the command run in a node; default DefaultShell.
 	Shell []string
+	// Holder is the platform's binary in the nodes, run as the terminal
+	// holder (held.go); default DefaultHolder. "none" runs every shell in
+	// this relay's exec, as does a node without the binary.
+	Holder string
 	// Observer, when set, counts open terminal connections.
 	Observer observer
 	Logger   *slog.Logger
@@ -280,6 +291,9 @@ func New(o Options) (*Relay, error) {
 	}
 	if len(o.Shell) == 0 {
 		o.Shell = DefaultShell
+	}
+	if o.Holder == "" {
+		o.Holder = DefaultHolder
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -482,17 +496,19 @@ func (r *Relay) watchSessions() {
 
 // noteShell records a shell's start (live) or end in the store, where a
 // worker about to grade the session looks for live terminals.
-func (r *Relay) noteShell(s *shell, live bool) {
+func (r *Relay) noteShell(s *shell, live bool) { r.noteShellTag(s.key.session, s.tag, live) }
+
+func (r *Relay) noteShellTag(session, tag string, live bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.o.SessionCheck)
 	defer cancel()
 	var err error
 	if live {
-		err = r.o.Store.TerminalOpened(ctx, s.key.session, s.tag)
+		err = r.o.Store.TerminalOpened(ctx, session, tag)
 	} else {
-		err = r.o.Store.TerminalClosed(ctx, s.key.session, s.tag)
+		err = r.o.Store.TerminalClosed(ctx, session, tag)
 	}
 	if err != nil {
-		r.log.Warn("note terminal", "session", s.key.session, "node", s.key.node, "live", live, "err", err)
+		r.log.Warn("note terminal", "session", session, "live", live, "err", err)
 	}
 }
 

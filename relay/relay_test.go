@@ -113,6 +113,9 @@ func startLab(t testing.TB, o testlab.Options) *labStack {
 	// the engine that its own store does not know, which would include the
 	// labs of other tests running beside this one.
 	o.Platform.NoScheduler = true
+	if o.Platform.Holder == "" {
+		o.Platform.Holder = holderBinary(t)
+	}
 	st := testlab.Start(t, o)
 	cand := st.Client()
 	id := cand.Login(t, "candidate-"+strings.ToLower(t.Name()[:4])+"@example.com")
@@ -261,6 +264,10 @@ func TestTerminals(t *testing.T) {
 	t.Run("output flood stays bounded and ctrl-c interrupts", func(t *testing.T) {
 		tm := dial(t, ls.termURL("osaka"), ls.browser())
 		tm.waitReady()
+		// The shell answers first, so that the stall below meets output
+		// rather than a login shell still starting.
+		tm.send("echo UP-$((1+1))\r")
+		tm.waitLine("UP-2")
 		tm.mu.Lock()
 		tm.counted = 'Z'
 		tm.mu.Unlock()
@@ -604,7 +611,7 @@ func TestTerminals(t *testing.T) {
 
 // ownRelay runs a relay with options of the test's choosing beside the
 // stack's own, on the same store and lab.
-func ownRelay(t *testing.T, ls *labStack, o relay.Options) (*relay.Relay, string) {
+func ownRelay(t testing.TB, ls *labStack, o relay.Options) (*relay.Relay, string) {
 	t.Helper()
 	o.Store, o.Runner, o.Origins = ls.Store, ls.Runtime, []string{ls.origin}
 	o.Exams = func(id string) (*exam.Exam, bool) { return ls.Exam, id == ls.Exam.ID }

@@ -1,48 +1,9 @@
 package relay
 
-// ring keeps the most recent output of a shell, up to its capacity, for
-// replay when a connection reattaches. It is not safe for concurrent use;
-// the shell's lock guards it.
-type ring struct {
-	buf  []byte
-	next int  // where the next byte goes
-	full bool // buf has wrapped at least once
-}
+import "github.com/examlab/examlab/holder"
 
-func newRing(size int) *ring { return &ring{buf: make([]byte, size)} }
+// ring is the replay buffer of a shell; the holder in the node keeps its
+// scrollback in the same kind.
+type ring = holder.Ring
 
-// Write keeps p, dropping the oldest bytes beyond the capacity.
-func (r *ring) Write(p []byte) {
-	if len(p) >= len(r.buf) {
-		copy(r.buf, p[len(p)-len(r.buf):])
-		r.next, r.full = 0, true
-		return
-	}
-	n := copy(r.buf[r.next:], p)
-	if n < len(p) {
-		copy(r.buf, p[n:])
-		r.full = true
-	}
-	r.next = (r.next + len(p)) % len(r.buf)
-	if r.next == 0 && len(p) > 0 {
-		r.full = true
-	}
-}
-
-// Len is how many bytes a replay would return.
-func (r *ring) Len() int {
-	if r.full {
-		return len(r.buf)
-	}
-	return r.next
-}
-
-// Bytes returns a copy of the kept output, oldest first.
-func (r *ring) Bytes() []byte {
-	if !r.full {
-		return append([]byte(nil), r.buf[:r.next]...)
-	}
-	out := make([]byte, 0, len(r.buf))
-	out = append(out, r.buf[r.next:]...)
-	return append(out, r.buf[:r.next]...)
-}
+func newRing(size int) *ring { return holder.NewRing(size) }

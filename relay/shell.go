@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/examlab/examlab/holder"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
 )
@@ -25,7 +26,7 @@ const (
 // tagVar marks every process of one terminal in the node's environment, so
 // that the relay can hang the terminal up however the runtime's exec
 // behaves when its connection closes (Docker keeps the process running).
-const tagVar = "EXAMLAB_TERMINAL"
+const tagVar = holder.TagVar
 
 // hangupScript sends SIGHUP to every process carrying the terminal's tag,
 // as a dropped SSH session would: the shell and its jobs end, nohup'd
@@ -57,6 +58,11 @@ type shell struct {
 	cancel context.CancelFunc
 	proc   lab.Process
 	rec    *recorder
+	// held is set when the shell lives in the node's holder rather than
+	// in this relay's exec; resumed when it was running before this relay
+	// attached to it.
+	held    *heldProc
+	resumed bool
 
 	mu        sync.Mutex
 	ring      *ring
@@ -66,6 +72,8 @@ type shell struct {
 	ending    bool
 	endCode   int
 	endReason string
+	// detaching: the relay lets go of a held shell, which lives on.
+	detaching bool
 
 	// inMu orders input: a replaced connection and its successor may both
 	// be writing for a moment.
@@ -145,7 +153,9 @@ func (r *Relay) lookup(key termKey) *shell {
 }
 
 // start execs the shell and opens its recording. Without a recording there
-// is no terminal: the record of the exam must be complete.
+// is no terminal: the record of the exam must be complete. The shell is
+// the node's held one (holder.go) when the node has the holder, else a
+// shell of this exec.
 func (s *shell) start(size lab.Size) error {
 	s.ctx, s.cancel = context.WithCancel(s.r.ctx)
 	s.started = time.Now()
@@ -153,6 +163,16 @@ func (s *shell) start(size lab.Size) error {
 	if err != nil {
 		s.cancel()
 		return err
+	}
+	if s.r.o.Holder != "none" {
+		err := s.startHeld(dir, size)
+		if err == nil || !errors.Is(err, holder.ErrNoHolder) {
+			if err != nil {
+				s.cancel()
+			}
+			return err
+		}
+		s.r.log.Warn("no terminal holder in the node; the shell lives in this relay", "session", s.key.session, "node", s.key.node, "err", err)
 	}
 	// The exec lives as long as the shell, so its context is the shell's;
 	// a start that hangs is cut off by cancelling that context.
@@ -348,6 +368,13 @@ func (s *shell) finish() {
 	if !s.ending {
 		s.ending = true
 		switch {
+		case errors.Is(werr, errReplaced):
+			// Another relay attached to the held shell.
+			s.detaching = true
+			code, reason = CloseReplaced, "this terminal was opened in another window"
+		case errors.Is(werr, errHolderLost):
+			s.detaching = true
+			code, reason = CloseGoingAway, "the connection to the terminal was lost; reconnect to continue"
 		case werr == nil:
 			code, reason = CloseNormal, fmt.Sprintf("the shell exited with code %d", exit)
 		case errors.Is(werr, lab.ErrNotFound), errors.Is(werr, lab.ErrNotRunning):
@@ -369,6 +396,7 @@ func (s *shell) finish() {
 		clients = append(clients, v)
 	}
 	s.owner, s.viewers = nil, map[*client]struct{}{}
+	detached := s.detaching && s.held != nil
 	s.mu.Unlock()
 
 	s.r.mu.Lock()
@@ -382,19 +410,31 @@ func (s *shell) finish() {
 	}
 	for _, c := range clients {
 		go func() {
-			c.sendJSON(exitMsg{Type: "exit", Code: exit, Message: reason})
+			if !detached {
+				c.sendJSON(exitMsg{Type: "exit", Code: exit, Message: reason})
+			}
 			c.sendClose(code, reason)
 		}()
 	}
-	s.rec.Marker(time.Now(), "ended: "+reason)
+	if detached {
+		// The shell lives on in its node: the next relay to attach
+		// continues this recording from the offset marked here.
+		s.rec.Marker(time.Now(), holdMark(markDetached, s.tag, s.rec.Offset()))
+	} else {
+		s.rec.Marker(time.Now(), "ended: "+reason)
+	}
 	if err := s.rec.Close(); err != nil {
 		s.r.log.Error("close recording", "session", s.key.session, "node", s.key.node, "err", err)
 	}
 	s.flushHistory()
 	s.proc.Close()
 	s.cancel()
-	s.r.noteShell(s, false)
-	s.r.log.Info("terminal ended", "session", s.key.session, "node", s.key.node, "reason", reason)
+	if !detached {
+		// A held shell's note stays for the relay that attaches next; it
+		// lapses on its own if none does.
+		s.r.noteShell(s, false)
+	}
+	s.r.log.Info("terminal ended", "session", s.key.session, "node", s.key.node, "reason", reason, "detached", detached)
 	close(s.done)
 }
 
@@ -432,8 +472,44 @@ func (s *shell) end(code int, reason string) {
 	}
 }
 
-// terminate ends the shell because the relay is going away.
-func (s *shell) terminate(why string) { s.end(CloseGoingAway, why) }
+// terminate ends the shell because the relay is going away; a held shell
+// is let go instead, to live on in its node for the next relay.
+func (s *shell) terminate(why string) {
+	if s.held != nil {
+		s.letGo(CloseGoingAway, "the terminal relay is restarting; reconnect in a moment")
+		return
+	}
+	s.end(CloseGoingAway, why)
+}
+
+// letGo closes a held shell's connections and its exec without hanging
+// the shell up; finish marks the recording for the next relay.
+func (s *shell) letGo(code int, reason string) {
+	<-s.ready
+	if s.startErr != nil {
+		return
+	}
+	s.mu.Lock()
+	if s.ending {
+		s.mu.Unlock()
+		<-s.done
+		return
+	}
+	s.ending, s.detaching, s.endCode, s.endReason = true, true, code, reason
+	clients := make([]*client, 0, len(s.viewers)+1)
+	if s.owner != nil {
+		clients = append(clients, s.owner)
+	}
+	for v := range s.viewers {
+		clients = append(clients, v)
+	}
+	s.mu.Unlock()
+	for _, c := range clients {
+		c.closeNow(code, reason)
+	}
+	s.proc.Close()
+	<-s.done
+}
 
 // hangup sends SIGHUP to the terminal's processes in the node.
 func (s *shell) hangup() {

@@ -36,6 +36,7 @@ var commands = map[string]command{
 	"labnet":        {"create or remove a Nomad lab's network on this client (run by the lab's job)", labnet},
 	"verify":        {"check a session folder against its signed manifest (exit 0 only when it matches)", verify},
 	"signing-key":   {"print the public key that signs session folders, with its fingerprint", signingKey},
+	"hold":          {"hold a terminal's shell inside a lab node (run by the relay through the node's tools)", hold},
 	"version":       {"print the version", func(context.Context, []string) error { fmt.Println("examlab", version); return nil }},
 }
 
@@ -125,7 +126,9 @@ func roleCmd(name string, roles platform.Roles) func(context.Context, []string) 
 				log.Info("admin token", "file", path)
 			}
 		}
-		p, err := platform.New(ctx, cfg, roles, platform.Options{Logger: log})
+		// This binary, when static, is also the nodes' terminal holder.
+		self, _ := os.Executable()
+		p, err := platform.New(ctx, cfg, roles, platform.Options{Logger: log, Holder: self})
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package relay
+package holder
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ func TestRing(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRing(tc.size)
+			r := NewRing(tc.size)
 			var all bytes.Buffer
 			for _, w := range tc.writes {
 				r.Write([]byte(w))
