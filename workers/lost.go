@@ -141,17 +141,18 @@ func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[
 	return out, errors.Join(errs...)
 }
 
-// labVerdict sums a lab's node states up: lost if a node is lost or every
-// node is gone (a Docker lab whose containers vanished), unknown if a node
-// is, running if all run; an empty state otherwise (a node crashed or
-// being reset: not the host's doing, and shown by the node states).
+// labVerdict sums a ready lab's node states up: lost if a node is lost or
+// every node is gone (a Docker lab whose containers vanished: missing, or
+// pending when its network went too), unknown if a node is, running if
+// all run; an empty state otherwise (a node crashed or being reset: not
+// the host's doing, and shown by the node states).
 func labVerdict(nodes []lab.NodeStatus) lab.NodeStatus {
 	missing := 0
 	for _, n := range nodes {
 		if n.State == lab.StateLost {
 			return lab.NodeStatus{State: lab.StateLost, Detail: n.Detail}
 		}
-		if n.State == lab.StateMissing {
+		if n.State == lab.StateMissing || n.State == lab.StatePending {
 			missing++
 		}
 	}

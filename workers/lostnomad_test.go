@@ -55,7 +55,7 @@ const (
 // client runs every lab on the real Docker engine, with a real store.
 type nomadEnv struct {
 	fake  *nomadfake.Server
-	rt    *nomad.Runtime
+	rt    lab.Runtime
 	store *store.Store
 	redis string
 	h     *workers.Handlers
@@ -66,15 +66,7 @@ type nomadEnv struct {
 
 func newNomadEnv(t *testing.T) *nomadEnv {
 	t.Helper()
-	d, err := docker.New(docker.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := d.Ping(pctx); err != nil {
-		t.Fatalf("this test needs a running Docker engine and the lab image (`make image`): %v", err)
-	}
+	d := dockerRuntime(t)
 	fake, err := nomadfake.New(nomadfake.Options{Docker: d})
 	if err != nil {
 		t.Fatal(err)
@@ -85,18 +77,40 @@ func newNomadEnv(t *testing.T) *nomadEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e := newLostRealEnv(t, rt, "nomad")
+	e.fake = fake
+	return e
+}
+
+func dockerRuntime(t *testing.T) *docker.Runtime {
+	t.Helper()
+	d, err := docker.New(docker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Ping(pctx); err != nil {
+		t.Fatalf("this test needs a running Docker engine and the lab image (`make image`): %v", err)
+	}
+	return d
+}
+
+// newLostRealEnv runs the handlers on rt with a real store.
+func newLostRealEnv(t *testing.T, rt lab.Runtime, name string) *nomadEnv {
+	t.Helper()
 	ex, err := exam.Parse([]byte(twoNodes))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &nomadEnv{fake: fake, rt: rt, redis: redistest.Socket(t), enq: &recorder{queued: map[string]bool{}}, eng: testlab.NewEngine(t), ex: ex}
+	e := &nomadEnv{rt: rt, redis: redistest.Socket(t), enq: &recorder{queued: map[string]bool{}}, eng: testlab.NewEngine(t), ex: ex}
 	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: e.redis})
 	t.Cleanup(func() { rdb.Close() })
 	if e.store, err = store.New(store.Options{Dir: t.TempDir(), Redis: rdb}); err != nil {
 		t.Fatal(err)
 	}
 	e.h, err = workers.New(workers.Options{
-		Store: e.store, Runtime: rt, Enqueuer: e.enq, RuntimeName: "nomad", Snapshot: lab.SnapshotFull,
+		Store: e.store, Runtime: rt, Enqueuer: e.enq, RuntimeName: name, Snapshot: lab.SnapshotFull,
 		Exams: func(id string) (*exam.Exam, bool) { return ex, id == ex.ID },
 	})
 	if err != nil {
@@ -109,7 +123,7 @@ func newNomadEnv(t *testing.T) *nomadEnv {
 // handlers; the lab is destroyed when the test ends.
 func (e *nomadEnv) ready(t *testing.T, email string) string {
 	t.Helper()
-	sess, _ := storetest.SignIn(t, e.store, email, e.ex.ID, 90*time.Minute, "nomad")
+	sess, _ := storetest.SignIn(t, e.store, email, e.ex.ID, 90*time.Minute, "test")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
@@ -335,5 +349,53 @@ func TestLostLabOnNomad(t *testing.T) {
 	}
 	for _, r := range e.fake.Unknown() {
 		t.Errorf("an endpoint the fake does not serve was called: %s", r)
+	}
+}
+
+// TestVanishedDockerLab is the Docker runtime's lost lab: a ready lab
+// whose containers are gone from the engine is marked lost by the sweep
+// (its clock paused), and a re-provision brings fresh containers and
+// credits the time.
+func TestVanishedDockerLab(t *testing.T) {
+	e := newLostRealEnv(t, dockerRuntime(t), "docker")
+	ctx := context.Background()
+	id := e.ready(t, "gone@example.com")
+	for _, n := range e.ex.Topology.Nodes {
+		e.eng.RemoveContainer(t, lab.ContainerName(id, n.Name))
+	}
+	ch, err := e.h.LostSweepOnce(ctx)
+	if err != nil || len(ch) != 1 || ch[0].SessionID != id || ch[0].State != lab.StateLost {
+		t.Fatalf("sweep: %+v, %v; want %s lost", ch, err, id)
+	}
+	if s := e.get(t, id); !s.Paused() || !strings.Contains(s.Trouble.Reason, "every node of the lab is gone") {
+		t.Fatalf("after the sweep: paused %v, trouble %+v", s.Paused(), s.Trouble)
+	}
+	if _, err := e.store.Update(ctx, id, func(x *session.Session) error { return x.BeginReprovision(time.Now()) }); err != nil {
+		t.Fatal(err)
+	}
+	task, err := scheduler.NewReprovisionTask(id, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, nomadProvisionTimeout)
+	defer cancel()
+	if err := e.h.Reprovision(rctx, task); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.get(t, id); s.Paused() || !lab.AllRunning(s.Nodes) {
+		t.Errorf("after reprovision: paused %v, nodes %+v", s.Paused(), s.Nodes)
+	}
+	cs := e.eng.Containers(t, id)
+	running := 0
+	for _, c := range cs {
+		if c.State == "running" {
+			running++
+		}
+	}
+	if running != len(e.ex.Topology.Nodes) {
+		t.Errorf("%d running containers after reprovision, want %d", running, len(e.ex.Topology.Nodes))
+	}
+	if re := e.audit(t, id, "lab-reprovisioned"); len(re) != 1 || re[0].Detail["credited_seconds"] == nil {
+		t.Errorf("lab-reprovisioned audit entries %+v, want one with the credited seconds", re)
 	}
 }
