@@ -45,7 +45,7 @@ func (h *Handlers) Archive(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("archive %s: unknown exam %q: %w", sess.ID, sess.ExamID, asynq.SkipRetry)
 	}
 	switch {
-	case ex.GradesOnSubmit() && sess.Trouble.ArchiveReachable:
+	case ex.GradesOnSubmit() && reachableOnly(sess):
 		// Checks in a lab that is partly or wholly gone would fail for
 		// the host's doing, not the candidate's: an examiner grades what
 		// the archive kept.

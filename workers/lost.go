@@ -181,7 +181,9 @@ func (h *Handlers) pauseClock(ctx context.Context, id string, v lab.NodeStatus) 
 	var started bool
 	var remaining time.Duration
 	sess, err := h.o.Store.Update(ctx, id, func(x *session.Session) error {
-		if x.Trouble.State == v.State && x.Trouble.Reason == v.Detail {
+		// A fresh lab being made stands in for the lost one: what the
+		// runtime says of the old one (gone) is no news.
+		if x.Reprovisioning() || x.Trouble.State == v.State && x.Trouble.Reason == v.Detail {
 			return errUnchanged
 		}
 		var err error
@@ -333,15 +335,24 @@ func (h *Handlers) Reprovision(ctx context.Context, t *asynq.Task) error {
 	return nil
 }
 
+// reachableOnly reports whether the session's archive takes only the
+// nodes that can still be reached: an admin asked for that, or the lab
+// was lost or unknown when the session was submitted (a candidate may
+// submit while paused), so asking the runtime for every node would fail
+// the archive until it gives up.
+func reachableOnly(sess *session.Session) bool {
+	return sess.Trouble.ArchiveReachable || sess.Trouble.State != ""
+}
+
 // captureNodes splits the lab's nodes for an archive: all of them, but for
-// a session an admin had archived as far as it can be reached only the
+// a session archived as far as it can be reached (reachableOnly) only the
 // nodes that run; the others are reported missing and not asked for.
 func (h *Handlers) captureNodes(ctx context.Context, sess *session.Session, spec lab.Spec) ([]string, []lab.NodeCapture, error) {
 	names := make([]string, len(spec.Nodes))
 	for i, n := range spec.Nodes {
 		names[i] = n.Name
 	}
-	if !sess.Trouble.ArchiveReachable {
+	if !reachableOnly(sess) {
 		return names, nil, nil
 	}
 	nodes, err := h.o.Runtime.Status(ctx, spec)

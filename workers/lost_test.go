@@ -345,3 +345,45 @@ func TestArchiveReachable(t *testing.T) {
 		t.Errorf("%d grade-skipped audit entries, want 1", n)
 	}
 }
+
+// A candidate who submits while their lab is lost gets an archive of what
+// can be reached rather than one that fails on the lost nodes until it
+// gives up.
+func TestSubmitWhilePausedArchivesReachable(t *testing.T) {
+	e, rt := newLostEnv(t)
+	ctx := context.Background()
+	id := e.readyLab(t, "paused@example.com")
+	rt.set(id, lab.StateLost, allNodes()...)
+	e.sweep(t)
+	e.submit(t, id, session.ByCandidate)
+	if err := e.h.Archive(ctx, archiveTask(t, id, session.ByCandidate)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.store.Manifest(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Missing) != len(allNodes()) || len(m.Files) != 0 {
+		t.Errorf("manifest: missing %v, %d files; want every node missing", m.Missing, len(m.Files))
+	}
+}
+
+// A sweep during a re-provision does not record the old lab's absence as
+// news.
+func TestSweepDuringReprovisionWritesNothing(t *testing.T) {
+	e, rt := newLostEnv(t)
+	ctx := context.Background()
+	id := e.readyLab(t, "redo@example.com")
+	rt.set(id, lab.StateLost, allNodes()...)
+	e.sweep(t)
+	if _, err := e.store.Update(ctx, id, func(s *session.Session) error { return s.BeginReprovision(e.clock()) }); err != nil {
+		t.Fatal(err)
+	}
+	rt.set(id, lab.StateUnknown, allNodes()...)
+	if ch := e.sweep(t); len(ch) != 0 {
+		t.Errorf("sweep changed %+v during a reprovision", ch)
+	}
+	if n := e.auditCount(t, id, "lab-unknown"); n != 0 {
+		t.Errorf("%d lab-unknown audit entries during a reprovision", n)
+	}
+}
