@@ -2,6 +2,7 @@ package nomad_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -115,6 +116,10 @@ func TestLostLabStates(t *testing.T) {
 		expect(t, lab.StateLost, "on client fake-client is lost since")
 		if inv := engineInventory(t, eng, id); len(inv.Nodes) != 0 {
 			t.Errorf("the lost lab's containers are still on the engine: %+v", inv.Nodes)
+		}
+		// Nothing is sent to the lost client.
+		if _, err := env.rt.Exec(ctx, id, spec.Nodes[0].Name, lab.ExecRequest{Cmd: []string{"true"}}); !errors.Is(err, lab.ErrLost) {
+			t.Errorf("exec into a lost node: %v, want lab.ErrLost", err)
 		}
 		// What remains of it (the job) is destroyed all the same.
 		if err := env.rt.Destroy(ctx, id); err != nil {
