@@ -223,6 +223,12 @@ func (r *Runtime) nodeAlloc(ctx context.Context, sessionID, node string) (*api.A
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up allocation %s: %w", cur.ID, err)
 	}
+	if alloc.ClientStatus == api.AllocClientStatusLost {
+		// Its client is gone: an exec would wait on a host that never
+		// answers.
+		return nil, nil, fmt.Errorf("node %s of session %s: allocation %s on client %s is lost: %w",
+			node, sessionID, shortID(alloc.ID), alloc.NodeName, lab.ErrLost)
+	}
 	return alloc, alloc.TaskStates[node], nil
 }
 
