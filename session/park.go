@@ -62,6 +62,13 @@ func (s *Session) Park(reason, detail string, now time.Time) error {
 	return nil
 }
 
+// ParkedFrom reports whether the session moved from before to queued by
+// Park: the one step back the lifecycle allows, since the lab was never
+// there and the candidate's clock never started.
+func (s *Session) ParkedFrom(before State) bool {
+	return before == StateProvisioning && s.Parked()
+}
+
 // Parked reports whether the session waits in the queue after a parked
 // provision.
 func (s *Session) Parked() bool { return s.Status == StateQueued && s.Parking != nil }
