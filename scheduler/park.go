@@ -70,10 +70,10 @@ func Park(ctx context.Context, st *store.Store, id, reason, detail string, now t
 // Unhold is the admission sweep's look at a hold (store.Hold): a hold for
 // an unavailable runtime opens once ping answers; a no-capacity hold lets
 // one start try again (the probe) when no lab runs that could end, or
-// after noCapacityRetry; a probe that left without a lab passes the probe
-// on, one whose lab is ready opens admission. It answers what it did ("":
-// nothing), for the log; the admission pass that follows (Repair, Admit)
-// admits accordingly.
+// after noCapacityRetry; a probe whose lab is ready, or that left without
+// one, passes the probe on to the next in line. It answers what it did
+// ("": nothing), for the log; the admission pass that follows (Repair,
+// Admit) admits accordingly.
 func Unhold(ctx context.Context, st *store.Store, ping func(context.Context) error, now time.Time) (string, error) {
 	h, ok, err := st.AdmissionHold(ctx)
 	if err != nil || !ok {
@@ -85,16 +85,11 @@ func Unhold(ctx context.Context, st *store.Store, ping func(context.Context) err
 		if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrBadID) {
 			return "", err
 		}
-		switch {
-		case err == nil && sess.Status == session.StateProvisioning:
+		if err == nil && sess.Status == session.StateProvisioning {
 			return "", nil // still coming up
-		case err == nil && !sess.ReadyAt.IsZero():
-			_, err = st.EndProbe(ctx, h.Probe, true)
-			return "probe ready: admission open", err
-		default:
-			_, err = st.EndProbe(ctx, h.Probe, false)
-			return "probe left without a lab: probing again", err
 		}
+		_, err = st.EndProbe(ctx, h.Probe)
+		return "probe ended: the next in line tries", err
 	case store.HoldHeld:
 		switch h.Reason {
 		case session.ParkUnavailable:
@@ -121,11 +116,10 @@ func Unhold(ctx context.Context, st *store.Store, ping func(context.Context) err
 	return "", nil
 }
 
-// LabReady ends an admission probe whose lab came up: there was room, and
-// the starts that waited are admitted in line order. Any other session's
-// ready changes nothing.
+// LabReady ends an admission probe whose lab came up: there was room, so
+// the next start in line tries. Any other session's ready changes nothing.
 func LabReady(ctx context.Context, st *store.Store, q provisionQueue, id string, now time.Time) error {
-	ended, err := st.EndProbe(ctx, id, true)
+	ended, err := st.EndProbe(ctx, id)
 	if err != nil || !ended {
 		return err
 	}

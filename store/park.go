@@ -24,11 +24,14 @@ import (
 //	         probing  the probe is provisioning; no other admission
 //	probe    the probe's session id
 //
-// A hold is lifted to probe when room may have come back — a lab ended
-// (a slot given back) for no-capacity, or the admission sweep saw the
-// runtime answer again — and opened (deleted) when the probe's lab is
-// ready, or at once for an unavailable runtime that answers again: its
-// starts then resume in line order. A probe parked again holds once more.
+// A hold for an unavailable runtime is opened (deleted) when the admission
+// sweep sees the runtime answer again: its starts resume in line order at
+// once. A no-capacity hold is lifted to probe when room may have come
+// back (a lab ended: a slot given back; or the sweep's retry): the next
+// start in line tries alone. Once its lab is ready the next one tries, and
+// so on, one at a time, until nobody waits (the hold is then deleted) or a
+// probe finds no room and is parked again, which holds once more. Room
+// that fits one lab is never handed to a crowd that would all fail.
 
 // Hold states.
 const (
@@ -74,13 +77,13 @@ if ARGV[3] == "open" then redis.call("del", H) else redis.call("hset", H, "state
 return 1
 `)
 
-// endProbeScript ends the probe of id: ok opens admission, otherwise the
-// next pass probes with another. ARGV: prefix, id, ok (1/0). Answers 1 if
-// id was the probe.
+// endProbeScript ends the probe of id: the next pass probes with the
+// next in line (or, with nobody waiting, deletes the hold). ARGV: prefix,
+// id. Answers 1 if id was the probe.
 var endProbeScript = redis.NewScript(`
 local H = ARGV[1] .. "hold"
 if redis.call("hget", H, "state") ~= "probing" or redis.call("hget", H, "probe") ~= ARGV[2] then return 0 end
-if ARGV[3] == "1" then redis.call("del", H) else redis.call("hset", H, "state", "probe", "probe", "") end
+redis.call("hset", H, "state", "probe", "probe", "")
 return 1
 `)
 
@@ -133,15 +136,11 @@ func (s *Store) LiftHold(ctx context.Context, reason string, open bool) (bool, e
 	return n == 1, nil
 }
 
-// EndProbe ends the probe of id, if it is the probe: ok (its lab is
-// ready) opens admission; otherwise (it left the queue, ended) the next
-// pass probes with the next in line.
-func (s *Store) EndProbe(ctx context.Context, id string, ok bool) (bool, error) {
-	v := "0"
-	if ok {
-		v = "1"
-	}
-	n, err := endProbeScript.Run(ctx, s.rdb, []string{s.queuePrefix() + "hold"}, s.queuePrefix(), id, v).Int()
+// EndProbe ends the probe of id, if it is the probe — its lab is ready,
+// or it left without one — and the next pass probes with the next in
+// line.
+func (s *Store) EndProbe(ctx context.Context, id string) (bool, error) {
+	n, err := endProbeScript.Run(ctx, s.rdb, []string{s.queuePrefix() + "hold"}, s.queuePrefix(), id).Int()
 	if err != nil {
 		return false, fmt.Errorf("end admission probe: %w", err)
 	}

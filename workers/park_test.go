@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -57,6 +58,13 @@ func (e *env) audited(t *testing.T, id string) []string {
 		out = append(out, a.Action)
 	}
 	return out
+}
+
+// later moves the test clock on, so the next start is a later arrival.
+func (e *env) later(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.now = e.now.Add(d)
 }
 
 func (e *env) hold(t *testing.T) (store.Hold, bool) {
@@ -130,6 +138,7 @@ func TestUnavailableRuntimeParksTheStart(t *testing.T) {
 
 	// A later arrival is not admitted past it, nor by the sweep while
 	// the runtime is away.
+	e.later(time.Second)
 	b := e.login(t, "b@example.com")
 	if _, err := scheduler.Start(ctx, e.store, e.enq, b, e.clock()); err != nil {
 		t.Fatal(err)
@@ -183,7 +192,7 @@ func TestUnavailableRuntimeParksTheStart(t *testing.T) {
 // parked with the plain words of a lab being prepared. Nobody is admitted
 // behind it while a lab runs that could end; when one ends, the parked
 // start alone tries again (the probe), and once its lab is up the next in
-// line goes in.
+// line tries, alone too; once nobody waits, admission is open again.
 func TestNoCapacityParksUntilALabEnds(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -197,6 +206,7 @@ func TestNoCapacityParksUntilALabEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.checkParked(t, b, session.ParkNoCapacity, session.NoticeWaitingRoom)
+	e.later(time.Second)
 	c := e.login(t, "c@example.com")
 	if _, err := scheduler.Start(ctx, e.store, e.enq, c, e.clock()); err != nil {
 		t.Fatal(err)
@@ -229,14 +239,21 @@ func TestNoCapacityParksUntilALabEnds(t *testing.T) {
 	if s := e.get(t, b); s.Status != session.StateReady {
 		t.Fatalf("b is %s, want ready", s.Status)
 	}
-	if _, ok := e.hold(t); ok {
-		t.Fatal("admission still held after the probe's lab came up")
-	}
 	if s := e.get(t, c); s.Status != session.StateProvisioning {
 		t.Fatalf("c is %s after b's lab came up, want admitted", s.Status)
 	}
+	if h, ok := e.hold(t); !ok || h.State != store.HoldProbing || h.Probe != c {
+		t.Fatalf("hold %+v (%v), want c trying alone next", h, ok)
+	}
 	if err := e.h.Provision(ctx, provisionTask(t, c)); err != nil || e.get(t, c).Status != session.StateReady {
 		t.Fatalf("c's provision: %v, status %s", err, e.get(t, c).Status)
+	}
+	if _, ok := e.hold(t); ok {
+		t.Fatal("admission still held with nobody waiting")
+	}
+	d := e.started(t, "d@example.com")
+	if s := e.get(t, d); s.Status != session.StateProvisioning {
+		t.Fatalf("a start once the hold is gone is %s, want admitted at once", s.Status)
 	}
 }
 
@@ -292,5 +309,52 @@ func TestOtherFailuresStillRetry(t *testing.T) {
 	}
 	if s := e.get(t, a); s.Status != session.StateProvisioning || s.Parking != nil {
 		t.Fatalf("a is %s parked %+v, want provisioning", s.Status, s.Parking)
+	}
+}
+
+// TestParkKilledHalfway: a worker killed after the park moved the keys
+// but before it recorded the park. The admission sweep goes by the record
+// (still provisioning): the slot is the session's again and it is not in
+// line twice; the provision's retry parks it properly.
+func TestParkKilledHalfway(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	var o outage
+	e.flaky.FailWhen(o.rule)
+	o.down.Store(true)
+	a := e.started(t, "a@example.com")
+	if err := e.store.ParkSlot(ctx, e.get(t, a), session.ParkUnavailable, "dial tcp "+internalAddr+": connection refused"); err != nil {
+		t.Fatal(err)
+	}
+	// ...killed here. The sweep runs while the runtime is still away.
+	if err := e.h.Admission(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.get(t, a); s.Status != session.StateProvisioning {
+		t.Fatalf("a is %s after the sweep, want provisioning as its record says", s.Status)
+	}
+	if n, _ := e.store.RunningLabs(ctx); n != 1 {
+		t.Fatalf("%d slots held after the sweep, want a's", n)
+	}
+	if _, ok, _ := e.store.QueuePlace(ctx, e.get(t, a)); ok {
+		t.Fatal("a provisioning session is still in line")
+	}
+	// asynq delivers the killed task again.
+	if err := e.h.Provision(ctx, provisionTask(t, a)); err != nil {
+		t.Fatal(err)
+	}
+	e.checkParked(t, a, session.ParkUnavailable, session.NoticeUnavailable)
+	if n, _ := e.store.RunningLabs(ctx); n != 0 {
+		t.Fatalf("%d slots held once parked, want none", n)
+	}
+	if a := e.audited(t, a); len(slices.DeleteFunc(slices.Clone(a), func(s string) bool { return s != "parked" })) != 1 {
+		t.Fatalf("audit %v, want one parked entry", a)
+	}
+	o.down.Store(false)
+	if err := e.h.Admission(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.h.Provision(ctx, provisionRound(t, a, 1)); err != nil || e.get(t, a).Status != session.StateReady {
+		t.Fatalf("after the runtime came back: %v, a is %s", err, e.get(t, a).Status)
 	}
 }
