@@ -22,6 +22,9 @@ import (
 // agent it cannot reach is lab.ErrUnavailable.
 func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) (err error) {
 	defer func() { err = unavailable(ctx, err) }()
+	if err := r.reachable(ctx); err != nil {
+		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
+	}
 	job, err := r.Job(spec)
 	if err != nil {
 		return fmt.Errorf("provision lab: %w", err)

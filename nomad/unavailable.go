@@ -24,10 +24,29 @@ import (
 const (
 	// dialTimeout bounds connecting to the agent.
 	dialTimeout = 5 * time.Second
-	// answerMargin is how long past a blocking query's wait the agent may
-	// take to start its answer before it counts as not answering.
-	answerMargin = 15 * time.Second
+	// answerMargin is how long past a blocking query's wait (and Nomad's
+	// jitter of up to a sixteenth of it) the agent may take to start its
+	// answer before it counts as not answering.
+	answerMargin = 5 * time.Second
+	// reachTimeout bounds the question Provision asks first: an agent
+	// that takes the connection and never answers is found out in
+	// seconds, not after a blocking query's wait.
+	reachTimeout = 10 * time.Second
 )
+
+// reachable asks the agent for its leader under reachTimeout, so that a
+// provision against an agent that does not answer fails at once as
+// lab.ErrUnavailable instead of waiting out its first request.
+// A caller that gave up first learned nothing about the agent.
+func (r *Runtime) reachable(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, reachTimeout)
+	defer cancel()
+	err := r.Ping(rctx)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("ask the agent: %w", ctx.Err())
+	}
+	return err
+}
 
 // httpClient is the Nomad API client's HTTP client when the config brings
 // none: the API's own defaults (TLS 1.2 at least, HTTP/1 for exec's
@@ -45,7 +64,7 @@ func httpClient(cfg *api.Config, wait time.Duration) (*http.Client, error) {
 	t.MaxIdleConnsPerHost = 16
 	// Blocking queries hold their answer up to the wait (plus Nomad's
 	// jitter of a sixteenth); anything slower is an agent not answering.
-	t.ResponseHeaderTimeout = wait + wait/8 + answerMargin
+	t.ResponseHeaderTimeout = wait + wait/16 + answerMargin
 	c := &http.Client{Transport: t}
 	if err := api.ConfigureTLS(c, cfg.TLSConfig); err != nil {
 		return nil, fmt.Errorf("configure nomad tls: %w", err)

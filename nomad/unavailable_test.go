@@ -37,6 +37,26 @@ func closedAddr(t *testing.T) string {
 	return addr
 }
 
+// silentAgent is an address that takes connections and never answers.
+func silentAgent(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	return ln.Addr().String()
+}
+
 func runtimeAt(t *testing.T, address string) *nomad.Runtime {
 	t.Helper()
 	rt, err := nomad.New(nomad.Options{Client: &api.Config{Address: address}})
@@ -95,28 +115,27 @@ func TestUnreachableAgentIsUnavailable(t *testing.T) {
 		t.Fatalf("the leaderless agent was asked %d times, want provision and ping both", leaderless.Load())
 	}
 
-	t.Run("caller's deadline", func(t *testing.T) {
-		// An agent that takes the connection and never answers: the
-		// caller's deadline ends Provision, and that says nothing about
-		// the cluster.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	t.Run("silent agent", func(t *testing.T) {
+		// An agent that takes the connection and never answers is found
+		// out by Provision's first, bounded question.
+		rt := runtimeAt(t, "http://"+silentAgent(t))
+		ctx, cancel := context.WithTimeout(context.Background(), unreachableTimeout)
+		defer cancel()
+		start := time.Now()
+		err := rt.Provision(ctx, testSpec(t))
+		if !errors.Is(err, lab.ErrUnavailable) || ctx.Err() != nil {
+			t.Fatalf("provision against a silent agent: %v, want lab.ErrUnavailable", err)
 		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				t.Cleanup(func() { c.Close() })
-			}
-		}()
-		rt := runtimeAt(t, "http://"+ln.Addr().String())
+		t.Logf("provision against a silent agent: unavailable after %v", time.Since(start).Round(time.Millisecond))
+	})
+
+	t.Run("caller's deadline", func(t *testing.T) {
+		// The caller's deadline ends Provision before the agent is found
+		// out, and that says nothing about the cluster.
+		rt := runtimeAt(t, "http://"+silentAgent(t))
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
-		err = rt.Provision(ctx, testSpec(t))
+		err := rt.Provision(ctx, testSpec(t))
 		if err == nil || errors.Is(err, lab.ErrUnavailable) {
 			t.Fatalf("provision cut short by its caller: %v, want an error that is not lab.ErrUnavailable", err)
 		}

@@ -61,15 +61,18 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	pctx, cancel := context.WithTimeout(ctx, h.o.ProvisionTimeout)
 	defer cancel()
 	perr := h.o.Runtime.Provision(pctx, spec)
+	if reason := parkReason(perr); reason != "" {
+		// No room or no runtime: asking for the nodes' states would only
+		// wait on the same runtime again.
+		h.o.Observer.Provisioned(h.o.Now().Sub(start), false)
+		return h.park(ctx, sess, reason, perr)
+	}
 	nodes, serr := h.o.Runtime.Status(ctx, spec)
 	if perr == nil && serr == nil && !lab.AllRunning(nodes) {
 		perr = errors.New("not every node is running")
 	}
 	if perr != nil {
 		h.o.Observer.Provisioned(h.o.Now().Sub(start), false)
-		if reason := parkReason(perr); reason != "" {
-			return h.park(ctx, sess, reason, perr)
-		}
 		final := lastAttempt(ctx) || errors.Is(perr, asynq.SkipRetry)
 		h.log.Warn("provision attempt failed", "session", sess.ID, "attempt", sess.Attempts, "final", final, "err", perr)
 		_, uerr := h.o.Store.Update(context.WithoutCancel(ctx), sess.ID, func(s *session.Session) error {
