@@ -184,6 +184,18 @@ func TestStartParksWhileTheRuntimeIsAway(t *testing.T) {
 		t.Fatalf("details: %d %v %+v, want the runtime's whole reason", code, err, d)
 	}
 
+	req, _ := http.NewRequest("GET", st.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+st.AdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(m), "examlab_parked_starts 1\n") || !strings.Contains(string(m), `examlab_admission_held{reason="unavailable"} 1`) {
+		t.Fatalf("metrics do not show the parked start and the hold:\n%s", m)
+	}
+
 	down.Store(false)
 	a.WaitStatus(t, idA, parkTimeout, "ready")
 	b.WaitStatus(t, idB, parkTimeout, "ready")
