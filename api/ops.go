@@ -89,25 +89,30 @@ func healthz(o OpsOptions) fiber.Handler {
 }
 
 // readyz runs every check concurrently under one timeout. A failing check
-// is named, its error only logged: probes are unauthenticated.
+// is named with why in a few fixed words (readyReason); its error, which
+// may name internal addresses, is only logged: probes are unauthenticated.
 func readyz(o OpsOptions) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		ctx, cancel := context.WithTimeout(c.UserContext(), readyTimeout)
 		defer cancel()
 		results := make(map[string]string, len(o.Checks))
+		reasons := map[string]string{}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for _, ch := range o.Checks {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				res := "ok"
+				res, why := "ok", ""
 				if err := ch.Fn(ctx); err != nil {
 					o.Logger.Warn("readiness check failed", "check", ch.Name, "err", err)
-					res = "failing"
+					res, why = "failing", readyReason(err)
 				}
 				mu.Lock()
 				results[ch.Name] = res
+				if why != "" {
+					reasons[ch.Name] = why
+				}
 				mu.Unlock()
 			}()
 		}
@@ -118,6 +123,10 @@ func readyz(o OpsOptions) fiber.Handler {
 				status, code = "not ready", fiber.StatusServiceUnavailable
 			}
 		}
-		return c.Status(code).JSON(fiber.Map{"status": status, "role": o.Role, "checks": results})
+		body := fiber.Map{"status": status, "role": o.Role, "checks": results}
+		if len(reasons) > 0 {
+			body["reasons"] = reasons
+		}
+		return c.Status(code).JSON(body)
 	}
 }

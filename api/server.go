@@ -23,7 +23,7 @@ import (
 
 // enqueuer is the part of the scheduler the API drives.
 type enqueuer interface {
-	Provision(ctx context.Context, sessionID string) (bool, error)
+	Provision(ctx context.Context, sessionID string, round int) (bool, error)
 	Archive(ctx context.Context, sessionID, reason string) (bool, error)
 	Cleanup(ctx context.Context, sessionID, reason string) (bool, error)
 	Snapshot(ctx context.Context, sessionID, nonce string) (bool, error)

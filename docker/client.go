@@ -85,7 +85,7 @@ func newClient(host string) (*client, error) {
 	default:
 		return nil, fmt.Errorf("parse docker host %q: scheme must be unix:// or tcp://", host)
 	}
-	var d net.Dialer
+	d := net.Dialer{Timeout: dialTimeout}
 	dial := func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
 	tr := &http.Transport{
 		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
@@ -142,11 +142,11 @@ func (c *client) stream(ctx context.Context, method, path string, q url.Values, 
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, unavailable(ctx, err)
 	}
 	if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusNotModified {
 		defer resp.Body.Close()
-		return nil, readError(resp)
+		return nil, unavailable(ctx, readError(resp))
 	}
 	return resp, nil
 }
@@ -199,7 +199,7 @@ func (c *client) hijack(ctx context.Context, path string, body any) (net.Conn, *
 
 	conn, err := c.dial(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, unavailable(ctx, err)
 	}
 	// Until the upgrade is answered, ctx bounds the handshake.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })

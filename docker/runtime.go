@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -123,9 +124,13 @@ func New(opts Options) (*Runtime, error) {
 	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw, graderBusybox: bb, holder: opts.Holder}, nil
 }
 
-// Ping reports whether the engine answers.
+// Ping reports whether the engine answers. Whatever keeps it from
+// answering is lab.ErrUnavailable.
 func (r *Runtime) Ping(ctx context.Context) error {
 	if err := r.client.do(ctx, http.MethodGet, "/_ping", nil, nil, nil); err != nil {
+		if !errors.Is(err, lab.ErrUnavailable) {
+			err = &unavailableError{err}
+		}
 		return fmt.Errorf("ping docker engine: %w", err)
 	}
 	return nil

@@ -18,8 +18,13 @@ import (
 // Provision registers the session's job, unless it is already there, and
 // returns once all of the lab's nodes are running. A retried provision
 // never creates a second job and never overwrites a newer one: every
-// register is conditioned on the job modify index it was decided on.
-func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) error {
+// register is conditioned on the job modify index it was decided on. An
+// agent it cannot reach is lab.ErrUnavailable.
+func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) (err error) {
+	defer func() { err = unavailable(ctx, err) }()
+	if err := r.reachable(ctx); err != nil {
+		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
+	}
 	job, err := r.Job(spec)
 	if err != nil {
 		return fmt.Errorf("provision lab: %w", err)

@@ -65,6 +65,19 @@ func New(opts Options) (*Runtime, error) {
 	if cfg == nil {
 		cfg = api.DefaultConfig()
 	}
+	wait := opts.WaitTime
+	if wait <= 0 {
+		wait = defaultWaitTime
+	}
+	if cfg.HttpClient == nil {
+		hc, err := httpClient(cfg, wait)
+		if err != nil {
+			return nil, fmt.Errorf("new nomad runtime: %w", err)
+		}
+		cp := *cfg
+		cp.HttpClient = hc
+		cfg = &cp
+	}
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("new nomad runtime: %w", err)
@@ -77,10 +90,6 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if job.Region == "" {
 		job.Region = cfg.Region
-	}
-	wait := opts.WaitTime
-	if wait <= 0 {
-		wait = defaultWaitTime
 	}
 	return &Runtime{client: c, job: job, wait: wait}, nil
 }
@@ -126,16 +135,18 @@ func isIndexConflict(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "Enforcing job modify index")
 }
 
-// Ping reports whether the cluster has a leader to answer.
+// Ping reports whether the cluster has a leader to answer. Whatever keeps
+// it from answering is lab.ErrUnavailable.
 func (r *Runtime) Ping(ctx context.Context) error {
-	leader, err := r.client.Status().Leader()
+	var leader string
+	_, err := r.client.Raw().Query("/v1/status/leader", &leader, r.query(ctx))
 	if err != nil {
-		return fmt.Errorf("ping nomad: %w", err)
+		return fmt.Errorf("ping nomad: %w", &unavailableError{err})
 	}
 	if leader == "" {
-		return fmt.Errorf("ping nomad: the cluster has no leader")
+		return fmt.Errorf("ping nomad: the cluster has no leader: %w", lab.ErrUnavailable)
 	}
-	return ctx.Err()
+	return nil
 }
 
 // sessionJob returns the session's job, ErrNotFound-wrapped when there is

@@ -47,6 +47,7 @@ func roleName(r Roles) string {
 func (p *Platform) newOps() {
 	p.ops = &opsServer{metrics: metrics.New(metrics.Options{Sessions: p.Store, Queues: p.Inspector})}
 	p.Metrics = p.ops.metrics
+	registerParkMetrics(p.Metrics.Registry(), p.Store)
 	if p.roles.API {
 		p.ops.monitor = asynqmon.New(asynqmon.Options{RootPath: api.MonitorPath, RedisConnOpt: asynqRedis(p.Config)})
 	}

@@ -76,6 +76,8 @@ type Platform struct {
 	wg        sync.WaitGroup
 	errc      chan error
 	closeOnce sync.Once
+	// stopWatch ends watchRuntime.
+	stopWatch context.CancelFunc
 }
 
 // Options adjusts New for embedding (tests).
@@ -236,6 +238,9 @@ func (p *Platform) Start(ctx context.Context) error {
 	if err := p.startOps(); err != nil {
 		return err
 	}
+	if p.roles.API || p.roles.Worker {
+		p.watchRuntime()
+	}
 	if p.server != nil {
 		if err := p.server.Start(p.Handlers.Mux()); err != nil {
 			return fmt.Errorf("start worker: %w", err)
@@ -326,6 +331,9 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 			p.server.Shutdown()
 		}
 		errs = append(errs, p.stopOps(ctx))
+		if p.stopWatch != nil {
+			p.stopWatch()
+		}
 		p.wg.Wait()
 		errs = append(errs, p.client.Close(), p.Inspector.Close(), p.Redis.Close())
 	})

@@ -60,7 +60,11 @@ func Admit(ctx context.Context, st *store.Store, q provisionQueue, now time.Time
 // enqueues its provision. A session no longer queued gives the slot back
 // (ok false). Both steps are idempotent, so the sweep may repeat them.
 func admitOne(ctx context.Context, st *store.Store, q provisionQueue, id string, now time.Time) (ok bool, err error) {
-	sess, err := st.Update(ctx, id, func(x *session.Session) error { return x.Admit(now) })
+	resumed := false
+	sess, err := st.Update(ctx, id, func(x *session.Session) error {
+		resumed = x.Parked()
+		return x.Admit(now)
+	})
 	if errors.Is(err, session.ErrNotAllowed) || errors.Is(err, store.ErrNotFound) {
 		if _, err := st.ReleaseSlot(ctx, id); err != nil {
 			return false, fmt.Errorf("admit %s: give the slot back: %w", id, err)
@@ -70,7 +74,10 @@ func admitOne(ctx context.Context, st *store.Store, q provisionQueue, id string,
 	if err != nil {
 		return false, fmt.Errorf("admit %s: %w", id, err)
 	}
-	if _, err := q.Provision(ctx, sess.ID); err != nil {
+	if resumed {
+		_ = st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "resumed", Detail: map[string]any{"parks": sess.Parks}})
+	}
+	if _, err := q.Provision(ctx, sess.ID, sess.Parks); err != nil {
 		return true, fmt.Errorf("admit %s: %w: %w", id, ErrNotQueued, err)
 	}
 	return true, nil
@@ -158,7 +165,12 @@ func Repair(ctx context.Context, st *store.Store, q provisionQueue, now time.Tim
 		}
 	}
 	for _, id := range rep.Provisioning {
-		if _, err := q.Provision(ctx, id); err != nil {
+		sess, err := st.Get(ctx, id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("re-enqueue provision of %s: %w", id, err))
+			continue
+		}
+		if _, err := q.Provision(ctx, id, sess.Parks); err != nil {
 			errs = append(errs, fmt.Errorf("re-enqueue provision of %s: %w", id, err))
 		}
 	}

@@ -24,7 +24,7 @@ type provisions struct {
 	fail bool
 }
 
-func (p *provisions) Provision(_ context.Context, id string) (bool, error) {
+func (p *provisions) Provision(_ context.Context, id string, _ int) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.fail {

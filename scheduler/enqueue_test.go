@@ -23,7 +23,7 @@ func TestEnqueueIsIdempotent(t *testing.T) {
 	ctx := context.Background()
 
 	for i, want := range []bool{true, false} {
-		got, err := e.Provision(ctx, "abcdefgh1234")
+		got, err := e.Provision(ctx, "abcdefgh1234", 0)
 		if err != nil {
 			t.Fatalf("enqueue %d: %v", i, err)
 		}

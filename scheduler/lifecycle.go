@@ -18,7 +18,7 @@ var ErrNotQueued = errors.New("recorded, but the follow-up task could not be que
 // provisionQueue and archiveQueue are what Start and Submit enqueue on
 // (an *Enqueuer, or a test's double).
 type provisionQueue interface {
-	Provision(ctx context.Context, sessionID string) (bool, error)
+	Provision(ctx context.Context, sessionID string, round int) (bool, error)
 }
 
 type archiveQueue interface {
@@ -50,7 +50,7 @@ func Start(ctx context.Context, st *store.Store, q provisionQueue, id string, no
 		}
 	}
 	if sess.Status == session.StateProvisioning {
-		if _, err := q.Provision(ctx, sess.ID); err != nil {
+		if _, err := q.Provision(ctx, sess.ID, sess.Parks); err != nil {
 			return sess, fmt.Errorf("start session %s: %w: %w", sess.ID, ErrNotQueued, err)
 		}
 	}

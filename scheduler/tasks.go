@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -49,6 +50,10 @@ type SessionPayload struct {
 	// Nonce distinguishes repeatable operations (admin snapshots, resets)
 	// so that each request gets its own task ID.
 	Nonce string `json:"nonce,omitempty"`
+	// Round is the session's Parks when its provision was enqueued: each
+	// admission after a park is a new provision with a task ID of its own,
+	// and a provision of an older round finds nothing to do.
+	Round int `json:"round,omitempty"`
 }
 
 // ParseSessionPayload decodes and checks a lifecycle payload. A payload
@@ -96,7 +101,17 @@ func newSessionTask(typ, queue string, p SessionPayload, maxRetry int, timeout t
 
 // NewProvisionTask brings a session's lab up.
 func NewProvisionTask(sessionID string) (*asynq.Task, error) {
-	return newSessionTask(TypeProvision, QueueCritical, SessionPayload{SessionID: sessionID}, 8, 10*time.Minute)
+	return NewProvisionRoundTask(sessionID, 0)
+}
+
+// NewProvisionRoundTask brings up the lab of a session admitted again
+// after round parks (session.Park); round 0 is its first admission.
+func NewProvisionRoundTask(sessionID string, round int) (*asynq.Task, error) {
+	extra := ""
+	if round > 0 {
+		extra = "p" + strconv.Itoa(round)
+	}
+	return newSessionTask(TypeProvision, QueueCritical, SessionPayload{SessionID: sessionID, Round: round}, 8, 10*time.Minute, extra)
 }
 
 // NewArchiveTask snapshots a submitted session's lab, then chains cleanup.

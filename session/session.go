@@ -12,7 +12,8 @@
 //	              (and of the deployment)
 //	provisioning  Admit: the session got a slot; a worker brings the lab
 //	              up (BeginProvision per attempt, ProvisionFailed on an
-//	              attempt that did not make it)
+//	              attempt that did not make it; Park back to queued when
+//	              the runtime has no room or cannot be reached)
 //	ready         MarkReady: every node runs; the clock starts now, so
 //	              a slow start costs the candidate nothing
 //	submitted     Submit: by the candidate, an admin, or the deadline
@@ -94,6 +95,12 @@ type Session struct {
 	// is paused, and the time credited for it (see lost.go).
 	Trouble Trouble `json:"lab_trouble,omitzero"`
 	Version int64   `json:"version"`
+
+	// Parking is set while an admitted session waits in the queue again
+	// (see Park); Parks counts how often it was parked, and names each
+	// new provision of it.
+	Parking *Parking `json:"parking,omitempty"`
+	Parks   int      `json:"parks,omitempty"`
 }
 
 // New returns a created session for email in exam, with the exam's time
@@ -165,6 +172,7 @@ func (s *Session) Admit(now time.Time) error {
 	case StateQueued:
 		s.AdmittedAt = now.UTC()
 		s.Status = StateProvisioning
+		s.Parking = nil
 		return nil
 	case StateProvisioning:
 		return nil

@@ -24,6 +24,7 @@ import (
 //	known           SET   sittings with a line or a slot holder
 //	ends:{sitting}  ZSET  the sitting's last slot releases (ms), and
 //	ends            ZSET  the deployment's, for the wait estimate
+//	hold            HASH  admission held while parked starts wait (park.go)
 //
 // Slots are sets of session ids, not counters: taking a slot twice or
 // giving it back twice changes nothing, so a handler retried after a crash
@@ -92,8 +93,12 @@ return 1
 // come first served within one; a full sitting never holds up another.
 // ARGV: prefix, max labs (0: none), batch, then sitting and capacity
 // pairs (capacity 0: none of its own). Answers id, sitting, id, sitting…
+// Under a hold (park.go) it admits no one, or the one probe.
 var admitScript = redis.NewScript(forgetLua + `
 local P, max, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local hold = redis.call("hget", P .. "hold", "state")
+if hold == "held" or hold == "probing" then return {} end
+if hold == "probe" then batch = 1 end
 local sittings, caps = {}, {}
 for i = 4, #ARGV, 2 do
   sittings[#sittings + 1] = ARGV[i]
@@ -122,6 +127,15 @@ while #out < 2 * batch do
   out[#out + 1] = best
   out[#out + 1] = bestSitting
 end
+if hold == "probe" then
+  local waiting = 0
+  for _, s in ipairs(sittings) do waiting = waiting + redis.call("zcard", P .. "line:" .. s) end
+  if #out > 0 then
+    redis.call("hset", P .. "hold", "state", "probing", "probe", out[1])
+  elseif waiting == 0 then
+    redis.call("del", P .. "hold")
+  end
+end
 for _, s in ipairs(sittings) do forget(P, s) end
 return out
 `)
@@ -139,7 +153,9 @@ return 1
 
 // releaseScript takes a session out of every line and gives back any slot
 // it held, noting when for the estimate. ARGV: prefix, id, now (ms), kept.
-// Answers 1 if a slot was given back.
+// Answers 1 if a slot was given back. A slot given back may be the room a
+// no-capacity hold waits for, and a probe that ends without its lab
+// passes the probe on: either way the next pass probes (park.go).
 var releaseScript = redis.NewScript(forgetLua + `
 local P, id, now, kept = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local function ended(key)
@@ -151,7 +167,15 @@ for _, s in ipairs(redis.call("smembers", P .. "known")) do
   if redis.call("srem", P .. "held:" .. s, id) == 1 then ended(P .. "ends:" .. s) end
   forget(P, s)
 end
-if redis.call("srem", P .. "held", id) == 1 then
+local H = P .. "hold"
+local freed = redis.call("srem", P .. "held", id) == 1
+local hold = redis.call("hget", H, "state")
+if hold == "probing" and redis.call("hget", H, "probe") == id then
+  redis.call("hset", H, "state", "probe", "probe", "")
+elseif freed and hold == "held" and redis.call("hget", H, "reason") == "no-capacity" then
+  redis.call("hset", H, "state", "probe")
+end
+if freed then
   ended(P .. "ends")
   return 1
 end
@@ -381,6 +405,8 @@ type QueuedEntry struct {
 	Name          string    `json:"name,omitempty"`
 	QueuedAt      time.Time `json:"queued_at"`
 	WaitedSeconds int64     `json:"waited_seconds"`
+	// Parking is why an admitted start waits again (session.Park).
+	Parking *session.Parking `json:"parking,omitempty"`
 }
 
 // SittingQueue is one sitting's slots and line.
@@ -400,6 +426,8 @@ type QueueState struct {
 	Running  int            `json:"running"`
 	Queued   int            `json:"queued"`
 	Sittings []SittingQueue `json:"sittings"`
+	// Hold is set while admission waits for parked starts (park.go).
+	Hold *Hold `json:"hold,omitempty"`
 }
 
 // Queue answers every sitting's running labs and line, the sittings on
@@ -442,6 +470,11 @@ func (s *Store) Queue(ctx context.Context) (QueueState, error) {
 	if err != nil {
 		return QueueState{}, fmt.Errorf("read queue: %w", err)
 	}
+	if h, ok, err := s.AdmissionHold(ctx); err != nil {
+		return QueueState{}, err
+	} else if ok {
+		out.Hold = &h
+	}
 	now := s.now()
 	out.Running = int(held.Val())
 	for i, r := range rows {
@@ -452,7 +485,7 @@ func (s *Store) Queue(ctx context.Context) (QueueState, error) {
 			at := time.UnixMilli(int64(z.Score)).UTC()
 			e := QueuedEntry{Position: j + 1, SessionID: id, QueuedAt: at, WaitedSeconds: int64(now.Sub(at) / time.Second)}
 			if sess, err := s.Get(ctx, id); err == nil {
-				e.Email, e.Name = sess.Email, sess.Name
+				e.Email, e.Name, e.Parking = sess.Email, sess.Name, sess.Parking
 			}
 			r.Queued = append(r.Queued, e)
 		}

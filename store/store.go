@@ -316,7 +316,7 @@ func (s *Store) update(ctx context.Context, id string, fn func(*session.Session)
 	if err := fn(sess); err != nil {
 		return nil, err
 	}
-	if !before.CanMove(sess.Status) {
+	if !before.CanMove(sess.Status) && !sess.ParkedFrom(before) {
 		return nil, fmt.Errorf("session %s: move from %s to %s: %w", id, before, sess.Status, session.ErrNotAllowed)
 	}
 	sess.Version++

@@ -53,6 +53,7 @@ func (r *fakeRuntime) Capture(context.Context, string, []string, lab.SnapshotMod
 func (r *fakeRuntime) Logs(context.Context, string, string, io.Writer) error { return nil }
 func (r *fakeRuntime) ResetNode(context.Context, lab.Spec, string) error     { return nil }
 func (r *fakeRuntime) Labs(context.Context) ([]string, error)                { return nil, nil }
+func (r *fakeRuntime) Ping(context.Context) error                            { return nil }
 func (r *fakeRuntime) Exec(context.Context, string, string, lab.ExecRequest) (lab.Process, error) {
 	return nil, lab.ErrNotFound
 }
@@ -71,7 +72,7 @@ type tasks struct {
 	provisions []string
 }
 
-func (q *tasks) Provision(_ context.Context, id string) (bool, error) {
+func (q *tasks) Provision(_ context.Context, id string, _ int) (bool, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if slices.Contains(q.provisions, id) {

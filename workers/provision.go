@@ -17,7 +17,9 @@ import (
 // Provision brings an admitted session's lab up and marks the session
 // ready. The runtime's Provision is idempotent, so a rerun after a crash
 // reuses what the first run created and starts what it did not. A
-// provision that fails for good gives the session's slot back.
+// provision that fails for good gives the session's slot back. One that
+// finds no room (lab.ErrNoCapacity) or no runtime (lab.ErrUnavailable)
+// parks the start at once (scheduler.Park) rather than retrying.
 func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	p, sess, err := h.session(ctx, t)
 	if err != nil {
@@ -25,6 +27,12 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	}
 	switch sess.Status {
 	case session.StateProvisioning:
+		if p.Round != sess.Parks {
+			// A provision of an admission before a park: the session's
+			// current one is its own task.
+			h.log.Info("provision skipped: an earlier round", "session", p.SessionID, "round", p.Round, "parks", sess.Parks)
+			return nil
+		}
 	case session.StateReady:
 		return nil // a duplicate run after success
 	case session.StateCreated, session.StateQueued:
@@ -53,6 +61,12 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	pctx, cancel := context.WithTimeout(ctx, h.o.ProvisionTimeout)
 	defer cancel()
 	perr := h.o.Runtime.Provision(pctx, spec)
+	if reason := parkReason(perr); reason != "" {
+		// No room or no runtime: asking for the nodes' states would only
+		// wait on the same runtime again.
+		h.o.Observer.Provisioned(h.o.Now().Sub(start), false)
+		return h.park(ctx, sess, reason, perr)
+	}
 	nodes, serr := h.o.Runtime.Status(ctx, spec)
 	if perr == nil && serr == nil && !lab.AllRunning(nodes) {
 		perr = errors.New("not every node is running")
@@ -105,6 +119,10 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	}
 	h.o.Observer.Provisioned(h.o.Now().Sub(start), true)
 	h.log.Info("lab ready", "session", sess.ID, "took", h.o.Now().Sub(start).Round(time.Millisecond))
+	if err := scheduler.LabReady(ctx, h.o.Store, h.o.Enqueuer, sess.ID, h.o.Now()); err != nil {
+		// The admission sweep ends the probe from the record.
+		h.log.Warn("open admission after a probe's lab came up; the admission sweep will", "session", sess.ID, "err", err)
+	}
 	return nil
 }
 

@@ -125,6 +125,14 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 // the heads of the lines. It is what makes a worker or API process killed
 // mid-admission lose no candidate and no slot.
 func (h *Handlers) Admission(ctx context.Context, _ *asynq.Task) error {
+	// A hold for parked starts first (scheduler.Unhold), so that the pass
+	// below admits them once the runtime answers or room came back.
+	lifted, herr := scheduler.Unhold(ctx, h.o.Store, h.o.Runtime.Ping, h.o.Now())
+	if herr != nil {
+		h.log.Warn("admission hold", "err", herr)
+	} else if lifted != "" {
+		h.log.Info("admission hold lifted", "how", lifted)
+	}
 	rep, admitted, err := scheduler.Repair(ctx, h.o.Store, h.o.Enqueuer, h.o.Now())
 	if len(rep.Fixed) > 0 || len(rep.Unrecorded) > 0 {
 		h.log.Warn("admission queue repaired from the records", "fixed", rep.Fixed, "unrecorded_admissions", rep.Unrecorded)
@@ -132,7 +140,7 @@ func (h *Handlers) Admission(ctx context.Context, _ *asynq.Task) error {
 	if len(admitted) > 0 {
 		h.log.Info("admitted from the queue", "sessions", admitted)
 	}
-	return err
+	return errors.Join(herr, err)
 }
 
 // Retention deletes ended sessions older than the retention policy.

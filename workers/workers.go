@@ -31,12 +31,13 @@ type labRuntime interface {
 	Destroy(ctx context.Context, sessionID string) error
 	ResetNode(ctx context.Context, spec lab.Spec, node string) error
 	Labs(ctx context.Context) ([]string, error)
+	Ping(ctx context.Context) error
 }
 
 // enqueuer chains follow-up tasks (archive → cleanup) and queues the
 // provision of sessions the admission queue admits.
 type enqueuer interface {
-	Provision(ctx context.Context, sessionID string) (bool, error)
+	Provision(ctx context.Context, sessionID string, round int) (bool, error)
 	Archive(ctx context.Context, sessionID, reason string) (bool, error)
 	Cleanup(ctx context.Context, sessionID, reason string) (bool, error)
 }

@@ -3,6 +3,7 @@ package workers_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -255,8 +256,14 @@ func (r *recorder) add(list *[]enqueued, op, id, reason string) (bool, error) {
 	return true, nil
 }
 
-func (r *recorder) Provision(ctx context.Context, id string) (bool, error) {
-	return r.add(&r.provisions, "provision", id, "")
+// Provision records a provision; each round after a park is a task of its
+// own, as its task id makes it.
+func (r *recorder) Provision(ctx context.Context, id string, round int) (bool, error) {
+	op := "provision"
+	if round > 0 {
+		op += ":p" + strconv.Itoa(round)
+	}
+	return r.add(&r.provisions, op, id, "")
 }
 
 func (r *recorder) Archive(ctx context.Context, id, reason string) (bool, error) {

@@ -235,8 +235,11 @@
      ["Lab ready", when(s.ready_at)], ["Deadline", when(s.deadline)], ["Time allowed", Math.round(s.duration_seconds / 60) + " min"],
      ["Remaining", s.remaining_seconds ? Math.floor(s.remaining_seconds / 60) + " min " + (s.remaining_seconds % 60) + " s" : ""],
      ["Submitted", when(s.submitted_at) + (m.submit_reason ? " (" + m.submit_reason + ")" : "")], ["Completed", when(s.completed_at)],
-     ["Runtime", m.runtime], ["Error", s.error], ["Lab", labTrouble(m.lab_trouble)],
-     ["Time credited", m.lab_trouble && m.lab_trouble.credited_seconds ? m.lab_trouble.credited_seconds + " s (lab unusable)" : ""]].forEach(function (f) {
+      ["Runtime", m.runtime],
+      ["Parked", m.parking ? (m.parking.reason === "unavailable" ? "the lab runtime cannot be reached" : "no room for the lab") +
+        " since " + when(m.parking.at) + "; back in line at its place, resumes by itself" : ""],
+      ["Error", s.error], ["Lab", labTrouble(m.lab_trouble)],
+      ["Time credited", m.lab_trouble && m.lab_trouble.credited_seconds ? m.lab_trouble.credited_seconds + " s (lab unusable)" : ""]].forEach(function (f) {
       if (!f[1]) return;
       facts.appendChild(el("dt", f[0]));
       facts.appendChild(el("dd", f[1]));

@@ -87,6 +87,8 @@ window.ExamlabQueue = {
       }
       facts.push(res.queued ? plural(res.queued, "candidate") + " waiting." : "Nobody is waiting.");
       $("q-summary").textContent = facts.join(" ");
+      $("q-hold").hidden = !res.hold;
+      if (res.hold) $("q-hold").textContent = holdText(res.hold);
 
       var idle = all.length - all.filter(function (q) { return q.running > 0 || q.queued.length > 0; }).length;
       $("q-title").textContent = only ? "Admission queue of " + only : "Admission queue";
@@ -100,6 +102,22 @@ window.ExamlabQueue = {
       if (!shown.length) {
         box.appendChild(el("p", only ? "There is no sitting " + only + "." : "No lab is running and nobody is waiting.", "muted"));
       }
+    }
+
+    // holdText says why admission is held for parked starts, and what
+    // lifts it; the reason is the runtime's own, in full.
+    function holdText(hold) {
+      var why = hold.reason === "unavailable"
+        ? "the lab runtime cannot be reached; parked starts resume when it answers again (checked every few seconds)"
+        : "the lab runtime has no room for another lab; the next start tries again when a lab ends";
+      var state = hold.state === "probing" ? " One start is trying now (session " + hold.probe + ")." :
+        hold.state === "probe" ? " The next start in line tries now." : "";
+      return "Admission is on hold since " + new Date(hold.since).toLocaleTimeString() + ": " + why + "." + state +
+        " Last reason: " + hold.detail;
+    }
+    // parkedText is why an admitted start is back in line, in full.
+    function parkedText(p) {
+      return (p.reason === "unavailable" ? "Parked: the lab runtime cannot be reached — " : "Parked: no room for the lab — ") + p.detail;
     }
 
     function sittingCard(q) {
@@ -142,6 +160,11 @@ window.ExamlabQueue = {
         var cand = el("span");
         cand.appendChild(link(e.email || e.session_id, "/admin/session/" + encodeURIComponent(e.session_id), function () { h.goSession(e.session_id); }));
         if (e.name) cand.appendChild(el("span", " " + e.name, "muted"));
+        if (e.parking) {
+          var why = el("div", parkedText(e.parking), "parked muted");
+          why.dataset.reason = e.parking.reason;
+          cand.appendChild(why);
+        }
         var acts = el("span", null, "row-actions");
         acts.appendChild(button("Admit now", function () { admit(q, e); }, "admit"));
         acts.appendChild(button("Remove…", function () { askRemove(q, e); }, "danger remove"));

@@ -316,6 +316,12 @@
       note.textContent = note.getAttribute('data-default');
       return;
     }
+    if (view.error) {
+      // A start that was admitted and had to wait again: the server's
+      // plain words say why (no room yet, or the lab service is away).
+      note.textContent = view.error.charAt(0).toUpperCase() + view.error.slice(1) + '. This page updates by itself.';
+      return;
+    }
     var n = view.queue_position;
     var text = n === 1 ? 'You are next in line' : (n ? 'You are number ' + n + ' in line' : 'You are in line');
     if (typeof view.estimate_seconds === 'number') {
