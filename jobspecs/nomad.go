@@ -510,6 +510,35 @@ func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task 
 	}
 }
 
+// NomadReserved is what placing the job's lab sets aside on a client, as
+// Nomad's scheduler counts a task group: the main tasks and the poststart
+// ones (sidecars or not, they may run beside the nodes) add up; a
+// prestart task that ends, or the poststop one, runs alone, so only the
+// largest of those phases counts; prestart sidecars run through all of
+// them.
+func NomadReserved(job *api.Job) (cpuMHz, memoryMB int) {
+	for _, g := range job.TaskGroups {
+		var running, alone, sidecars [2]int
+		for _, t := range g.Tasks {
+			var r [2]int
+			if t.Resources != nil {
+				r = [2]int{deref(t.Resources.CPU), deref(t.Resources.MemoryMB)}
+			}
+			switch lc := t.Lifecycle; {
+			case lc == nil || lc.Hook == api.TaskLifecycleHookPoststart:
+				running[0], running[1] = running[0]+r[0], running[1]+r[1]
+			case lc.Hook == api.TaskLifecycleHookPrestart && lc.Sidecar:
+				sidecars[0], sidecars[1] = sidecars[0]+r[0], sidecars[1]+r[1]
+			default:
+				alone[0], alone[1] = max(alone[0], r[0]), max(alone[1], r[1])
+			}
+		}
+		cpuMHz += sidecars[0] + max(running[0], alone[0])
+		memoryMB += sidecars[1] + max(running[1], alone[1])
+	}
+	return cpuMHz, memoryMB
+}
+
 // NomadJobJSON renders the job the way `nomad job run -json` and
 // `nomad job plan -json` read it: {"Job": {...}}.
 func NomadJobJSON(job *api.Job) ([]byte, error) {

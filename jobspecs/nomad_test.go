@@ -510,3 +510,34 @@ func TestParseCPUs(t *testing.T) {
 		}
 	}
 }
+
+// TestNomadReservedShippedExam: what one lab of the shipped exam reserves
+// on a client, the figure the README's capacity table divides by.
+func TestNomadReservedShippedExam(t *testing.T) {
+	l, err := lab.NewSpec(exam.Default(), lab.Session{ID: goldenSession})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		opts     NomadOptions
+		cpu, mem int
+	}{
+		// Eight nodes of 50 MHz and 32 MB, and labnet-up and labnet-watch
+		// (20 MHz, 32 MB each) beside them; labnet-down runs alone.
+		{"memory oversubscription on", NomadOptions{}, 8*50 + 2*labnetCPU, 8*32 + 2*labnetMemory},
+		// Every node reserves its limit: 128 MB, phoenix 256.
+		{"memory oversubscription off", NomadOptions{NoMemoryOversubscription: true}, 8*50 + 2*labnetCPU, 7*128 + 256 + 2*labnetMemoryFixed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			job, err := NomadJob(l, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cpu, mem := NomadReserved(job); cpu != tc.cpu || mem != tc.mem {
+				t.Errorf("the lab reserves %d MHz and %d MB, want %d and %d", cpu, mem, tc.cpu, tc.mem)
+			}
+		})
+	}
+}

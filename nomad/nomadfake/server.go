@@ -126,6 +126,7 @@ type Server struct {
 
 	failures   map[string]failureSpec
 	noCapacity string
+	plan       planState
 	slowLabnet time.Duration
 	onJobRead  func(jobID string)
 }
@@ -168,6 +169,7 @@ func New(opts Options) (*Server, error) {
 		allocs:   map[string]*allocation{},
 		evals:    map[string]*api.Evaluation{},
 		failures: map[string]failureSpec{},
+		plan:     planState{placedOn: map[string]int{}},
 	}
 	s.srv = httptest.NewServer(s.routes())
 	return s, nil
@@ -315,6 +317,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/job/{id}", s.deregisterJob)
 	mux.HandleFunc("GET /v1/job/{id}/allocations", s.jobAllocs)
 	mux.HandleFunc("GET /v1/job/{id}/evaluations", s.jobEvals)
+	mux.HandleFunc("PUT /v1/job/{id}/plan", s.planJob)
+	mux.HandleFunc("POST /v1/job/{id}/plan", s.planJob)
+	mux.HandleFunc("GET /v1/operator/scheduler/configuration", s.schedulerConfig)
 	mux.HandleFunc("PUT /v1/job/{id}/evaluate", s.evaluateJob)
 	mux.HandleFunc("POST /v1/job/{id}/evaluate", s.evaluateJob)
 	mux.HandleFunc("GET /v1/evaluation/{id}", s.getEval)
@@ -500,7 +505,7 @@ func (e codedError) Error() string { return e.msg }
 func (s *Server) register(req api.JobRegisterRequest, record bool) (uint64, string, error) {
 	job := req.Job
 	rec := Register{Job: cloneJob(job), EnforceIndex: req.EnforceIndex, JobModifyIndex: req.JobModifyIndex}
-	rec.Problems = CheckJob(job, s.opts.Nodes)
+	rec.Problems = checkJob(job, s.opts.Nodes, s.opts.MHzPerCPU)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
