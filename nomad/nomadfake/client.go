@@ -105,7 +105,7 @@ func setTask(a *allocation, task, state string, failed bool, events ...*api.Task
 func (s *Server) schedule(evalID string, job *api.Job) {
 	s.mu.Lock()
 	ev := s.evals[evalID]
-	client, metric := s.placement(job)
+	client, metric := s.placement(job, false)
 	if metric != nil {
 		idx := s.bump()
 		ev.Status, ev.ModifyIndex = api.EvalStatusComplete, idx

@@ -102,7 +102,7 @@ func (s *Server) planJob(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "job validation failed: %s", strings.Join(rec.Problems, "; "))
 		return
 	}
-	_, metric := s.placement(req.Job)
+	_, metric := s.placement(req.Job, true)
 	if metric != nil {
 		rec.Failed = map[string]*api.AllocationMetric{jobspecs.NomadGroup: metric}
 	}
@@ -144,10 +144,11 @@ func (s *Server) schedulerConfig(w http.ResponseWriter, r *http.Request) {
 
 // placement picks the client for a new allocation of job, or returns why
 // none can take it, as Nomad's scheduler reports it. The job's own running
-// allocations do not count: a new version replaces them. The caller holds
-// mu.
-func (s *Server) placement(job *api.Job) (int, *api.AllocationMetric) {
-	if s.noCapacity != "" {
+// allocations do not count: a new version replaces them. NoCapacity fails
+// placements but not plans (plan is true): it plays room taken between a
+// plan and the register after it. The caller holds mu.
+func (s *Server) placement(job *api.Job, plan bool) (int, *api.AllocationMetric) {
+	if s.noCapacity != "" && !plan {
 		return -1, &api.AllocationMetric{
 			NodesEvaluated: 1, NodesInPool: 1, NodesExhausted: 1, NodesAvailable: map[string]int{"dc1": 1},
 			DimensionExhausted: map[string]int{s.noCapacity: 1},

@@ -75,7 +75,7 @@ func TestPlacement(t *testing.T) {
 	s.SetClients(Client{Name: "a", CPU: 1000, MemoryMB: 4096}, Client{Name: "b", CPU: 8000, MemoryMB: 700})
 	place := func(session string) (int, *api.AllocationMetric) {
 		job := shippedJob(t, session, jobspecs.NomadOptions{})
-		c, m := s.placement(job)
+		c, m := s.placement(job, true)
 		if m == nil {
 			id := newID()
 			s.allocs[id] = &allocation{Allocation: &api.Allocation{ID: id, JobID: *job.ID, Job: job,

@@ -211,7 +211,9 @@ func (s *Server) ClearFailures() {
 }
 
 // NoCapacity makes every placement from now on fail for lack of the
-// dimension ("memory", "cpu"); "" places again.
+// dimension ("memory", "cpu"), while plans still find room: the room a
+// plan saw was taken before the register after it; "" places again.
+// SetClients bounds plans and placements alike.
 func (s *Server) NoCapacity(dimension string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
