@@ -59,8 +59,9 @@ func (s *Server) SetClients(clients ...Client) {
 }
 
 // MemoryOversubscription switches the scheduler's memory oversubscription,
-// off by default as on a new Nomad cluster. While it is off a task's
-// memory_max is ignored: its container is held to the memory it reserves.
+// on by default as examlab's agent configurations set it (a new Nomad
+// cluster has it off). While it is off a task's memory_max is ignored: its
+// container is held to the memory it reserves.
 func (s *Server) MemoryOversubscription(on bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -169,7 +169,7 @@ func New(opts Options) (*Server, error) {
 		allocs:   map[string]*allocation{},
 		evals:    map[string]*api.Evaluation{},
 		failures: map[string]failureSpec{},
-		plan:     planState{placedOn: map[string]int{}},
+		plan:     planState{placedOn: map[string]int{}, oversub: true},
 	}
 	s.srv = httptest.NewServer(s.routes())
 	return s, nil
