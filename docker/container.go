@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -29,23 +30,28 @@ type logConfig struct {
 }
 
 type hostConfig struct {
-	NetworkMode    string            `json:"NetworkMode"`
-	PidMode        string            `json:"PidMode,omitempty"`
-	Mounts         []mount           `json:"Mounts,omitempty"`
-	Binds          []string          `json:"Binds,omitempty"`
-	Memory         int64             `json:"Memory"`
-	MemorySwap     int64             `json:"MemorySwap"`
-	NanoCPUs       int64             `json:"NanoCpus"`
-	PidsLimit      int64             `json:"PidsLimit"`
-	Privileged     bool              `json:"Privileged"`
-	CapDrop        []string          `json:"CapDrop"`
-	CapAdd         []string          `json:"CapAdd"`
-	SecurityOpt    []string          `json:"SecurityOpt"`
-	Sysctls        map[string]string `json:"Sysctls,omitempty"`
-	ReadonlyRootfs bool              `json:"ReadonlyRootfs"`
-	RestartPolicy  restartPolicy     `json:"RestartPolicy"`
-	LogConfig      logConfig         `json:"LogConfig"`
-	Init           bool              `json:"Init"`
+	NetworkMode string   `json:"NetworkMode"`
+	PidMode     string   `json:"PidMode,omitempty"`
+	Mounts      []mount  `json:"Mounts,omitempty"`
+	Binds       []string `json:"Binds,omitempty"`
+	Memory      int64    `json:"Memory"`
+	MemorySwap  int64    `json:"MemorySwap"`
+	NanoCPUs    int64    `json:"NanoCpus"`
+	// MemoryReservation and CPUShares weigh the node against its
+	// neighbours when the host is short: what it reserves is what the
+	// kernel tries to leave it.
+	MemoryReservation int64             `json:"MemoryReservation,omitempty"`
+	CPUShares         int64             `json:"CpuShares,omitempty"`
+	PidsLimit         int64             `json:"PidsLimit"`
+	Privileged        bool              `json:"Privileged"`
+	CapDrop           []string          `json:"CapDrop"`
+	CapAdd            []string          `json:"CapAdd"`
+	SecurityOpt       []string          `json:"SecurityOpt"`
+	Sysctls           map[string]string `json:"Sysctls,omitempty"`
+	ReadonlyRootfs    bool              `json:"ReadonlyRootfs"`
+	RestartPolicy     restartPolicy     `json:"RestartPolicy"`
+	LogConfig         logConfig         `json:"LogConfig"`
+	Init              bool              `json:"Init"`
 }
 
 type endpointConfig struct {
@@ -91,6 +97,7 @@ func containerSpec(network string, n lab.Node, tools string) containerCreate {
 	if hostname == "" {
 		hostname = n.Name
 	}
+	reservedCPUs, reservedMemory := n.Reserved()
 	cc := containerCreate{
 		Hostname: hostname,
 		Image:    n.Image,
@@ -99,13 +106,18 @@ func containerSpec(network string, n lab.Node, tools string) containerCreate {
 			NetworkMode: network,
 			Memory:      int64(n.MemoryMB) << 20,
 			// Equal to Memory: no swap on top.
-			MemorySwap:  int64(n.MemoryMB) << 20,
-			NanoCPUs:    int64(n.CPUs * 1e9),
-			PidsLimit:   int64(n.PidsLimit),
-			CapDrop:     []string{"ALL"},
-			CapAdd:      capAdd,
-			SecurityOpt: []string{"no-new-privileges"},
-			Sysctls:     n.Sysctls,
+			MemorySwap: int64(n.MemoryMB) << 20,
+			NanoCPUs:   int64(n.CPUs * 1e9),
+			PidsLimit:  int64(n.PidsLimit),
+			// The reserve: memory the kernel reclaims from the node last
+			// when the host runs short, and a CPU weight in proportion to
+			// its reserved cpus (1024 is a whole cpu's, as Docker counts).
+			MemoryReservation: int64(reservedMemory) << 20,
+			CPUShares:         cpuShares(reservedCPUs),
+			CapDrop:           []string{"ALL"},
+			CapAdd:            capAdd,
+			SecurityOpt:       []string{"no-new-privileges"},
+			Sysctls:           n.Sysctls,
 			// Labs are ephemeral: a node that dies stays dead until the
 			// next provision decides what to do with it.
 			RestartPolicy: restartPolicy{Name: "no"},
@@ -131,6 +143,16 @@ func containerSpec(network string, n lab.Node, tools string) containerCreate {
 	}
 	cc.Labels[labelConfig] = digest(cc)
 	return cc
+}
+
+// cpuShares is the CPU weight of a node that reserves cpus: 1024 for a
+// whole cpu, never under the kernel's least weight of 2; 0 (the engine's
+// default weight) for a node that reserves nothing.
+func cpuShares(cpus float64) int64 {
+	if cpus <= 0 {
+		return 0
+	}
+	return max(2, int64(math.Round(cpus*1024)))
 }
 
 // digest hashes a create request, for its labelConfig. json.Marshal writes
@@ -174,7 +196,11 @@ type container struct {
 		Networks map[string]endpointSettings `json:"Networks"`
 	} `json:"NetworkSettings"`
 	HostConfig struct {
-		NetworkMode string `json:"NetworkMode"`
+		NetworkMode       string `json:"NetworkMode"`
+		Memory            int64  `json:"Memory"`
+		MemoryReservation int64  `json:"MemoryReservation"`
+		NanoCPUs          int64  `json:"NanoCpus"`
+		CPUShares         int64  `json:"CpuShares"`
 	} `json:"HostConfig"`
 	// Mounts are the volumes and binds mounted in the container.
 	Mounts []struct {

@@ -102,6 +102,21 @@ func inspectLab(t *testing.T, r *Runtime, spec lab.Spec) {
 	} else {
 		t.Run("network is internal and from the pool", func(t *testing.T) { inspectFlat(t, r, spec) })
 	}
+	t.Run("nodes are held to their limits and weighted by their reserve", func(t *testing.T) {
+		for _, n := range spec.Nodes {
+			c, err := r.client.inspectContainer(ctx, n.Container)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cpus, mem := n.Reserved()
+			hc := c.HostConfig
+			if hc.Memory != int64(n.MemoryMB)<<20 || hc.NanoCPUs != int64(n.CPUs*1e9) ||
+				hc.MemoryReservation != int64(mem)<<20 || hc.CPUShares != cpuShares(cpus) {
+				t.Errorf("%s: memory %d reservation %d, nano cpus %d shares %d; want %d MB reserving %d MB, %g cpus reserving %g",
+					n.Name, hc.Memory, hc.MemoryReservation, hc.NanoCPUs, hc.CPUShares, n.MemoryMB, mem, n.CPUs, cpus)
+			}
+		}
+	})
 	t.Run("containers are named as the spec says", func(t *testing.T) {
 		st, err := r.Status(ctx, spec)
 		if err != nil {
@@ -196,6 +211,35 @@ func TestContainerSpec(t *testing.T) {
 	spec.MemoryMB = 256
 	if b := containerSpec("exam-abcdefgh-net", spec, ""); b.Labels[labelConfig] == a.Labels[labelConfig] {
 		t.Error("digest unchanged after a memory change")
+	}
+}
+
+// TestContainerResources checks how a node's limits and reserve become the
+// engine's: limits are hard (NanoCpus, Memory), the reserve a memory
+// reservation and a CPU weight in proportion.
+func TestContainerResources(t *testing.T) {
+	tests := []struct {
+		name                      string
+		cpus, reserveCPUs         float64
+		memory, reserveMemory     int
+		nano, shares, mem, memRes int64
+	}{
+		{"the shipped exam's node", 0.25, 0.05, 128, 32, 250_000_000, 51, 128 << 20, 32 << 20},
+		{"no reserve: as much as the limit", 0.5, 0, 64, 0, 500_000_000, 512, 64 << 20, 64 << 20},
+		{"a whole cpu reserved", 2, 1, 1024, 1024, 2_000_000_000, 1024, 1024 << 20, 1024 << 20},
+		{"a tiny reserve keeps the kernel's least weight", 0.25, 0.001, 128, 16, 250_000_000, 2, 128 << 20, 16 << 20},
+		{"no cpu limit (applied later, as Nomad's lab agent does)", 0, 0.05, 128, 32, 0, 51, 128 << 20, 32 << 20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := lab.Node{Name: "a", Image: testImage, CPUs: tc.cpus, ReserveCPUs: tc.reserveCPUs,
+				MemoryMB: tc.memory, ReserveMemoryMB: tc.reserveMemory, PidsLimit: 64}
+			hc := containerSpec("exam-abcdefgh-net", n, "").HostConfig
+			if hc.NanoCPUs != tc.nano || hc.CPUShares != tc.shares || hc.Memory != tc.mem || hc.MemoryReservation != tc.memRes {
+				t.Errorf("nano cpus %d shares %d memory %d reservation %d; want %d %d %d %d",
+					hc.NanoCPUs, hc.CPUShares, hc.Memory, hc.MemoryReservation, tc.nano, tc.shares, tc.mem, tc.memRes)
+			}
+		})
 	}
 }
 

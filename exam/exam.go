@@ -134,12 +134,34 @@ type Node struct {
 	SetupTimeout Duration `yaml:"setup_timeout,omitempty" json:"setup_timeout"`
 }
 
-// Limits bound what one node may use.
+// Limits bound what one node may use: MemoryMB, CPUs and Pids are hard
+// limits the node is held to; Reserve is what a cluster sets aside for it
+// when placing its lab, which is far less, since lab nodes mostly idle.
 type Limits struct {
 	MemoryMB int     `yaml:"memory_mb,omitempty" json:"memory_mb"`
 	CPUs     float64 `yaml:"cpus,omitempty" json:"cpus"`
 	Pids     int     `yaml:"pids,omitempty" json:"pids"`
+	Reserve  Reserve `yaml:"reserve,omitempty" json:"reserve"`
 }
+
+// Reserve is what placing a node sets aside on its host: a share of CPU
+// and the memory it is expected to use. The node may use more, up to its
+// limits, when its host has room. Zero fields take the topology's
+// defaults, then DefaultReserve (never more than the node's limits).
+type Reserve struct {
+	CPUs     float64 `yaml:"cpus,omitempty" json:"cpus"`
+	MemoryMB int     `yaml:"memory_mb,omitempty" json:"memory_mb"`
+}
+
+// DefaultReserve is a node's reserve when neither the node nor the
+// topology's defaults set one: an idle lab node (examlab/node:bookworm,
+// tini and a sleep) uses no measurable CPU and about 2 MiB, 4.4 MiB with
+// two shells open; 32 MB leaves room for a candidate's shell and editor.
+var DefaultReserve = Reserve{CPUs: 0.05, MemoryMB: 32}
+
+// MinReserveMemoryMB is the least memory a node may reserve: Nomad refuses
+// a task that reserves less than 10 MB.
+const MinReserveMemoryMB = 10
 
 // Duration is a time.Duration that reads "90m" or "2h" from YAML and JSON.
 type Duration struct {
@@ -273,9 +295,58 @@ func (e *Exam) applyDefaults() {
 		if n.Limits.Pids == 0 {
 			n.Limits.Pids = d.Limits.Pids
 		}
+		n.Limits.Reserve = reserveOf(n.Limits, d.Limits.Reserve)
 		n.Capabilities = mergeCaps(d.Capabilities, n.Capabilities)
 		e.applyTopologyDefaults(n)
 	}
+}
+
+// reserveOf is the reserve of a node with limits l: its own, else the
+// topology's default, else DefaultReserve held to the node's limits. Only
+// the last is adjusted to fit: a reserve an exam sets that exceeds a limit
+// is its author's mistake, which Validate names.
+func reserveOf(l Limits, def Reserve) Reserve {
+	r := l.Reserve
+	if r.CPUs == 0 {
+		r.CPUs = def.CPUs
+	}
+	if r.CPUs == 0 {
+		r.CPUs = DefaultReserve.CPUs
+		if l.CPUs > 0 {
+			r.CPUs = min(r.CPUs, l.CPUs)
+		}
+	}
+	if r.MemoryMB == 0 {
+		r.MemoryMB = def.MemoryMB
+	}
+	if r.MemoryMB == 0 {
+		r.MemoryMB = DefaultReserve.MemoryMB
+		if l.MemoryMB > 0 {
+			r.MemoryMB = max(min(r.MemoryMB, l.MemoryMB), MinReserveMemoryMB)
+		}
+	}
+	return r
+}
+
+// validateReserve checks the reserve of limits l at field (a node's
+// limits, or the defaults'). A node's reserve must be set (defaults fill
+// it); the defaults' may be left out. from names where an inherited value
+// came from.
+func validateReserve(field string, l Limits, node bool, from func(cpus bool) string) error {
+	r := l.Reserve
+	if r.CPUs < 0 || (node && r.CPUs == 0) {
+		return invalid(field+".reserve.cpus", "must be more than 0, got %g", r.CPUs)
+	}
+	if l.CPUs > 0 && r.CPUs > l.CPUs {
+		return invalid(field+".reserve.cpus", "%g%s is more than the limit, %s.cpus %g", r.CPUs, from(true), field, l.CPUs)
+	}
+	if r.MemoryMB < 0 || ((node || r.MemoryMB != 0) && r.MemoryMB < MinReserveMemoryMB) {
+		return invalid(field+".reserve.memory_mb", "must be at least %d (Nomad reserves no less), got %d", MinReserveMemoryMB, r.MemoryMB)
+	}
+	if l.MemoryMB > 0 && r.MemoryMB > l.MemoryMB {
+		return invalid(field+".reserve.memory_mb", "%d%s is more than the limit, %s.memory_mb %d", r.MemoryMB, from(false), field, l.MemoryMB)
+	}
+	return nil
 }
 
 func mergeCaps(a, b []string) []string {
@@ -342,6 +413,10 @@ func (e *Exam) Validate() error {
 			return invalid(f+".kind", "must be one of %s, %s, %s; got %q", KindText, KindCommand, KindChoice, t.Kind)
 		}
 	}
+	def := e.Topology.Defaults.Limits
+	if err := validateReserve("topology.defaults.limits", def, false, func(bool) string { return "" }); err != nil {
+		return err
+	}
 	nodes := e.Topology.Nodes
 	if len(nodes) == 0 {
 		return invalid("topology.nodes", "at least one node is required")
@@ -378,6 +453,16 @@ func (e *Exam) Validate() error {
 		}
 		if n.Limits.Pids < 16 || n.Limits.Pids > 65536 {
 			return invalid(f+".limits.pids", "must be between 16 and 65536, got %d", n.Limits.Pids)
+		}
+		r := n.Limits.Reserve
+		inherited := func(cpus bool) string {
+			if (cpus && r.CPUs == def.Reserve.CPUs) || (!cpus && r.MemoryMB == def.Reserve.MemoryMB) {
+				return " (as topology.defaults.limits.reserve has it; give this node a reserve of its own)"
+			}
+			return ""
+		}
+		if err := validateReserve(f+".limits", n.Limits, true, inherited); err != nil {
+			return err
 		}
 		for _, c := range n.Capabilities {
 			if !allowedCaps[c] {

@@ -49,15 +49,12 @@ const (
 //  4. Flat labs carry the labnet-watch sidecar too: the runtime runs the
 //     lab agent's verbs in it (freeze, thaw, capture a node's changes on
 //     the client). Segmented labs, which had it, render as before.
-const NomadRenderVersion = 4
-
-// renderTools is the version a segmented lab's job with the grader's
-// tools carries.
-const renderTools = 3
-
-// renderSegmented is the version a segmented lab's job without the
-// grader's tools carries, for the same reason as renderFlat.
-const renderSegmented = 2
+//  5. Reservation apart from limits, in every lab: a node reserves its
+//     exam's reserve (cpu, memory) and is held to its limits by
+//     memory_max and, with cpu_hard_limit off, by the lab's agent, which
+//     sets each node container's CPU quota from its examlab.cpu-limit
+//     label. The labnet tasks reserve less.
+const NomadRenderVersion = 5
 
 // GraderToolsTarget is where every node sees the grader's tools;
 // grading.ToolsDir names the same path.
@@ -66,12 +63,6 @@ const GraderToolsTarget = "/.examlab"
 // DefaultGraderBusybox is the static busybox on the clients that
 // labnet-up fills the tools volume from: Debian's busybox-static.
 const DefaultGraderBusybox = "/bin/busybox"
-
-// renderFlat is the version a flat lab's job carries, with or without
-// the grader's tools: the first to give it the labnet-watch sidecar.
-// Versions 2 and 3 rendered flat labs exactly as version 1 did, byte for
-// byte, so that a lab running through an upgrade kept the job it had.
-const renderFlat = 4
 
 // LabelRuntime marks Docker objects that a Nomad lab owns. Those objects do
 // not carry LabelManaged: that label is what the one-host runtime lists and
@@ -121,11 +112,12 @@ const (
 // Defaults for zero NomadOptions fields.
 const (
 	DefaultNomadLabnet = "/usr/local/bin/examlab"
-	// DefaultMHzPerCPU converts an exam's cpus into Nomad's MHz: one cpu is
-	// 1000 MHz. Set NomadOptions.MHzPerCPU to the clients' per-core clock
-	// (`nomad node status -verbose`, cpu.frequency) to make the hard CPU
-	// limit equal the exam's cpus exactly; with the default a node on a
-	// 2 GHz core is held to half of what the exam file says.
+	// DefaultMHzPerCPU converts an exam's reserved cpus into the MHz Nomad
+	// reserves: one cpu is 1000 MHz. Set NomadOptions.MHzPerCPU to the
+	// clients' per-core clock (`nomad node status -verbose`,
+	// cpu.frequency) for a reservation of exactly the exam's share of a
+	// core. The limit a node is held to is the exam's cpus whatever this
+	// says: the lab's agent sets it as a CPU quota.
 	DefaultMHzPerCPU = 1000
 	defaultPriority  = 50
 )
@@ -159,6 +151,12 @@ type NomadOptions struct {
 	// GraderBusybox is the busybox on the clients; empty means
 	// DefaultGraderBusybox.
 	GraderBusybox string
+	// NoMemoryOversubscription renders for a cluster whose scheduler
+	// ignores memory_max (memory oversubscription off): each task then
+	// reserves its whole memory limit, since what it reserved would
+	// otherwise be its hard limit. The runtime sets it when it finds
+	// oversubscription off.
+	NoMemoryOversubscription bool
 }
 
 func (o NomadOptions) withDefaults() NomadOptions {
@@ -179,6 +177,17 @@ func (o NomadOptions) withDefaults() NomadOptions {
 	}
 	return o
 }
+
+// What the labnet tasks reserve: a Go binary that idles at about 19 MB
+// and wakes every two seconds. labnet-watch also runs the agent's verbs
+// (a capture streams a node's changes), so its memory may grow to the
+// limit when the client has room.
+const (
+	labnetCPU         = 20
+	labnetMemory      = 32
+	labnetMemoryMax   = 256
+	labnetMemoryFixed = 64 // without oversubscription: reserve and limit
+)
 
 // CPUMHz converts a node's cpus into the MHz Nomad reserves for it.
 func (o NomadOptions) CPUMHz(cpus float64) int {
@@ -227,7 +236,7 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 			MetaSession:   l.SessionID,
 			MetaExam:      l.ExamID,
 			MetaCandidate: l.Candidate,
-			MetaRender:    strconv.Itoa(renderFlat),
+			MetaRender:    strconv.Itoa(NomadRenderVersion),
 		},
 	}
 	if o.Namespace != "" {
@@ -276,10 +285,6 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	}
 	var up *api.Task
 	if l.Segmented() {
-		job.Meta[MetaRender] = strconv.Itoa(renderSegmented)
-		if o.GraderTools != "" {
-			job.Meta[MetaRender] = strconv.Itoa(renderTools)
-		}
 		var err error
 		if up, err = wiringTask(l, o, labnetArgs); err != nil {
 			return nil, fmt.Errorf("render nomad job %s: %w", l.SessionID, err)
@@ -309,6 +314,11 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	group.Tasks = append(group.Tasks, watchTask(l, o))
 	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetDown, api.TaskLifecycleHookPoststop, o.Labnet,
 		[]string{"labnet", "down", "-session", l.SessionID}))
+	for _, t := range group.Tasks {
+		if t.Driver == "raw_exec" {
+			t.Resources = labnetResources(o)
+		}
+	}
 	job.TaskGroups = []*api.TaskGroup{group}
 
 	sum, err := NomadJobDigest(job)
@@ -348,9 +358,34 @@ func labnetTask(name, hook, labnet string, args []string) *api.Task {
 			"command": labnet,
 			"args":    args,
 		},
-		Resources: &api.Resources{CPU: new(50), MemoryMB: new(64)},
 		LogConfig: &api.LogConfig{MaxFiles: new(1), MaxFileSizeMB: new(1)},
 	}
+}
+
+// labnetResources are what a labnet task reserves and may use.
+func labnetResources(o NomadOptions) *api.Resources {
+	if o.NoMemoryOversubscription {
+		return &api.Resources{CPU: new(labnetCPU), MemoryMB: new(labnetMemoryFixed)}
+	}
+	return &api.Resources{CPU: new(labnetCPU), MemoryMB: new(labnetMemory), MemoryMaxMB: new(labnetMemoryMax)}
+}
+
+// nodeResources are what a node reserves for placement (its exam's
+// reserve) and the memory it is held to (memory_max, its limit). Its CPU
+// limit is not Nomad's to set here: the docker driver's cpu_hard_limit
+// would hold the node to what it reserves, so the lab's agent sets the
+// limit instead (see lab.LabelCPULimit).
+func nodeResources(n lab.Node, o NomadOptions) *api.Resources {
+	cpus, memory := n.Reserved()
+	r := &api.Resources{CPU: new(o.CPUMHz(cpus)), MemoryMB: new(memory)}
+	switch {
+	case o.NoMemoryOversubscription:
+		// memory_max would be ignored and the reserve become the limit.
+		r.MemoryMB = new(n.MemoryMB)
+	case n.MemoryMB > memory:
+		r.MemoryMaxMB = new(n.MemoryMB)
+	}
+	return r
 }
 
 // wiringTask is a segmented lab's labnet-up: a poststart task that runs
@@ -425,17 +460,20 @@ func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task 
 		"cap_add":         caps,
 		"security_opt":    []string{"no-new-privileges"},
 		"pids_limit":      n.PidsLimit,
-		// Hold the node to its cpus as the one-host runtime does, instead
-		// of treating them as a relative share.
-		"cpu_hard_limit": true,
+		// A hard limit here would be the CPU the node reserves, a twentieth
+		// of a core, not its limit: the driver gives it a weight in
+		// proportion to its reserve, and the lab's agent sets its limit
+		// from the label below once the container runs.
+		"cpu_hard_limit": false,
 		// The driver reads labels and sysctl as a list of maps (the shape
 		// of repeated HCL blocks).
 		"labels": []map[string]string{{
-			lab.LabelSession: l.SessionID,
-			lab.LabelNode:    n.Name,
-			lab.LabelRole:    n.Role,
-			lab.LabelExam:    l.ExamID,
-			LabelRuntime:     "nomad",
+			lab.LabelSession:  l.SessionID,
+			lab.LabelNode:     n.Name,
+			lab.LabelRole:     n.Role,
+			lab.LabelExam:     l.ExamID,
+			LabelRuntime:      "nomad",
+			lab.LabelCPULimit: FormatCPUs(n.CPUs),
 		}},
 	}
 	if l.Segmented() {
@@ -462,17 +500,43 @@ func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task 
 		}}
 	}
 	return &api.Task{
-		Name:   n.Name,
-		Driver: "docker",
-		Config: cfg,
-		Resources: &api.Resources{
-			CPU:      new(o.CPUMHz(n.CPUs)),
-			MemoryMB: new(n.MemoryMB),
-		},
+		Name:        n.Name,
+		Driver:      "docker",
+		Config:      cfg,
+		Resources:   nodeResources(n, o),
 		Meta:        map[string]string{lab.LabelRole: n.Role},
 		KillTimeout: new(5 * time.Second),
 		LogConfig:   &api.LogConfig{MaxFiles: new(2), MaxFileSizeMB: new(5)},
 	}
+}
+
+// NomadReserved is what placing the job's lab sets aside on a client, as
+// Nomad's scheduler counts a task group: the main tasks and the poststart
+// ones (sidecars or not, they may run beside the nodes) add up; a
+// prestart task that ends, or the poststop one, runs alone, so only the
+// largest of those phases counts; prestart sidecars run through all of
+// them.
+func NomadReserved(job *api.Job) (cpuMHz, memoryMB int) {
+	for _, g := range job.TaskGroups {
+		var running, alone, sidecars [2]int
+		for _, t := range g.Tasks {
+			var r [2]int
+			if t.Resources != nil {
+				r = [2]int{deref(t.Resources.CPU), deref(t.Resources.MemoryMB)}
+			}
+			switch lc := t.Lifecycle; {
+			case lc == nil || lc.Hook == api.TaskLifecycleHookPoststart:
+				running[0], running[1] = running[0]+r[0], running[1]+r[1]
+			case lc.Hook == api.TaskLifecycleHookPrestart && lc.Sidecar:
+				sidecars[0], sidecars[1] = sidecars[0]+r[0], sidecars[1]+r[1]
+			default:
+				alone[0], alone[1] = max(alone[0], r[0]), max(alone[1], r[1])
+			}
+		}
+		cpuMHz += sidecars[0] + max(running[0], alone[0])
+		memoryMB += sidecars[1] + max(running[1], alone[1])
+	}
+	return cpuMHz, memoryMB
 }
 
 // NomadJobJSON renders the job the way `nomad job run -json` and
@@ -483,6 +547,19 @@ func NomadJobJSON(job *api.Job) ([]byte, error) {
 		return nil, fmt.Errorf("encode job: %w", err)
 	}
 	return append(b, '\n'), nil
+}
+
+// FormatCPUs writes a node's cpus as its lab.LabelCPULimit label holds
+// them; ParseCPUs reads them back.
+func FormatCPUs(cpus float64) string { return strconv.FormatFloat(cpus, 'f', -1, 64) }
+
+// ParseCPUs reads a lab.LabelCPULimit label: a number of cpus in (0, 64].
+func ParseCPUs(s string) (float64, error) {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v <= 0 || v > 64 || math.IsNaN(v) {
+		return 0, fmt.Errorf("cpu limit %q is not a number of cpus in (0, 64]", s)
+	}
+	return v, nil
 }
 
 // JobName is the session's Nomad job: exam-{id8}.

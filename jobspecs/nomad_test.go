@@ -126,7 +126,7 @@ func TestNomadJobShape(t *testing.T) {
 		t.Errorf("namespace %s datacenters %v", *job.Namespace, job.Datacenters)
 	}
 	for k, want := range map[string]string{MetaSession: goldenSession, MetaExam: "flat-lab", MetaCandidate: "candidate@example.com",
-		MetaManaged: "true", MetaRender: "4"} {
+		MetaManaged: "true", MetaRender: "5"} {
 		if job.Meta[k] != want {
 			t.Errorf("meta %s = %q, want %q", k, job.Meta[k], want)
 		}
@@ -175,12 +175,19 @@ func TestNomadJobShape(t *testing.T) {
 			if d := c["cap_drop"].([]string); len(d) != 1 || d[0] != "all" {
 				t.Errorf("cap_drop %v", d)
 			}
-			if c["pids_limit"] != n.PidsLimit || *task.Resources.MemoryMB != n.MemoryMB {
-				t.Errorf("pids %v memory %d", c["pids_limit"], *task.Resources.MemoryMB)
+			// The exam reserves 48 MB of a 128 MB limit, and 0.1 of its
+			// 0.25 cpus: 240 MHz at 2400 MHz per cpu.
+			if r := task.Resources; c["pids_limit"] != n.PidsLimit || *r.MemoryMB != 48 || r.MemoryMaxMB == nil || *r.MemoryMaxMB != n.MemoryMB {
+				t.Errorf("pids %v memory %d max %v, want %d reserving 48 MB up to %d", c["pids_limit"], *r.MemoryMB, r.MemoryMaxMB, n.PidsLimit, n.MemoryMB)
 			}
-			// 0.25 cpus at 2400 MHz per cpu.
-			if *task.Resources.CPU != 600 {
-				t.Errorf("cpu = %d MHz, want 600", *task.Resources.CPU)
+			if *task.Resources.CPU != 240 {
+				t.Errorf("cpu = %d MHz, want 240", *task.Resources.CPU)
+			}
+			if c["cpu_hard_limit"] != false {
+				t.Errorf("cpu_hard_limit %v: the node would be held to the CPU it reserves", c["cpu_hard_limit"])
+			}
+			if got := c["labels"].([]map[string]string)[0][lab.LabelCPULimit]; got != "0.25" {
+				t.Errorf("cpu limit label %q, want 0.25 for the lab's agent to apply", got)
 			}
 			caps := strings.Join(c["cap_add"].([]string), ",")
 			if strings.Contains(caps, "CAP_") || strings.ToLower(caps) != caps {
@@ -202,8 +209,8 @@ func TestNomadJobSegmentedShape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if job.Meta[MetaRender] != strconv.Itoa(renderSegmented) {
-		t.Errorf("render version %s, want %d", job.Meta[MetaRender], renderSegmented)
+	if job.Meta[MetaRender] != strconv.Itoa(NomadRenderVersion) {
+		t.Errorf("render version %s, want %d", job.Meta[MetaRender], NomadRenderVersion)
 	}
 	g := job.TaskGroups[0]
 	if len(g.Tasks) != len(l.Nodes)+3 {
@@ -383,10 +390,7 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantTools := "4" // flat labs: the sidecar's version
-			if l.Segmented() {
-				wantTools = "3"
-			}
+			wantTools := "5"
 			if job.Meta[MetaRender] != wantTools {
 				t.Errorf("render version %s, want %s", job.Meta[MetaRender], wantTools)
 			}
@@ -419,10 +423,7 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := "4"
-			if l.Segmented() {
-				want = "2"
-			}
+			want := "5"
 			if plain.Meta[MetaRender] != want {
 				t.Errorf("without tools the job is render version %s, want %s", plain.Meta[MetaRender], want)
 			}
@@ -437,5 +438,106 @@ func TestNomadJobGraderTools(t *testing.T) {
 		if _, err := NomadJob(goldenLab(t, flatExam), bad); err == nil {
 			t.Errorf("rendered a job with %+v", bad)
 		}
+	}
+}
+
+// TestNomadJobResources checks what each task reserves for placement and
+// what it is held to: a node reserves its exam's reserve (the segmented
+// exam sets none, so the built-in one), its memory limit is memory_max and
+// its CPU limit a label for the lab's agent; on a cluster without memory
+// oversubscription every task reserves its whole memory limit instead.
+func TestNomadJobResources(t *testing.T) {
+	type res struct {
+		cpu, memory, memoryMax int
+		limit                  string
+	}
+	tests := []struct {
+		name   string
+		exam   string
+		opts   NomadOptions
+		node   res
+		labnet res
+	}{
+		{"the exam's reserve", flatExam, NomadOptions{}, res{100, 48, 128, "0.25"}, res{labnetCPU, labnetMemory, labnetMemoryMax, ""}},
+		{"the built-in reserve", segmentedExam, NomadOptions{}, res{50, 32, 128, "0.25"}, res{labnetCPU, labnetMemory, labnetMemoryMax, ""}},
+		{"at the clients' clock", segmentedExam, NomadOptions{MHzPerCPU: 2100}, res{105, 32, 128, "0.25"}, res{labnetCPU, labnetMemory, labnetMemoryMax, ""}},
+		{"no memory oversubscription", flatExam, NomadOptions{NoMemoryOversubscription: true}, res{100, 128, 0, "0.25"}, res{labnetCPU, labnetMemoryFixed, 0, ""}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l := goldenLab(t, tc.exam)
+			job, err := NomadJob(l, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes := 0
+			for _, task := range job.TaskGroups[0].Tasks {
+				r := task.Resources
+				got := res{cpu: *r.CPU, memory: *r.MemoryMB}
+				if r.MemoryMaxMB != nil {
+					got.memoryMax = *r.MemoryMaxMB
+				}
+				want := tc.labnet
+				if task.Driver == "docker" {
+					nodes++
+					want = tc.node
+					got.limit = task.Config["labels"].([]map[string]string)[0][lab.LabelCPULimit]
+					if task.Config["cpu_hard_limit"] != false {
+						t.Errorf("%s: cpu_hard_limit %v, want false", task.Name, task.Config["cpu_hard_limit"])
+					}
+				}
+				if got != want {
+					t.Errorf("%s: %+v, want %+v", task.Name, got, want)
+				}
+			}
+			if nodes != len(l.Nodes) {
+				t.Errorf("%d nodes, want %d", nodes, len(l.Nodes))
+			}
+		})
+	}
+}
+
+func TestParseCPUs(t *testing.T) {
+	for _, v := range []float64{0.25, 1, 0.05, 16} {
+		got, err := ParseCPUs(FormatCPUs(v))
+		if err != nil || got != v {
+			t.Errorf("ParseCPUs(FormatCPUs(%g)) = %g, %v", v, got, err)
+		}
+	}
+	for _, bad := range []string{"", "0", "-1", "NaN", "1e9", "a quarter"} {
+		if _, err := ParseCPUs(bad); err == nil {
+			t.Errorf("ParseCPUs(%q) accepted", bad)
+		}
+	}
+}
+
+// TestNomadReservedShippedExam: what one lab of the shipped exam reserves
+// on a client, the figure the README's capacity table divides by.
+func TestNomadReservedShippedExam(t *testing.T) {
+	l, err := lab.NewSpec(exam.Default(), lab.Session{ID: goldenSession})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		opts     NomadOptions
+		cpu, mem int
+	}{
+		// Eight nodes of 50 MHz and 32 MB, and labnet-up and labnet-watch
+		// (20 MHz, 32 MB each) beside them; labnet-down runs alone.
+		{"memory oversubscription on", NomadOptions{}, 8*50 + 2*labnetCPU, 8*32 + 2*labnetMemory},
+		// Every node reserves its limit: 128 MB, phoenix 256.
+		{"memory oversubscription off", NomadOptions{NoMemoryOversubscription: true}, 8*50 + 2*labnetCPU, 7*128 + 256 + 2*labnetMemoryFixed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			job, err := NomadJob(l, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cpu, mem := NomadReserved(job); cpu != tc.cpu || mem != tc.mem {
+				t.Errorf("the lab reserves %d MHz and %d MB, want %d and %d", cpu, mem, tc.cpu, tc.mem)
+			}
+		})
 	}
 }

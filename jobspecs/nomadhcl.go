@@ -178,6 +178,9 @@ func (w *hclWriter) task(t *api.Task) error {
 		w.open("resources")
 		w.attr("cpu", deref(r.CPU))
 		w.attr("memory", deref(r.MemoryMB))
+		if r.MemoryMaxMB != nil {
+			w.attr("memory_max", *r.MemoryMaxMB)
+		}
 		w.close()
 	}
 	if t.KillTimeout != nil {

@@ -20,6 +20,11 @@ const (
 	// two deployments (or two test runs) sharing an engine never reap each
 	// other's labs.
 	LabelInstance = "examlab.instance"
+	// LabelCPULimit carries the cpus a node is held to on a container
+	// whose runtime cannot set the limit when it creates it (Nomad's
+	// docker driver ties its hard limit to the reservation): the lab's
+	// agent on the host applies it.
+	LabelCPULimit = "examlab.cpu-limit"
 )
 
 var sessionPattern = regexp.MustCompile(`^[a-z0-9]{12}$`)
@@ -84,17 +89,24 @@ type File struct {
 
 // Node is one container of a lab.
 type Node struct {
-	Name      string            `json:"name"`
-	Role      string            `json:"role"`
-	Container string            `json:"container"`
-	Hostname  string            `json:"hostname"`
-	Image     string            `json:"image"`
-	MemoryMB  int               `json:"memory_mb"`
-	CPUs      float64           `json:"cpus"`
-	PidsLimit int               `json:"pids_limit"`
-	CapAdd    []string          `json:"cap_add"`
-	Sysctls   map[string]string `json:"sysctls,omitempty"`
-	Labels    map[string]string `json:"labels"`
+	Name      string `json:"name"`
+	Role      string `json:"role"`
+	Container string `json:"container"`
+	Hostname  string `json:"hostname"`
+	Image     string `json:"image"`
+	// MemoryMB, CPUs and PidsLimit are the limits the node is held to;
+	// CPUs 0 means none (only a runtime that applies it later leaves it
+	// out when creating the container).
+	MemoryMB  int     `json:"memory_mb"`
+	CPUs      float64 `json:"cpus"`
+	PidsLimit int     `json:"pids_limit"`
+	// ReserveCPUs and ReserveMemoryMB are what placing the node sets aside
+	// on its host (exam.Reserve); 0 means as much as the limit.
+	ReserveCPUs     float64           `json:"reserve_cpus,omitempty"`
+	ReserveMemoryMB int               `json:"reserve_memory_mb,omitempty"`
+	CapAdd          []string          `json:"cap_add"`
+	Sysctls         map[string]string `json:"sysctls,omitempty"`
+	Labels          map[string]string `json:"labels"`
 	// Interfaces, Routes and Address are set in a segmented lab only;
 	// Address is what the node's name resolves to.
 	Interfaces []Interface `json:"interfaces,omitempty"`
@@ -137,16 +149,18 @@ func NewSpec(ex *exam.Exam, s Session) (Spec, error) {
 	}
 	for _, n := range ex.Topology.Nodes {
 		node := Node{
-			Name:      n.Name,
-			Role:      n.Role,
-			Container: ContainerName(s.ID, n.Name),
-			Hostname:  n.Name,
-			Image:     n.Image,
-			MemoryMB:  n.Limits.MemoryMB,
-			CPUs:      n.Limits.CPUs,
-			PidsLimit: n.Limits.Pids,
-			CapAdd:    append([]string(nil), n.Capabilities...),
-			Sysctls:   n.Sysctls,
+			Name:            n.Name,
+			Role:            n.Role,
+			Container:       ContainerName(s.ID, n.Name),
+			Hostname:        n.Name,
+			Image:           n.Image,
+			MemoryMB:        n.Limits.MemoryMB,
+			CPUs:            n.Limits.CPUs,
+			PidsLimit:       n.Limits.Pids,
+			ReserveCPUs:     n.Limits.Reserve.CPUs,
+			ReserveMemoryMB: n.Limits.Reserve.MemoryMB,
+			CapAdd:          append([]string(nil), n.Capabilities...),
+			Sysctls:         n.Sysctls,
 			Labels: map[string]string{
 				LabelManaged: "true",
 				LabelSession: s.ID,
@@ -182,4 +196,17 @@ func (l Spec) Node(name string) (Node, bool) {
 		}
 	}
 	return Node{}, false
+}
+
+// Reserved returns what placing the node sets aside: its reserve, or its
+// limits where it has none.
+func (n Node) Reserved() (cpus float64, memoryMB int) {
+	cpus, memoryMB = n.ReserveCPUs, n.ReserveMemoryMB
+	if cpus <= 0 || (n.CPUs > 0 && cpus > n.CPUs) {
+		cpus = n.CPUs
+	}
+	if memoryMB <= 0 || (n.MemoryMB > 0 && memoryMB > n.MemoryMB) {
+		memoryMB = n.MemoryMB
+	}
+	return cpus, memoryMB
 }

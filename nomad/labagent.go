@@ -2,12 +2,14 @@ package nomad
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -100,7 +102,15 @@ type engineContainer struct {
 		Pid       int
 		StartedAt string
 	}
-	Image       string
+	Image  string
+	Config struct {
+		Labels map[string]string
+	}
+	HostConfig struct {
+		NanoCpus  int64
+		CpuPeriod int64
+		CpuQuota  int64
+	}
 	GraphDriver struct {
 		Name string
 		Data map[string]string
@@ -109,13 +119,29 @@ type engineContainer struct {
 }
 
 func (a *LabAgent) call(ctx context.Context, method, path string, q url.Values, out any) error {
+	return a.send(ctx, method, path, q, nil, out)
+}
+
+// send is call with a JSON request body, when in is not nil.
+func (a *LabAgent) send(ctx context.Context, method, path string, q url.Values, in, out any) error {
 	u := a.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := a.hc.Do(req)
 	if err != nil {
@@ -254,6 +280,67 @@ func (a *LabAgent) Thaw(ctx context.Context, session, alloc string) ([]string, e
 	}
 	sort.Strings(done)
 	return done, errors.Join(errs...)
+}
+
+// cpuPeriod is the CFS period, in microseconds, the agent sets a quota
+// against when a container already has a period of its own: the kernel's
+// and Docker's default.
+const cpuPeriod = 100_000
+
+// HoldLimits holds each running node container of the lab to the cpus its
+// lab.LabelCPULimit label names, as a CPU quota, where it is not held to
+// them already, and returns the nodes it set, sorted. Nomad's docker
+// driver cannot: its hard limit is what the node reserves. Run again and
+// again (labnet watch does, every few seconds), it sets the limit of a
+// node container that replaced one (a restart or a reset) and changes
+// nothing else. It tries every node, whatever fails.
+func (a *LabAgent) HoldLimits(ctx context.Context, session, alloc string) ([]string, error) {
+	nodes, err := a.nodes(ctx, session, alloc)
+	if err != nil {
+		return nil, fmt.Errorf("hold lab %s to its limits: %w", session, err)
+	}
+	var done []string
+	var errs []error
+	for node, c := range nodes {
+		label, ok := c.Config.Labels[lab.LabelCPULimit]
+		if !ok {
+			continue // a node held by its driver, or with no limit to hold
+		}
+		cpus, err := jobspecs.ParseCPUs(label)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("node %s of %s: %w", node, session, err))
+			continue
+		}
+		update, held := cpuUpdate(c, cpus)
+		if held {
+			continue
+		}
+		if err := a.send(ctx, http.MethodPost, "/containers/"+c.ID+"/update", nil, update, nil); err != nil {
+			errs = append(errs, fmt.Errorf("hold node %s of %s to %s cpus: %w", node, session, label, err))
+			continue
+		}
+		done = append(done, node)
+	}
+	sort.Strings(done)
+	return done, errors.Join(errs...)
+}
+
+// cpuUpdate is the engine's container update that holds c to cpus, and
+// whether c is held to them already. A container with a CFS period of its
+// own gets a quota against it (the engine refuses NanoCpus beside one);
+// else NanoCpus, which the engine turns into a quota itself.
+func cpuUpdate(c engineContainer, cpus float64) (map[string]int64, bool) {
+	hc := c.HostConfig
+	if hc.CpuPeriod == 0 && hc.CpuQuota == 0 {
+		want := int64(math.Round(cpus * 1e9))
+		return map[string]int64{"NanoCpus": want}, hc.NanoCpus == want
+	}
+	period := hc.CpuPeriod
+	if period == 0 {
+		period = cpuPeriod
+	}
+	want := int64(math.Round(cpus * float64(period)))
+	return map[string]int64{"CpuPeriod": period, "CpuQuota": want}, hc.CpuPeriod == period && hc.CpuQuota == want
 }
 
 // ErrNoUpper: the engine keeps a node's writable layer where the agent
@@ -403,15 +490,18 @@ func unescapeMount(s string) string {
 
 // Agent verbs: `examlab labnet VERB -session ID -alloc ID [-node NAME]`,
 // as the runtime runs them with alloc exec in a lab's labnet-watch task.
+// limit is what labnet watch does itself every few seconds (HoldLimits);
+// as a verb an operator can run it at once.
 const (
 	VerbFreeze  = "freeze"
 	VerbThaw    = "thaw"
 	VerbCapture = "capture"
+	VerbLimit   = "limit"
 )
 
 // AgentVerb reports whether verb is one RunAgent serves.
 func AgentVerb(verb string) bool {
-	return verb == VerbFreeze || verb == VerbThaw || verb == VerbCapture
+	return verb == VerbFreeze || verb == VerbThaw || verb == VerbCapture || verb == VerbLimit
 }
 
 // captureTrailer starts the last line `labnet capture` writes to stderr:
@@ -446,15 +536,15 @@ func AgentExitCode(err error) int {
 	return 1
 }
 
-// RunAgent runs one agent verb; args are the verb and its flags. freeze
-// and thaw print the nodes they froze or thawed. capture writes the
+// RunAgent runs one agent verb; args are the verb and its flags. freeze,
+// thaw and limit print the nodes they froze, thawed or set a limit on. capture writes the
 // node's change set to stdout, then a line of counts to stderr, and waits
 // until stdin is closed (or 30s) before it returns: the runtime closes it
 // once it has read the whole archive, so the exec stream cannot end
 // before the output is through (see hashicorp/nomad#27146).
 func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 || !AgentVerb(args[0]) {
-		return errors.New("labnet: want freeze, thaw or capture")
+		return errors.New("labnet: want freeze, thaw, capture or limit")
 	}
 	verb := args[0]
 	fs := flag.NewFlagSet("labnet "+verb, flag.ContinueOnError)
@@ -486,6 +576,10 @@ func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, 
 	case VerbThaw:
 		nodes, err := a.Thaw(ctx, *session, *alloc)
 		fmt.Fprintf(stdout, "thawed: %s\n", strings.Join(nodes, " "))
+		return err
+	case VerbLimit:
+		nodes, err := a.HoldLimits(ctx, *session, *alloc)
+		fmt.Fprintf(stdout, "limits set: %s\n", strings.Join(nodes, " "))
 		return err
 	}
 	nc, err := a.Capture(ctx, *session, *alloc, *node, stdout)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -20,9 +19,17 @@ import (
 // never creates a second job and never overwrites a newer one: every
 // register is conditioned on the job modify index it was decided on. An
 // agent it cannot reach is lab.ErrUnavailable.
+//
+// Before it registers, it plans the job: when no client has room for the
+// lab, it registers nothing and returns lab.ErrNoCapacity with the
+// scheduler's reasons. A job already registered whose lab the scheduler
+// could not place (room taken meanwhile) is reported the same way.
 func (r *Runtime) Provision(ctx context.Context, spec lab.Spec) (err error) {
 	defer func() { err = unavailable(ctx, err) }()
 	if err := r.reachable(ctx); err != nil {
+		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
+	}
+	if err := r.CheckScheduler(ctx); err != nil {
 		return fmt.Errorf("provision lab %s: %w", spec.SessionID, err)
 	}
 	job, err := r.Job(spec)
@@ -72,6 +79,9 @@ func (r *Runtime) register(ctx context.Context, job *api.Job, sessionID string) 
 	for attempt := 0; attempt < registerAttempts; attempt++ {
 		cur, _, err := r.client.Jobs().Info(id, r.query(ctx))
 		if isNotFound(err) {
+			if err := r.placeable(ctx, job); err != nil {
+				return written{}, err
+			}
 			resp, wm, err := r.client.Jobs().RegisterOpts(job, &api.RegisterOptions{EnforceIndex: true, ModifyIndex: 0}, r.write(ctx))
 			if isIndexConflict(err) {
 				continue // registered by someone else meanwhile: look at theirs
@@ -94,6 +104,10 @@ func (r *Runtime) register(ctx context.Context, job *api.Job, sessionID string) 
 		var index uint64
 		if cur.JobModifyIndex != nil {
 			index = *cur.JobModifyIndex
+		}
+		// The plan counts the room the version it replaces frees.
+		if err := r.placeable(ctx, job); err != nil {
+			return written{}, err
 		}
 		resp, wm, err := r.client.Jobs().RegisterOpts(job, &api.RegisterOptions{EnforceIndex: true, ModifyIndex: index}, r.write(ctx))
 		if isIndexConflict(err) {
@@ -184,8 +198,9 @@ func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec
 }
 
 // waitEvaluated blocks until the job's newest evaluation is done and
-// returns ErrNotPlaced, with the scheduler's reasons, if it could not place
-// the lab.
+// returns lab.ErrNoCapacity, with the scheduler's reasons, if it could not
+// place the lab: the job stays, its evaluation blocked, and Nomad places
+// the lab once a client has room; a later provision finds it.
 func (r *Runtime) waitEvaluated(ctx context.Context, jobID, evalID string) error {
 	if evalID == "" {
 		evals, _, err := r.client.Jobs().Evaluations(jobID, r.query(ctx))
@@ -207,7 +222,7 @@ func (r *Runtime) waitEvaluated(ctx context.Context, jobID, evalID string) error
 			return fmt.Errorf("wait for evaluation %s: %w", shortID(evalID), err)
 		}
 		if msg := placementFailure(ev); msg != "" {
-			return fmt.Errorf("%w: %s", ErrNotPlaced, msg)
+			return fmt.Errorf("job %s: %w: %s", jobID, lab.ErrNoCapacity, msg)
 		}
 		switch ev.Status {
 		case api.EvalStatusComplete, api.EvalStatusBlocked:
@@ -318,57 +333,6 @@ func clientName(a *api.AllocationListStub) string {
 		return a.NodeName
 	}
 	return shortID(a.NodeID)
-}
-
-// placementFailure explains why the scheduler could not place the lab, or
-// returns "" when it did not fail.
-func placementFailure(ev *api.Evaluation) string {
-	if ev == nil || len(ev.FailedTGAllocs) == 0 {
-		return ""
-	}
-	groups := make([]string, 0, len(ev.FailedTGAllocs))
-	for g := range ev.FailedTGAllocs {
-		groups = append(groups, g)
-	}
-	sort.Strings(groups)
-	var parts []string
-	for _, g := range groups {
-		parts = append(parts, metricSummary(ev.FailedTGAllocs[g]))
-	}
-	return strings.Join(parts, "; ")
-}
-
-// metricSummary is the gist of an allocation metric, in the terms of
-// `nomad job status`: how many clients were looked at and what ruled each out.
-func metricSummary(m *api.AllocationMetric) string {
-	if m == nil {
-		return "no client could take it"
-	}
-	parts := []string{fmt.Sprintf("%d of %d clients evaluated", m.NodesEvaluated, max(m.NodesInPool, m.NodesEvaluated))}
-	if m.NodesEvaluated == 0 {
-		parts[0] = "no client in the datacenters and pool"
-	}
-	add := func(format string, mm map[string]int) {
-		for _, k := range sortedKeys(mm) {
-			parts = append(parts, fmt.Sprintf(format, k, mm[k]))
-		}
-	}
-	add("class %s filtered on %d", m.ClassFiltered)
-	add("constraint %s filtered %d", m.ConstraintFiltered)
-	add("%s exhausted on %d", m.DimensionExhausted)
-	for _, q := range m.QuotaExhausted {
-		parts = append(parts, "quota "+q+" exhausted")
-	}
-	return strings.Join(parts, ", ")
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // maxEvents is how many notable events a node status keeps.

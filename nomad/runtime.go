@@ -8,9 +8,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/nomad/api"
@@ -21,8 +23,9 @@ import (
 
 // Errors of this runtime beyond those in package lab.
 var (
-	// ErrNotPlaced: the scheduler found no client with room for the lab.
-	ErrNotPlaced = errors.New("lab could not be placed")
+	// ErrNotPlaced is lab.ErrNoCapacity, under the name this runtime gave
+	// it first.
+	ErrNotPlaced = lab.ErrNoCapacity
 	// ErrForeignJob: a job of the session's name belongs to another session.
 	ErrForeignJob = errors.New("job belongs to another session")
 )
@@ -48,6 +51,9 @@ type Options struct {
 	Job jobspecs.NomadOptions
 	// WaitTime bounds each blocking query; zero means 30s.
 	WaitTime time.Duration
+	// Logger receives the runtime's warnings about the cluster (memory
+	// oversubscription off); nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Runtime provisions and drives exam labs as Nomad jobs. It is safe for
@@ -56,6 +62,9 @@ type Runtime struct {
 	client *api.Client
 	job    jobspecs.NomadOptions
 	wait   time.Duration
+	log    *slog.Logger
+	// oversub is what CheckScheduler found of memory oversubscription.
+	oversub atomic.Int32
 }
 
 // New returns a Runtime for the cluster opts name. It does not contact the
@@ -91,12 +100,14 @@ func New(opts Options) (*Runtime, error) {
 	if job.Region == "" {
 		job.Region = cfg.Region
 	}
-	return &Runtime{client: c, job: job, wait: wait}, nil
+	return &Runtime{client: c, job: job, wait: wait, log: logger(opts.Logger)}, nil
 }
 
-// Job renders the session's job as this runtime registers it.
+// Job renders the session's job as this runtime registers it: as the
+// cluster's memory oversubscription allows, once CheckScheduler has found
+// out, and for a cluster that has it on before.
 func (r *Runtime) Job(spec lab.Spec) (*api.Job, error) {
-	return jobspecs.NomadJob(spec, r.job)
+	return jobspecs.NomadJob(spec, r.jobOptions())
 }
 
 func (r *Runtime) query(ctx context.Context) *api.QueryOptions {

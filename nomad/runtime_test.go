@@ -369,8 +369,8 @@ func TestEventsSurface(t *testing.T) {
 		{
 			name:    "placement failure",
 			arrange: func(f *nomadfake.Server) { f.NoCapacity("memory") },
-			node:    "tokyo", wantState: lab.StatePending, wantEvent: "placement failed: 1 of 1 clients evaluated, memory exhausted on 1",
-			wantErr: "lab could not be placed",
+			node:    "tokyo", wantState: lab.StatePending, wantEvent: "placement failed: no client has room: 1 of 1 clients evaluated, memory exhausted on 1",
+			wantErr: "no room to place the lab",
 		},
 	}
 	for _, tc := range tests {

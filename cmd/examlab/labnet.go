@@ -39,7 +39,7 @@ type labnetState struct {
 //	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
 //	examlab labnet watch -session ID [-state FILE] [-alloc ID] [-every 2s] [-thaw-after 30m]
 //	examlab labnet down -session ID [-wait 2m]
-//	examlab labnet freeze|thaw -session ID -alloc ID
+//	examlab labnet freeze|thaw|limit -session ID -alloc ID
 //	examlab labnet capture -session ID -alloc ID -node NAME
 //
 // Without -plan, up creates a flat lab's session network before the nodes
@@ -62,7 +62,10 @@ type labnetState struct {
 // its writable layer on this client, to stdout. Watch without -state (a
 // flat lab's) has nothing to rewire and keeps the task running for them.
 // Every watch also thaws a node it has seen frozen for longer than
-// -thaw-after: the worker that froze it for a capture is gone.
+// -thaw-after: the worker that froze it for a capture is gone; and holds
+// every node container, the first and each that replaces one, to the cpus
+// its examlab.cpu-limit label names (limit does that once), since the
+// docker driver's own hard limit would be what the node reserves.
 func labnet(ctx context.Context, args []string) error {
 	if len(args) > 0 && nomad.AgentVerb(args[0]) {
 		agent, err := nomad.NewLabAgent(nomad.AgentOptions{DockerHost: os.Getenv("DOCKER_HOST")})
@@ -116,17 +119,21 @@ func labnet(ctx context.Context, args []string) error {
 			return err
 		}
 		guard := agent.NewFreezeGuard(*session, *alloc, *thawAfter)
+		tend := func() {
+			holdLimits(ctx, agent, *session, *alloc)
+			guardLab(ctx, guard, *session)
+		}
 		if *state == "" {
 			// A flat lab's: Nomad restarts its nodes on their network, so
 			// there is nothing to rewire; the task is there for the agent
-			// verbs, run beside it, and its guard.
+			// verbs, run beside it, its guard and the nodes' limits.
 			fmt.Printf("lab %s: ready for freeze, thaw and capture\n", *session)
-			for sleepCtx(ctx, *every) == nil {
-				guardLab(ctx, guard, *session)
+			for tend(); sleepCtx(ctx, *every) == nil; {
+				tend()
 			}
 			return nil
 		}
-		return oneLine(watchLab(ctx, rt, guard, *session, *alloc, *state, *every))
+		return oneLine(watchLab(ctx, rt, tend, *session, *alloc, *state, *every))
 	case verb == "up" && *plan != "":
 		return oneLine(wireLab(ctx, rt, *session, *examID, *alloc, *plan, *state, *wait))
 	case verb == "up":
@@ -232,9 +239,12 @@ func switchLabels(spec lab.Spec, examID string) map[string]string {
 // replaced the one wired before. A node that cannot be wired is reported
 // on stderr and left alone until its container is replaced again: its
 // setup is never run twice in one container.
-func watchLab(ctx context.Context, rt *docker.Runtime, guard *nomad.FreezeGuard, session, alloc, state string, every time.Duration) error {
+func watchLab(ctx context.Context, rt *docker.Runtime, tend func(), session, alloc, state string, every time.Duration) error {
 	var st labnetState
 	for {
+		// The nodes run, and are held to their limits, while labnet-up
+		// wires them.
+		tend()
 		b, err := os.ReadFile(state)
 		if err == nil {
 			if err := json.Unmarshal(b, &st); err != nil {
@@ -255,7 +265,7 @@ func watchLab(ctx context.Context, rt *docker.Runtime, guard *nomad.FreezeGuard,
 	fmt.Printf("watching the %d nodes of lab %s\n", len(st.Plan.Nodes), session)
 	known := st.Containers
 	for sleepCtx(ctx, every) == nil {
-		guardLab(ctx, guard, session)
+		tend()
 		running, err := rt.RunningNodeContainers(ctx, session, alloc)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "examlab:", oneLine(fmt.Errorf("labnet watch %s: %w", session, err)))
@@ -276,6 +286,18 @@ func watchLab(ctx context.Context, rt *docker.Runtime, guard *nomad.FreezeGuard,
 		}
 	}
 	return nil
+}
+
+// holdLimits holds the lab's nodes to their CPU limits, and says which it
+// set (a node just started or replaced).
+func holdLimits(ctx context.Context, agent *nomad.LabAgent, session, alloc string) {
+	set, err := agent.HoldLimits(ctx, session, alloc)
+	if len(set) > 0 {
+		fmt.Printf("cpu limits set on %s\n", strings.Join(set, " "))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "examlab:", oneLine(fmt.Errorf("labnet watch %s: %w", session, err)))
+	}
 }
 
 // guardLab thaws the lab's nodes frozen for too long, and says so.

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "4"
+    "examlab.render" = "5"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "b4041dc3011e465a"
+    "examlab.spec" = "8a933c3a551c0f1e"
   }
   group "lab" {
     count = 1
@@ -41,8 +41,9 @@ job "exam-golden00" {
         command = "/usr/local/bin/examlab"
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1
@@ -54,11 +55,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "tokyo"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "flat-lab"
           "examlab.node" = "tokyo"
           "examlab.role" = "branch"
@@ -71,8 +73,9 @@ job "exam-golden00" {
         security_opt = ["no-new-privileges"]
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 100
+        memory = 48
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -88,11 +91,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_admin", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "g1"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "flat-lab"
           "examlab.node" = "g1"
           "examlab.role" = "gateway"
@@ -108,8 +112,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 100
+        memory = 48
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -131,8 +136,9 @@ job "exam-golden00" {
         command = "/usr/local/bin/examlab"
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1
@@ -150,8 +156,9 @@ job "exam-golden00" {
         command = "/usr/local/bin/examlab"
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1

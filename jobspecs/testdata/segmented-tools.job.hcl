@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "3"
+    "examlab.render" = "5"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "97c3422c32a75a12"
+    "examlab.spec" = "08b864092a40d825"
   }
   group "lab" {
     count = 1
@@ -35,11 +35,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "tokyo"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "tokyo"
           "examlab.role" = "branch"
@@ -61,8 +62,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -78,11 +80,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_admin", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "g1"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "g1"
           "examlab.role" = "gateway"
@@ -105,8 +108,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -122,11 +126,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_admin", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "g2"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "g2"
           "examlab.role" = "gateway"
@@ -149,8 +154,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -166,11 +172,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "osaka"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "osaka"
           "examlab.role" = "branch"
@@ -192,8 +199,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -253,6 +261,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -300,6 +310,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -343,6 +355,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -387,6 +401,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -425,8 +441,9 @@ job "exam-golden00" {
 EOT
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1
@@ -444,8 +461,9 @@ EOT
         command = "/usr/local/bin/examlab"
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1
@@ -463,8 +481,9 @@ EOT
         command = "/usr/local/bin/examlab"
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1

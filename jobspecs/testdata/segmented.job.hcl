@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "2"
+    "examlab.render" = "5"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "075cfeedf28c6b59"
+    "examlab.spec" = "63919a40f3ecc544"
   }
   group "lab" {
     count = 1
@@ -35,11 +35,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "tokyo"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "tokyo"
           "examlab.role" = "branch"
@@ -55,8 +56,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -72,11 +74,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_admin", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "g1"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "g1"
           "examlab.role" = "gateway"
@@ -93,8 +96,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -110,11 +114,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_admin", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "g2"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "g2"
           "examlab.role" = "gateway"
@@ -131,8 +136,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -148,11 +154,12 @@ job "exam-golden00" {
       config {
         cap_add = ["chown", "dac_override", "fowner", "kill", "net_raw", "setgid", "setuid"]
         cap_drop = ["all"]
-        cpu_hard_limit = true
+        cpu_hard_limit = false
         force_pull = false
         hostname = "osaka"
         image = "examlab/node:bookworm"
         labels = {
+          "examlab.cpu-limit" = "0.25"
           "examlab.exam" = "segmented-lab"
           "examlab.node" = "osaka"
           "examlab.role" = "branch"
@@ -168,8 +175,9 @@ job "exam-golden00" {
         }
       }
       resources {
-        cpu = 250
-        memory = 128
+        cpu = 50
+        memory = 32
+        memory_max = 128
       }
       kill_timeout = "5s"
       logs {
@@ -229,6 +237,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -276,6 +286,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -319,6 +331,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -363,6 +377,8 @@ job "exam-golden00" {
       "memory_mb": 128,
       "cpus": 0.25,
       "pids_limit": 256,
+      "reserve_cpus": 0.05,
+      "reserve_memory_mb": 32,
       "cap_add": [
         "CHOWN",
         "DAC_OVERRIDE",
@@ -401,8 +417,9 @@ job "exam-golden00" {
 EOT
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1
@@ -420,8 +437,9 @@ EOT
         command = "/usr/local/bin/examlab"
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1
@@ -439,8 +457,9 @@ EOT
         command = "/usr/local/bin/examlab"
       }
       resources {
-        cpu = 50
-        memory = 64
+        cpu = 20
+        memory = 32
+        memory_max = 256
       }
       logs {
         max_files = 1

@@ -24,6 +24,15 @@ advertise {
 server {
   enabled          = true
   bootstrap_expect = 1
+
+  # A lab node reserves what it idles at and may use up to its memory_max:
+  # without oversubscription Nomad ignores memory_max and examlab reserves
+  # each node's whole limit instead. Applies when the cluster is first
+  # bootstrapped; on a running one: nomad operator scheduler set-config
+  # -memory-oversubscription=true
+  default_scheduler_config {
+    memory_oversubscription_enabled = true
+  }
 }
 
 client {

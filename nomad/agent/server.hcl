@@ -23,6 +23,15 @@ server {
   # A finished lab's job is purged by examlab; this only tidies what an
   # operator stops by hand.
   job_gc_threshold = "1h"
+
+  # A lab node reserves what it idles at and may use up to its memory_max:
+  # without oversubscription Nomad ignores memory_max and examlab reserves
+  # each node's whole limit instead. Applies when the cluster is first
+  # bootstrapped; on a running one: nomad operator scheduler set-config
+  # -memory-oversubscription=true
+  default_scheduler_config {
+    memory_oversubscription_enabled = true
+  }
 }
 
 # Every request needs a token: examlab's workers get one scoped to the lab

@@ -23,6 +23,11 @@ var jobIDPattern = regexp.MustCompile(`^exam-[a-z0-9]{8}$`)
 // task with the lab's plan, and its nodes have no network. An empty list
 // means the job is complete and sane.
 func CheckJob(job *api.Job, nodes int) []string {
+	return checkJob(job, nodes, jobspecs.DefaultMHzPerCPU)
+}
+
+// checkJob is CheckJob for clients whose cpus are mhzPerCPU each.
+func checkJob(job *api.Job, nodes, mhzPerCPU int) []string {
 	var p []string
 	bad := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 	if job == nil {
@@ -104,6 +109,7 @@ func CheckJob(job *api.Job, nodes int) []string {
 		default:
 			docker++
 			checkNode(t, network, segmented, bad)
+			checkResources(t, mhzPerCPU, bad)
 			nodeTasks = append(nodeTasks, t)
 		}
 	}
@@ -174,7 +180,7 @@ func checkWiring(t *api.Task, job *api.Job, nodes []*api.Task, bad func(string, 
 			sameSys = sameSys && sys[k] == v
 		}
 		image, _ := c["image"].(string)
-		if n.Name != task.Name || n.Image != image || n.Hostname != c["hostname"] || n.MemoryMB != num(task.Resources.MemoryMB) ||
+		if n.Name != task.Name || n.Image != image || n.Hostname != c["hostname"] || n.MemoryMB != memoryLimit(task) ||
 			n.PidsLimit != number(c["pids_limit"]) || strings.Join(caps, ",") != strings.Join(strList(c["cap_add"]), ",") || !sameSys {
 			bad("the plan's node %d (%s) differs from task %s", i, n.Name, task.Name)
 		}
@@ -257,9 +263,18 @@ func checkNode(t *api.Task, network string, segmented bool, bad func(string, ...
 	if number(c["pids_limit"]) <= 0 {
 		bad("node %s has no pids_limit", t.Name)
 	}
-	if r := t.Resources; r == nil || num(r.CPU) <= 0 || num(r.MemoryMB) <= 0 {
-		bad("node %s has no cpu and memory resources", t.Name)
+}
+
+// memoryLimit is the memory a node task is held to: memory_max, else what
+// it reserves.
+func memoryLimit(t *api.Task) int {
+	if t.Resources == nil {
+		return 0
 	}
+	if t.Resources.MemoryMaxMB != nil {
+		return *t.Resources.MemoryMaxMB
+	}
+	return num(t.Resources.MemoryMB)
 }
 
 func str(p *string) string {

@@ -22,7 +22,7 @@ const teardownTimeout = 2 * time.Minute
 // the job says, not what examlab meant. A segmented lab's segments and
 // each node's interfaces, routes, files and setup come from the plan its
 // labnet-up is given, as on a real client.
-func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
+func labFromJob(job *api.Job, mhzPerCPU int, oversub bool) lab.Spec {
 	session := job.Meta[jobspecs.MetaSession]
 	l := lab.Spec{
 		SessionID: session,
@@ -54,8 +54,6 @@ func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
 			Container: lab.ContainerName(session, t.Name),
 			Hostname:  hostname,
 			Image:     image,
-			MemoryMB:  num(t.Resources.MemoryMB),
-			CPUs:      float64(num(t.Resources.CPU)) / float64(mhzPerCPU),
 			PidsLimit: number(c["pids_limit"]),
 			CapAdd:    caps,
 			Sysctls:   strMap(c["sysctl"]),
@@ -69,6 +67,7 @@ func labFromJob(job *api.Job, mhzPerCPU int) lab.Spec {
 				lab.LabelExam:    l.ExamID,
 			},
 		}
+		driverNode(&node, t, mhzPerCPU, oversub)
 		if p, ok := plan.Node(t.Name); ok && err == nil {
 			node.Interfaces, node.Routes, node.Address = p.Interfaces, p.Routes, p.Address
 			node.Files, node.Setup, node.SetupTimeout = p.Files, p.Setup, p.SetupTimeout
@@ -106,13 +105,11 @@ func setTask(a *allocation, task, state string, failed bool, events ...*api.Task
 func (s *Server) schedule(evalID string, job *api.Job) {
 	s.mu.Lock()
 	ev := s.evals[evalID]
-	if s.noCapacity != "" {
+	client, metric := s.placement(job, false)
+	if metric != nil {
 		idx := s.bump()
 		ev.Status, ev.ModifyIndex = api.EvalStatusComplete, idx
-		ev.FailedTGAllocs = map[string]*api.AllocationMetric{jobspecs.NomadGroup: {
-			NodesEvaluated: 1, NodesInPool: 1, NodesExhausted: 1,
-			DimensionExhausted: map[string]int{s.noCapacity: 1},
-		}}
+		ev.FailedTGAllocs = map[string]*api.AllocationMetric{jobspecs.NomadGroup: metric}
 		blocked := &api.Evaluation{ID: newID(), JobID: ev.JobID, Status: api.EvalStatusBlocked, TriggeredBy: "queued-allocs",
 			Type: ev.Type, PreviousEval: ev.ID, CreateIndex: idx, ModifyIndex: idx}
 		ev.BlockedEval = blocked.ID
@@ -131,7 +128,7 @@ func (s *Server) schedule(evalID string, job *api.Job) {
 			CreateTime: time.Now().UnixNano(), ModifyTime: time.Now().UnixNano(),
 		},
 		session: job.Meta[jobspecs.MetaSession],
-		lab:     labFromJob(job, s.opts.MHzPerCPU),
+		lab:     labFromJob(job, s.opts.MHzPerCPU, s.plan.oversub),
 		stderr:  map[string]string{},
 		placed:  make(chan struct{}),
 	}
@@ -139,6 +136,7 @@ func (s *Server) schedule(evalID string, job *api.Job) {
 		setTask(a, t.Name, "pending", false, event(api.TaskReceived, "Task received by client"))
 	}
 	s.allocs[a.ID] = a
+	s.plan.placedOn[a.ID] = client
 	ev.Status, ev.ModifyIndex = api.EvalStatusComplete, idx
 	failures := make(map[string]failureSpec, len(s.failures))
 	for k, v := range s.failures {
@@ -182,6 +180,11 @@ func (s *Server) place(a *allocation, failures map[string]failureSpec) {
 	s.mu.Unlock()
 
 	err = s.opts.Docker.Provision(ctx, run)
+	if err == nil {
+		// labnet-watch holds the nodes to their CPU limits as soon as they
+		// run; the fake does it before it reports them running.
+		s.holdLimits(ctx, a)
+	}
 
 	s.mu.Lock()
 	if a.DesiredStatus != api.AllocDesiredStatusRun {
@@ -218,6 +221,9 @@ func (s *Server) placeSegmented(a *allocation, failures map[string]failureSpec) 
 	}
 	err := s.opts.Docker.Provision(ctx, run)
 	wiring := err != nil && s.nodesRunning(ctx, run, err)
+	if err == nil {
+		s.holdLimits(ctx, a)
+	}
 
 	s.mu.Lock()
 	if a.DesiredStatus != api.AllocDesiredStatusRun {

@@ -325,6 +325,8 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, "restart %s: %v", req.TaskName, err)
 		return
 	}
+	// The fresh container has no CPU limit until labnet-watch sets it.
+	s.holdLimits(r.Context(), a)
 	s.mu.Lock()
 	ts := a.TaskStates[req.TaskName]
 	ts.Restarts++

@@ -127,6 +127,7 @@ type Server struct {
 	failures   map[string]failureSpec
 	host       clientState // the fake client's node status (hosts.go)
 	noCapacity string
+	plan       planState
 	slowLabnet time.Duration
 	onJobRead  func(jobID string)
 }
@@ -169,6 +170,7 @@ func New(opts Options) (*Server, error) {
 		allocs:   map[string]*allocation{},
 		evals:    map[string]*api.Evaluation{},
 		failures: map[string]failureSpec{},
+		plan:     planState{placedOn: map[string]int{}, oversub: true},
 	}
 	s.srv = httptest.NewServer(s.routes())
 	return s, nil
@@ -210,7 +212,9 @@ func (s *Server) ClearFailures() {
 }
 
 // NoCapacity makes every placement from now on fail for lack of the
-// dimension ("memory", "cpu"); "" places again.
+// dimension ("memory", "cpu"), while plans still find room: the room a
+// plan saw was taken before the register after it; "" places again.
+// SetClients bounds plans and placements alike.
 func (s *Server) NoCapacity(dimension string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -316,6 +320,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/job/{id}", s.deregisterJob)
 	mux.HandleFunc("GET /v1/job/{id}/allocations", s.jobAllocs)
 	mux.HandleFunc("GET /v1/job/{id}/evaluations", s.jobEvals)
+	mux.HandleFunc("PUT /v1/job/{id}/plan", s.planJob)
+	mux.HandleFunc("POST /v1/job/{id}/plan", s.planJob)
+	mux.HandleFunc("GET /v1/operator/scheduler/configuration", s.schedulerConfig)
 	mux.HandleFunc("PUT /v1/job/{id}/evaluate", s.evaluateJob)
 	mux.HandleFunc("POST /v1/job/{id}/evaluate", s.evaluateJob)
 	mux.HandleFunc("GET /v1/evaluation/{id}", s.getEval)
@@ -503,7 +510,7 @@ func (e codedError) Error() string { return e.msg }
 func (s *Server) register(req api.JobRegisterRequest, record bool) (uint64, string, error) {
 	job := req.Job
 	rec := Register{Job: cloneJob(job), EnforceIndex: req.EnforceIndex, JobModifyIndex: req.JobModifyIndex}
-	rec.Problems = CheckJob(job, s.opts.Nodes)
+	rec.Problems = checkJob(job, s.opts.Nodes, s.opts.MHzPerCPU)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
