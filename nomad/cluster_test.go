@@ -185,6 +185,10 @@ func flatLab(t testing.TB, rt *nomad.Runtime) lab.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Ping needs a raw socket: the capability an exam grants for it.
+	for i := range ex.Topology.Nodes {
+		ex.Topology.Nodes[i].Capabilities = append(ex.Topology.Nodes[i].Capabilities, "net_raw")
+	}
 	spec, err := lab.NewSpec(ex, lab.Session{ID: newSessionID(t), Candidate: "test@example.com"})
 	if err != nil {
 		t.Fatal(err)

@@ -170,7 +170,9 @@ stop)
 status)
 	for name in server "${clients[@]}"; do
 		pid=$(pid_of "$name")
-		echo "$name: ${pid:+running (pid $pid)}${pid:-stopped}, http 127.0.0.1:$(agent_port "$name")"
+		state=stopped
+		[[ -z $pid ]] || state="running (pid $pid)"
+		echo "$name: $state, http 127.0.0.1:$(agent_port "$name")"
 	done
 	"$NOMAD" node status -address="$addr" 2>/dev/null || echo "the server at $addr does not answer"
 	;;
