@@ -197,6 +197,9 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 	}
 	v := s.view(sess)
 	v.Error = sess.Error // the exam staff read the runtime's own words
+	if sess.Nodes != nil {
+		v.Nodes = sess.Nodes // in full, not as a paused candidate sees them
+	}
 	if live := s.liveNodes(ctx, sess); live != nil {
 		v.Nodes = live
 	}

@@ -37,9 +37,13 @@ type sessionView struct {
 	ServerTime  time.Time        `json:"server_time"`
 	// While queued (me, status and start): the place in line, how many
 	// go first, and a rough wait when there is one (see queuePlace).
-	QueuePosition   int    `json:"queue_position,omitempty"`
-	QueueAhead      *int   `json:"queue_ahead,omitempty"`
-	EstimateSeconds *int64 `json:"estimate_seconds,omitempty"`
+	// Paused: the lab is unusable and the clock stands still since
+	// PausedAt; Remaining is what was left then (lost.go).
+	Paused          bool      `json:"paused,omitempty"`
+	PausedAt        time.Time `json:"paused_at,omitzero"`
+	QueuePosition   int       `json:"queue_position,omitempty"`
+	QueueAhead      *int      `json:"queue_ahead,omitempty"`
+	EstimateSeconds *int64    `json:"estimate_seconds,omitempty"`
 }
 
 func (s *Server) view(sess *session.Session) sessionView {
@@ -54,6 +58,7 @@ func (s *Server) view(sess *session.Session) sessionView {
 		v.Nodes = []lab.NodeStatus{}
 	}
 	v.Remaining = int64(sess.Remaining(now) / time.Second)
+	pausedView(sess, &v)
 	return v
 }
 
@@ -309,7 +314,8 @@ func (s *Server) sessionStatus(c *fiber.Ctx) error {
 		return err
 	}
 	v := s.view(sess)
-	if live := s.liveNodes(c.UserContext(), sess); live != nil {
+	// While paused the record's nodes, in plain words, stand (pausedView).
+	if live := s.liveNodes(c.UserContext(), sess); live != nil && !sess.Paused() {
 		v.Nodes = live
 	}
 	s.queuePlace(c.UserContext(), sess, &v)

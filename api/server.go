@@ -203,6 +203,7 @@ func (s *Server) routes() {
 	a.Post("/api/session/:id/snapshot", s.requireAdmin, s.adminSnapshot)
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
 	s.actionRoutes(adm)
+	s.lostRoutes(adm)
 	s.gradingRoutes(adm)
 	s.reviewRoutes(adm)
 	s.sittingRoutes(adm)

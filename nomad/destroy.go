@@ -62,7 +62,10 @@ func (r *Runtime) waitStopped(ctx context.Context, jobID string) error {
 		}
 		live := 0
 		for _, a := range stubs {
-			if !allocTerminal(a.ClientStatus) {
+			// An unknown allocation's client has stopped reporting: it
+			// cannot say when the lab stopped, and it stops the lab
+			// itself (desired status stop) if it ever reconnects.
+			if !allocTerminal(a.ClientStatus) && a.ClientStatus != api.AllocClientStatusUnknown {
 				live++
 			}
 		}

@@ -13,7 +13,11 @@ import (
 
 // Status reports each node of the spec, in spec order: pending before the
 // job exists or while it waits for a client, then the state of the node's
-// task in the lab's allocation, with the task events worth showing.
+// task in the lab's allocation, with the task events worth showing. A lab
+// whose client is down, or whose allocation Nomad declared lost, is lost
+// on every node; one whose client stopped reporting is unknown on every
+// node (see hostTrouble): the task states are then the last the client
+// sent, and say nothing of the lab now.
 func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error) {
 	if !lab.ValidSessionID(spec.SessionID) {
 		return nil, fmt.Errorf("lab status: invalid session id %q", spec.SessionID)
@@ -41,6 +45,15 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 	a := currentAlloc(stubs)
 	if a == nil {
 		return r.unplacedStatus(ctx, job, out)
+	}
+	if state, detail := r.allocHost(ctx, a); state != "" {
+		for i := range out {
+			st := &out[i]
+			st.AllocID, st.ClientNode = a.ID, clientName(a)
+			st.Container = st.Name + "-" + a.ID
+			st.State, st.Detail = state, detail
+		}
+		return out, nil
 	}
 	netFailed := ""
 	if up := a.TaskStates[jobspecs.NomadLabnetUp]; up != nil && up.Failed {

@@ -18,6 +18,7 @@ type PeriodicOptions struct {
 	Reap      time.Duration // default 1m
 	Admission time.Duration // default 10s; negative disables
 	Retention time.Duration // default 1h; negative disables
+	Lost      time.Duration // default 10s; negative disables (lost.go)
 	Logger    *slog.Logger
 }
 
@@ -26,7 +27,7 @@ type taskEnqueuer interface {
 	Enqueue(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (bool, error)
 }
 
-// Periodic enqueues the sweeps (expire, reap, admission, retention) on a grid of the
+// Periodic enqueues the sweeps (expire, reap, admission, retention, lost) on a grid of the
 // wall clock. Every worker process runs one, and they must not each
 // trigger every sweep: asynq's own scheduler ticks from its start time and
 // a uniqueness lock is released as soon as the task finishes, so two
@@ -64,6 +65,9 @@ func NewPeriodic(e taskEnqueuer, o PeriodicOptions) *Periodic {
 	if o.Retention == 0 {
 		o.Retention = time.Hour
 	}
+	if o.Lost == 0 {
+		o.Lost = defaultLostEvery
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -73,6 +77,7 @@ func NewPeriodic(e taskEnqueuer, o PeriodicOptions) *Periodic {
 		{o.Reap, NewReapTask},
 		{o.Admission, NewAdmissionTask},
 		{o.Retention, NewRetentionTask},
+		{o.Lost, NewLostSweepTask},
 	} {
 		if en.every > 0 {
 			p.entries = append(p.entries, en)

@@ -26,7 +26,7 @@ func TestPeriodicTickIsEnqueuedOnceAcrossProcesses(t *testing.T) {
 	for i := range procs {
 		clients[i] = asynq.NewClient(opt)
 		t.Cleanup(func() { clients[i].Close() })
-		procs[i] = scheduler.NewPeriodic(scheduler.NewEnqueuer(clients[i]), scheduler.PeriodicOptions{Expire: time.Minute, Reap: -1, Admission: -1, Retention: -1})
+		procs[i] = scheduler.NewPeriodic(scheduler.NewEnqueuer(clients[i]), scheduler.PeriodicOptions{Expire: time.Minute, Reap: -1, Admission: -1, Retention: -1, Lost: -1})
 	}
 	var runs atomic.Int32
 	srv := asynq.NewServer(opt, asynq.Config{Concurrency: 2, Queues: scheduler.Queues, LogLevel: asynq.ErrorLevel})
@@ -89,7 +89,7 @@ func TestPeriodicTickersShareSlots(t *testing.T) {
 	for i := range 2 {
 		c := asynq.NewClient(opt)
 		t.Cleanup(func() { c.Close() })
-		p := scheduler.NewPeriodic(scheduler.NewEnqueuer(c), scheduler.PeriodicOptions{Expire: every, Reap: -1, Admission: -1, Retention: -1})
+		p := scheduler.NewPeriodic(scheduler.NewEnqueuer(c), scheduler.PeriodicOptions{Expire: every, Reap: -1, Admission: -1, Retention: -1, Lost: -1})
 		if err := p.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -90,7 +90,10 @@ type Session struct {
 	// TokenHashes are sha256 of the candidate's bearer tokens; the tokens
 	// themselves are never stored.
 	TokenHashes []string `json:"token_hashes,omitempty"`
-	Version     int64    `json:"version"`
+	// Trouble is what is wrong with a ready session's lab while its clock
+	// is paused, and the time credited for it (see lost.go).
+	Trouble Trouble `json:"lab_trouble,omitzero"`
+	Version int64   `json:"version"`
 }
 
 // New returns a created session for email in exam, with the exam's time
@@ -237,9 +240,10 @@ func (s *Session) Submit(reason string, now time.Time) (bool, error) {
 }
 
 // PastDeadline reports whether the session is open and its deadline has
-// passed at now.
+// passed at now. A paused clock (lost.go) is never past its deadline: the
+// deadline moves by the pause once the lab is back.
 func (s *Session) PastDeadline(now time.Time) bool {
-	return s.Status.Open() && !s.Deadline.IsZero() && !s.Deadline.After(now)
+	return s.Status.Open() && !s.Paused() && !s.Deadline.IsZero() && !s.Deadline.After(now)
 }
 
 // BeginArchive records that a worker captures the submitted lab.
@@ -300,10 +304,14 @@ func (s *Session) Extend(by time.Duration) error {
 }
 
 // Remaining is the time left at now, zero once the deadline has passed or
-// when the clock has not started or no longer runs.
+// when the clock has not started or no longer runs; while the clock is
+// paused, the time that was left when it stopped.
 func (s *Session) Remaining(now time.Time) time.Duration {
 	if s.Deadline.IsZero() || !s.Status.Open() {
 		return 0
+	}
+	if s.Paused() {
+		now = s.Trouble.Since // the clock stands where it stopped
 	}
 	return max(0, s.Deadline.Sub(now))
 }

@@ -29,6 +29,9 @@ type Summary struct {
 	CreatedAt time.Time     `json:"created_at"`
 	UpdatedAt time.Time     `json:"updated_at"`
 	Deadline  time.Time     `json:"deadline,omitzero"`
+	// LabState is lost or unknown while a ready session's lab is unusable
+	// and its clock paused; empty otherwise.
+	LabState lab.State `json:"lab_state,omitempty"`
 	// Score and MaxScore are the latest grading's with the manual marks;
 	// Score is nil until the session is graded or marked.
 	Score    *int `json:"score,omitempty"`
@@ -36,7 +39,8 @@ type Summary struct {
 }
 
 func summaryOf(s *session.Session) Summary {
-	return Summary{ID: s.ID, Email: s.Email, ExamID: s.ExamID, Status: s.Status, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, Deadline: s.Deadline}
+	return Summary{ID: s.ID, Email: s.Email, ExamID: s.ExamID, Status: s.Status, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, Deadline: s.Deadline,
+		LabState: s.Trouble.State}
 }
 
 // index brings every Redis key derived from sess up to date in one
@@ -55,8 +59,8 @@ func (s *Store) index(ctx context.Context, sess *session.Session) error {
 			p.Set(ctx, s.key("token", h), sess.ID, 0)
 		}
 		// Deadlines of sessions a candidate is still working in, for the
-		// expiry sweep.
-		if sess.Status.Open() && !sess.Deadline.IsZero() {
+		// expiry sweep; a paused clock has none until its lab is back.
+		if sess.Status.Open() && !sess.Deadline.IsZero() && !sess.Paused() {
 			p.ZAdd(ctx, s.key("idx", "deadline"), redis.Z{Score: float64(sess.Deadline.UnixMilli()), Member: sess.ID})
 		} else {
 			p.ZRem(ctx, s.key("idx", "deadline"), sess.ID)

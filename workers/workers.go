@@ -143,6 +143,8 @@ func (h *Handlers) Mux() *asynq.ServeMux {
 	mux.HandleFunc(scheduler.TypeReap, h.Reap)
 	mux.HandleFunc(scheduler.TypeAdmission, h.Admission)
 	mux.HandleFunc(scheduler.TypeRetention, h.Retention)
+	mux.HandleFunc(scheduler.TypeLostSweep, h.LostSweep)
+	mux.HandleFunc(scheduler.TypeReprovision, h.Reprovision)
 	mux.HandleFunc(scheduler.TypeReviewStart, h.ReviewStart)
 	mux.HandleFunc(scheduler.TypeReviewEnd, h.ReviewEnd)
 	mux.HandleFunc(scheduler.TypeReviewRegrade, h.ReviewRegrade)

@@ -125,6 +125,7 @@ type Server struct {
 	unknown     []string
 
 	failures   map[string]failureSpec
+	host       clientState // the fake client's node status (hosts.go)
 	noCapacity string
 	slowLabnet time.Duration
 	onJobRead  func(jobID string)
@@ -320,6 +321,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/evaluation/{id}", s.getEval)
 	mux.HandleFunc("GET /v1/allocation/{id}", s.getAlloc)
 	mux.HandleFunc("GET /v1/node/{id}", s.getNode)
+	mux.HandleFunc("GET /v1/nodes", s.listNodes)
+	mux.HandleFunc("GET /v1/allocations", s.listAllocs)
 	mux.HandleFunc("GET /v1/client/allocation/{id}/exec", s.exec)
 	mux.HandleFunc("PUT /v1/client/allocation/{id}/restart", s.restart)
 	mux.HandleFunc("POST /v1/client/allocation/{id}/restart", s.restart)
@@ -737,7 +740,9 @@ func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	s.reply(w, &api.Node{ID: s.nodeID, Name: "fake-client", Datacenter: "dc1", HTTPAddr: host, Status: "ready"})
+	n := s.node()
+	n.HTTPAddr = host
+	s.reply(w, n)
 }
 
 func stub(a *api.Allocation) *api.AllocationListStub {

@@ -51,6 +51,15 @@
     return tr;
   }
   function badge(status) { return el("span", status, "badge " + status); }
+  // labTrouble says what is wrong with a ready session's lab while its
+  // clock is paused: lost or unknown, since when, why, and whether a
+  // fresh lab is being made.
+  function labTrouble(t) {
+    if (!t || !t.state) return "";
+    var s = t.state + " since " + when(t.since) + ": the candidate's clock is paused. " + (t.reason || "");
+    if (t.reprovision) s += " A fresh lab is being made (asked " + when(t.reprovision) + ").";
+    return s;
+  }
   function when(t) {
     if (!t || t.indexOf("0001-") === 0) return "";
     var d = new Date(t);
@@ -132,7 +141,9 @@
       tbody.textContent = "";
       res.sessions.forEach(function (s) {
         var score = s.score === undefined || s.score === null ? "" : s.score + " / " + s.max_score;
-        var tr = row([el("code", s.id), s.email, badge(s.status), score, evidenceCell(s.evidence), when(s.created_at), when(s.updated_at), when(s.deadline)]);
+        var st = badge(s.status);
+        if (s.lab_state) { st = el("span"); st.appendChild(badge(s.status)); st.appendChild(document.createTextNode(" ")); st.appendChild(badge("lab " + s.lab_state)); }
+        var tr = row([el("code", s.id), s.email, st, score, evidenceCell(s.evidence), when(s.created_at), when(s.updated_at), when(s.deadline)]);
         tr.className = "row";
         tr.dataset.id = s.id;
         tr.addEventListener("click", function () { goSession(s.id); });
@@ -224,11 +235,14 @@
      ["Lab ready", when(s.ready_at)], ["Deadline", when(s.deadline)], ["Time allowed", Math.round(s.duration_seconds / 60) + " min"],
      ["Remaining", s.remaining_seconds ? Math.floor(s.remaining_seconds / 60) + " min " + (s.remaining_seconds % 60) + " s" : ""],
      ["Submitted", when(s.submitted_at) + (m.submit_reason ? " (" + m.submit_reason + ")" : "")], ["Completed", when(s.completed_at)],
-     ["Runtime", m.runtime], ["Error", s.error]].forEach(function (f) {
+     ["Runtime", m.runtime], ["Error", s.error], ["Lab", labTrouble(m.lab_trouble)],
+     ["Time credited", m.lab_trouble && m.lab_trouble.credited_seconds ? m.lab_trouble.credited_seconds + " s (lab unusable)" : ""]].forEach(function (f) {
       if (!f[1]) return;
       facts.appendChild(el("dt", f[0]));
       facts.appendChild(el("dd", f[1]));
     });
+
+    $("lost-actions").hidden = s.status !== "ready";
 
     var nodes = $("s-nodes").querySelector("tbody");
     nodes.textContent = "";
@@ -391,9 +405,11 @@
     snapshot: "Archive every node of this lab now? The lab stays up.",
     submit: "Submit this session for the candidate now? Their lab will be archived and removed.",
     cleanup: "Remove this session's lab? An open session is submitted and archived first.",
+    reprovision: "Replace this lost lab with a fresh one? What remains of the old lab is removed; answers and recordings stay, and the paused time is credited once the fresh lab is ready.",
+    "archive-reachable": "Submit this session and archive only the nodes that can still be reached? The missing ones are listed in the archive's manifest.",
     regrade: "Run every check again? On a live lab they run there; once the lab is gone they run in a review lab restored from the archive. The earlier results are kept."
   };
-  var doneText = { snapshot: "Snapshot queued.", submit: "Session submitted; archive queued.", cleanup: "Clean-up queued.", regrade: "Regraded." };
+  var doneText = { reprovision: "Re-provision queued; the clock resumes when the fresh lab is ready.", "archive-reachable": "Session submitted; the reachable nodes are being archived.", snapshot: "Snapshot queued.", submit: "Session submitted; archive queued.", cleanup: "Clean-up queued.", regrade: "Regraded." };
   document.querySelectorAll("[data-action]").forEach(function (b) {
     b.addEventListener("click", function () {
       var a = b.dataset.action;

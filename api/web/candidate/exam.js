@@ -214,8 +214,8 @@
   // enter shows whatever the session's state calls for.
   function enter(view) {
     state.session = view;
-    syncClock(view);
     banner('');
+    syncClock(view);
     $('who').textContent = view.email;
     $('who').hidden = false;
     $('signout').hidden = false;
@@ -401,15 +401,35 @@
       $('clock').hidden = true;
       return;
     }
+    // A lab lost with its host: the clock stands at what was left when it
+    // stopped, and the candidate is told why; the time comes back to them.
+    if (view.paused) {
+      state.pausedShown = true;
+      banner(view.error || 'Your lab is unavailable at the moment; your time is paused.', true);
+      $('clock').hidden = false;
+      showLeft(view.remaining_seconds || 0);
+      $('clock').classList.add('paused');
+      $('clock-value').textContent += ' (paused)';
+      return;
+    }
+    $('clock').classList.remove('paused');
+    if (state.pausedShown) {
+      state.pausedShown = false;
+      banner('Your lab is back; the time it was unavailable has been added to your clock.');
+    }
     $('clock').hidden = false;
     tickClock();
     state.clockTimer = setInterval(tickClock, 1000);
   }
 
-  function tickClock() {
-    var left = Math.max(0, Math.floor((Date.parse(state.session.deadline) - (Date.now() + state.skew)) / 1000));
+  function showLeft(left) {
     var h = Math.floor(left / 3600), m = Math.floor(left % 3600 / 60), s = left % 60;
     $('clock-value').textContent = h + ':' + pad(m) + ':' + pad(s);
+  }
+
+  function tickClock() {
+    var left = Math.max(0, Math.floor((Date.parse(state.session.deadline) - (Date.now() + state.skew)) / 1000));
+    showLeft(left);
     $('clock').classList.toggle('low', left > 0 && left <= LOW_TIME_S);
     $('clock').classList.toggle('out', left === 0);
     if (left === 0 && !state.timeUp) {
