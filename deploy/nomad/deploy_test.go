@@ -13,6 +13,7 @@ import (
 	"net/http/cookiejar"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -222,7 +223,12 @@ func deploy(t *testing.T, nc *api.Client, name string, vars map[string]string) {
 	}
 	var varFile strings.Builder
 	for k, v := range vars {
-		if bytes.Contains(src, []byte(`variable "`+k+`"`)) {
+		if !bytes.Contains(src, []byte(`variable "`+k+`"`)) {
+			continue
+		}
+		if _, err := strconv.Atoi(v); err == nil {
+			fmt.Fprintf(&varFile, "%s = %s\n", k, v)
+		} else {
 			fmt.Fprintf(&varFile, "%s = %q\n", k, v)
 		}
 	}
@@ -363,7 +369,7 @@ func enrol(t *testing.T, admin *testlab.Client, email string) string {
 	if status, err := admin.Do("POST", "/api/admin/sittings", body, nil); err != nil || status != 201 {
 		t.Fatalf("create sitting: %d %v", status, err)
 	}
-	if status, out := adminRaw(t, admin, "/api/admin/sittings/"+sitting+"/roster", "text/csv", "email,name\n"+email+",Ada Lovelace\n"); status != 200 {
+	if status, out := adminRaw(t, admin, "/api/admin/sittings/"+sitting+"/roster", "text/csv", "email,name\n"+email+",Ada Lovelace\n"); status != 201 {
 		t.Fatalf("import roster: %d %s", status, out)
 	}
 	status, out := adminRaw(t, admin, "/api/admin/sittings/"+sitting+"/roster/export", "", "")
