@@ -40,8 +40,9 @@ const (
 // TestRealNomadClusterLostClient runs small labs on the three-client
 // cluster, SIGKILLs the client one of them runs on and checks that its
 // labs show lost (or unknown) within 30 s while the others run on and
-// answer execs; then it brings the client back, destroys every lab and
-// checks the engine holds nothing of them once the client has cleaned up.
+// answer execs; one of the dead client's labs is destroyed while it is
+// down. Then it brings the client back, destroys every other lab and
+// checks the engine holds nothing of any once the client has cleaned up.
 func TestRealNomadClusterLostClient(t *testing.T) {
 	if os.Getenv("EXAMLAB_NOMAD_CLUSTER") != "1" {
 		t.Skip(skipWithoutCluster)
@@ -138,9 +139,23 @@ func TestRealNomadClusterLostClient(t *testing.T) {
 		}
 	})
 
+	// What the lost-lab paths do (archive what is reachable, re-provision
+	// elsewhere): the lab is destroyed while its client is still down; the
+	// client removes its containers and network when it comes back.
+	gone := where[victim][0]
+	t.Run("a lab destroyed while its client is down", func(t *testing.T) {
+		if err := rt.Destroy(ctx, specs[gone].SessionID); err != nil {
+			t.Fatalf("destroy %s with %s down: %v", specs[gone].SessionID, victim, err)
+		}
+		if left := eng.Containers(t, specs[gone].SessionID); len(left) == 0 {
+			t.Errorf("lab %s: no containers on the engine while %s is down, want them kept until it returns", specs[gone].SessionID, victim)
+		}
+		t.Logf("lab %d %s destroyed with %s down", gone, specs[gone].SessionID, victim)
+	})
+
 	restart()
 	restarted = true
-	for _, i := range where[victim] {
+	for _, i := range where[victim][1:] {
 		st, err := rt.Status(ctx, specs[i])
 		if err != nil {
 			t.Fatal(err)
