@@ -105,9 +105,18 @@ start_one() { # NAME
 	[[ $name == server ]] && shared=$here/cluster/server.hcl
 	write_config "$name"
 	# setsid: the agent outlives this shell and is not stopped by its
-	# terminal's signals; stop it with `cluster.sh stop` (or kill).
-	setsid "$NOMAD" agent -config "$shared" -config "$dir/$name/agent.hcl" \
-		>>"$dir/$name/nomad.log" 2>&1 </dev/null &
+	# terminal's signals; stop it with `cluster.sh stop` (or kill). It
+	# gets none of the caller's other descriptors: a long-lived agent
+	# holding, say, the lock file `flock` took for a test run would keep
+	# that lock long after the run.
+	(
+		for fd in /proc/self/fd/*; do
+			fd=${fd##*/}
+			((fd > 2)) && eval "exec $fd>&-"
+		done
+		exec setsid "$NOMAD" agent -config "$shared" -config "$dir/$name/agent.hcl" \
+			>>"$dir/$name/nomad.log" 2>&1 </dev/null
+	) &
 	echo $! >"$dir/$name/nomad.pid"
 	echo "$name: started (pid $!, http 127.0.0.1:$(agent_port "$name"), log $dir/$name/nomad.log)"
 }
