@@ -148,7 +148,9 @@ func TestNomadDeployment(t *testing.T) {
 	// A terminal through the Nomad-hosted relay, as the exam page opens it.
 	node := ex.Nodes[0]
 	term := testlab.OpenTerminal(t, relayURL, publicURL, c.Token, id, node)
-	if rc := term.Probe(t, "hostname", "hostname"); rc != 0 || !strings.Contains(term.Output(), "\n"+node) {
+	// The node's name on a line of its own: the prompt ("root@tokyo:~#")
+	// and the echoed command line hold no such line.
+	if rc := term.Probe(t, "hostname", "hostname"); rc != 0 || !strings.Contains(term.Output(), "\r"+node+"\r\n") {
 		t.Errorf("hostname in %s: exit %d, output %q", node, rc, term.Output())
 	}
 	if rc := term.Probe(t, "work", "echo candidate-work > /root/work.txt"); rc != 0 {
