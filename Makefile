@@ -49,6 +49,30 @@ NOMAD_ADDR ?= http://127.0.0.1:4646
 nomad-dev: ## run a loopback Nomad dev agent (server + client) from nomad/agent/dev.hcl (nomad on PATH or NOMAD=path; as root)
 	$(NOMAD) agent -config nomad/agent/dev.hcl
 
+NOMAD_CLUSTER_DIR ?= $(STATE_DIR)/nomad-cluster
+NOMAD_CLUSTER_ADDR ?= http://127.0.0.1:$${NOMAD_CLUSTER_PORT:-4656}
+
+nomad-cluster: ## run one Nomad server and three clients on this machine, state in ./var/nomad-cluster (nomad/agent/cluster.sh; NOMAD=path; as root)
+	NOMAD=$(NOMAD) NOMAD_CLUSTER_DIR=$(NOMAD_CLUSTER_DIR) ./nomad/agent/cluster.sh start
+
+nomad-cluster-stop: ## stop the agents make nomad-cluster started
+	NOMAD=$(NOMAD) NOMAD_CLUSTER_DIR=$(NOMAD_CLUSTER_DIR) ./nomad/agent/cluster.sh stop
+
+test-nomad-cluster: image build ## run the three-client suite (a client killed mid-exam) against make nomad-cluster's cluster
+	NOMAD_ADDR=$(NOMAD_CLUSTER_ADDR) EXAMLAB_NOMAD_CLUSTER=1 NOMAD_CLUSTER_DIR=$(abspath $(NOMAD_CLUSTER_DIR)) \
+		EXAMLAB_NOMAD_LABNET=$(abspath $(BIN)) $(GO) test -count=1 -timeout 20m -run Cluster -v ./nomad
+
+NOMAD_DEPLOY_DIR := /var/lib/examlab/dev-deploy
+EXAMLAB_ON_CLIENTS ?= /usr/local/bin/examlab
+
+nomad-dev-deploy: ## the dev agent with the host volumes deploy/nomad's jobs mount (nomad/agent/dev-deploy.hcl; as root)
+	install -d -o nobody -g $$(id -gn nobody) $(NOMAD_DEPLOY_DIR)/state $(NOMAD_DEPLOY_DIR)/redis
+	$(NOMAD) agent -config nomad/agent/dev.hcl -config nomad/agent/dev-deploy.hcl
+
+test-nomad-deploy: image ## deploy Redis, api, worker and relay as Nomad jobs on the agent at NOMAD_ADDR (examlab at EXAMLAB_ON_CLIENTS) and run a session through them
+	NOMAD_ADDR=$(NOMAD_ADDR) EXAMLAB_NOMAD_DEPLOY=1 EXAMLAB_NOMAD_LABNET=$(EXAMLAB_ON_CLIENTS) \
+		$(GO) test -count=1 -timeout 30m -run Deployment -v ./deploy/nomad
+
 test-nomad: image build ## run the Nomad runtime's suite against the agent at NOMAD_ADDR (default: make nomad-dev's)
 	NOMAD_ADDR=$(NOMAD_ADDR) EXAMLAB_NOMAD_LABNET=$(abspath $(BIN)) $(GO) test -count=1 -timeout 20m -run Real -v ./nomad
 
@@ -63,4 +87,4 @@ fmt: ## format the code
 clean: ## remove build output (not the state directory)
 	rm -rf bin
 
-.PHONY: help deps image web build compose redis run test bench lint fmt clean nomad-dev test-nomad
+.PHONY: help deps image web build compose redis run test bench lint fmt clean nomad-dev test-nomad nomad-cluster nomad-cluster-stop test-nomad-cluster nomad-dev-deploy test-nomad-deploy

@@ -12,14 +12,11 @@ import (
 	"net/http/cookiejar"
 	"os"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/fasthttp/websocket"
 
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
@@ -36,11 +33,10 @@ import (
 const (
 	// buildTimeout covers the first build on a machine: examlab compiled
 	// statically from scratch, Redis installed from Debian's packages.
-	buildTimeout    = 15 * time.Minute
-	composeTimeout  = 3 * time.Minute
-	readyTimeout    = 90 * time.Second
-	terminalTimeout = 20 * time.Second
-	requestTimeout  = 30 * time.Second
+	buildTimeout   = 15 * time.Minute
+	composeTimeout = 3 * time.Minute
+	readyTimeout   = 90 * time.Second
+	requestTimeout = 30 * time.Second
 )
 
 const composeFile = "docker-compose.yml"
@@ -106,27 +102,27 @@ func TestComposeDeployment(t *testing.T) {
 	_, redisIPs := d.networks(t, "redis")
 
 	// A candidate's terminal, from the browser's Origin.
-	term := d.terminal(t, c.Token, id, "tokyo")
-	if rc := term.probe(t, "nc", "command -v nc"); rc != 0 {
+	term := testlab.OpenTerminal(t, d.url, d.url, c.Token, id, "tokyo")
+	if rc := term.Probe(t, "nc", "command -v nc"); rc != 0 {
 		t.Fatalf("tokyo has no nc to probe with (exit %d)", rc)
 	}
-	if rc := term.probe(t, "peer", "ping -c1 -W3 phoenix"); rc != 0 {
+	if rc := term.Probe(t, "peer", "ping -c1 -W3 phoenix"); rc != 0 {
 		t.Errorf("tokyo cannot ping phoenix through g1 and g4 (exit %d): the lab's segments do not work", rc)
 	}
 	for _, ip := range redisIPs {
-		if rc := term.probe(t, "redis", "nc -z -w 2 "+ip+" 6379"); rc == 0 {
+		if rc := term.Probe(t, "redis", "nc -z -w 2 "+ip+" 6379"); rc == 0 {
 			t.Errorf("tokyo reaches Redis at %s:6379", ip)
 		}
 	}
 	for _, ip := range examlabIPs {
-		if rc := term.probe(t, "examlab", "nc -z -w 2 "+ip+" 8080"); rc == 0 {
+		if rc := term.Probe(t, "examlab", "nc -z -w 2 "+ip+" 8080"); rc == 0 {
 			t.Errorf("tokyo reaches examlab at %s:8080", ip)
 		}
 	}
-	if rc := term.probe(t, "work", "echo candidate-work > /root/work.txt"); rc != 0 {
+	if rc := term.Probe(t, "work", "echo candidate-work > /root/work.txt"); rc != 0 {
 		t.Fatalf("write the work file: exit %d", rc)
 	}
-	term.close()
+	term.Close()
 
 	task := ex.Tasks[0].ID
 	var saved store.Answer
@@ -421,62 +417,3 @@ func (d *deployment) tarFile(t *testing.T, id, tarName, name string) string {
 		}
 	}
 }
-
-// terminal is a candidate's terminal WebSocket.
-type terminal struct {
-	ws  *websocket.Conn
-	out bytes.Buffer // output since the last probe
-}
-
-// terminal opens a node's terminal the way the candidate page does, from
-// the deployment's public URL as Origin.
-func (d *deployment) terminal(t *testing.T, token, id, node string) *terminal {
-	t.Helper()
-	h := http.Header{}
-	h.Set("Origin", d.url)
-	h.Set("Authorization", "Bearer "+token)
-	dialer := websocket.Dialer{HandshakeTimeout: terminalTimeout}
-	url := "ws" + strings.TrimPrefix(d.url, "http") + "/ws/session/" + id + "/terminal/" + node
-	ws, resp, err := dialer.Dial(url, h)
-	if err != nil {
-		status := ""
-		if resp != nil {
-			status = resp.Status
-		}
-		t.Fatalf("open terminal %s: %v %s", url, err, status)
-	}
-	tm := &terminal{ws: ws}
-	t.Cleanup(tm.close)
-	return tm
-}
-
-// probe runs command in the terminal and returns its exit status. The
-// status is printed after a marker the typed line itself does not match
-// (the shell echoes "$?", not a number).
-func (tm *terminal) probe(t *testing.T, name, command string) int {
-	t.Helper()
-	marker := regexp.MustCompile(`probe-` + name + `=(\d+)`)
-	tm.out.Reset()
-	line := command + "; echo probe-" + name + "=$?\r"
-	if err := tm.ws.WriteMessage(websocket.BinaryMessage, []byte(line)); err != nil {
-		t.Fatalf("terminal write: %v", err)
-	}
-	tm.ws.SetReadDeadline(time.Now().Add(terminalTimeout))
-	for {
-		typ, data, err := tm.ws.ReadMessage()
-		if err != nil {
-			t.Fatalf("terminal: no result of %q: %v; output:\n%s", command, err, tm.out.String())
-		}
-		if typ != websocket.BinaryMessage {
-			continue // control frames: ready, status
-		}
-		tm.out.Write(data)
-		if m := marker.FindSubmatch(tm.out.Bytes()); m != nil {
-			rc, _ := strconv.Atoi(string(m[1]))
-			t.Logf("terminal: %s: exit %d", command, rc)
-			return rc
-		}
-	}
-}
-
-func (tm *terminal) close() { tm.ws.Close() }

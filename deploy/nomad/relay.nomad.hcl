@@ -27,6 +27,12 @@ variable "nomad_cacert" {
   default     = "/etc/nomad.d/tls/ca.pem"
 }
 
+variable "instances" {
+  description = "How many to run; one is enough on a single dev agent."
+  type        = number
+  default     = 2
+}
+
 variable "public_url" {
   type    = string
   default = "https://exam.example.org"
@@ -37,7 +43,7 @@ job "examlab-relay" {
   type        = "service"
 
   group "relay" {
-    count = 2
+    count = var.instances
 
     # Leave the service catalogue before the task is stopped.
     shutdown_delay = "5s"
@@ -89,7 +95,7 @@ job "examlab-relay" {
       env {
         EXAMLAB_RELAY_LISTEN      = "${NOMAD_ADDR_http}"
         EXAMLAB_PUBLIC_URL        = var.public_url
-        EXAMLAB_COOKIE_SECURE     = "true"
+        EXAMLAB_COOKIE_SECURE     = substr(var.public_url, 0, 8) == "https://" ? "true" : "false"
         EXAMLAB_STATE_DIR         = "/srv/examlab"
         EXAMLAB_RUNTIME           = "nomad"
         EXAMLAB_NOMAD_LABNET      = var.examlab

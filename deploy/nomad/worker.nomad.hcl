@@ -28,6 +28,12 @@ variable "nomad_cacert" {
   default     = "/etc/nomad.d/tls/ca.pem"
 }
 
+variable "instances" {
+  description = "How many to run; one is enough on a single dev agent."
+  type        = number
+  default     = 2
+}
+
 variable "public_url" {
   type    = string
   default = "https://exam.example.org"
@@ -38,7 +44,7 @@ job "examlab-worker" {
   type        = "service"
 
   group "worker" {
-    count = 2
+    count = var.instances
 
     volume "state" {
       type      = "host"
