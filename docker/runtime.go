@@ -129,7 +129,7 @@ func New(opts Options) (*Runtime, error) {
 func (r *Runtime) Ping(ctx context.Context) error {
 	if err := r.client.do(ctx, http.MethodGet, "/_ping", nil, nil, nil); err != nil {
 		if !errors.Is(err, lab.ErrUnavailable) {
-			err = &unavailableError{err}
+			err = lab.Unavailable(err)
 		}
 		return fmt.Errorf("ping docker engine: %w", err)
 	}

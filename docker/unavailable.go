@@ -2,11 +2,7 @@ package docker
 
 import (
 	"context"
-	"errors"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/examlab/examlab/lab"
@@ -17,13 +13,6 @@ import (
 // the operating system gives up. (A unix socket that is not there fails
 // at once.)
 const dialTimeout = 5 * time.Second
-
-// unavailableError is an error that says the engine could not be asked:
-// errors.Is matches both lab.ErrUnavailable and the cause.
-type unavailableError struct{ err error }
-
-func (e *unavailableError) Error() string   { return e.err.Error() }
-func (e *unavailableError) Unwrap() []error { return []error{lab.ErrUnavailable, e.err} }
 
 // unreachable reports whether err says the engine could not be asked or
 // dropped the connection before it answered: no socket, refused, timed
@@ -37,25 +26,12 @@ func unreachable(err error) bool {
 	if s := statusOf(err); s != 0 {
 		return s == http.StatusBadGateway || s == http.StatusServiceUnavailable || s == http.StatusGatewayTimeout
 	}
-	var op *net.OpError
-	var dns *net.DNSError
-	var ne net.Error
-	switch {
-	case errors.As(err, &op), errors.As(err, &dns):
-		return true
-	case errors.As(err, &ne) && ne.Timeout():
-		return true
-	}
-	var ue *url.Error
-	return errors.As(err, &ue) && (errors.Is(ue.Err, io.EOF) || errors.Is(ue.Err, io.ErrUnexpectedEOF))
+	return lab.NetworkUnreachable(err)
 }
 
 // unavailable wraps err with lab.ErrUnavailable when it says the engine
 // could not be reached, unless ctx ended first: a caller that gave up has
 // not learned that the engine is down.
 func unavailable(ctx context.Context, err error) error {
-	if err == nil || errors.Is(err, lab.ErrUnavailable) || ctx.Err() != nil || !unreachable(err) {
-		return err
-	}
-	return &unavailableError{err}
+	return lab.MarkUnavailable(ctx, err, unreachable)
 }

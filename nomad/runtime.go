@@ -152,7 +152,7 @@ func (r *Runtime) Ping(ctx context.Context) error {
 	var leader string
 	_, err := r.client.Raw().Query("/v1/status/leader", &leader, r.query(ctx))
 	if err != nil {
-		return fmt.Errorf("ping nomad: %w", &unavailableError{err})
+		return fmt.Errorf("ping nomad: %w", lab.Unavailable(err))
 	}
 	if leader == "" {
 		return fmt.Errorf("ping nomad: the cluster has no leader: %w", lab.ErrUnavailable)

@@ -3,12 +3,9 @@ package nomad
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -72,13 +69,6 @@ func httpClient(cfg *api.Config, wait time.Duration) (*http.Client, error) {
 	return c, nil
 }
 
-// unavailableError is an error that says the cluster could not be asked:
-// errors.Is matches both lab.ErrUnavailable and the cause.
-type unavailableError struct{ err error }
-
-func (e *unavailableError) Error() string   { return e.err.Error() }
-func (e *unavailableError) Unwrap() []error { return []error{lab.ErrUnavailable, e.err} }
-
 // unreachable reports whether err says the agent could not be asked or
 // could not answer: refused, timed out, no such host, the connection
 // dropped, no cluster leader, or a 5xx answer from the agent. An answer
@@ -94,26 +84,12 @@ func unreachable(err error) bool {
 	if strings.Contains(msg, "No cluster leader") || strings.Contains(msg, "no cluster leader") {
 		return true
 	}
-	var ne net.Error
-	var op *net.OpError
-	var dns *net.DNSError
-	switch {
-	case errors.As(err, &dns), errors.As(err, &op):
-		return true
-	case errors.As(err, &ne) && ne.Timeout():
-		return true
-	}
-	// A connection the agent closed before it answered.
-	var ue *url.Error
-	return errors.As(err, &ue) && (errors.Is(ue.Err, io.EOF) || errors.Is(ue.Err, io.ErrUnexpectedEOF))
+	return lab.NetworkUnreachable(err)
 }
 
 // unavailable wraps err with lab.ErrUnavailable when it says the agent
 // could not be reached, unless ctx ended first: a caller that gave up has
 // not learned that the cluster is down.
 func unavailable(ctx context.Context, err error) error {
-	if err == nil || errors.Is(err, lab.ErrUnavailable) || ctx.Err() != nil || !unreachable(err) {
-		return err
-	}
-	return &unavailableError{err}
+	return lab.MarkUnavailable(ctx, err, unreachable)
 }
