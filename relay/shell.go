@@ -451,13 +451,7 @@ func (s *shell) end(code int, reason string) {
 		return
 	}
 	s.ending, s.endCode, s.endReason = true, code, reason
-	clients := make([]*client, 0, len(s.viewers)+1)
-	if s.owner != nil {
-		clients = append(clients, s.owner)
-	}
-	for v := range s.viewers {
-		clients = append(clients, v)
-	}
+	clients := s.clientsLocked()
 	s.mu.Unlock()
 	for _, c := range clients {
 		c.closeNow(code, reason)
@@ -470,6 +464,19 @@ func (s *shell) end(code int, reason string) {
 		// the lab is removed; the relay lets go of it.
 		s.proc.Close()
 	}
+}
+
+// clientsLocked lists who is connected to the shell: its owner first,
+// then its viewers. s.mu must be held.
+func (s *shell) clientsLocked() []*client {
+	clients := make([]*client, 0, len(s.viewers)+1)
+	if s.owner != nil {
+		clients = append(clients, s.owner)
+	}
+	for v := range s.viewers {
+		clients = append(clients, v)
+	}
+	return clients
 }
 
 // terminate ends the shell because the relay is going away; a held shell
@@ -496,13 +503,7 @@ func (s *shell) letGo(code int, reason string) {
 		return
 	}
 	s.ending, s.detaching, s.endCode, s.endReason = true, true, code, reason
-	clients := make([]*client, 0, len(s.viewers)+1)
-	if s.owner != nil {
-		clients = append(clients, s.owner)
-	}
-	for v := range s.viewers {
-		clients = append(clients, v)
-	}
+	clients := s.clientsLocked()
 	s.mu.Unlock()
 	for _, c := range clients {
 		c.closeNow(code, reason)
