@@ -250,8 +250,9 @@ func newestEval(evals []*api.Evaluation, keep func(*api.Evaluation) bool) *api.E
 }
 
 // allocProgress judges one allocation of the lab whose labnet-up has not
-// failed: done when every node runs and, in a segmented lab, labnet-up has
-// finished wiring them; an error once it can no longer get there by itself.
+// failed: done when every node and the lab's agent (labnet-watch) run
+// and, in a segmented lab, labnet-up has finished wiring them; an error
+// once it can no longer get there by itself.
 func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
 	var errs []error
 	running := 0
@@ -272,7 +273,15 @@ func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
 		return false, fmt.Errorf("allocation %s on %s is %s (desired %s): %s", shortID(a.ID), clientName(a),
 			a.ClientStatus, a.DesiredStatus, a.ClientDescription)
 	}
-	return running == len(spec.Nodes) && (!spec.Segmented() || labnetDone(a)), nil
+	// The lab's agent too: a snapshot taken before it runs cannot freeze
+	// the lab or read its changes, and falls back to whole filesystems.
+	watch := a.TaskStates[jobspecs.NomadLabnetWatch]
+	if watch != nil && watch.State == taskDead && watch.Failed {
+		return false, fmt.Errorf("allocation %s on %s: %s stopped: %s", shortID(a.ID), clientName(a),
+			jobspecs.NomadLabnetWatch, eventSummary(watch))
+	}
+	watching := watch != nil && watch.State == taskRunning
+	return running == len(spec.Nodes) && watching && (!spec.Segmented() || labnetDone(a)), nil
 }
 
 // labnetDone reports whether the allocation's labnet-up has exited 0.
