@@ -47,6 +47,9 @@ const (
 	// reclaimed and the test's own bookkeeping. A relay that buffered the
 	// flood would need about 50 MB more.
 	floodHeapBound = 24 << 20
+	// floodStallLimit bounds how long the flood's client stays stalled
+	// waiting for output to back up into the relay.
+	floodStallLimit = 30 * time.Second
 )
 
 // requireImage fails the test when the lab image is missing: a skipped
@@ -297,8 +300,17 @@ func TestTerminals(t *testing.T) {
 		start := time.Now()
 		tm.pause()
 		tm.send(fmt.Sprintf("head -c %d /dev/zero | tr '\\0' '\\132'; echo; echo FLOOD-$((6*7))\r", floodBytes))
-		time.Sleep(1500 * time.Millisecond)
-		stalled := ls.Relay.Stats()
+		// Stalled until the output has backed up into the relay's queue:
+		// on a busy machine the flood may take seconds to start. The wait
+		// is bounded; a flood that never presses on the queue fails below.
+		var stalled relay.Stats
+		for deadline := time.Now().Add(floodStallLimit); ; time.Sleep(50 * time.Millisecond) {
+			stalled = ls.Relay.Stats()
+			if stalled.QueuedBytes >= stalled.QueueLimitBytes/2 || time.Now().After(deadline) {
+				break
+			}
+		}
+		stallFor := time.Since(start)
 		tm.resume()
 		tm.until("the whole flood", 3*time.Minute, func() bool {
 			return tm.count >= floodBytes && bytes.Contains(tm.screen.Bytes(), []byte("FLOOD-42\r\n"))
@@ -308,8 +320,8 @@ func TestTerminals(t *testing.T) {
 		<-sampled
 
 		st := ls.Relay.Stats()
-		t.Logf("flood: %d bytes in %s (%.1f MB/s incl. a 1.5s stall); queued while stalled %d B, peak queued on one connection %d B (limit %d), heap %d -> peak %d (+%.1f MiB)",
-			floodBytes, elapsed.Round(time.Millisecond), floodBytes/elapsed.Seconds()/1e6, stalled.QueuedBytes,
+		t.Logf("flood: %d bytes in %s (%.1f MB/s incl. a %s stall); queued while stalled %d B, peak queued on one connection %d B (limit %d), heap %d -> peak %d (+%.1f MiB)",
+			floodBytes, elapsed.Round(time.Millisecond), floodBytes/elapsed.Seconds()/1e6, stallFor.Round(time.Millisecond), stalled.QueuedBytes,
 			st.PeakConnQueuedBytes, st.QueueLimitBytes, base.HeapAlloc, peakHeap, float64(peakHeap-min(peakHeap, base.HeapAlloc))/(1<<20))
 		if tm.count != floodBytes {
 			t.Errorf("received %d flood bytes, want exactly %d", tm.count, floodBytes)
