@@ -192,30 +192,16 @@ func TestRealNomadClusterLostClient(t *testing.T) {
 	})
 }
 
-// flatLab renders the two-node flat exam for a new test session and
-// destroys it through rt when the test ends.
+// flatLab renders the two-node flat exam, its nodes allowed to ping, for
+// a new test session and destroys it through rt when the test ends.
 func flatLab(t testing.TB, rt *nomad.Runtime) lab.Spec {
 	t.Helper()
-	ex, err := exam.Load(filepath.Join("..", "exam", "testdata", "flat.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Ping needs a raw socket: the capability an exam grants for it.
-	for i := range ex.Topology.Nodes {
-		ex.Topology.Nodes[i].Capabilities = append(ex.Topology.Nodes[i].Capabilities, "net_raw")
-	}
-	spec, err := lab.NewSpec(ex, lab.Session{ID: newSessionID(t), Candidate: "test@example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
-		defer cancel()
-		if err := rt.Destroy(ctx, spec.SessionID); err != nil {
-			t.Errorf("destroy %s: %v", spec.SessionID, err)
+	return testLab(t, rt, filepath.Join("..", "exam", "testdata", "flat.yaml"), func(ex *exam.Exam) {
+		// Ping needs a raw socket: the capability an exam grants for it.
+		for i := range ex.Topology.Nodes {
+			ex.Topology.Nodes[i].Capabilities = append(ex.Topology.Nodes[i].Capabilities, "net_raw")
 		}
 	})
-	return spec
 }
 
 // labClient is the Nomad client a running lab's nodes are on.

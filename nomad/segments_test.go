@@ -25,7 +25,14 @@ const threeSegments = "three-segments.yaml"
 // session and destroys it through rt when the test ends.
 func segmentedLab(t testing.TB, rt *nomad.Runtime, edit func(*exam.Exam)) lab.Spec {
 	t.Helper()
-	ex, err := exam.Load(filepath.Join("testdata", threeSegments))
+	return testLab(t, rt, filepath.Join("testdata", threeSegments), edit)
+}
+
+// testLab renders the exam at path, edited when edit is set, for a new
+// test session and destroys it through rt when the test ends.
+func testLab(t testing.TB, rt *nomad.Runtime, path string, edit func(*exam.Exam)) lab.Spec {
+	t.Helper()
+	ex, err := exam.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
