@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/examlab
 STATE_DIR ?= ./var
 REDIS_DIR := $(STATE_DIR)/redis
-TEST_FLAGS ?= -count=1 -timeout 40m
+TEST_FLAGS ?= -count=1 -p 1 -timeout 40m
 BENCH_FLAGS ?= -run '^$$' -benchtime 5x -timeout 60m
 
 .DEFAULT_GOAL := help

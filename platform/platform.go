@@ -169,6 +169,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			Queues:          scheduler.Queues,
 			ShutdownTimeout: 20 * time.Second,
 			Logger:          asynqLogger{log},
+			ErrorHandler:    taskFailures(log),
 			RetryDelayFunc:  scheduler.RetryDelay,
 			// A candidate waits on provision: look for new work often
 			// rather than asynq's default of once a second.
