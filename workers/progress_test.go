@@ -1,0 +1,173 @@
+package workers_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/workers"
+)
+
+// halfway provisions a lab's first nodes, then holds the provision until
+// the test lets it bring up the rest: a provision caught in the middle.
+type halfway struct {
+	*labtest.Flaky
+	first   int
+	reached chan struct{}
+	resume  chan struct{}
+}
+
+func (g *halfway) Provision(ctx context.Context, spec lab.Spec) error {
+	part := spec
+	part.Nodes = spec.Nodes[:g.first]
+	if err := g.Flaky.Provision(ctx, part); err != nil {
+		return err
+	}
+	close(g.reached)
+	select {
+	case <-g.resume:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.Flaky.Provision(ctx, spec)
+}
+
+// countStates counts the nodes in each state.
+func countStates(nodes []lab.NodeStatus) map[lab.State]int {
+	out := map[lab.State]int{}
+	for _, n := range nodes {
+		out[n.State]++
+	}
+	return out
+}
+
+// TestProvisionPushesNodeProgress: while a provision runs, the worker
+// leaves the lab's node states in the store node by node (the API shows
+// nothing else); once it is over the record has them and the progress is
+// gone.
+func TestProvisionPushesNodeProgress(t *testing.T) {
+	e := newEnv(t)
+	rt := &halfway{Flaky: e.flaky, first: 3, reached: make(chan struct{}), resume: make(chan struct{})}
+	ex := exam.Default()
+	h, err := workers.New(workers.Options{
+		Store: e.store, Runtime: rt, Enqueuer: e.enq, RuntimeName: "memory", Observer: e.obs, Now: e.clock,
+		Exams:         func(id string) (*exam.Exam, bool) { return ex, id == ex.ID },
+		ProgressEvery: 10 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	id := e.started(t, "progress@example.com")
+	done := make(chan error, 1)
+	go func() { done <- h.Provision(ctx, provisionTask(t, id)) }()
+
+	select {
+	case <-rt.reached:
+	case err := <-done:
+		t.Fatalf("provision ended before it was halfway: %v", err)
+	case <-time.After(waitTimeout):
+		t.Fatalf("provision not halfway after %s", waitTimeout)
+	}
+	total := len(ex.Topology.Nodes)
+	want := map[lab.State]int{lab.StateRunning: rt.first, lab.StatePending: total - rt.first}
+	var seen map[lab.State]int
+	for deadline := time.Now().Add(waitTimeout); ; {
+		p, err := e.store.ReadProgress(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p != nil {
+			seen = countStates(p.Nodes)
+			if seen[lab.StateRunning] == want[lab.StateRunning] && seen[lab.StatePending] == want[lab.StatePending] {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("progress halfway is %v after %s, want %v", seen, waitTimeout, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := e.get(t, id); s.Status != stateProvisioning || len(s.Nodes) != 0 {
+		t.Fatalf("halfway the record is %s with %d nodes, want provisioning with none (progress is not the record)", s.Status, len(s.Nodes))
+	}
+
+	close(rt.resume)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	s := e.get(t, id)
+	if s.Status != stateReady || !lab.AllRunning(s.Nodes) || len(s.Nodes) != total {
+		t.Fatalf("after the provision the record is %s with nodes %v, want ready with %d running", s.Status, countStates(s.Nodes), total)
+	}
+	if p, err := e.store.ReadProgress(ctx, id); err != nil || p != nil {
+		t.Fatalf("progress after the provision: %+v, %v; want none", p, err)
+	}
+}
+
+// TestSweepKeepsRecordNodesInStep: a node of a ready lab that stops, and
+// comes back, shows in the record after the next lost-lab sweep, the
+// clock untouched; a sweep that finds nothing new writes nothing.
+func TestSweepKeepsRecordNodesInStep(t *testing.T) {
+	e := newEnv(t)
+	id := e.readyLab(t, "crash@example.com")
+	if err := e.mem.Crash(id, "tokyo"); err != nil {
+		t.Fatal(err)
+	}
+	if ch := e.sweep(t); len(ch) != 0 {
+		t.Fatalf("sweep changed the clock of a lab with one node down: %+v", ch)
+	}
+	s := e.get(t, id)
+	for _, n := range s.Nodes {
+		want := lab.StateRunning
+		if n.Name == "tokyo" {
+			want = lab.StateExited
+		}
+		if n.State != want {
+			t.Errorf("after the crash node %s is %s in the record, want %s", n.Name, n.State, want)
+		}
+	}
+	if s.Paused() {
+		t.Errorf("one crashed node paused the clock: %+v", s.Trouble)
+	}
+
+	version := s.Version
+	e.sweep(t)
+	if v := e.get(t, id).Version; v != version {
+		t.Errorf("a sweep that found nothing new wrote the record (version %d → %d)", version, v)
+	}
+
+	if err := e.mem.Provision(context.Background(), spec(t, id)); err != nil {
+		t.Fatal(err)
+	}
+	e.sweep(t)
+	if s := e.get(t, id); !lab.AllRunning(s.Nodes) {
+		t.Errorf("after the node came back the record has %v, want all running", countStates(s.Nodes))
+	}
+}
+
+// TestResetNodeLeavesNoProgress: a reset ends with the record's nodes,
+// fresh, and no progress that could stand in for them.
+func TestResetNodeLeavesNoProgress(t *testing.T) {
+	e := newEnv(t)
+	id := e.readyLab(t, "reset@example.com")
+	before := e.get(t, id)
+	task, err := scheduler.NewResetNodeTask(id, "osaka", "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.h.ResetNode(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	after := e.get(t, id)
+	if after.Version == before.Version || !lab.AllRunning(after.Nodes) {
+		t.Fatalf("record after the reset: version %d (was %d), nodes %v; want rewritten, all running", after.Version, before.Version, countStates(after.Nodes))
+	}
+	if p, err := e.store.ReadProgress(context.Background(), id); err != nil || p != nil {
+		t.Fatalf("progress after the reset: %+v, %v; want none", p, err)
+	}
+}
