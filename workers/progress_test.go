@@ -9,6 +9,8 @@ import (
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/workers"
 )
 
@@ -169,5 +171,126 @@ func TestResetNodeLeavesNoProgress(t *testing.T) {
 	}
 	if p, err := e.store.ReadProgress(context.Background(), id); err != nil || p != nil {
 		t.Fatalf("progress after the reset: %+v, %v; want none", p, err)
+	}
+}
+
+// TestSweepKeepsReviewNodesInStep: a ready review lab's record follows
+// its nodes as a session's does, for the panel reads only the record.
+// (ReviewStart itself, its progress watch on, runs against real Docker in
+// the api package's review tests.)
+func TestSweepKeepsReviewNodesInStep(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id := e.submittedLab(t, session.ByCandidate)
+	if err := e.h.Archive(ctx, archiveTask(t, id, "candidate")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.h.Cleanup(ctx, cleanupTask(t, id, "candidate")); err != nil {
+		t.Fatal(err)
+	}
+	rv, _, err := e.store.StartReview(ctx, e.get(t, id), "admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The review lab comes up as ReviewStart brings it, but for the
+	// archive's changes, which the in-memory runtime cannot apply.
+	spec, err := workers.ReviewSpec(exam.Default(), rv, e.get(t, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.mem.Provision(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := e.mem.Status(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.UpdateReview(ctx, rv.ID, func(r *store.Review) error {
+		r.Status, r.Nodes = store.ReviewReady, nodes
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.mem.Crash(rv.ID, "osaka"); err != nil {
+		t.Fatal(err)
+	}
+	e.sweep(t)
+	got, err := e.store.Review(ctx, rv.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range got.Nodes {
+		want := lab.StateRunning
+		if n.Name == "osaka" {
+			want = lab.StateExited
+		}
+		if n.State != want {
+			t.Errorf("review lab node %s is %s in the record after the sweep, want %s", n.Name, n.State, want)
+		}
+	}
+	if len(got.Nodes) == 0 {
+		t.Error("the review lab's record has no nodes")
+	}
+	if p, err := e.store.ReadProgress(ctx, rv.ID); err != nil || p != nil {
+		t.Errorf("progress of the ready review lab: %+v, %v; want none", p, err)
+	}
+}
+
+// allocHealth is the in-memory runtime with a lab health report as the
+// Nomad runtime gives one: a single state for the whole lab, running
+// while every node runs, else exited.
+type allocHealth struct {
+	*labtest.Flaky
+	mem *labtest.Memory
+}
+
+func (a *allocHealth) LabHealth(ctx context.Context, ids []string) (map[string]lab.NodeStatus, error) {
+	out := map[string]lab.NodeStatus{}
+	for _, id := range ids {
+		s, err := lab.NewSpec(exam.Default(), lab.Session{ID: id})
+		if err != nil {
+			return nil, err
+		}
+		nodes, err := a.mem.Status(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		st := lab.NodeStatus{State: lab.StateRunning}
+		if !lab.AllRunning(nodes) {
+			st.State = lab.StateExited
+		}
+		out[id] = st
+	}
+	return out, nil
+}
+
+// TestHealthSweepReadsNodesWhenTheyDisagree: a sweep that reads only the
+// labs' health reads a lab's nodes when its health and its record
+// disagree, and writes them into the record.
+func TestHealthSweepReadsNodesWhenTheyDisagree(t *testing.T) {
+	e := newEnv(t)
+	ex := exam.Default()
+	h, err := workers.New(workers.Options{
+		Store: e.store, Runtime: &allocHealth{Flaky: e.flaky, mem: e.mem}, Enqueuer: e.enq, RuntimeName: "memory", Observer: e.obs, Now: e.clock,
+		Exams: func(id string) (*exam.Exam, bool) { return ex, id == ex.ID },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.h = h
+	id := e.readyLab(t, "health@example.com")
+	statusCalls := e.flaky.Calls("Status")
+	e.sweep(t)
+	if n := e.flaky.Calls("Status") - statusCalls; n != 0 {
+		t.Errorf("a sweep of a healthy lab whose record agrees read its nodes %d times; want none", n)
+	}
+	if err := e.mem.Crash(id, "kyoto"); err != nil {
+		t.Fatal(err)
+	}
+	e.sweep(t)
+	for _, n := range e.get(t, id).Nodes {
+		if want := map[bool]lab.State{true: lab.StateExited, false: lab.StateRunning}[n.Name == "kyoto"]; n.State != want {
+			t.Errorf("node %s is %s in the record, want %s", n.Name, n.State, want)
+		}
 	}
 }
