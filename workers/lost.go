@@ -82,7 +82,7 @@ func (h *Handlers) sweepSessions(ctx context.Context) ([]LostChange, error) {
 		default:
 			// Nothing for the clock: the record's nodes still follow the
 			// lab, for the API reads nothing else.
-			err = h.syncNodes(ctx, sum.ID, v, nodes[sum.ID])
+			err = h.syncNodes(ctx, sum.ID, sum.UpdatedAt, v, nodes[sum.ID])
 		}
 		if err != nil {
 			errs = append(errs, err)

@@ -90,8 +90,11 @@ func sameNodes(a, b []lab.NodeStatus) bool {
 // which reads only the record, shows them. nodes are the lab's states
 // when the sweep read them; a sweep that read only the lab's health (v)
 // reads them when the health and the record disagree. A paused clock's
-// nodes belong to pauseClock and credit.
-func (h *Handlers) syncNodes(ctx context.Context, id string, v lab.NodeStatus, nodes []lab.NodeStatus) error {
+// nodes belong to pauseClock and credit. listed is the record's UpdatedAt
+// when the sweep listed it, before it read the runtime: a record written
+// since (a node reset's fresh nodes) may be newer than what the sweep
+// read, and is left to the next sweep.
+func (h *Handlers) syncNodes(ctx context.Context, id string, listed time.Time, v lab.NodeStatus, nodes []lab.NodeStatus) error {
 	sess, err := h.o.Store.Get(ctx, id)
 	if err != nil {
 		return fmt.Errorf("sync nodes of %s: %w", id, err)
@@ -118,7 +121,7 @@ func (h *Handlers) syncNodes(ctx context.Context, id string, v lab.NodeStatus, n
 		return nil
 	}
 	_, err = h.o.Store.Update(ctx, id, func(x *session.Session) error {
-		if x.Status != session.StateReady || x.Paused() || sameNodes(x.Nodes, nodes) {
+		if x.Status != session.StateReady || x.Paused() || !x.UpdatedAt.Equal(listed) || sameNodes(x.Nodes, nodes) {
 			return errUnchanged
 		}
 		x.Nodes = nodes

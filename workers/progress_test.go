@@ -2,6 +2,7 @@ package workers_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -292,5 +293,36 @@ func TestHealthSweepReadsNodesWhenTheyDisagree(t *testing.T) {
 		if want := map[bool]lab.State{true: lab.StateExited, false: lab.StateRunning}[n.Name == "kyoto"]; n.State != want {
 			t.Errorf("node %s is %s in the record, want %s", n.Name, n.State, want)
 		}
+	}
+}
+
+// TestSweepLeavesNodesWrittenMeanwhile: a record written while the sweep
+// reads the runtime (a node reset's fresh nodes) is newer than what the
+// sweep read, and the sweep does not write over it.
+func TestSweepLeavesNodesWrittenMeanwhile(t *testing.T) {
+	e := newEnv(t)
+	id := e.readyLab(t, "meanwhile@example.com")
+	fresh := e.get(t, id).Nodes
+	if err := e.mem.Crash(id, "tokyo"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	e.flaky.FailWhen(func(c labtest.Call) error {
+		if c.Method != "Status" {
+			return nil
+		}
+		once.Do(func() {
+			// The runtime is read after this write: what it says of
+			// tokyo (exited) is older news than the record.
+			e.advance(time.Second)
+			if _, err := e.store.Update(context.Background(), id, func(x *session.Session) error { x.Nodes = fresh; return nil }); err != nil {
+				t.Error(err)
+			}
+		})
+		return nil
+	})
+	e.sweep(t)
+	if got := e.get(t, id).Nodes; !lab.AllRunning(got) {
+		t.Errorf("the sweep wrote over nodes recorded while it read the runtime: %v", countStates(got))
 	}
 }
