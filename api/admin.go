@@ -200,8 +200,8 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 	if sess.Nodes != nil {
 		v.Nodes = sess.Nodes // in full, not as a paused candidate sees them
 	}
-	if live := s.liveNodes(ctx, sess); live != nil {
-		v.Nodes = live
+	if p := s.progressNodes(ctx, sess); p != nil {
+		v.Nodes = p
 	}
 	return c.JSON(fiber.Map{
 		"session":        v,

@@ -62,28 +62,39 @@ func (s *Server) view(sess *session.Session) sessionView {
 	return v
 }
 
-// liveNodes overlays the runtime's current node states while a lab is up,
-// so the page can show progress node by node during provisioning.
-func (s *Server) liveNodes(ctx context.Context, sess *session.Session) []lab.NodeStatus {
-	if s.o.Runtime == nil || !sess.Status.LiveLab() {
+// progressNodes are the node states a worker leaves while it changes the
+// session's lab — a provision, a node reset, a fresh lab for a lost one
+// (store.PutProgress) — when they are newer than the record. The API never
+// asks the runtime: with many labs starting at once the engine answers
+// slowly, and every candidate's page would wait on it. Once the change is
+// over the record holds the nodes, and the lost-lab sweep keeps them in
+// step with the lab.
+func (s *Server) progressNodes(ctx context.Context, sess *session.Session) []lab.NodeStatus {
+	if !sess.Status.LiveLab() {
 		return nil
 	}
-	ex, ok := s.o.Exams(sess.ExamID)
-	if !ok {
-		return nil
-	}
-	spec, err := lab.NewSpec(ex, lab.Session{ID: sess.ID, Candidate: sess.Email})
+	p, err := s.o.Store.ReadProgress(ctx, sess.ID)
 	if err != nil {
+		s.log.Warn("node progress", "session", sess.ID, "err", err)
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	nodes, err := s.o.Runtime.Status(ctx, spec)
-	if err != nil {
-		s.log.Warn("live node status", "session", sess.ID, "err", err)
+	if p == nil || p.At.Before(sess.UpdatedAt) {
 		return nil
 	}
-	return nodes
+	return p.Nodes
+}
+
+// candidateView is the view a candidate's page polls: the record, the
+// nodes' progress while the lab changes, and the place in line while
+// queued. While paused the record's nodes, in plain words, stand
+// (pausedView).
+func (s *Server) candidateView(ctx context.Context, sess *session.Session) sessionView {
+	v := s.view(sess)
+	if p := s.progressNodes(ctx, sess); p != nil && !sess.Paused() {
+		v.Nodes = p
+	}
+	s.queuePlace(ctx, sess, &v)
+	return v
 }
 
 func decodeJSON(c *fiber.Ctx, dst any) error {
@@ -298,9 +309,7 @@ func (s *Server) examInfo(c *fiber.Ctx) error {
 
 func (s *Server) me(c *fiber.Ctx) error {
 	sess := c.Locals(localSession).(*session.Session)
-	v := s.view(sess)
-	s.queuePlace(c.UserContext(), sess, &v)
-	return c.JSON(v)
+	return c.JSON(s.candidateView(c.UserContext(), sess))
 }
 
 // loadSession reads the session the route's guard admitted.
@@ -313,13 +322,7 @@ func (s *Server) sessionStatus(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	v := s.view(sess)
-	// While paused the record's nodes, in plain words, stand (pausedView).
-	if live := s.liveNodes(c.UserContext(), sess); live != nil && !sess.Paused() {
-		v.Nodes = live
-	}
-	s.queuePlace(c.UserContext(), sess, &v)
-	return c.JSON(v)
+	return c.JSON(s.candidateView(c.UserContext(), sess))
 }
 
 // start queues the session for a lab slot and, when one is free, admits
@@ -349,9 +352,7 @@ func (s *Server) start(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	v := s.view(sess)
-	s.queuePlace(ctx, sess, &v)
-	return c.Status(fiber.StatusAccepted).JSON(v)
+	return c.Status(fiber.StatusAccepted).JSON(s.candidateView(ctx, sess))
 }
 
 func (s *Server) answers(c *fiber.Ctx) error {

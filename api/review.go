@@ -124,13 +124,14 @@ func (s *Server) adminReview(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if s.o.Runtime != nil && rv.Status == store.ReviewReady {
-		if ex, ok := s.o.Exams(sess.ExamID); ok {
-			if spec, err := lab.NewSpec(ex, lab.Session{ID: rv.ID}); err == nil {
-				if nodes, err := s.o.Runtime.Status(ctx, spec); err == nil {
-					rv.Nodes = nodes
-				}
-			}
+	// Coming up, the lab's nodes are its worker's progress; once ready
+	// the record has them, kept in step by the lost-lab sweep. The
+	// runtime is not asked here (see progressNodes).
+	if rv.Status == store.ReviewStarting {
+		if p, err := s.o.Store.ReadProgress(ctx, rv.ID); err != nil {
+			s.log.Warn("review lab progress", "review", rv.ID, "err", err)
+		} else if p != nil {
+			rv.Nodes = p.Nodes
 		}
 	}
 	return c.JSON(fiber.Map{"review": rv})

@@ -16,7 +16,6 @@ import (
 	"github.com/examlab/examlab/auth"
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/grading"
-	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/ratelimit"
 	"github.com/examlab/examlab/store"
 )
@@ -36,11 +35,6 @@ type gradingObserver interface {
 	Graded(trigger string, d time.Duration)
 }
 
-// statuser reports live node states; optional.
-type statuser interface {
-	Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, error)
-}
-
 // Options wires the API. Store, Enqueuer, Exam, Auth and Signin are required.
 type Options struct {
 	Store    *store.Store
@@ -49,11 +43,12 @@ type Options struct {
 	Exam *exam.Exam
 	// Exams resolves the exam of an existing session; default: only Exam.
 	Exams func(id string) (*exam.Exam, bool)
-	// Runtime, when set, gives live node states while a lab is up.
-	Runtime     statuser
+	// RuntimeName is recorded on new sessions ("docker", "nomad").
 	RuntimeName string
 	// Runner, when set, runs the exam's checks in live labs: an admin's
-	// regrade and a candidate's "check my work".
+	// regrade and a candidate's "check my work". It is the API's only
+	// use of the runtime, and only those requests wait on it: status,
+	// node states and listings come from the store (progressNodes).
 	Runner runner
 	// Grading hears of every check run and every grading (metrics);
 	// optional.

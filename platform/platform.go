@@ -211,7 +211,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	if roles.API {
 		p.API, err = api.New(api.Options{
 			Store: p.Store, Enqueuer: p.Enqueuer, Exam: p.Exam, Exams: exams,
-			Runtime: p.Runtime, Runner: p.Runtime, Grading: p.Metrics, RuntimeName: cfg.Runtime, Auth: p.Auth,
+			Runner: p.Runtime, Grading: p.Metrics, RuntimeName: cfg.Runtime, Auth: p.Auth,
 			CookieSecure: cfg.CookieSecure, PublicURL: cfg.PublicURL, Signin: signin, Proxies: proxies,
 			Logger: log, Mounts: p.mounts(roles),
 			Ops: p.opsOptions(), RetentionDays: cfg.RetentionDays, ReviewTTL: cfg.ReviewTTL,

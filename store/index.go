@@ -460,6 +460,7 @@ func (s *Store) Delete(ctx context.Context, sess *session.Session) error {
 		p.HDel(ctx, s.key("idx", "score"), sess.ID)
 		p.Del(ctx, s.key("checks", sess.ID))
 		p.HDel(ctx, s.key("evidence"), sess.ID)
+		p.Del(ctx, s.key("progress", sess.ID))
 		for _, h := range sess.TokenHashes {
 			p.Del(ctx, s.key("token", h))
 		}

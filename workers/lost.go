@@ -41,7 +41,9 @@ func (h *Handlers) LostSweep(ctx context.Context, _ *asynq.Task) error {
 	return err
 }
 
-// LostSweepOnce checks the lab of every ready session once. A lab whose
+// LostSweepOnce checks the lab of every ready session once, and brings
+// the node states of ready sessions' and review labs' records up to date
+// with the runtime where they changed. A lab whose
 // host is lost or stopped reporting is marked so on the session, every
 // node lost or unknown with the runtime's reason, and the candidate's
 // clock is paused; a paused lab that runs again resumes the clock, and
@@ -49,11 +51,18 @@ func (h *Handlers) LostSweep(ctx context.Context, _ *asynq.Task) error {
 // Sessions whose fresh lab an admin asked for are left to the
 // re-provision, which credits the time when the fresh lab is ready.
 func (h *Handlers) LostSweepOnce(ctx context.Context) ([]LostChange, error) {
+	rerr := h.syncReviews(ctx)
+	changes, err := h.sweepSessions(ctx)
+	return changes, errors.Join(err, rerr)
+}
+
+// sweepSessions is LostSweepOnce's part for sessions.
+func (h *Handlers) sweepSessions(ctx context.Context) ([]LostChange, error) {
 	ready, err := h.readySessions(ctx)
 	if err != nil || len(ready) == 0 {
 		return nil, err
 	}
-	verdicts, err := h.labVerdicts(ctx, ready)
+	verdicts, nodes, err := h.labVerdicts(ctx, ready)
 	if err != nil {
 		return nil, err
 	}
@@ -70,6 +79,10 @@ func (h *Handlers) LostSweepOnce(ctx context.Context) ([]LostChange, error) {
 			ch, err = h.pauseClock(ctx, sum.ID, v)
 		case v.State == lab.StateRunning && sum.LabState != "":
 			ch, err = h.resumeClock(ctx, sum.ID)
+		default:
+			// Nothing for the clock: the record's nodes still follow the
+			// lab, for the API reads nothing else.
+			err = h.syncNodes(ctx, sum.ID, sum.UpdatedAt, v, nodes[sum.ID])
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -101,8 +114,9 @@ func (h *Handlers) readySessions(ctx context.Context) ([]store.Summary, error) {
 // lab: lost, unknown, running, or (absent or another state) nothing to act
 // on. A runtime that reports many labs at once is asked once; a session
 // it knows no lab of has lost it (the allocation is gone). Otherwise each
-// lab's Status is read and summed up by labVerdict.
-func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[string]lab.NodeStatus, error) {
+// lab's Status is read and summed up by labVerdict, and the nodes read
+// are returned too.
+func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[string]lab.NodeStatus, map[string][]lab.NodeStatus, error) {
 	if lh, ok := h.o.Runtime.(labHealther); ok {
 		ids := make([]string, len(ready))
 		for i, s := range ready {
@@ -110,16 +124,17 @@ func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[
 		}
 		got, err := lh.LabHealth(ctx, ids)
 		if err != nil {
-			return nil, fmt.Errorf("lost-lab sweep: %w", err)
+			return nil, nil, fmt.Errorf("lost-lab sweep: %w", err)
 		}
 		for _, id := range ids {
 			if _, ok := got[id]; !ok {
 				got[id] = lab.NodeStatus{State: lab.StateLost, Detail: "the lab has no allocation on the cluster any more"}
 			}
 		}
-		return got, nil
+		return got, nil, nil
 	}
 	out := make(map[string]lab.NodeStatus, len(ready))
+	read := make(map[string][]lab.NodeStatus, len(ready))
 	var errs []error
 	for _, sum := range ready {
 		spec, err := h.spec(&session.Session{ID: sum.ID, ExamID: sum.ExamID, Email: sum.Email})
@@ -136,9 +151,9 @@ func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[
 			errs = append(errs, fmt.Errorf("lost-lab sweep: status of %s: %w", sum.ID, err))
 			continue
 		}
-		out[sum.ID] = labVerdict(nodes)
+		out[sum.ID], read[sum.ID] = labVerdict(nodes), nodes
 	}
-	return out, errors.Join(errs...)
+	return out, read, errors.Join(errs...)
 }
 
 // labVerdict sums a ready lab's node states up: lost if a node is lost or
@@ -309,12 +324,16 @@ func (h *Handlers) Reprovision(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
+	defer h.clearProgress(ctx, sess.ID)
+	stop := h.watchProgress(ctx, spec)
 	if err := h.o.Runtime.Destroy(ctx, sess.ID); err != nil {
+		stop()
 		return fmt.Errorf("reprovision %s: remove the old lab: %w", sess.ID, err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, h.o.ProvisionTimeout)
 	err = h.o.Runtime.Provision(pctx, spec)
 	cancel()
+	stop()
 	if err == nil {
 		var nodes []lab.NodeStatus
 		if nodes, err = h.o.Runtime.Status(ctx, spec); err == nil && !lab.AllRunning(nodes) {

@@ -60,7 +60,12 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	start := h.o.Now()
 	pctx, cancel := context.WithTimeout(ctx, h.o.ProvisionTimeout)
 	defer cancel()
+	// The page shows the nodes come up one by one from the progress; the
+	// record has them once the attempt is over, whatever its outcome.
+	defer h.clearProgress(ctx, sess.ID)
+	stop := h.watchProgress(ctx, spec)
 	perr := h.o.Runtime.Provision(pctx, spec)
+	stop()
 	if reason := parkReason(perr); reason != "" {
 		// No room or no runtime: asking for the nodes' states would only
 		// wait on the same runtime again.
@@ -142,7 +147,11 @@ func (h *Handlers) ResetNode(ctx context.Context, t *asynq.Task) error {
 	if _, ok := spec.Node(p.Node); !ok {
 		return fmt.Errorf("reset %s/%s: no such node: %w", sess.ID, p.Node, asynq.SkipRetry)
 	}
-	if err := h.o.Runtime.ResetNode(ctx, spec, p.Node); err != nil {
+	defer h.clearProgress(ctx, sess.ID)
+	stop := h.watchProgress(ctx, spec)
+	err = h.o.Runtime.ResetNode(ctx, spec, p.Node)
+	stop()
+	if err != nil {
 		return fmt.Errorf("reset %s/%s: %w", sess.ID, p.Node, err)
 	}
 	nodes, err := h.o.Runtime.Status(ctx, spec)

@@ -139,6 +139,11 @@ func (h *Handlers) startReview(ctx context.Context, rv *store.Review) error {
 	start := h.o.Now()
 	pctx, cancel := context.WithTimeout(ctx, h.o.ProvisionTimeout)
 	defer cancel()
+	// The panel shows the review lab's nodes come up from the progress
+	// until the record has them, restored.
+	defer h.clearProgress(ctx, rv.ID)
+	stop := h.watchProgress(ctx, spec)
+	defer stop()
 	if err := h.o.Runtime.Provision(pctx, spec); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}

@@ -74,6 +74,10 @@ type Options struct {
 	Snapshot lab.SnapshotMode
 	// ProvisionTimeout bounds one provision attempt; default 5m.
 	ProvisionTimeout time.Duration
+	// ProgressEvery is how often a lab's node states are read while a
+	// worker changes the lab, for the API to show (progress.go);
+	// default 1s.
+	ProgressEvery time.Duration
 	// RetentionDays deletes terminal sessions older than this; 0 disables.
 	RetentionDays   int
 	RetentionDryRun bool
@@ -113,6 +117,9 @@ func New(o Options) (*Handlers, error) {
 	}
 	if o.ProvisionTimeout == 0 {
 		o.ProvisionTimeout = 5 * time.Minute
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = time.Second
 	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
