@@ -76,7 +76,8 @@ type Options struct {
 	ProvisionTimeout time.Duration
 	// ProgressEvery is how often a lab's node states are read while a
 	// worker changes the lab, for the API to show (progress.go);
-	// default 1s.
+	// default 2s: each read inspects every node, and in a herd of starts
+	// the engine is the bottleneck.
 	ProgressEvery time.Duration
 	// RetentionDays deletes terminal sessions older than this; 0 disables.
 	RetentionDays   int
@@ -119,7 +120,7 @@ func New(o Options) (*Handlers, error) {
 		o.ProvisionTimeout = 5 * time.Minute
 	}
 	if o.ProgressEvery <= 0 {
-		o.ProgressEvery = time.Second
+		o.ProgressEvery = 2 * time.Second
 	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
