@@ -74,6 +74,11 @@ type Options struct {
 	Snapshot lab.SnapshotMode
 	// ProvisionTimeout bounds one provision attempt; default 5m.
 	ProvisionTimeout time.Duration
+	// LeaseTTL and LeaseRenew set the work lease a provision holds while
+	// it runs (holdLease); defaults scheduler.LeaseTTL and
+	// scheduler.LeaseRenew.
+	LeaseTTL   time.Duration
+	LeaseRenew time.Duration
 	// RetentionDays deletes terminal sessions older than this; 0 disables.
 	RetentionDays   int
 	RetentionDryRun bool
@@ -113,6 +118,12 @@ func New(o Options) (*Handlers, error) {
 	}
 	if o.ProvisionTimeout == 0 {
 		o.ProvisionTimeout = 5 * time.Minute
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = scheduler.LeaseTTL
+	}
+	if o.LeaseRenew <= 0 {
+		o.LeaseRenew = scheduler.LeaseRenew
 	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
