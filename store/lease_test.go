@@ -98,3 +98,44 @@ func TestWorkLeases(t *testing.T) {
 		t.Fatalf("released leases listed: %+v", got)
 	}
 }
+
+// TestOpLockRenewed: a renewed lock outlives its ttl while its holder
+// works; one whose holder stopped frees itself a ttl later, and its old
+// holder, back, finds it gone and cannot unlock the next holder's.
+func TestOpLockRenewed(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newStore(t)
+	const id = "abcdefgh2345"
+	const ttl = 200 * time.Millisecond
+	l, err := s.TryLock(ctx, "snapshot", id, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		time.Sleep(ttl / 2)
+		if held, err := l.Renew(ctx); err != nil || !held {
+			t.Fatalf("renew: %v %v", held, err)
+		}
+	}
+	if _, err := s.TryLock(ctx, "snapshot", id, ttl); !errors.Is(err, store.ErrBusy) {
+		t.Fatalf("second lock while held: %v", err)
+	}
+	time.Sleep(ttl + 50*time.Millisecond) // the holder stopped
+	next, err := s.TryLock(ctx, "snapshot", id, time.Minute)
+	if err != nil {
+		t.Fatalf("lock after the holder stopped: %v", err)
+	}
+	if held, err := l.Renew(ctx); err != nil || held {
+		t.Fatalf("the old holder's renew: %v %v", held, err)
+	}
+	l.Unlock(ctx)
+	if _, err := s.TryLock(ctx, "snapshot", id, ttl); !errors.Is(err, store.ErrBusy) {
+		t.Fatalf("the old holder unlocked the next one's lock: %v", err)
+	}
+	next.Unlock(ctx)
+	if again, err := s.TryLock(ctx, "snapshot", id, ttl); err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	} else {
+		again.Unlock(ctx)
+	}
+}

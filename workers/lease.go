@@ -24,34 +24,9 @@ func (h *Handlers) holdLease(ctx context.Context, op, id string, round int) (con
 	if err != nil {
 		return nil, nil, err
 	}
-	wctx, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(h.o.LeaseRenew)
-		defer tick.Stop()
-		for {
-			select {
-			case <-wctx.Done():
-				return
-			case <-tick.C:
-			}
-			rctx, rcancel := context.WithTimeout(wctx, h.o.LeaseRenew)
-			held, err := l.Renew(rctx)
-			rcancel()
-			switch {
-			case err != nil && wctx.Err() == nil:
-				h.log.Warn("renew work lease", "op", op, "session", id, "err", err)
-			case !held:
-				h.log.Warn("work lease taken over; stopping this run", "op", op, "session", id, "round", round)
-				cancel(errSuperseded)
-				return
-			}
-		}
-	}()
-	stop := func() {
-		cancel(nil)
-		<-done
+	wctx, stop := h.keepRenewed(ctx, h.o.LeaseRenew, l.Renew, "work lease "+op+" of "+id)
+	return wctx, func() {
+		stop()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer rcancel()
 		if err := l.Release(rctx); err != nil {
@@ -59,8 +34,43 @@ func (h *Handlers) holdLease(ctx context.Context, op, id string, round int) (con
 			// past this round, or done, and only drops it.
 			h.log.Warn("release work lease", "op", op, "session", id, "err", err)
 		}
+	}, nil
+}
+
+// keepRenewed calls renew every every until stop, and cancels the context
+// it returns, with errSuperseded as its cause, once renew reports the
+// claim lost. A renewal that fails (Redis unreachable) is tried again at
+// the next tick.
+func (h *Handlers) keepRenewed(ctx context.Context, every time.Duration, renew func(context.Context) (bool, error), what string) (context.Context, func()) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-tick.C:
+			}
+			rctx, rcancel := context.WithTimeout(wctx, every)
+			held, err := renew(rctx)
+			rcancel()
+			switch {
+			case err != nil && wctx.Err() == nil:
+				h.log.Warn("renew", "what", what, "err", err)
+			case !held:
+				h.log.Warn("lost; stopping this run", "what", what)
+				cancel(errSuperseded)
+				return
+			}
+		}
+	}()
+	return wctx, func() {
+		cancel(nil)
+		<-done
 	}
-	return wctx, stop, nil
 }
 
 // superseded reports whether ctx ended because another run took over.
