@@ -46,7 +46,7 @@ func (e *env) leaseHandlers(t *testing.T, rt lab.Runtime) *workers.Handlers {
 	h, err := workers.New(workers.Options{
 		Store: e.store, Runtime: rt, Enqueuer: e.enq, RuntimeName: "memory", Now: e.clock,
 		Exams:    func(id string) (*exam.Exam, bool) { return ex, id == ex.ID },
-		LeaseTTL: 300 * time.Millisecond, LeaseRenew: 50 * time.Millisecond,
+		LeaseTTL: time.Second, LeaseRenew: 100 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -148,9 +148,9 @@ func TestRestartLeavesLiveProvisions(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- h.Provision(ctx, provisionTask(t, id)) }()
 	<-g.entered
-	// Ten lease lengths go by while the worker is busy.
-	for range 10 {
-		time.Sleep(300 * time.Millisecond)
+	// Three lease lengths go by while the worker is busy.
+	for range 6 {
+		time.Sleep(500 * time.Millisecond)
 		if r, err := h.RestartOnce(ctx); err != nil || len(r) != 0 {
 			t.Fatalf("a live provision was restarted: %v %v", r, err)
 		}
