@@ -19,7 +19,11 @@ import (
 // reuses what the first run created and starts what it did not. A
 // provision that fails for good gives the session's slot back. One that
 // finds no room (lab.ErrNoCapacity) or no runtime (lab.ErrUnavailable)
-// parks the start at once (scheduler.Park) rather than retrying.
+// parks the start at once (scheduler.Park) rather than retrying. While it
+// works it holds the session's provision lease: should its worker die,
+// another worker's sweep restarts the provision in a new round within
+// seconds (scheduler.RestartProvision), and this task, when the queue
+// runs it again, is of an earlier round and does nothing.
 func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	p, sess, err := h.session(ctx, t)
 	if err != nil {
