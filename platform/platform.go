@@ -78,6 +78,11 @@ type Platform struct {
 	closeOnce sync.Once
 	// stopWatch ends watchRuntime.
 	stopWatch context.CancelFunc
+	// restarts runs the sweep for provisions of stopped workers
+	// (workers.Handlers.RunRestarts) with the periodic sweeps;
+	// stopRestarts ends it.
+	restarts     bool
+	stopRestarts context.CancelFunc
 }
 
 // Options adjusts New for embedding (tests).
@@ -177,6 +182,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		})
 		if !o.NoScheduler {
 			p.sched = scheduler.NewPeriodic(p.Enqueuer, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery, Admission: cfg.AdmitEvery, Logger: log})
+			p.restarts = true
 		}
 	}
 	// The sign-in budgets live in Redis so that they hold across every API
@@ -251,6 +257,18 @@ func (p *Platform) Start(ctx context.Context) error {
 		if err := p.sched.Start(); err != nil {
 			return fmt.Errorf("start scheduler: %w", err)
 		}
+	}
+	if p.restarts {
+		// Not a queued sweep: it runs in every worker process from its
+		// start, so that a provision a dead worker left is restarted as
+		// soon as any worker runs, whatever the queues hold.
+		rctx, cancel := context.WithCancel(context.Background())
+		p.stopRestarts = cancel
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.Handlers.RunRestarts(rctx, scheduler.LeaseSweep)
+		}()
 	}
 	if p.API != nil {
 		ln, err := net.Listen("tcp", p.Config.Listen)
@@ -327,6 +345,9 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 		}
 		if p.sched != nil {
 			p.sched.Shutdown()
+		}
+		if p.stopRestarts != nil {
+			p.stopRestarts()
 		}
 		if p.server != nil {
 			p.server.Shutdown()

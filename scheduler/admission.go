@@ -77,7 +77,7 @@ func admitOne(ctx context.Context, st *store.Store, q provisionQueue, id string,
 	if resumed {
 		_ = st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "resumed", Detail: map[string]any{"parks": sess.Parks}})
 	}
-	if _, err := q.Provision(ctx, sess.ID, sess.Parks); err != nil {
+	if _, err := q.Provision(ctx, sess.ID, sess.ProvisionRound()); err != nil {
 		return true, fmt.Errorf("admit %s: %w: %w", id, ErrNotQueued, err)
 	}
 	return true, nil
@@ -170,7 +170,7 @@ func Repair(ctx context.Context, st *store.Store, q provisionQueue, now time.Tim
 			errs = append(errs, fmt.Errorf("re-enqueue provision of %s: %w", id, err))
 			continue
 		}
-		if _, err := q.Provision(ctx, id, sess.Parks); err != nil {
+		if _, err := q.Provision(ctx, id, sess.ProvisionRound()); err != nil {
 			errs = append(errs, fmt.Errorf("re-enqueue provision of %s: %w", id, err))
 		}
 	}

@@ -31,8 +31,8 @@ func (e *Enqueuer) Enqueue(ctx context.Context, t *asynq.Task, opts ...asynq.Opt
 	return true, nil
 }
 
-// Provision enqueues the provision of a session's lab, for its round'th
-// admission after a park (0: its first).
+// Provision enqueues the provision of a session's lab in its round'th
+// provision (session.Session.ProvisionRound; 0: its first).
 func (e *Enqueuer) Provision(ctx context.Context, sessionID string, round int) (bool, error) {
 	t, err := NewProvisionRoundTask(sessionID, round)
 	if err != nil {

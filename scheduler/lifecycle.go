@@ -50,7 +50,7 @@ func Start(ctx context.Context, st *store.Store, q provisionQueue, id string, no
 		}
 	}
 	if sess.Status == session.StateProvisioning {
-		if _, err := q.Provision(ctx, sess.ID, sess.Parks); err != nil {
+		if _, err := q.Provision(ctx, sess.ID, sess.ProvisionRound()); err != nil {
 			return sess, fmt.Errorf("start session %s: %w: %w", sess.ID, ErrNotQueued, err)
 		}
 	}

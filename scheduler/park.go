@@ -17,7 +17,8 @@ import (
 // next would fail the same way. The admission sweep (Unhold) lifts the
 // hold when the runtime answers again; a lab ending lifts a no-capacity
 // hold. Then the parked starts are admitted again in line order, each
-// with a provision of its own (the task id carries session.Parks).
+// with a provision of its own (the task id carries the session's
+// ProvisionRound, which counts its parks).
 
 // noCapacityRetry is how long a no-capacity hold waits for a lab to end
 // before the sweep lets one start try again anyway: room may come back

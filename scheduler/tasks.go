@@ -50,9 +50,10 @@ type SessionPayload struct {
 	// Nonce distinguishes repeatable operations (admin snapshots, resets)
 	// so that each request gets its own task ID.
 	Nonce string `json:"nonce,omitempty"`
-	// Round is the session's Parks when its provision was enqueued: each
-	// admission after a park is a new provision with a task ID of its own,
-	// and a provision of an older round finds nothing to do.
+	// Round is the session's ProvisionRound when its provision was
+	// enqueued: each admission after a park, and each restart of a
+	// provision whose worker died, is a new provision with a task ID of
+	// its own, and a provision of an older round finds nothing to do.
 	Round int `json:"round,omitempty"`
 }
 
@@ -104,8 +105,9 @@ func NewProvisionTask(sessionID string) (*asynq.Task, error) {
 	return NewProvisionRoundTask(sessionID, 0)
 }
 
-// NewProvisionRoundTask brings up the lab of a session admitted again
-// after round parks (session.Park); round 0 is its first admission.
+// NewProvisionRoundTask brings up the lab of a session in its round'th
+// provision (session.Session.ProvisionRound): admitted again after a park,
+// or restarted after its worker died; round 0 is its first admission.
 func NewProvisionRoundTask(sessionID string, round int) (*asynq.Task, error) {
 	extra := ""
 	if round > 0 {

@@ -50,3 +50,45 @@ func TestPark(t *testing.T) {
 		t.Fatal("no-capacity notice")
 	}
 }
+
+// TestProvisionRounds: every park and every restart begins a provision
+// round of its own, never one used before; only a provisioning session
+// restarts.
+func TestProvisionRounds(t *testing.T) {
+	now := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	s := New("c@example.com", "exam1", "docker", time.Hour, now)
+	if err := s.RestartProvision(); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("restart of a created session: %v", err)
+	}
+	if err := s.WalkTo(StateProvisioning, now); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{s.ProvisionRound(): true}
+	step := func(name string, f func() error) {
+		t.Helper()
+		if err := f(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if s.Status != StateProvisioning {
+			return
+		}
+		if r := s.ProvisionRound(); seen[r] {
+			t.Fatalf("%s: round %d again", name, r)
+		}
+		seen[s.ProvisionRound()] = true
+	}
+	step("restart", s.RestartProvision)
+	step("park", func() error { return s.Park(ParkNoCapacity, "full", now) })
+	step("admit", func() error { return s.Admit(now) })
+	step("restart", s.RestartProvision)
+	step("restart", s.RestartProvision)
+	if s.Parks != 1 || s.Restarts != 3 || s.ProvisionRound() != 4 || len(seen) != 5 {
+		t.Fatalf("parks=%d restarts=%d round=%d rounds seen %v", s.Parks, s.Restarts, s.ProvisionRound(), seen)
+	}
+	if err := s.MarkReady(now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RestartProvision(); !errors.Is(err, ErrNotAllowed) || s.Restarts != 3 {
+		t.Fatalf("restart of a ready session: %v restarts=%d", err, s.Restarts)
+	}
+}

@@ -13,7 +13,8 @@
 //	provisioning  Admit: the session got a slot; a worker brings the lab
 //	              up (BeginProvision per attempt, ProvisionFailed on an
 //	              attempt that did not make it; Park back to queued when
-//	              the runtime has no room or cannot be reached)
+//	              the runtime has no room or cannot be reached;
+//	              RestartProvision when the worker running it is gone)
 //	ready         MarkReady: every node runs; the clock starts now, so
 //	              a slow start costs the candidate nothing
 //	submitted     Submit: by the candidate, an admin, or the deadline
@@ -101,6 +102,9 @@ type Session struct {
 	// new provision of it.
 	Parking *Parking `json:"parking,omitempty"`
 	Parks   int      `json:"parks,omitempty"`
+	// Restarts counts the provisions started afresh because the worker
+	// running one was gone (RestartProvision).
+	Restarts int `json:"provision_restarts,omitempty"`
 }
 
 // New returns a created session for email in exam, with the exam's time
@@ -197,6 +201,24 @@ func (s *Session) BeginProvision() error {
 	}
 	s.Attempts++
 	s.Error, s.Notice = "", ""
+	return nil
+}
+
+// ProvisionRound names the session's current provision: each park and
+// each restart begins a new one, under a task of its own, and a provision
+// of an earlier round finds nothing to do. Both counts only grow, so no
+// two rounds share a number.
+func (s *Session) ProvisionRound() int { return s.Parks + s.Restarts }
+
+// RestartProvision records that the worker running the session's
+// provision is gone: a new round begins at once (ProvisionRound), rather
+// than when the queue gives the dead worker's task up. Only a
+// provisioning session is restarted.
+func (s *Session) RestartProvision() error {
+	if s.Status != StateProvisioning {
+		return s.refuse("provisioned again")
+	}
+	s.Restarts++
 	return nil
 }
 

@@ -6,17 +6,32 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/examlab/examlab/auth"
 )
 
 // ErrBusy is returned by TryLock when another process holds the lock.
 var ErrBusy = errors.New("another operation on the session is running")
 
+// OpLock is a held TryLock.
+type OpLock struct {
+	st  *Store
+	key string
+	tok string
+	ttl time.Duration
+}
+
+var unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`)
+
+var renewLockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end return 0`)
+
 // TryLock takes a named lock on a session for a long operation (writing a
 // snapshot), without waiting: a held lock is ErrBusy, so a queued task
 // fails and is retried later rather than blocking a worker. ttl bounds how
-// long a crashed holder keeps it; unlock releases only this holder's lock.
-func (s *Store) TryLock(ctx context.Context, name, id string, ttl time.Duration) (unlock func(), err error) {
+// long a crashed holder keeps it; a holder that works longer renews it
+// (Renew). Unlock releases only this holder's lock.
+func (s *Store) TryLock(ctx context.Context, name, id string, ttl time.Duration) (*OpLock, error) {
 	if _, err := s.SessionDir(id); err != nil {
 		return nil, err
 	}
@@ -29,7 +44,20 @@ func (s *Store) TryLock(ctx context.Context, name, id string, ttl time.Duration)
 	if !ok {
 		return nil, fmt.Errorf("lock %s of %s: %w", name, id, ErrBusy)
 	}
-	return func() {
-		s.rdb.Eval(context.WithoutCancel(ctx), `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`, []string{key}, tok)
-	}, nil
+	return &OpLock{st: s, key: key, tok: tok, ttl: ttl}, nil
+}
+
+// Renew extends the lock by its ttl from now. held is false when the lock
+// ran out and may be another's now.
+func (l *OpLock) Renew(ctx context.Context) (held bool, err error) {
+	n, err := renewLockScript.Run(ctx, l.st.rdb, []string{l.key}, l.tok, l.ttl.Milliseconds()).Int()
+	if err != nil {
+		return true, fmt.Errorf("renew lock %s: %w", l.key, err)
+	}
+	return n == 1, nil
+}
+
+// Unlock releases the lock if this holder still has it.
+func (l *OpLock) Unlock(ctx context.Context) {
+	unlockScript.Run(context.WithoutCancel(ctx), l.st.rdb, []string{l.key}, l.tok)
 }

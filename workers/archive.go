@@ -92,9 +92,14 @@ func (h *Handlers) Snapshot(ctx context.Context, t *asynq.Task) error {
 	return h.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "worker", Action: "snapshot-done", Detail: map[string]any{"nonce": p.Nonce, "bytes": n}})
 }
 
-// snapshotLockTTL outlasts the archive task's timeout, so a crashed
-// worker's lock frees itself soon after asynq gives up on the task.
-const snapshotLockTTL = 35 * time.Minute
+// snapshotLockTTL is how long a snapshot's lock outlives its writer's
+// last renewal (every snapshotLockRenew). Short, so that the archive of a
+// worker killed mid-capture, when it runs again, finds the lock free
+// rather than spending its retries on a dead writer's lock.
+const (
+	snapshotLockTTL   = 20 * time.Second
+	snapshotLockRenew = 5 * time.Second
+)
 
 // snapshot writes {container}.tar and {container}.log for every node and
 // the manifest. It returns the bytes written.
@@ -106,11 +111,15 @@ func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason s
 	// One writer at a time per session: two snapshots (or a snapshot and
 	// the archive) writing the same files would leave tars from one run
 	// under the other's manifest. A busy lock fails the task, which retries.
-	unlock, err := h.o.Store.TryLock(ctx, "snapshot", sess.ID, snapshotLockTTL)
+	lock, err := h.o.Store.TryLock(ctx, "snapshot", sess.ID, snapshotLockTTL)
 	if err != nil {
 		return 0, err
 	}
-	defer unlock()
+	defer lock.Unlock(ctx)
+	// Should the lock run out all the same (Redis unreachable longer than
+	// its ttl), another writer may have it: this one stops.
+	ctx, stop := h.keepRenewed(ctx, snapshotLockRenew, lock.Renew, "snapshot lock of "+sess.ID)
+	defer stop()
 	m := store.Manifest{SessionID: sess.ID, Runtime: h.o.RuntimeName, Reason: reason, CreatedAt: h.o.Now().UTC(), Files: []store.File{}}
 	m.Mode = h.o.Snapshot
 	names, unreached, err := h.captureNodes(ctx, sess, spec)

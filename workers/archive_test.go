@@ -306,14 +306,14 @@ func TestSnapshot(t *testing.T) {
 	}
 
 	// One snapshot writer at a time: a busy lock fails the task for a retry.
-	unlock, err := e.store.TryLock(ctx, "snapshot", id, time.Minute)
+	lock, err := e.store.TryLock(ctx, "snapshot", id, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := e.h.Snapshot(ctx, task); !errors.Is(err, store.ErrBusy) {
 		t.Errorf("snapshot while another runs: %v, want ErrBusy", err)
 	}
-	unlock()
+	lock.Unlock(ctx)
 
 	if err := e.h.Snapshot(ctx, task); err != nil {
 		t.Fatal(err)

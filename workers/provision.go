@@ -19,7 +19,11 @@ import (
 // reuses what the first run created and starts what it did not. A
 // provision that fails for good gives the session's slot back. One that
 // finds no room (lab.ErrNoCapacity) or no runtime (lab.ErrUnavailable)
-// parks the start at once (scheduler.Park) rather than retrying.
+// parks the start at once (scheduler.Park) rather than retrying. While it
+// works it holds the session's provision lease: should its worker die,
+// another worker's sweep restarts the provision in a new round within
+// seconds (scheduler.RestartProvision), and this task, when the queue
+// runs it again, is of an earlier round and does nothing.
 func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	p, sess, err := h.session(ctx, t)
 	if err != nil {
@@ -27,10 +31,10 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	}
 	switch sess.Status {
 	case session.StateProvisioning:
-		if p.Round != sess.Parks {
-			// A provision of an admission before a park: the session's
-			// current one is its own task.
-			h.log.Info("provision skipped: an earlier round", "session", p.SessionID, "round", p.Round, "parks", sess.Parks)
+		if p.Round != sess.ProvisionRound() {
+			// A provision of an admission before a park, or of a worker
+			// that stopped: the session's current one is its own task.
+			h.log.Info("provision skipped: an earlier round", "session", p.SessionID, "round", p.Round, "current", sess.ProvisionRound())
 			return nil
 		}
 	case session.StateReady:
@@ -52,7 +56,43 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 		h.failForGood(ctx, sess.ID, "the lab for this exam cannot be prepared; ask the exam staff", err)
 		return err
 	}
-	sess, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error { return s.BeginProvision() })
+	// The lease tells the other workers this run is alive; should this
+	// process die, they restart the provision in seconds (RestartOnce).
+	wctx, release, err := h.holdLease(ctx, scheduler.LeaseProvision, sess.ID, p.Round)
+	if err != nil {
+		return fmt.Errorf("provision %s: %w", p.SessionID, err)
+	}
+	defer release()
+	err = h.provision(wctx, p, sess, spec)
+	if superseded(wctx) {
+		// This run's worker was taken for gone (its lease ran out): the
+		// provision runs again in a later round, which owns the session.
+		h.log.Warn("provision superseded by a later round", "session", sess.ID, "round", p.Round, "err", err)
+		return nil
+	}
+	return err
+}
+
+// provision is one attempt of the provision of the session's lab, in
+// round p.Round, while the run holds its lease. ctx ends when the lease
+// is taken over; nothing is recorded of a round the session has left.
+func (h *Handlers) provision(ctx context.Context, p scheduler.SessionPayload, sess *session.Session, spec lab.Spec) error {
+	current := func(s *session.Session) error {
+		if s.ProvisionRound() != p.Round {
+			return errSuperseded
+		}
+		return nil
+	}
+	sess, err := h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error {
+		if err := current(s); err != nil {
+			return err
+		}
+		return s.BeginProvision()
+	})
+	if errors.Is(err, errSuperseded) {
+		h.log.Info("provision skipped: an earlier round", "session", p.SessionID, "round", p.Round)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("provision %s: %w", p.SessionID, err)
 	}
@@ -66,6 +106,9 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	stop := h.watchProgress(ctx, spec)
 	perr := h.o.Runtime.Provision(pctx, spec)
 	stop()
+	if superseded(ctx) {
+		return perr
+	}
 	if reason := parkReason(perr); reason != "" {
 		// No room or no runtime: asking for the nodes' states would only
 		// wait on the same runtime again.
@@ -81,12 +124,20 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 		final := lastAttempt(ctx) || errors.Is(perr, asynq.SkipRetry)
 		h.log.Warn("provision attempt failed", "session", sess.ID, "attempt", sess.Attempts, "final", final, "err", perr)
 		_, uerr := h.o.Store.Update(context.WithoutCancel(ctx), sess.ID, func(s *session.Session) error {
+			if err := current(s); err != nil {
+				return err
+			}
 			if serr == nil {
 				s.Nodes = nodes
 			}
 			s.ProvisionFailed(perr.Error(), final, h.o.Now())
 			return nil
 		})
+		if errors.Is(uerr, errSuperseded) {
+			// A later round owns the session and its lab: nothing of this
+			// attempt may fail it or take its lab down.
+			return nil
+		}
 		if final {
 			// A lab that will never be used must not linger, nor its slot
 			// stay taken. (Had the session been submitted meanwhile, its

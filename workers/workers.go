@@ -79,6 +79,11 @@ type Options struct {
 	// default 2s: each read inspects every node, and in a herd of starts
 	// the engine is the bottleneck.
 	ProgressEvery time.Duration
+	// LeaseTTL and LeaseRenew set the work lease a provision holds while
+	// it runs (holdLease); defaults scheduler.LeaseTTL and
+	// scheduler.LeaseRenew.
+	LeaseTTL   time.Duration
+	LeaseRenew time.Duration
 	// RetentionDays deletes terminal sessions older than this; 0 disables.
 	RetentionDays   int
 	RetentionDryRun bool
@@ -121,6 +126,12 @@ func New(o Options) (*Handlers, error) {
 	}
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = 2 * time.Second
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = scheduler.LeaseTTL
+	}
+	if o.LeaseRenew <= 0 {
+		o.LeaseRenew = scheduler.LeaseRenew
 	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}

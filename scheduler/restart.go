@@ -1,0 +1,69 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/store"
+)
+
+// Restarting a provision whose worker died. A worker running a provision
+// holds a work lease on the session (store.TakeLease, op LeaseProvision)
+// and renews it every LeaseRenew; it runs out LeaseTTL after the worker
+// stops. Every worker process sweeps for run-out leases every LeaseSweep
+// and when it starts, and restarts each such provision (RestartProvision)
+// in a new round with a task of its own, which any worker picks up at
+// once. The dead worker's task, when the queue gives it up long after, is
+// of an earlier round and finds nothing to do. The new run reuses what
+// the dead one made: the runtime's provision converges from any partial
+// state.
+const (
+	// LeaseProvision names provision leases.
+	LeaseProvision = "provision"
+	// LeaseTTL is how long a lease outlives the last renewal: long enough
+	// that a busy worker's renewal is never late, short enough that a
+	// candidate waits a few seconds for a dead worker, not a minute.
+	LeaseTTL = 5 * time.Second
+	// LeaseRenew is how often a holder renews.
+	LeaseRenew = 1500 * time.Millisecond
+	// LeaseSweep is how often each worker looks for run-out leases: one
+	// Redis script call, cheap enough to make every second.
+	LeaseSweep = time.Second
+	// LeaseClaim is how long a sweep holds a run-out lease while it
+	// restarts the provision; should the sweep die, another acts after it.
+	LeaseClaim = 15 * time.Second
+)
+
+// RestartProvision starts the provision of session id again in a new
+// round, because the worker running its round'th provision is gone. It
+// reports whether it did: a session no longer provisioning, or already in
+// a later round (submitted, parked, restarted by another sweep), is left
+// as it is. The restart is recorded in the audit log; should its enqueue
+// fail, the admission sweep enqueues the new round's provision (Repair).
+func RestartProvision(ctx context.Context, st *store.Store, q provisionQueue, id string, round int, now time.Time) (bool, error) {
+	restarted := false
+	sess, err := st.Update(ctx, id, func(x *session.Session) error {
+		restarted = false
+		if x.Status != session.StateProvisioning || x.ProvisionRound() != round {
+			return nil
+		}
+		restarted = true
+		return x.RestartProvision()
+	})
+	if err != nil {
+		return false, fmt.Errorf("restart provision of %s: %w", id, err)
+	}
+	if !restarted {
+		return false, nil
+	}
+	if err := st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "provision-restarted",
+		Detail: map[string]any{"reason": "the worker provisioning the lab stopped", "from_round": round, "round": sess.ProvisionRound()}}); err != nil {
+		return true, err
+	}
+	if _, err := q.Provision(ctx, id, sess.ProvisionRound()); err != nil {
+		return true, fmt.Errorf("restart provision of %s: %w: %w", id, ErrNotQueued, err)
+	}
+	return true, nil
+}

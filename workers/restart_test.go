@@ -1,0 +1,289 @@
+package workers_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
+	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/workers"
+)
+
+// gated is the in-memory runtime whose Provision waits at a gate: a test
+// holds a provision mid-way, as a worker busy with (or killed in) it.
+type gated struct {
+	*labtest.Memory
+	entered chan string
+	open    chan struct{}
+}
+
+func newGated() *gated {
+	return &gated{Memory: labtest.NewMemory(labtest.MemoryOptions{}), entered: make(chan string, 8), open: make(chan struct{})}
+}
+
+func (g *gated) Provision(ctx context.Context, spec lab.Spec) error {
+	g.entered <- spec.SessionID
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.Memory.Provision(ctx, spec)
+}
+
+// leaseHandlers are handlers on e's store and enqueuer with rt as their
+// runtime and a short work lease, so that a lease runs out in a test's
+// time.
+func (e *env) leaseHandlers(t *testing.T, rt lab.Runtime) *workers.Handlers {
+	t.Helper()
+	ex := exam.Default()
+	h, err := workers.New(workers.Options{
+		Store: e.store, Runtime: rt, Enqueuer: e.enq, RuntimeName: "memory", Now: e.clock,
+		Exams:    func(id string) (*exam.Exam, bool) { return ex, id == ex.ID },
+		LeaseTTL: time.Second, LeaseRenew: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// provisionRounds are the rounds of the provisions the recorder was asked
+// for, by session.
+func (e *env) provisionRounds(id string) int {
+	e.enq.mu.Lock()
+	defer e.enq.mu.Unlock()
+	n := 0
+	for _, p := range e.enq.provisions {
+		if p.SessionID == id {
+			n++
+		}
+	}
+	return n
+}
+
+// deadWorker leaves session id as a worker killed mid-provision does: an
+// attempt begun, its lease taken and never renewed (run out at once).
+func (e *env) deadWorker(t *testing.T, id string, round int) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := e.store.Update(ctx, id, func(s *record) error { return s.BeginProvision() }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.TakeLease(ctx, scheduler.LeaseProvision, id, round, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+}
+
+// TestRestartAfterWorkerStops: a provision whose worker stopped is
+// restarted in a new round by the sweep; the stopped worker's task, run
+// later by the queue, does nothing; the new round's brings the lab up and
+// gives its lease back.
+func TestRestartAfterWorkerStops(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id := e.started(t, "gone@example.com")
+	e.deadWorker(t, id, 0)
+
+	restarted, err := e.h.RestartOnce(ctx)
+	if err != nil || !slices.Equal(restarted, []string{id}) {
+		t.Fatalf("restart pass: %v %v, want %s restarted", restarted, err, id)
+	}
+	s := e.get(t, id)
+	if s.Status != stateProvisioning || s.Restarts != 1 || s.ProvisionRound() != 1 {
+		t.Fatalf("after restart: %s restarts=%d round=%d", s.Status, s.Restarts, s.ProvisionRound())
+	}
+	if !slices.Contains(e.audited(t, id), "provision-restarted") {
+		t.Errorf("audit %v has no provision-restarted", e.audited(t, id))
+	}
+	e.enq.mu.Lock()
+	queued := e.enq.queued["provision:p1:"+id]
+	e.enq.mu.Unlock()
+	if !queued {
+		t.Fatalf("round 1's provision was not enqueued: %+v", e.enq.provisions)
+	}
+	// A second pass finds nothing: the lease was dropped with the restart.
+	if again, err := e.h.RestartOnce(ctx); err != nil || len(again) != 0 {
+		t.Fatalf("second pass restarted %v (%v)", again, err)
+	}
+
+	// The stopped worker's task, recovered by the queue, is of round 0.
+	if err := e.h.Provision(ctx, provisionTask(t, id)); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.get(t, id); s.Status != stateProvisioning || e.flaky.Calls("Provision") != 0 {
+		t.Fatalf("the stale round ran: %s, %d runtime provisions", s.Status, e.flaky.Calls("Provision"))
+	}
+	if err := e.h.Provision(ctx, provisionRound(t, id, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.get(t, id); s.Status != stateReady {
+		t.Fatalf("after round 1: %s", s.Status)
+	}
+	if left, err := e.store.ExpiredLeases(ctx, scheduler.LeaseProvision, 10); err != nil || len(left) != 0 {
+		t.Fatalf("leases left: %+v %v", left, err)
+	}
+	// Nothing of a finished provision is restarted, now or later.
+	time.Sleep(10 * time.Millisecond)
+	if again, err := e.h.RestartOnce(ctx); err != nil || len(again) != 0 {
+		t.Fatalf("pass after ready restarted %v (%v)", again, err)
+	}
+}
+
+// TestRestartLeavesLiveProvisions: a provision whose worker renews its
+// lease is never restarted, however long it takes.
+func TestRestartLeavesLiveProvisions(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	g := newGated()
+	h := e.leaseHandlers(t, g)
+	id := e.started(t, "slow@example.com")
+	done := make(chan error, 1)
+	go func() { done <- h.Provision(ctx, provisionTask(t, id)) }()
+	<-g.entered
+	// Three lease lengths go by while the worker is busy.
+	for range 6 {
+		time.Sleep(500 * time.Millisecond)
+		if r, err := h.RestartOnce(ctx); err != nil || len(r) != 0 {
+			t.Fatalf("a live provision was restarted: %v %v", r, err)
+		}
+	}
+	close(g.open)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := e.get(t, id); s.Status != stateReady || s.Restarts != 0 {
+		t.Fatalf("after the slow provision: %s restarts=%d", s.Status, s.Restarts)
+	}
+}
+
+// TestRestartedRunStopsTheOldOne: a worker taken for gone (its lease ran
+// out while it was cut off) that comes back finds its lease taken over by
+// the new round, stops, and records nothing: the session is the new
+// round's.
+func TestRestartedRunStopsTheOldOne(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	g := newGated()
+	h := e.leaseHandlers(t, g)
+	id := e.started(t, "cutoff@example.com")
+	done := make(chan error, 1)
+	go func() { done <- h.Provision(ctx, provisionTask(t, id)) }()
+	<-g.entered
+	// The sweep restarts it (as if the lease had run out) and the new
+	// round's run takes the lease.
+	if did, err := scheduler.RestartProvision(ctx, e.store, e.enq, id, 0, e.clock()); err != nil || !did {
+		t.Fatalf("restart: %v %v", did, err)
+	}
+	if _, err := e.store.TakeLease(ctx, scheduler.LeaseProvision, id, 1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the superseded run failed its task: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the superseded run did not stop")
+	}
+	s := e.get(t, id)
+	if s.Status != stateProvisioning || s.Error != "" || s.ProvisionRound() != 1 {
+		t.Fatalf("the superseded run left a mark: %s round=%d error=%q", s.Status, s.ProvisionRound(), s.Error)
+	}
+}
+
+// TestRestartOncePerLease: sweeps of several workers find the same
+// run-out lease together; the provision is restarted once.
+func TestRestartOncePerLease(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id := e.started(t, "herd@example.com")
+	e.deadWorker(t, id, 0)
+	hs := []*workers.Handlers{e.h, e.leaseHandlers(t, e.flaky), e.leaseHandlers(t, e.flaky), e.leaseHandlers(t, e.flaky)}
+	var mu sync.Mutex
+	var all []string
+	var wg sync.WaitGroup
+	for _, h := range hs {
+		wg.Go(func() {
+			r, err := h.RestartOnce(ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			all = append(all, r...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(all) != 1 {
+		t.Fatalf("restarted %v, want %s once", all, id)
+	}
+	if s := e.get(t, id); s.Restarts != 1 {
+		t.Fatalf("restarts = %d, want 1", s.Restarts)
+	}
+}
+
+// TestRestartDropsLeftRounds: a run-out lease of a round the session has
+// left — submitted meanwhile, or parked and admitted again — restarts
+// nothing.
+func TestRestartDropsLeftRounds(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	submitted := e.started(t, "left@example.com")
+	e.deadWorker(t, submitted, 0)
+	e.submit(t, submitted, "candidate")
+	later := e.started(t, "later@example.com")
+	e.deadWorker(t, later, 3) // a lease of a round the session never had
+	before := e.provisionRounds(later) + e.provisionRounds(submitted)
+
+	r, err := e.h.RestartOnce(ctx)
+	if err != nil || len(r) != 0 {
+		t.Fatalf("restarted %v (%v)", r, err)
+	}
+	if s := e.get(t, submitted); s.Status != stateSubmitted || s.Restarts != 0 {
+		t.Fatalf("submitted session: %s restarts=%d", s.Status, s.Restarts)
+	}
+	if s := e.get(t, later); s.Restarts != 0 {
+		t.Fatalf("restarts = %d", s.Restarts)
+	}
+	if after := e.provisionRounds(later) + e.provisionRounds(submitted); after != before {
+		t.Fatalf("%d provisions enqueued", after-before)
+	}
+	if left, err := e.store.ExpiredLeases(ctx, scheduler.LeaseProvision, 10); err != nil || len(left) != 0 {
+		t.Fatalf("leases not dropped: %+v %v", left, err)
+	}
+}
+
+// TestRestartEnqueueFails: a restart recorded but not enqueued (Redis
+// gone a moment) is enqueued by the admission sweep in the new round.
+func TestRestartEnqueueFails(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id := e.started(t, "blip@example.com")
+	e.deadWorker(t, id, 0)
+	e.enq.mu.Lock()
+	e.enq.err = errors.New("connection refused")
+	e.enq.mu.Unlock()
+	if _, err := e.h.RestartOnce(ctx); !errors.Is(err, scheduler.ErrNotQueued) {
+		t.Fatalf("restart pass with the queue down: %v", err)
+	}
+	e.enq.mu.Lock()
+	e.enq.err = nil
+	e.enq.mu.Unlock()
+	if err := e.h.Admission(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.enq.mu.Lock()
+	queued := e.enq.queued["provision:p1:"+id]
+	e.enq.mu.Unlock()
+	if !queued {
+		t.Fatalf("the admission sweep did not enqueue round 1: %+v", e.enq.provisions)
+	}
+}
