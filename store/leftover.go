@@ -52,7 +52,7 @@ func (s *Store) NoteLeftovers(ctx context.Context, runtime, sessionID string, fo
 	if !lab.ValidSessionID(sessionID) {
 		return 0, 0, fmt.Errorf("note leftovers of %q: %w", sessionID, ErrBadID)
 	}
-	if runtime == "" || strings.Contains(runtime, "/") {
+	if strings.Contains(runtime, "/") {
 		return 0, 0, fmt.Errorf("note leftovers of %s: runtime %q: %w", sessionID, runtime, ErrBadID)
 	}
 	key := s.key("leftovers")
