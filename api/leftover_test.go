@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
@@ -105,6 +107,25 @@ func TestEngineHoldingANetworkHoldsNoSession(t *testing.T) {
 			t.Fatalf("metrics lack %q", want)
 		}
 	}
+
+	// The admin panel shows it above the session list and on the session.
+	bctx := startBrowser(t, browserTimeout)
+	browserStep(t, bctx, "sign in and see the leftover above the list",
+		chromedp.Navigate(st.URL+"/admin"),
+		chromedp.WaitVisible(chromedp.CSS("#login-token")),
+		chromedp.SendKeys(chromedp.CSS("#login-token"), st.AdminToken),
+		chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#leftovers")),
+		pollJS(`document.getElementById("leftover-list").textContent.includes(`+jsString(lab.NetworkName(id))+`) &&
+			document.getElementById("leftover-list").textContent.includes("active endpoints") &&
+			document.getElementById("leftover-count").textContent === "1"`, requestTimeout),
+	)
+	browserStep(t, bctx, "open the session from the leftover",
+		chromedp.Click(chromedp.CSS("#leftover-list tbody tr.row")),
+		chromedp.WaitVisible(chromedp.CSS("#s-leftovers")),
+		pollJS(`document.getElementById("s-id").textContent === `+jsString(id)+` &&
+			document.getElementById("s-leftovers").textContent.includes(`+jsString(subnet)+`)`, requestTimeout),
+	)
 
 	// The reaper retries it, pass after pass.
 	deadline := time.Now().Add(leftoverTimeout)
