@@ -146,7 +146,8 @@ func intQuery(c *fiber.Ctx, name string, def, lo, hi int) (int, error) {
 }
 
 // adminDetails is everything about one session: metadata, answers with
-// timestamps, terminal logs, node states, snapshot files, audit log.
+// timestamps, terminal logs, node states, snapshot files, audit log, and
+// what of its ended lab the runtime still keeps (leftovers).
 func (s *Server) adminDetails(c *fiber.Ctx) error {
 	ctx := c.UserContext()
 	id := c.Params("id")
@@ -195,6 +196,10 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	leftovers, err := s.o.Store.SessionLeftovers(ctx, id)
+	if err != nil {
+		return err
+	}
 	v := s.view(sess)
 	v.Error = sess.Error // the exam staff read the runtime's own words
 	if sess.Nodes != nil {
@@ -215,7 +220,19 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 		"audit":          audit,
 		"grading":        grades,
 		"evidence":       ev,
+		"leftovers":      leftovers,
 	})
+}
+
+// adminLeftovers lists every part of an ended lab the runtime still keeps
+// (store.Leftover), oldest first: the reaper retries each, and none of
+// their subnets goes to a new lab meanwhile.
+func (s *Server) adminLeftovers(c *fiber.Ctx) error {
+	all, err := s.o.Store.Leftovers(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"leftovers": all, "count": len(all)})
 }
 
 func nonce() string {

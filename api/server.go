@@ -195,6 +195,7 @@ func (s *Server) routes() {
 	adm := a.Group("/api/admin", s.requireAdmin)
 	adm.Get("/sessions", s.adminSessions)
 	adm.Get("/session/:id/details", s.adminDetails)
+	adm.Get("/leftovers", s.adminLeftovers)
 	a.Post("/api/session/:id/snapshot", s.requireAdmin, s.adminSnapshot)
 	a.Post("/api/session/:id/cleanup", s.requireAdmin, s.adminCleanup)
 	s.actionRoutes(adm)

@@ -234,7 +234,10 @@ func (r *Runtime) createNetwork(ctx context.Context, name string, labels map[str
 	if err != nil {
 		return "", fmt.Errorf("create network %s: %w", name, err)
 	}
-	var skip []netip.Prefix
+	skip, err := r.held(ctx)
+	if err != nil {
+		return "", fmt.Errorf("create network %s: %w", name, err)
+	}
 	for attempt := 0; ; attempt++ {
 		subnet, ok := freeSubnet(r.pool, r.prefix, used, skip)
 		if !ok {
@@ -267,6 +270,25 @@ func (r *Runtime) createNetwork(ctx context.Context, name string, labels map[str
 			}
 		}
 	}
+}
+
+// held returns the subnets Options.HeldSubnets names, parsed; entries
+// that are not IPv4 prefixes are skipped.
+func (r *Runtime) held(ctx context.Context) ([]netip.Prefix, error) {
+	if r.heldSubnets == nil {
+		return nil, nil
+	}
+	list, err := r.heldSubnets(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("subnets still held: %w", err)
+	}
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
+			out = append(out, p.Masked())
+		}
+	}
+	return out, nil
 }
 
 // networkLabels are the labels a session's network carries.

@@ -55,6 +55,11 @@ type Options struct {
 	// runtime creates (label examlab.instance), and Labs reports only labs
 	// that carry it. Empty means no stamp, and Labs sees every managed lab.
 	Instance string
+	// HeldSubnets lists subnets that lab networks must not be given even
+	// when the engine's network list no longer shows them: those of
+	// networks the engine refused to remove (the leftovers on record),
+	// which it may still hold. Nil means none.
+	HeldSubnets func(ctx context.Context) ([]string, error)
 }
 
 // Runtime provisions and drives exam labs on one Docker engine. It is safe
@@ -67,6 +72,7 @@ type Runtime struct {
 	subnetMu    sync.Mutex
 	instance    string
 	switchImage string
+	heldSubnets func(ctx context.Context) ([]string, error)
 
 	graderBusybox string
 	holder        string
@@ -121,7 +127,8 @@ func New(opts Options) (*Runtime, error) {
 	case "none":
 		bb = ""
 	}
-	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw, graderBusybox: bb, holder: opts.Holder}, nil
+	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw, graderBusybox: bb, holder: opts.Holder,
+		heldSubnets: opts.HeldSubnets}, nil
 }
 
 // Ping reports whether the engine answers. Whatever keeps it from

@@ -38,7 +38,10 @@ type Runtime interface {
 	// Logs writes the node's output (its PID 1's stdout and stderr) to w.
 	Logs(ctx context.Context, sessionID, node string, w io.Writer) error
 	// Destroy removes everything of the lab. Destroying a lab that is gone,
-	// or was never created, succeeds.
+	// or was never created, succeeds. When every node is gone but the
+	// runtime refuses to remove another part (a network, a job), it
+	// returns a *LeftoverError naming those parts; a later Destroy
+	// retries them.
 	Destroy(ctx context.Context, sessionID string) error
 	// ResetNode replaces one node of a running lab with a fresh one from
 	// its image; the rest of the lab keeps running.

@@ -18,11 +18,17 @@ import (
 
 	"github.com/examlab/examlab/scheduler"
 	"github.com/examlab/examlab/session"
+	"github.com/examlab/examlab/store"
 )
 
 // sessionCounter counts indexed sessions by state (store.Store).
 type sessionCounter interface {
 	CountByStatus(ctx context.Context) (map[session.State]int, error)
+}
+
+// leftoverLister lists the leftovers on record (store.Store).
+type leftoverLister interface {
+	Leftovers(ctx context.Context) ([]store.Leftover, error)
 }
 
 // queueInspector reads queue sizes (asynq.Inspector).
@@ -36,6 +42,9 @@ type queueInspector interface {
 type Options struct {
 	Sessions sessionCounter
 	Queues   queueInspector
+	// Leftovers exports examlab_lab_leftovers, the parts of ended labs the
+	// runtime still keeps.
+	Leftovers leftoverLister
 	// QueueNames are the queues to report; default: scheduler.Queues.
 	QueueNames []string
 	// ScrapeTimeout bounds the Redis reads one scrape makes; default 5s.
@@ -52,6 +61,7 @@ type Metrics struct {
 	terminals    prometheus.Gauge
 	checks       *prometheus.CounterVec
 	grading      *prometheus.HistogramVec
+	leftovers    *prometheus.CounterVec
 }
 
 // Lifecycle steps take seconds to minutes: a lab of eight containers, an
@@ -94,12 +104,18 @@ func New(o Options) *Metrics {
 		Name: "examlab_grading_duration_seconds", Help: "Time to grade a session's lab, by trigger (submit, deadline, regrade, candidate).",
 		Buckets: durationBuckets,
 	}, []string{"trigger"})
+	m.leftovers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "examlab_lab_leftovers_total",
+		Help: "Parts of ended labs the runtime would not remove, by event: recorded when first kept, cleared once gone.",
+	}, []string{"event"})
 	for _, o := range []string{"passed", "failed", "timed_out"} {
 		m.checks.WithLabelValues(o)
 	}
-	m.reg.MustRegister(m.provision, m.archive, m.archiveBytes, m.terminals, m.checks, m.grading,
+	m.leftovers.WithLabelValues("recorded")
+	m.leftovers.WithLabelValues("cleared")
+	m.reg.MustRegister(m.provision, m.archive, m.archiveBytes, m.terminals, m.checks, m.grading, m.leftovers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if o.Sessions != nil || o.Queues != nil {
+	if o.Sessions != nil || o.Queues != nil || o.Leftovers != nil {
 		m.reg.MustRegister(&redisCollector{o: o})
 	}
 	return m
@@ -169,6 +185,20 @@ func (m *Metrics) Graded(trigger string, d time.Duration) {
 	m.grading.WithLabelValues(trigger).Observe(d.Seconds())
 }
 
+// Leftovers counts leftovers put on record and records dropped once their
+// part was gone (workers.Observer).
+func (m *Metrics) Leftovers(added, cleared int) {
+	if m == nil {
+		return
+	}
+	if added > 0 {
+		m.leftovers.WithLabelValues("recorded").Add(float64(added))
+	}
+	if cleared > 0 {
+		m.leftovers.WithLabelValues("cleared").Add(float64(cleared))
+	}
+}
+
 // TerminalOpened counts a terminal connection as open and returns the
 // function that counts it closed; calling that more than once counts once,
 // so a relay may call it from every exit path.
@@ -189,6 +219,8 @@ var (
 	sessionsDesc = prometheus.NewDesc("examlab_sessions", "Sessions in the index, by lifecycle state.", []string{"state"}, nil)
 	queueDesc    = prometheus.NewDesc("examlab_queue_tasks", "Tasks in a queue, by task state.", []string{"queue", "state"}, nil)
 	latencyDesc  = prometheus.NewDesc("examlab_queue_latency_seconds", "Age of the oldest pending task in a queue.", []string{"queue"}, nil)
+	leftoverDesc = prometheus.NewDesc("examlab_lab_leftovers",
+		"Parts of ended labs the runtime still keeps (on record, retried by the reaper), by runtime and kind.", []string{"runtime", "kind"}, nil)
 )
 
 func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -198,6 +230,9 @@ func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) {
 	if c.o.Queues != nil {
 		ch <- queueDesc
 		ch <- latencyDesc
+	}
+	if c.o.Leftovers != nil {
+		ch <- leftoverDesc
 	}
 }
 
@@ -214,6 +249,9 @@ func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(counts[st]), string(st))
 			}
 		}
+	}
+	if c.o.Leftovers != nil {
+		c.collectLeftovers(ctx, ch)
 	}
 	if c.o.Queues == nil {
 		return
@@ -243,5 +281,23 @@ func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(s.n), q, s.state)
 		}
 		ch <- prometheus.MustNewConstMetric(latencyDesc, prometheus.GaugeValue, info.Latency.Seconds(), q)
+	}
+}
+
+// collectLeftovers reports the leftovers on record by runtime and kind;
+// with none on record it reports no series (alert on the sum being > 0).
+func (c *redisCollector) collectLeftovers(ctx context.Context, ch chan<- prometheus.Metric) {
+	all, err := c.o.Leftovers.Leftovers(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(leftoverDesc, err)
+		return
+	}
+	type rk struct{ runtime, kind string }
+	counts := map[rk]int{}
+	for _, l := range all {
+		counts[rk{l.Runtime, l.Kind}]++
+	}
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(leftoverDesc, prometheus.GaugeValue, float64(n), k.runtime, k.kind)
 	}
 }

@@ -42,10 +42,19 @@ func (r *Runtime) Destroy(ctx context.Context, sessionID string) error {
 		return fmt.Errorf("destroy lab %s: %w", sessionID, err)
 	}
 	_, _, err = r.client.Jobs().DeregisterOpts(id, &api.DeregisterOptions{Purge: true}, r.write(ctx))
-	if err != nil && !isNotFound(err) {
+	switch {
+	case err == nil, isNotFound(err):
+		return nil
+	case statusOf(err) != 0:
+		// Every allocation has stopped, so the lab's containers are gone:
+		// a job the servers refuse to purge holds no candidate's work and
+		// must not hold the session either. The caller keeps it on record
+		// and a later Destroy (the reaper's) purges it.
+		return &lab.LeftoverError{SessionID: sessionID, Leftovers: []lab.Leftover{{
+			Kind: lab.LeftoverJob, Name: id, Err: err.Error()}}}
+	default:
 		return fmt.Errorf("destroy lab %s: purge job %s: %w", sessionID, id, err)
 	}
-	return nil
 }
 
 // waitStopped blocks until no allocation of the job is still running on

@@ -144,7 +144,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	}
 	p.Runtime = o.Runtime
 	if p.Runtime == nil {
-		if p.Runtime, err = newRuntime(cfg, o.Holder); err != nil {
+		if p.Runtime, err = newRuntime(cfg, o.Holder, p.Store.HeldSubnets); err != nil {
 			return nil, err
 		}
 	}
@@ -363,12 +363,15 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 }
 
 // NewRuntime builds the lab runtime the config names.
-func NewRuntime(cfg config.Config) (lab.Runtime, error) { return newRuntime(cfg, "") }
+func NewRuntime(cfg config.Config) (lab.Runtime, error) { return newRuntime(cfg, "", nil) }
 
-func newRuntime(cfg config.Config, holder string) (lab.Runtime, error) {
+// newRuntime builds the runtime; held lists the subnets leftover networks
+// still hold (store.HeldSubnets), which new labs are not given.
+func newRuntime(cfg config.Config, holder string, held func(context.Context) ([]string, error)) (lab.Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
-		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, GraderBusybox: cfg.GraderBusybox, Holder: holder, Instance: cfg.Instance})
+		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, GraderBusybox: cfg.GraderBusybox, Holder: holder, Instance: cfg.Instance,
+			HeldSubnets: held})
 	case config.RuntimeNomad:
 		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
 		// NOMAD_REGION and the TLS variables itself.

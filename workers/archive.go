@@ -235,13 +235,16 @@ func (h *Handlers) resultsFile(id string) (*store.File, error) {
 
 // Cleanup removes the session's lab and, once an archive has run, marks
 // the session completed (or expired when its deadline forced the submit),
-// then gives its lab slot to the next session in line.
+// then gives its lab slot to the next session in line. A lab whose nodes
+// are gone but whose runtime keeps another part of it (a network it will
+// not remove) ends the session all the same: the part is put on record
+// and the reaper retries it.
 func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
 	_, sess, err := h.session(ctx, t)
 	if err != nil {
 		return err
 	}
-	if err := h.o.Runtime.Destroy(ctx, sess.ID); err != nil {
+	if _, err := h.removeLab(ctx, sess.ID, true); err != nil {
 		return fmt.Errorf("cleanup %s: %w", sess.ID, err)
 	}
 	sess, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error {

@@ -61,7 +61,9 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 
 // Reap removes labs that no live session owns: their record is gone, or
 // the session has ended and its cleanup never ran. It also ends review
-// labs past their time; a live review lab is no orphan.
+// labs past their time; a live review lab is no orphan. First it retries
+// the leftovers on record (parts of ended labs the runtime kept), and
+// drops each record once its part is gone.
 func (h *Handlers) Reap(ctx context.Context, _ *asynq.Task) error {
 	_, err := h.ReapOnce(ctx)
 	return err
@@ -71,16 +73,21 @@ func (h *Handlers) Reap(ctx context.Context, _ *asynq.Task) error {
 // (sessions' and review labs').
 func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 	removed, rerr := h.reapReviews(ctx)
-	errs := []error{rerr}
+	tried, gone, lerr := h.retryLeftovers(ctx)
+	removed = append(removed, gone...)
+	errs := []error{rerr, lerr}
 	ids, err := h.o.Runtime.Labs(ctx)
 	if err != nil {
-		return removed, errors.Join(rerr, fmt.Errorf("reap: list labs: %w", err))
+		return removed, errors.Join(append(errs, fmt.Errorf("reap: list labs: %w", err))...)
 	}
 	ended := map[string]bool{}
 	for _, id := range removed {
 		ended[id] = true
 	}
 	for _, id := range ids {
+		if tried[id] {
+			continue // its leftovers were retried above
+		}
 		// A review lab has no session record of its own: its record
 		// says whether it is live.
 		rv, err := h.o.Store.Review(ctx, id)
@@ -88,8 +95,10 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 			if rv.Status.Live() || ended[id] {
 				continue
 			}
-			if err := h.o.Runtime.Destroy(ctx, id); err != nil {
-				errs = append(errs, fmt.Errorf("reap review lab %s: %w", id, err))
+			if kept, err := h.removeLab(ctx, id, false); err != nil || kept > 0 {
+				if err != nil {
+					errs = append(errs, fmt.Errorf("reap review lab %s: %w", id, err))
+				}
 				continue
 			}
 			removed = append(removed, id)
@@ -109,8 +118,10 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 		if !orphan && !sess.Status.Terminal() {
 			continue
 		}
-		if err := h.o.Runtime.Destroy(ctx, id); err != nil {
-			errs = append(errs, fmt.Errorf("reap %s: %w", id, err))
+		if kept, err := h.removeLab(ctx, id, !orphan); err != nil || kept > 0 {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("reap %s: %w", id, err))
+			}
 			continue
 		}
 		removed = append(removed, id)

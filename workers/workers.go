@@ -47,6 +47,9 @@ type enqueuer interface {
 type Observer interface {
 	Provisioned(d time.Duration, ok bool)
 	Archived(d time.Duration, bytes int64, ok bool)
+	// Leftovers counts parts of labs put on record as left behind by the
+	// runtime (added) and records dropped once they were gone (cleared).
+	Leftovers(added, cleared int)
 }
 
 // gradingObserver receives grading measurements (metrics).
@@ -59,6 +62,7 @@ type nopObserver struct{}
 
 func (nopObserver) Provisioned(time.Duration, bool)     {}
 func (nopObserver) Archived(time.Duration, int64, bool) {}
+func (nopObserver) Leftovers(int, int)                  {}
 
 // Options wires the handlers. Store, Runtime, Enqueuer and Exams are required.
 type Options struct {

@@ -285,6 +285,8 @@ type observer struct {
 	mu          sync.Mutex
 	provisioned []bool
 	archived    []int64 // bytes of each successful archive; -1 for a failed one
+
+	leftoversAdded, leftoversCleared int
 }
 
 func (o *observer) Provisioned(_ time.Duration, ok bool) {
@@ -300,6 +302,13 @@ func (o *observer) Archived(_ time.Duration, bytes int64, ok bool) {
 		bytes = -1
 	}
 	o.archived = append(o.archived, bytes)
+}
+
+func (o *observer) Leftovers(added, cleared int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.leftoversAdded += added
+	o.leftoversCleared += cleared
 }
 
 func (o *observer) results() ([]bool, []int64) {

@@ -130,6 +130,8 @@ type Server struct {
 	plan       planState
 	slowLabnet time.Duration
 	onJobRead  func(jobID string)
+	// refusePurge, when set, is the error every purge answers with.
+	refusePurge string
 }
 
 type failureSpec struct {
@@ -227,6 +229,15 @@ func (s *Server) SlowLabnet(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.slowLabnet = d
+}
+
+// RefusePurge makes every purge of a job fail with a server error saying
+// message, as servers that will not let go of a stopped job do; stopping
+// a job still works. "" lets purges through again.
+func (s *Server) RefusePurge(message string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refusePurge = message
 }
 
 // OnJobRead calls fn after the fake has read a job (or found none) for a
@@ -590,6 +601,12 @@ func (s *Server) deregisterJob(w http.ResponseWriter, r *http.Request) {
 	if j == nil {
 		s.mu.Unlock()
 		fail(w, http.StatusNotFound, "job not found")
+		return
+	}
+	if purge && s.refusePurge != "" {
+		msg := s.refusePurge
+		s.mu.Unlock()
+		fail(w, http.StatusInternalServerError, "%s", msg)
 		return
 	}
 	idx := s.bump()

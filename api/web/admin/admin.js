@@ -136,6 +136,7 @@
     readFilters();
     var q = filterQuery(listState.page);
     $("list-summary").textContent = "Loading…";
+    loadLeftovers();
     api("GET", "/api/admin/sessions?" + q.toString()).then(function (res) {
       var tbody = $("sessions").querySelector("tbody");
       tbody.textContent = "";
@@ -155,6 +156,25 @@
       $("prev").disabled = res.page <= 1;
       $("next").disabled = res.page >= pages;
     }).catch(function (e) { $("list-summary").textContent = e.message; });
+  }
+  // ---- leftovers: parts of ended labs the runtime still keeps ----
+  function leftoverCells(l) {
+    return [l.kind, el("code", l.name), l.subnet || "", when(l.first_seen), String(l.attempts), l.last_error || ""];
+  }
+  function loadLeftovers() {
+    api("GET", "/api/admin/leftovers").then(function (res) {
+      var list = res.leftovers || [];
+      $("leftovers").hidden = list.length === 0;
+      $("leftover-count").textContent = String(list.length);
+      var tbody = $("leftover-list").querySelector("tbody");
+      tbody.textContent = "";
+      list.forEach(function (l) {
+        var tr = row([el("code", l.session_id)].concat(leftoverCells(l)));
+        tr.className = "row";
+        tr.addEventListener("click", function () { goSession(l.session_id); });
+        tbody.appendChild(tr);
+      });
+    }).catch(function () { $("leftovers").hidden = true; });
   }
   // ---- evidence: the seal of a session's files ----
   var EVIDENCE_LABELS = { verified: "verified", failed: "FAILED", unchecked: "changed, not checked", unsealed: "not sealed yet" };
@@ -256,6 +276,12 @@
       sel.appendChild(el("option", n.name));
     });
     if (keep) sel.value = keep;
+
+    var kept = d.leftovers || [];
+    $("s-leftovers").hidden = kept.length === 0;
+    var lbody = $("s-leftovers").querySelector("tbody");
+    lbody.textContent = "";
+    kept.forEach(function (l) { lbody.appendChild(row(leftoverCells(l))); });
 
     var answers = $("s-answers").querySelector("tbody");
     answers.textContent = "";
