@@ -105,6 +105,17 @@ func (r *Runtime) ensureSwitch(ctx context.Context, sessionID string, labels map
 	return container{}, fmt.Errorf("the lab's switch %s did not come up", name)
 }
 
+// StartSwitch brings up a segmented lab's switch (labelled with labels)
+// ahead of its nodes, so that wiring each node as it comes up does not
+// wait for it. PrepareLab makes it too when it is not there.
+func (r *Runtime) StartSwitch(ctx context.Context, sessionID string, labels map[string]string) error {
+	if !lab.ValidSessionID(sessionID) {
+		return fmt.Errorf("start switch: invalid session id %q", sessionID)
+	}
+	_, err := r.ensureSwitch(ctx, sessionID, labels)
+	return err
+}
+
 // RemoveSwitch removes a segmented lab's switch, which takes its segments
 // with it. A switch that is gone is not an error; one that belongs to
 // another session is never touched. A Nomad lab's poststop task runs it.
@@ -162,7 +173,9 @@ func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[strin
 			pids[name] = c.State.Pid
 		}
 		var out bytes.Buffer
+		r.wireMu.Lock()
 		code, err := r.execIn(ctx, sw, "the lab's switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, &out, &out)
+		r.wireMu.Unlock()
 		if err != nil {
 			return fmt.Errorf("wire the lab: %w", err)
 		}
