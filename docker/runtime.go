@@ -75,11 +75,6 @@ type Runtime struct {
 	toolsWarned   bool
 	holderWarned  bool
 
-	// wireMu lets one switch script at a time run: the lab's agent wires
-	// a Nomad lab's nodes one by one as each comes up, and two scripts
-	// making the same segment at once would trip over each other.
-	wireMu sync.Mutex
-
 	// indexes are the paths of each image a capture has read, by image id.
 	indexMu sync.Mutex
 	indexes map[string]map[string]bool

@@ -147,6 +147,19 @@ func (r *Runtime) RemoveSwitch(ctx context.Context, sessionID string) error {
 // prepared again. Errors name the node. A setup that fails or overruns its
 // time limit fails the whole call.
 func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[string]string, switchLabels map[string]string) error {
+	prepare, err := r.WireNodes(ctx, spec, nodes, switchLabels)
+	if err != nil {
+		return err
+	}
+	return prepare(ctx)
+}
+
+// WireNodes is PrepareLab in two steps: it wires the given running nodes
+// of spec (in a segmented lab) and returns what prepares them, their
+// /etc/hosts, files and setup. The wiring is one script in the switch;
+// a caller that wires nodes as each comes up wires the next ones while
+// the last are still being prepared.
+func (r *Runtime) WireNodes(ctx context.Context, spec lab.Spec, nodes map[string]string, switchLabels map[string]string) (func(context.Context) error, error) {
 	conts := make(map[string]container, len(nodes))
 	for _, n := range spec.Nodes {
 		ref, ok := nodes[n.Name]
@@ -155,10 +168,10 @@ func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[strin
 		}
 		c, err := r.client.inspectContainer(ctx, ref)
 		if err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 		if !c.State.Running || c.State.Pid <= 0 {
-			return fmt.Errorf("node %s: %w (%s)", n.Name, lab.ErrNotRunning, c.State.Status)
+			return nil, fmt.Errorf("node %s: %w (%s)", n.Name, lab.ErrNotRunning, c.State.Status)
 		}
 		conts[n.Name] = c
 	}
@@ -166,49 +179,49 @@ func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[strin
 	if spec.Segmented() {
 		sw, err := r.ensureSwitch(ctx, spec.SessionID, switchLabels)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		pids := make(map[string]int, len(conts))
 		for name, c := range conts {
 			pids[name] = c.State.Pid
 		}
 		var out bytes.Buffer
-		r.wireMu.Lock()
 		code, err := r.execIn(ctx, sw, "the lab's switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, &out, &out)
-		r.wireMu.Unlock()
 		if err != nil {
-			return fmt.Errorf("wire the lab: %w", err)
+			return nil, fmt.Errorf("wire the lab: %w", err)
 		}
 		if code != 0 {
-			return fmt.Errorf("wire the lab: the switch's script exited %d: %s", code, tail(out.String()))
+			return nil, fmt.Errorf("wire the lab: the switch's script exited %d: %s", code, tail(out.String()))
 		}
 		for _, name := range lab.Wired(out.String()) {
 			wired[name] = true
 		}
 	}
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-		sem  = make(chan struct{}, provisionParallel)
-	)
-	for _, n := range spec.Nodes {
-		c, ok := conts[n.Name]
-		if !ok || (!wired[n.Name] && !n.Prepared()) {
-			continue
-		}
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			if err := r.prepareNode(ctx, spec, n, c, wired[n.Name]); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
+	return func(ctx context.Context) error {
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			errs []error
+			sem  = make(chan struct{}, provisionParallel)
+		)
+		for _, n := range spec.Nodes {
+			c, ok := conts[n.Name]
+			if !ok || (!wired[n.Name] && !n.Prepared()) {
+				continue
 			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				if err := r.prepareNode(ctx, spec, n, c, wired[n.Name]); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}, nil
 }
 
 // SetupError is a node's setup that failed or overran its time limit.

@@ -21,9 +21,6 @@ const failedSuffix = ".failed"
 // lab comes up: each node is wired as soon as it runs.
 const wirePoll = 200 * time.Millisecond
 
-// wireParallel bounds the nodes watch -plan prepares at once.
-const wireParallel = 4
-
 // readPlan reads and checks a segmented lab's plan.
 func readPlan(session, plan string) (lab.Spec, error) {
 	var spec lab.Spec
@@ -89,26 +86,34 @@ func wireAsTheyCome(ctx context.Context, rt *docker.Runtime, tend func(), sessio
 
 // wireNodes fills the grader's tools, starts the switch, and wires and
 // prepares every node of spec as its container comes to run, within wait.
-// It returns the container it wired for each node.
+// The nodes that came up since the last wiring are wired together, by one
+// script in the switch, while those wired before are still being
+// prepared. It returns the container it wired for each node.
 func wireNodes(ctx context.Context, rt *docker.Runtime, tend func(), spec lab.Spec, examID, alloc, tools, busybox string, wait time.Duration) (map[string]string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	labels := switchLabels(spec, examID)
-	type done struct {
-		node string
-		err  error
+	// Events of the work in flight: tools filled, a batch wired (with
+	// what prepares it), a batch prepared.
+	type event struct {
+		batch   []string
+		prepare func(context.Context) error
+		wired   bool
+		err     error
+		since   time.Time
 	}
-	results := make(chan done, len(spec.Nodes)+1)
+	events := make(chan event, 2*len(spec.Nodes)+1)
 	pending := len(spec.Nodes)
 	if tools != "" {
 		pending++
-		go func() { results <- done{err: graderTools(ctx, rt, spec.SessionID, tools, busybox)} }()
+		go func() { events <- event{err: graderTools(ctx, rt, spec.SessionID, tools, busybox)} }()
 	}
 	if err := rt.StartSwitch(ctx, spec.SessionID, labels); err != nil {
 		return nil, err
 	}
-	sem := make(chan struct{}, wireParallel)
 	wired := make(map[string]string, len(spec.Nodes))
+	var queue []string // running, not yet wired
+	wiring := false
 	deadline := time.Now().Add(wait)
 	lastTend := time.Time{}
 	tick := time.NewTicker(wirePoll)
@@ -134,30 +139,40 @@ func wireNodes(ctx context.Context, rt *docker.Runtime, tend func(), spec lab.Sp
 				continue
 			}
 			wired[n.Name] = id
-			go func() {
-				select {
-				case sem <- struct{}{}:
-				case <-ctx.Done():
-					results <- done{node: n.Name, err: ctx.Err()}
-					return
-				}
-				defer func() { <-sem }()
-				results <- done{node: n.Name, err: rt.PrepareLab(ctx, spec, map[string]string{n.Name: id}, labels)}
-			}()
+			queue = append(queue, n.Name)
 		}
 		if len(missing) > 0 && time.Now().After(deadline) {
 			return nil, fmt.Errorf("find node containers of %s: no running container for %s after %s", spec.SessionID, strings.Join(missing, ", "), wait)
 		}
 		for waiting := true; waiting && pending > 0; {
+			if !wiring && len(queue) > 0 {
+				batch := queue
+				queue = nil
+				wiring = true
+				refs := make(map[string]string, len(batch))
+				for _, n := range batch {
+					refs[n] = wired[n]
+				}
+				go func() {
+					since := time.Now()
+					prepare, err := rt.WireNodes(ctx, spec, refs, labels)
+					events <- event{batch: batch, prepare: prepare, wired: true, err: err, since: since}
+				}()
+			}
 			select {
-			case r := <-results:
-				if r.err != nil {
-					return nil, r.err
+			case e := <-events:
+				switch {
+				case e.err != nil:
+					return nil, e.err
+				case e.wired:
+					wiring = false
+					go func() { events <- event{batch: e.batch, err: e.prepare(ctx), since: e.since} }()
+				default:
+					pending -= max(len(e.batch), 1)
+					if len(e.batch) > 0 {
+						fmt.Printf("%s: wired and prepared in %s\n", strings.Join(e.batch, " "), time.Since(e.since).Round(10*time.Millisecond))
+					}
 				}
-				if r.node != "" {
-					fmt.Printf("node %s: container %.12s wired\n", r.node, wired[r.node])
-				}
-				pending--
 			case <-tick.C:
 				waiting = false
 			case <-ctx.Done():

@@ -99,7 +99,7 @@ func checkJob(job *api.Job, nodes, mhzPerCPU int) []string {
 				bad("the prestart sidecar is %s, want %s", t.Name, jobspecs.NomadLabnetWatch)
 			case segmented && !strings.HasSuffix(args, " -plan ${NOMAD_TASK_DIR}/lab.json -state "+jobspecs.NomadLabnetState):
 				bad("labnet task %s runs %q, without -plan ${NOMAD_TASK_DIR}/lab.json -state %s", t.Name, args, jobspecs.NomadLabnetState)
-			case args != "labnet watch -session "+session:
+			case !segmented && args != "labnet watch -session "+session:
 				bad("a flat lab's labnet task %s runs %q, want labnet watch -session %s", t.Name, args, session)
 			}
 		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststop:
