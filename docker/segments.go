@@ -105,6 +105,17 @@ func (r *Runtime) ensureSwitch(ctx context.Context, sessionID string, labels map
 	return container{}, fmt.Errorf("the lab's switch %s did not come up", name)
 }
 
+// StartSwitch brings up a segmented lab's switch (labelled with labels)
+// ahead of its nodes, so that wiring each node as it comes up does not
+// wait for it. PrepareLab makes it too when it is not there.
+func (r *Runtime) StartSwitch(ctx context.Context, sessionID string, labels map[string]string) error {
+	if !lab.ValidSessionID(sessionID) {
+		return fmt.Errorf("start switch: invalid session id %q", sessionID)
+	}
+	_, err := r.ensureSwitch(ctx, sessionID, labels)
+	return err
+}
+
 // RemoveSwitch removes a segmented lab's switch, which takes its segments
 // with it. A switch that is gone is not an error; one that belongs to
 // another session is never touched. A Nomad lab's poststop task runs it.
@@ -136,6 +147,19 @@ func (r *Runtime) RemoveSwitch(ctx context.Context, sessionID string) error {
 // prepared again. Errors name the node. A setup that fails or overruns its
 // time limit fails the whole call.
 func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[string]string, switchLabels map[string]string) error {
+	prepare, err := r.WireNodes(ctx, spec, nodes, switchLabels)
+	if err != nil {
+		return err
+	}
+	return prepare(ctx)
+}
+
+// WireNodes is PrepareLab in two steps: it wires the given running nodes
+// of spec (in a segmented lab) and returns what prepares them, their
+// /etc/hosts, files and setup. The wiring is one script in the switch;
+// a caller that wires nodes as each comes up wires the next ones while
+// the last are still being prepared.
+func (r *Runtime) WireNodes(ctx context.Context, spec lab.Spec, nodes map[string]string, switchLabels map[string]string) (func(context.Context) error, error) {
 	conts := make(map[string]container, len(nodes))
 	for _, n := range spec.Nodes {
 		ref, ok := nodes[n.Name]
@@ -144,10 +168,10 @@ func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[strin
 		}
 		c, err := r.client.inspectContainer(ctx, ref)
 		if err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 		if !c.State.Running || c.State.Pid <= 0 {
-			return fmt.Errorf("node %s: %w (%s)", n.Name, lab.ErrNotRunning, c.State.Status)
+			return nil, fmt.Errorf("node %s: %w (%s)", n.Name, lab.ErrNotRunning, c.State.Status)
 		}
 		conts[n.Name] = c
 	}
@@ -155,7 +179,7 @@ func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[strin
 	if spec.Segmented() {
 		sw, err := r.ensureSwitch(ctx, spec.SessionID, switchLabels)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		pids := make(map[string]int, len(conts))
 		for name, c := range conts {
@@ -164,38 +188,40 @@ func (r *Runtime) PrepareLab(ctx context.Context, spec lab.Spec, nodes map[strin
 		var out bytes.Buffer
 		code, err := r.execIn(ctx, sw, "the lab's switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, &out, &out)
 		if err != nil {
-			return fmt.Errorf("wire the lab: %w", err)
+			return nil, fmt.Errorf("wire the lab: %w", err)
 		}
 		if code != 0 {
-			return fmt.Errorf("wire the lab: the switch's script exited %d: %s", code, tail(out.String()))
+			return nil, fmt.Errorf("wire the lab: the switch's script exited %d: %s", code, tail(out.String()))
 		}
 		for _, name := range lab.Wired(out.String()) {
 			wired[name] = true
 		}
 	}
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-		sem  = make(chan struct{}, provisionParallel)
-	)
-	for _, n := range spec.Nodes {
-		c, ok := conts[n.Name]
-		if !ok || (!wired[n.Name] && !n.Prepared()) {
-			continue
-		}
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			if err := r.prepareNode(ctx, spec, n, c, wired[n.Name]); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
+	return func(ctx context.Context) error {
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			errs []error
+			sem  = make(chan struct{}, provisionParallel)
+		)
+		for _, n := range spec.Nodes {
+			c, ok := conts[n.Name]
+			if !ok || (!wired[n.Name] && !n.Prepared()) {
+				continue
 			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				if err := r.prepareNode(ctx, spec, n, c, wired[n.Name]); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}, nil
 }
 
 // SetupError is a node's setup that failed or overran its time limit.

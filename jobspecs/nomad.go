@@ -54,7 +54,13 @@ const (
 //     memory_max and, with cpu_hard_limit off, by the lab's agent, which
 //     sets each node container's CPU quota from its examlab.cpu-limit
 //     label. The labnet tasks reserve less.
-const NomadRenderVersion = 5
+//  6. The lab's agent comes first: labnet-watch is a prestart sidecar,
+//     running before the nodes start. In a segmented lab it is given the
+//     plan and fills the grader's tools, brings up the switch while the
+//     nodes start and wires and prepares each node as it comes to run;
+//     labnet-up, still the poststart task the lab's readiness waits for,
+//     only awaits what the agent leaves (labnet up -await).
+const NomadRenderVersion = 6
 
 // GraderToolsTarget is where every node sees the grader's tools;
 // grading.ToolsDir names the same path.
@@ -82,18 +88,19 @@ const (
 	// ready only once it has exited 0.
 	NomadLabnetUp   = "labnet-up"
 	NomadLabnetDown = "labnet-down"
-	// NomadLabnetWatch is every lab's poststart sidecar, the lab's agent
+	// NomadLabnetWatch is every lab's prestart sidecar, the lab's agent
 	// on its client: the runtime runs `labnet freeze|thaw|capture` in it
-	// with alloc exec. In a segmented lab it also wires and prepares, for
-	// the lab's life, each node container that replaces one labnet-up
-	// wired, since Nomad restarts a node (after a crash, or to reset it)
-	// in a fresh container with no network.
+	// with alloc exec. In a segmented lab it also wires and prepares each
+	// node as it first comes up and, for the lab's life, each node
+	// container that replaces one, since Nomad restarts a node (after a
+	// crash, or to reset it) in a fresh container with no network.
 	NomadLabnetWatch = "labnet-watch"
-	// NomadPlan is the file, in labnet-up's task directory, that a
+	// NomadPlan is the file, in labnet-watch's task directory, that a
 	// segmented lab's template writes the lab's spec (lab.Spec as JSON) to.
 	NomadPlan = "local/lab.json"
 	// NomadLabnetState is the file, in the allocation's shared directory,
-	// where labnet-up leaves what it wired for labnet-watch.
+	// where labnet-watch leaves what it wired for labnet-up -await (and,
+	// beside it with ".failed" added, why it could not).
 	NomadLabnetState = "${NOMAD_ALLOC_DIR}/labnet.json"
 )
 
@@ -285,10 +292,7 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	}
 	var up *api.Task
 	if l.Segmented() {
-		var err error
-		if up, err = wiringTask(l, o, labnetArgs); err != nil {
-			return nil, fmt.Errorf("render nomad job %s: %w", l.SessionID, err)
-		}
+		up = awaitTask(l, o)
 	} else {
 		if o.SubnetPool != "" {
 			labnetArgs = append(labnetArgs, "-subnet-pool", o.SubnetPool)
@@ -311,7 +315,11 @@ func NomadJob(l lab.Spec, o NomadOptions) (*api.Job, error) {
 	if l.Segmented() {
 		group.Tasks = append(group.Tasks, up)
 	}
-	group.Tasks = append(group.Tasks, watchTask(l, o))
+	watch, err := watchTask(l, o)
+	if err != nil {
+		return nil, fmt.Errorf("render nomad job %s: %w", l.SessionID, err)
+	}
+	group.Tasks = append(group.Tasks, watch)
 	group.Tasks = append(group.Tasks, labnetTask(NomadLabnetDown, api.TaskLifecycleHookPoststop, o.Labnet,
 		[]string{"labnet", "down", "-session", l.SessionID}))
 	for _, t := range group.Tasks {
@@ -388,18 +396,41 @@ func nodeResources(n lab.Node, o NomadOptions) *api.Resources {
 	return r
 }
 
-// wiringTask is a segmented lab's labnet-up: a poststart task that runs
-// once the nodes run, with the lab's plan written by its template. It is
-// never restarted: a setup that failed halfway must not run again in the
-// same node, and the failure fails the lab at once, with its reason in the
-// task's stderr.
-func wiringTask(l lab.Spec, o NomadOptions, args []string) (*api.Task, error) {
+// awaitTask is a segmented lab's labnet-up: a poststart task that ends
+// once the lab's agent has wired and prepared the nodes, with the reason
+// the agent left if it could not. It is never restarted: the agent does
+// the work once, and its failure fails the lab at once, with its reason
+// in this task's stderr.
+func awaitTask(l lab.Spec, o NomadOptions) *api.Task {
+	t := labnetTask(NomadLabnetUp, api.TaskLifecycleHookPoststart, o.Labnet,
+		[]string{"labnet", "up", "-session", l.SessionID, "-await", NomadLabnetState})
+	t.RestartPolicy = &api.RestartPolicy{Attempts: new(0), Mode: new("fail")}
+	return t
+}
+
+// watchTask is a lab's labnet-watch, a prestart sidecar: it runs before
+// the nodes start and for the lab's life. A segmented lab's is given the
+// lab's plan, written by its template: it fills the grader's tools, makes
+// the switch, wires and prepares each node as it comes up, and leaves
+// the state labnet-up awaits. A flat lab's has nothing to wire.
+func watchTask(l lab.Spec, o NomadOptions) (*api.Task, error) {
+	args := []string{"labnet", "watch", "-session", l.SessionID}
+	if !l.Segmented() {
+		t := labnetTask(NomadLabnetWatch, api.TaskLifecycleHookPrestart, o.Labnet, args)
+		t.Lifecycle.Sidecar = true
+		return t, nil
+	}
 	plan, err := Plan(l)
 	if err != nil {
 		return nil, err
 	}
-	t := labnetTask(NomadLabnetUp, api.TaskLifecycleHookPoststart, o.Labnet,
-		append(args, "-plan", "${NOMAD_TASK_DIR}/"+strings.TrimPrefix(NomadPlan, "local/"), "-state", NomadLabnetState))
+	args = append(args, "-exam", l.ExamID)
+	if o.GraderTools != "" {
+		args = append(args, "-grader-tools", o.GraderTools, "-grader-busybox", o.GraderBusybox)
+	}
+	args = append(args, "-plan", "${NOMAD_TASK_DIR}/"+strings.TrimPrefix(NomadPlan, "local/"), "-state", NomadLabnetState)
+	t := labnetTask(NomadLabnetWatch, api.TaskLifecycleHookPrestart, o.Labnet, args)
+	t.Lifecycle.Sidecar = true
 	t.Templates = []*api.Template{{
 		EmbeddedTmpl: new(string(plan)),
 		DestPath:     new(NomadPlan),
@@ -407,21 +438,7 @@ func wiringTask(l lab.Spec, o NomadOptions, args []string) (*api.Task, error) {
 		LeftDelim:    new(PlanLeftDelim),
 		RightDelim:   new(PlanRightDelim),
 	}}
-	t.RestartPolicy = &api.RestartPolicy{Attempts: new(0), Mode: new("fail")}
 	return t, nil
-}
-
-// watchTask is a lab's labnet-watch, a poststart sidecar. A segmented
-// lab's starts with labnet-up and waits for the state labnet-up leaves,
-// which holds the plan; a flat lab's has nothing to rewire.
-func watchTask(l lab.Spec, o NomadOptions) *api.Task {
-	args := []string{"labnet", "watch", "-session", l.SessionID}
-	if l.Segmented() {
-		args = append(args, "-state", NomadLabnetState)
-	}
-	t := labnetTask(NomadLabnetWatch, api.TaskLifecycleHookPoststart, o.Labnet, args)
-	t.Lifecycle.Sidecar = true
-	return t
 }
 
 // Plan is the lab's spec as a segmented lab's labnet-up reads it: JSON,

@@ -126,7 +126,7 @@ func TestNomadJobShape(t *testing.T) {
 		t.Errorf("namespace %s datacenters %v", *job.Namespace, job.Datacenters)
 	}
 	for k, want := range map[string]string{MetaSession: goldenSession, MetaExam: "flat-lab", MetaCandidate: "candidate@example.com",
-		MetaManaged: "true", MetaRender: "5"} {
+		MetaManaged: "true", MetaRender: "6"} {
 		if job.Meta[k] != want {
 			t.Errorf("meta %s = %q, want %q", k, job.Meta[k], want)
 		}
@@ -143,8 +143,8 @@ func TestNomadJobShape(t *testing.T) {
 	}
 	up, watch, down := g.Tasks[0], g.Tasks[len(g.Tasks)-2], g.Tasks[len(g.Tasks)-1]
 	if watch.Name != NomadLabnetWatch || watch.Driver != "raw_exec" || watch.Lifecycle == nil ||
-		watch.Lifecycle.Hook != api.TaskLifecycleHookPoststart || !watch.Lifecycle.Sidecar {
-		t.Errorf("task %s %s %+v, want labnet-watch as a poststart raw_exec sidecar, the lab's agent", watch.Name, watch.Driver, watch.Lifecycle)
+		watch.Lifecycle.Hook != api.TaskLifecycleHookPrestart || !watch.Lifecycle.Sidecar {
+		t.Errorf("task %s %s %+v, want labnet-watch as a prestart raw_exec sidecar, the lab's agent", watch.Name, watch.Driver, watch.Lifecycle)
 	}
 	if got := strings.Join(watch.Config["args"].([]string), " "); got != "labnet watch -session golden0000s1" || watch.Config["command"] != "/opt/examlab/bin/examlab" {
 		t.Errorf("labnet-watch runs %v %q, want labnet watch -session golden0000s1 with nothing to rewire", watch.Config["command"], got)
@@ -245,27 +245,28 @@ func TestNomadJobSegmentedShape(t *testing.T) {
 		up.Lifecycle.Hook != api.TaskLifecycleHookPoststart || up.Lifecycle.Sidecar {
 		t.Errorf("task %s %s %+v, want labnet-up as a poststart raw_exec task, not a sidecar", up.Name, up.Driver, up.Lifecycle)
 	}
-	// The pool is the flat network's: a segmented lab takes nothing from it.
-	wantArgs := "labnet up -session golden0000s1 -exam segmented-lab -plan ${NOMAD_TASK_DIR}/lab.json -state ${NOMAD_ALLOC_DIR}/labnet.json"
+	// labnet-up awaits what the lab's agent leaves; the pool is the flat
+	// network's: a segmented lab takes nothing from it.
+	wantArgs := "labnet up -session golden0000s1 -await ${NOMAD_ALLOC_DIR}/labnet.json"
 	if got := strings.Join(up.Config["args"].([]string), " "); got != wantArgs {
 		t.Errorf("labnet-up runs %q, want %q", got, wantArgs)
 	}
 	if watch.Name != NomadLabnetWatch || watch.Driver != "raw_exec" || watch.Lifecycle == nil ||
-		watch.Lifecycle.Hook != api.TaskLifecycleHookPoststart || !watch.Lifecycle.Sidecar {
-		t.Errorf("task %s %s %+v, want labnet-watch as a poststart raw_exec sidecar", watch.Name, watch.Driver, watch.Lifecycle)
+		watch.Lifecycle.Hook != api.TaskLifecycleHookPrestart || !watch.Lifecycle.Sidecar {
+		t.Errorf("task %s %s %+v, want labnet-watch as a prestart raw_exec sidecar: it wires the nodes as they start", watch.Name, watch.Driver, watch.Lifecycle)
 	}
-	// It reads the state labnet-up leaves, where up wrote it.
-	wantWatch := "labnet watch -session golden0000s1 -state ${NOMAD_ALLOC_DIR}/labnet.json"
+	// The agent wires from the plan and leaves the state where up awaits it.
+	wantWatch := "labnet watch -session golden0000s1 -exam segmented-lab -plan ${NOMAD_TASK_DIR}/lab.json -state ${NOMAD_ALLOC_DIR}/labnet.json"
 	if got := strings.Join(watch.Config["args"].([]string), " "); got != wantWatch {
 		t.Errorf("labnet-watch runs %q, want %q", got, wantWatch)
 	}
 	if r := up.RestartPolicy; r == nil || *r.Attempts != 0 || *r.Mode != "fail" {
-		t.Errorf("labnet-up restart policy %+v, want none: a failed setup must not run twice", r)
+		t.Errorf("labnet-up restart policy %+v, want none: a lab that failed is not awaited again", r)
 	}
-	if len(up.Templates) != 1 {
-		t.Fatalf("labnet-up has %d templates, want the plan", len(up.Templates))
+	if len(up.Templates) != 0 || len(watch.Templates) != 1 {
+		t.Fatalf("labnet-up has %d templates and labnet-watch %d, want the plan on the watch alone", len(up.Templates), len(watch.Templates))
 	}
-	tmpl := up.Templates[0]
+	tmpl := watch.Templates[0]
 	if *tmpl.DestPath != NomadPlan || *tmpl.ChangeMode != "noop" {
 		t.Errorf("template to %s change mode %s", *tmpl.DestPath, *tmpl.ChangeMode)
 	}
@@ -390,17 +391,19 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantTools := "5"
+			wantTools := "6"
 			if job.Meta[MetaRender] != wantTools {
 				t.Errorf("render version %s, want %s", job.Meta[MetaRender], wantTools)
 			}
 			nodes := 0
 			for _, task := range job.TaskGroups[0].Tasks {
 				switch {
-				case task.Name == NomadLabnetUp:
+				case task.Name == NomadLabnetUp && !l.Segmented(), task.Name == NomadLabnetWatch && l.Segmented():
+					// Whichever runs before the nodes' setups: a flat lab's
+					// prestart labnet-up, a segmented lab's agent.
 					args := strings.Join(task.Config["args"].([]string), " ")
 					if !strings.Contains(args, " -grader-tools "+goldenTools+" -grader-busybox /usr/local/bin/busybox") {
-						t.Errorf("labnet-up runs %q, without the tools to fill", args)
+						t.Errorf("%s runs %q, without the tools to fill", task.Name, args)
 					}
 				case task.Driver == "docker":
 					nodes++
@@ -423,7 +426,7 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := "5"
+			want := "6"
 			if plain.Meta[MetaRender] != want {
 				t.Errorf("without tools the job is render version %s, want %s", plain.Meta[MetaRender], want)
 			}

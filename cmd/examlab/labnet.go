@@ -37,7 +37,9 @@ type labnetState struct {
 //
 //	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N] [-grader-tools NAME [-grader-busybox PATH]]
 //	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
+//	examlab labnet up -session ID -await FILE [-wait 2m]
 //	examlab labnet watch -session ID [-state FILE] [-alloc ID] [-every 2s] [-thaw-after 30m]
+//	examlab labnet watch -session ID [-exam ID] -plan FILE -state FILE [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
 //	examlab labnet down -session ID [-wait 2m]
 //	examlab labnet freeze|thaw|limit -session ID -alloc ID
 //	examlab labnet capture -session ID -alloc ID -node NAME
@@ -49,7 +51,13 @@ type labnetState struct {
 // what it did in the -state file. Watch, beside the nodes for the lab's
 // life, waits for that file, then wires and prepares every node container
 // that replaces one (a node restarted after a crash, or reset): Nomad
-// starts it with no network, as it did the first. With -grader-tools, up
+// starts it with no network, as it did the first. Today's jobs (render 6)
+// give the plan to watch instead, which starts before the nodes, wires
+// and prepares each as it comes to run and leaves the -state file, or,
+// beside it in FILE.failed, why it could not; up -await, run once the
+// nodes run, waits for either and ends 0 or with that reason (see
+// wireAsTheyCome). Up -plan and watch -state remain for jobs registered
+// before. With -grader-tools, up (or watch -plan)
 // first makes and fills the volume of the grader's tools that the nodes
 // mount, from this client's busybox. Down removes the
 // network or the switch, whichever the lab has. A failure exits non-zero
@@ -88,14 +96,15 @@ func labnet(ctx context.Context, args []string) error {
 	examID := fs.String("exam", "", "exam id, kept as a label on the network or switch (up)")
 	pool := fs.String("subnet-pool", def.SubnetPool, "pool a flat lab's subnet is carved from (up)")
 	prefix := fs.Int("subnet-prefix", def.SubnetPrefix, "prefix length of a flat lab's subnet (up)")
-	plan := fs.String("plan", "", "a segmented lab's spec, as JSON: wire and prepare its running nodes (up)")
-	state := fs.String("state", "", "where up -plan leaves what it wired, for watch")
+	plan := fs.String("plan", "", "a segmented lab's spec, as JSON: wire and prepare its running nodes (up, watch)")
+	state := fs.String("state", "", "where up -plan or watch -plan leaves what it wired (and watch -plan, beside it in FILE.failed, why it could not)")
+	await := fs.String("await", "", "the state file watch -plan leaves: wait for it, and fail with the reason it leaves instead (up)")
 	alloc := fs.String("alloc", os.Getenv("NOMAD_ALLOC_ID"), "the allocation whose node containers to wire (up -plan, watch; default: NOMAD_ALLOC_ID)")
-	wait := fs.Duration("wait", labnetWait, "how long to wait for the nodes' containers to run (up -plan) or to leave the network (down)")
+	wait := fs.Duration("wait", labnetWait, "how long to wait for the nodes' containers to run (up -plan, watch -plan), for the lab to be wired (up -await) or for the containers to leave the network (down)")
 	every := fs.Duration("every", labnetEvery, "how often to look for replaced node containers (watch)")
 	thawAfter := fs.Duration("thaw-after", nomad.DefaultThawAfter, "thaw a node frozen for longer than this: its capture's worker is gone (watch)")
 	host := fs.String("docker-host", os.Getenv("DOCKER_HOST"), "Docker Engine API address (default: DOCKER_HOST, else the local socket)")
-	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox first (up)")
+	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox (up, watch -plan)")
 	busybox := fs.String("grader-busybox", def.GraderBusybox, "the static busybox on this client the grader's tools come from (up)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -106,6 +115,12 @@ func labnet(ctx context.Context, args []string) error {
 	rt, err := docker.New(docker.Options{Host: *host, SubnetPool: *pool, SubnetPrefix: *prefix, GraderBusybox: *busybox})
 	if err != nil {
 		return err
+	}
+	if *await != "" {
+		if verb != "up" || *plan != "" {
+			return errors.New("labnet: -await is for up, without -plan")
+		}
+		return oneLine(awaitLab(ctx, *session, *await, *wait))
 	}
 	if verb == "up" && *tools != "" {
 		if err := graderTools(ctx, rt, *session, *tools, *busybox); err != nil {
@@ -122,6 +137,16 @@ func labnet(ctx context.Context, args []string) error {
 		tend := func() {
 			holdLimits(ctx, agent, *session, *alloc)
 			guardLab(ctx, guard, *session)
+		}
+		if *plan != "" {
+			if *state == "" {
+				return errors.New("labnet watch: -plan needs -state, where labnet up -await looks")
+			}
+			st, wired, err := wireAsTheyCome(ctx, rt, tend, *session, *examID, *alloc, *plan, *state, *tools, *busybox, *wait)
+			if err != nil || !wired {
+				return oneLine(err)
+			}
+			return oneLine(rewireLab(ctx, rt, tend, *session, *alloc, st, *every))
 		}
 		if *state == "" {
 			// A flat lab's: Nomad restarts its nodes on their network, so
@@ -176,19 +201,9 @@ func graderTools(ctx context.Context, rt *docker.Runtime, session, want, busybox
 // spec is in the file plan, and leaves what it did in the file state, if
 // one is named.
 func wireLab(ctx context.Context, rt *docker.Runtime, session, examID, alloc, plan, state string, wait time.Duration) error {
-	b, err := os.ReadFile(plan)
+	spec, err := readPlan(session, plan)
 	if err != nil {
-		return fmt.Errorf("labnet up %s: read the plan: %w", session, err)
-	}
-	var spec lab.Spec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return fmt.Errorf("labnet up %s: decode the plan %s: %w", session, plan, err)
-	}
-	switch {
-	case spec.SessionID != session:
-		return fmt.Errorf("labnet up %s: the plan is session %q's", session, spec.SessionID)
-	case !spec.Segmented():
-		return fmt.Errorf("labnet up %s: the plan has no segments to wire", session)
+		return fmt.Errorf("labnet up %s: %w", session, err)
 	}
 	names := make([]string, len(spec.Nodes))
 	for i, n := range spec.Nodes {
@@ -205,19 +220,24 @@ func wireLab(ctx context.Context, rt *docker.Runtime, session, examID, alloc, pl
 	if state == "" {
 		return nil
 	}
-	b, err = json.Marshal(labnetState{Plan: spec, Containers: nodes})
-	if err != nil {
-		return fmt.Errorf("labnet up %s: %w", session, err)
-	}
-	// Written whole or not at all: watch starts on the file's appearance.
-	tmp := state + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("labnet up %s: leave the state: %w", session, err)
-	}
-	if err := os.Rename(tmp, state); err != nil {
+	if err := leaveFile(state, labnetState{Plan: spec, Containers: nodes}); err != nil {
 		return fmt.Errorf("labnet up %s: leave the state: %w", session, err)
 	}
 	return nil
+}
+
+// leaveFile writes v as JSON to path, whole or not at all: whoever waits
+// for the file starts on its appearance.
+func leaveFile(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // switchLabels are the labels of a Nomad lab's switch. Not
@@ -259,6 +279,13 @@ func watchLab(ctx context.Context, rt *docker.Runtime, tend func(), session, all
 			return nil // the lab stopped before it was wired
 		}
 	}
+	return rewireLab(ctx, rt, tend, session, alloc, st, every)
+}
+
+// rewireLab is a segmented lab's agent once the lab is wired: every
+// interval until ctx ends, it wires and prepares each node container that
+// has replaced the one st holds.
+func rewireLab(ctx context.Context, rt *docker.Runtime, tend func(), session, alloc string, st labnetState, every time.Duration) error {
 	if st.Plan.SessionID != session {
 		return fmt.Errorf("labnet watch %s: the state is session %q's", session, st.Plan.SessionID)
 	}

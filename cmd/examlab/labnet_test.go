@@ -79,6 +79,14 @@ func client(t *testing.T, eng *testlab.Engine, spec lab.Spec, alloc string) stri
 // clientWith is client for the job rendered with opts.
 func clientWith(t *testing.T, eng *testlab.Engine, spec lab.Spec, alloc string, opts jobspecs.NomadOptions) string {
 	t.Helper()
+	startNodes(t, eng, spec, alloc, opts)
+	return planFile(t, eng, spec)
+}
+
+// startNodes starts each node task of the job rendered with opts as the
+// docker driver would, in allocation alloc.
+func startNodes(t *testing.T, eng *testlab.Engine, spec lab.Spec, alloc string, opts jobspecs.NomadOptions) {
+	t.Helper()
 	job, err := jobspecs.NomadJob(spec, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +97,12 @@ func clientWith(t *testing.T, eng *testlab.Engine, spec lab.Spec, alloc string, 
 			eng.NomadTask(t, lab.ContainerName(spec.SessionID, task.Name), task, alloc)
 		}
 	}
+}
+
+// planFile writes the plan where the lab's template would and returns its
+// path; the lab's labnet down runs when the test ends.
+func planFile(t *testing.T, eng *testlab.Engine, spec lab.Spec) string {
+	t.Helper()
 	plan, err := jobspecs.Plan(spec)
 	if err != nil {
 		t.Fatal(err)
@@ -231,4 +245,130 @@ func TestLabnetFillsTheGradersTools(t *testing.T) {
 			t.Errorf("%s: the grader's tools are not there, or not read-only (exit %d):\n%s", node, code, out)
 		}
 	}
+}
+
+// TestLabnetWatchWiresNodesAsTheyStart runs a segmented lab as today's
+// jobs do: labnet watch -plan starts before any node, the nodes start
+// one by one, and labnet up -await ends once the agent has wired and
+// prepared them all.
+func TestLabnetWatchWiresNodesAsTheyStart(t *testing.T) {
+	eng := testlab.NewEngine(t)
+	spec := twoNodes(t, false)
+	const alloc = "alloc-6"
+	plan := planFile(t, eng, spec)
+	state := filepath.Join(t.TempDir(), "labnet.json")
+	ctx, cancel := context.WithTimeout(context.Background(), labnetTimeout)
+	defer cancel()
+
+	wctx, stop := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	go func() {
+		watched <- labnet(wctx, []string{"watch", "-session", spec.SessionID, "-exam", spec.ExamID, "-plan", plan, "-state", state, "-alloc", alloc, "-wait", "60s", "-every", "200ms"})
+	}()
+	defer func() {
+		stop()
+		if err := <-watched; err != nil {
+			t.Errorf("labnet watch ended with %v, want nil once stopped", err)
+		}
+	}()
+	// The switch comes up before any node does.
+	deadline := time.Now().Add(30 * time.Second)
+	for !hasSwitch(t, eng, spec) {
+		if time.Now().After(deadline) {
+			t.Fatal("labnet watch -plan made no switch before the nodes started")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(state); err == nil {
+		t.Fatal("the state was left before any node ran")
+	}
+	startNodes(t, eng, spec, alloc, jobspecs.NomadOptions{})
+	if err := labnet(ctx, []string{"up", "-session", spec.SessionID, "-await", state, "-wait", "60s"}); err != nil {
+		t.Fatalf("labnet up -await: %v", err)
+	}
+	if out, code := run(t, eng, spec, "a", "ping -c1 -W2 b && "+lab.ReadyCheck(spec.Nodes[0])); code != 0 {
+		t.Fatalf("a is not wired or cannot ping b (exit %d):\n%s", code, out)
+	}
+	if out, code := run(t, eng, spec, "b", "cat /root/b-ready && "+lab.ReadyCheck(spec.Nodes[1])); code != 0 || !strings.HasPrefix(out, "prepared") {
+		t.Fatalf("b's setup did not run (exit %d):\n%s", code, out)
+	}
+	if _, err := os.Stat(state + ".failed"); err == nil {
+		t.Error("a wired lab left a failure beside its state")
+	}
+
+	// Past the start it is the agent that rewires a replaced node.
+	job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := lab.ContainerName(spec.SessionID, "b")
+	eng.RemoveContainer(t, name)
+	eng.NomadTask(t, name, job.TaskGroups[0].Tasks[1], alloc)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		out, code := run(t, eng, spec, "b", lab.ReadyCheck(spec.Nodes[1])+" && cat /root/b-ready")
+		if code == 0 && strings.HasPrefix(out, "prepared") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("labnet watch did not wire b's new container (exit %d):\n%s", code, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestLabnetAwaitReportsTheAgentsFailure: a setup that fails in the
+// agent's hands fails labnet up -await with one line naming the node and
+// quoting the setup, as labnet up -plan did.
+func TestLabnetAwaitReportsTheAgentsFailure(t *testing.T) {
+	eng := testlab.NewEngine(t)
+	spec := twoNodes(t, true)
+	const alloc = "alloc-7"
+	plan := planFile(t, eng, spec)
+	state := filepath.Join(t.TempDir(), "labnet.json")
+	ctx, cancel := context.WithTimeout(context.Background(), labnetTimeout)
+	defer cancel()
+	wctx, stop := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	go func() {
+		watched <- labnet(wctx, []string{"watch", "-session", spec.SessionID, "-plan", plan, "-state", state, "-alloc", alloc, "-wait", "60s"})
+	}()
+	startNodes(t, eng, spec, alloc, jobspecs.NomadOptions{})
+	err := labnet(ctx, []string{"up", "-session", spec.SessionID, "-await", state, "-wait", "60s"})
+	stop()
+	if werr := <-watched; werr != nil {
+		t.Errorf("labnet watch ended with %v, want nil: it tends the lab until stopped", werr)
+	}
+	if err == nil {
+		t.Fatal("labnet up -await succeeded with a failing setup")
+	}
+	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "labnet up "+spec.SessionID+": node b: setup exited 3: no licence") {
+		t.Errorf("labnet up -await: %q, want one line naming b and quoting its setup", msg)
+	}
+	if _, serr := os.Stat(state); serr == nil {
+		t.Error("a failed lab left the state of a wired one")
+	}
+}
+
+// TestLabnetAwaitGivesUp: with no agent to leave the state, up -await
+// ends at its wait with a reason, not a hang.
+func TestLabnetAwaitGivesUp(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "labnet.json")
+	err := labnet(context.Background(), []string{"up", "-session", "cnothingthere", "-await", state, "-wait", "300ms"})
+	if err == nil || !strings.Contains(err.Error(), "the lab's agent did not wire it within 300ms") {
+		t.Errorf("labnet up -await with no agent: %v, want the reason it gave up", err)
+	}
+	if err := labnet(context.Background(), []string{"up", "-session", "cnothingthere", "-await", state, "-plan", state}); err == nil {
+		t.Error("labnet up -await -plan was accepted")
+	}
+}
+
+func hasSwitch(t *testing.T, eng *testlab.Engine, spec lab.Spec) bool {
+	t.Helper()
+	for _, c := range eng.Containers(t, spec.SessionID) {
+		if c.Labels[lab.LabelPart] == lab.PartSwitch {
+			return true
+		}
+	}
+	return false
 }

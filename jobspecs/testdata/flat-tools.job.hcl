@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "5"
+    "examlab.render" = "6"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "eaf134f743e2adeb"
+    "examlab.spec" = "82db7d3122ba11d9"
   }
   group "lab" {
     count = 1
@@ -140,7 +140,7 @@ job "exam-golden00" {
     task "labnet-watch" {
       driver = "raw_exec"
       lifecycle {
-        hook = "poststart"
+        hook = "prestart"
         sidecar = true
       }
       config {

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "5"
+    "examlab.render" = "6"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "8a933c3a551c0f1e"
+    "examlab.spec" = "dfd5eb02f786026a"
   }
   group "lab" {
     count = 1
@@ -128,7 +128,7 @@ job "exam-golden00" {
     task "labnet-watch" {
       driver = "raw_exec"
       lifecycle {
-        hook = "poststart"
+        hook = "prestart"
         sidecar = true
       }
       config {

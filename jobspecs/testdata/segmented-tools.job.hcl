@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "5"
+    "examlab.render" = "6"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "08b864092a40d825"
+    "examlab.spec" = "5fa3b44bc8c2676e"
   }
   group "lab" {
     count = 1
@@ -219,12 +219,32 @@ job "exam-golden00" {
         sidecar = false
       }
       config {
-        args = ["labnet", "up", "-session", "golden0000s1", "-exam", "segmented-lab", "-grader-tools", "examlab-grader-0123456789ab", "-grader-busybox", "/bin/busybox", "-plan", "$${NOMAD_TASK_DIR}/lab.json", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
+        args = ["labnet", "up", "-session", "golden0000s1", "-await", "$${NOMAD_ALLOC_DIR}/labnet.json"]
         command = "/usr/local/bin/examlab"
       }
       restart {
         attempts = 0
         mode = "fail"
+      }
+      resources {
+        cpu = 20
+        memory = 32
+        memory_max = 256
+      }
+      logs {
+        max_files = 1
+        max_file_size = 1
+      }
+    }
+    task "labnet-watch" {
+      driver = "raw_exec"
+      lifecycle {
+        hook = "prestart"
+        sidecar = true
+      }
+      config {
+        args = ["labnet", "watch", "-session", "golden0000s1", "-exam", "segmented-lab", "-grader-tools", "examlab-grader-0123456789ab", "-grader-busybox", "/bin/busybox", "-plan", "$${NOMAD_TASK_DIR}/lab.json", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
+        command = "/usr/local/bin/examlab"
       }
       template {
         destination = "local/lab.json"
@@ -439,26 +459,6 @@ job "exam-golden00" {
   ]
 }
 EOT
-      }
-      resources {
-        cpu = 20
-        memory = 32
-        memory_max = 256
-      }
-      logs {
-        max_files = 1
-        max_file_size = 1
-      }
-    }
-    task "labnet-watch" {
-      driver = "raw_exec"
-      lifecycle {
-        hook = "poststart"
-        sidecar = true
-      }
-      config {
-        args = ["labnet", "watch", "-session", "golden0000s1", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
-        command = "/usr/local/bin/examlab"
       }
       resources {
         cpu = 20

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "5"
+    "examlab.render" = "6"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "63919a40f3ecc544"
+    "examlab.spec" = "63b318d833bba14f"
   }
   group "lab" {
     count = 1
@@ -195,12 +195,32 @@ job "exam-golden00" {
         sidecar = false
       }
       config {
-        args = ["labnet", "up", "-session", "golden0000s1", "-exam", "segmented-lab", "-plan", "$${NOMAD_TASK_DIR}/lab.json", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
+        args = ["labnet", "up", "-session", "golden0000s1", "-await", "$${NOMAD_ALLOC_DIR}/labnet.json"]
         command = "/usr/local/bin/examlab"
       }
       restart {
         attempts = 0
         mode = "fail"
+      }
+      resources {
+        cpu = 20
+        memory = 32
+        memory_max = 256
+      }
+      logs {
+        max_files = 1
+        max_file_size = 1
+      }
+    }
+    task "labnet-watch" {
+      driver = "raw_exec"
+      lifecycle {
+        hook = "prestart"
+        sidecar = true
+      }
+      config {
+        args = ["labnet", "watch", "-session", "golden0000s1", "-exam", "segmented-lab", "-plan", "$${NOMAD_TASK_DIR}/lab.json", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
+        command = "/usr/local/bin/examlab"
       }
       template {
         destination = "local/lab.json"
@@ -415,26 +435,6 @@ job "exam-golden00" {
   ]
 }
 EOT
-      }
-      resources {
-        cpu = 20
-        memory = 32
-        memory_max = 256
-      }
-      logs {
-        max_files = 1
-        max_file_size = 1
-      }
-    }
-    task "labnet-watch" {
-      driver = "raw_exec"
-      lifecycle {
-        hook = "poststart"
-        sidecar = true
-      }
-      config {
-        args = ["labnet", "watch", "-session", "golden0000s1", "-state", "$${NOMAD_ALLOC_DIR}/labnet.json"]
-        command = "/usr/local/bin/examlab"
       }
       resources {
         cpu = 20

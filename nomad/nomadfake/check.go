@@ -82,22 +82,23 @@ func checkJob(job *api.Job, nodes, mhzPerCPU int) []string {
 	}
 	var up, down, watch, docker int
 	var nodeTasks []*api.Task
-	var wiring *api.Task
 	for _, t := range g.Tasks {
 		switch {
 		case t.Lifecycle != nil && t.Lifecycle.Hook == upHook && !t.Lifecycle.Sidecar:
 			up++
 			checkLabnet(t, "up", session, bad)
-			wiring = t
-		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPoststart && t.Lifecycle.Sidecar:
+			if segmented {
+				checkAwait(t, session, bad)
+			}
+		case t.Lifecycle != nil && t.Lifecycle.Hook == api.TaskLifecycleHookPrestart && t.Lifecycle.Sidecar:
 			watch++
 			checkLabnet(t, "watch", session, bad)
 			args := strings.Join(strList(t.Config["args"]), " ")
 			switch {
 			case t.Name != jobspecs.NomadLabnetWatch:
-				bad("the poststart sidecar is %s, want %s", t.Name, jobspecs.NomadLabnetWatch)
-			case segmented && !strings.HasSuffix(args, " -state "+jobspecs.NomadLabnetState):
-				bad("labnet task %s runs %q, without the state labnet-up leaves", t.Name, args)
+				bad("the prestart sidecar is %s, want %s", t.Name, jobspecs.NomadLabnetWatch)
+			case segmented && !strings.HasSuffix(args, " -plan ${NOMAD_TASK_DIR}/lab.json -state "+jobspecs.NomadLabnetState):
+				bad("labnet task %s runs %q, without -plan ${NOMAD_TASK_DIR}/lab.json -state %s", t.Name, args, jobspecs.NomadLabnetState)
 			case !segmented && args != "labnet watch -session "+session:
 				bad("a flat lab's labnet task %s runs %q, want labnet watch -session %s", t.Name, args, session)
 			}
@@ -116,11 +117,10 @@ func checkJob(job *api.Job, nodes, mhzPerCPU int) []string {
 	if up != 1 || down != 1 {
 		bad("%d %s and %d poststop labnet tasks, want 1 each", up, upHook, down)
 	}
-	if segmented && up == 1 {
-		checkWiring(wiring, job, nodeTasks, bad)
-	}
 	if watch != 1 {
-		bad("%d poststart labnet watch sidecars, want 1: the lab's agent, which also wires restarted nodes of a segmented lab", watch)
+		bad("%d prestart labnet watch sidecars, want 1: the lab's agent, which also wires the nodes of a segmented lab", watch)
+	} else if segmented {
+		checkPlanNodes(job, nodeTasks, bad)
 	}
 	switch {
 	case nodes > 0 && docker != nodes:
@@ -145,16 +145,23 @@ func checkLabnet(t *api.Task, verb, session string, bad func(string, ...any)) {
 	}
 }
 
-// checkWiring checks a segmented lab's labnet-up: it runs labnet up with
-// the plan its one template writes, is never restarted, and the plan is
-// the lab the job's node tasks are.
-func checkWiring(t *api.Task, job *api.Job, nodes []*api.Task, bad func(string, ...any)) {
-	if args := strings.Join(strList(t.Config["args"]), " "); !strings.Contains(args, " -plan ${NOMAD_TASK_DIR}/lab.json -state "+jobspecs.NomadLabnetState) {
-		bad("labnet task %s runs %q, without -plan ${NOMAD_TASK_DIR}/lab.json -state %s", t.Name, args, jobspecs.NomadLabnetState)
+// checkAwait checks a segmented lab's labnet-up: it awaits the state the
+// lab's agent leaves, and is never restarted.
+func checkAwait(t *api.Task, session string, bad func(string, ...any)) {
+	if args, want := strings.Join(strList(t.Config["args"]), " "), "labnet up -session "+session+" -await "+jobspecs.NomadLabnetState; args != want {
+		bad("labnet task %s runs %q, want %q", t.Name, args, want)
 	}
 	if r := t.RestartPolicy; r == nil || num(r.Attempts) != 0 {
-		bad("labnet task %s may be restarted: a setup that failed halfway would run twice", t.Name)
+		bad("labnet task %s may be restarted: the lab's failure would be awaited again", t.Name)
 	}
+	if len(t.Templates) != 0 {
+		bad("labnet task %s has templates; the plan is the lab's agent's", t.Name)
+	}
+}
+
+// checkPlanNodes checks a segmented lab's plan, which the one template of
+// its agent writes: it is the lab the job's node tasks are.
+func checkPlanNodes(job *api.Job, nodes []*api.Task, bad func(string, ...any)) {
 	plan, err := jobPlan(job)
 	if err != nil {
 		bad("%v", err)
@@ -190,16 +197,16 @@ func checkWiring(t *api.Task, job *api.Job, nodes []*api.Task, bad func(string, 
 // jobPlan decodes the plan a segmented lab's labnet-up is given, checking
 // that its template writes it as it is.
 func jobPlan(job *api.Job) (lab.Spec, error) {
-	var up *api.Task
+	var watch *api.Task
 	for _, t := range job.TaskGroups[0].Tasks {
-		if t.Name == jobspecs.NomadLabnetUp {
-			up = t
+		if t.Name == jobspecs.NomadLabnetWatch {
+			watch = t
 		}
 	}
-	if up == nil || len(up.Templates) != 1 {
-		return lab.Spec{}, fmt.Errorf("labnet-up has no plan template")
+	if watch == nil || len(watch.Templates) != 1 {
+		return lab.Spec{}, fmt.Errorf("labnet-watch has no plan template")
 	}
-	tmpl := up.Templates[0]
+	tmpl := watch.Templates[0]
 	data, left, right := str(tmpl.EmbeddedTmpl), str(tmpl.LeftDelim), str(tmpl.RightDelim)
 	switch {
 	case str(tmpl.DestPath) != jobspecs.NomadPlan || str(tmpl.ChangeMode) != "noop":
