@@ -12,6 +12,7 @@ import (
 
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
@@ -84,14 +85,7 @@ func benchColdStart(b *testing.B, examFile string) {
 // flat network.
 func flatExam(b *testing.B) (string, *exam.Exam) {
 	b.Helper()
-	ex := exam.Default()
-	ex.Topology.Networks = nil
-	for i := range ex.Topology.Nodes {
-		n := &ex.Topology.Nodes[i]
-		n.Interfaces, n.Routes, n.Address = nil, nil, ""
-		n.Files, n.Setup, n.SetupTimeout = nil, "", exam.Duration{}
-	}
-	out, err := yaml.Marshal(ex)
+	out, err := yaml.Marshal(labtest.Flatten(exam.Default()))
 	if err != nil {
 		b.Fatal(err)
 	}
