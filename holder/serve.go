@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -117,6 +118,7 @@ func Serve(ctx context.Context, o Options) (int, error) {
 	}
 	defer master.Close()
 	_ = setSize(master, o.Rows, o.Cols)
+	unignoreHangup()
 	cmd := exec.Command(o.Shell[0], o.Shell[1:]...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
@@ -177,6 +179,20 @@ func Serve(ctx context.Context, o Options) (int, error) {
 	}
 	close(s.gone)
 	return code, nil
+}
+
+// hupSink takes the hangups the holder itself would otherwise ignore.
+var hupSink = make(chan os.Signal, 1)
+
+// unignoreHangup makes sure the shell starts able to be hung up. A
+// process started with SIGHUP ignored (under nohup, say) hands that on
+// to every child it execs, and its shell would then outlive a hangup
+// until it is killed. A signal the holder catches is reset to its default
+// in the shell; the holder, in a session of its own, drops it.
+func unignoreHangup() {
+	if signal.Ignored(syscall.SIGHUP) {
+		signal.Notify(hupSink, syscall.SIGHUP)
+	}
 }
 
 // hangup ends the shell as a dropped line would: SIGHUP to its process
