@@ -17,7 +17,12 @@ import (
 
 // Engine asks the Docker engine directly what exists, so tests check the
 // runtime's work without trusting the runtime's own reports.
-type Engine struct{ hc *http.Client }
+type Engine struct {
+	hc *http.Client
+	// stream has no timeout of its own, for answers that last as long as
+	// a command runs (the context bounds them).
+	stream *http.Client
+}
 
 // NewEngine connects to the engine on its default unix socket (or the
 // unix:// DOCKER_HOST).
@@ -27,12 +32,12 @@ func NewEngine(t testing.TB) *Engine {
 	if h, ok := strings.CutPrefix(os.Getenv("DOCKER_HOST"), "unix://"); ok {
 		sock = h
 	}
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		},
-	}}
-	return &Engine{hc: hc}
+	}
+	return &Engine{hc: &http.Client{Timeout: 30 * time.Second, Transport: tr}, stream: &http.Client{Transport: tr}}
 }
 
 func (e *Engine) get(t testing.TB, path string, q url.Values, out any) {

@@ -16,11 +16,22 @@ import (
 )
 
 func (e *Engine) call(ctx context.Context, method, path string, q url.Values, body any) error {
+	resp, err := e.send(ctx, e.hc, method, path, q, body)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// send makes one Engine API request through hc and returns the answer,
+// or an error carrying the engine's message when it is not a success.
+func (e *Engine) send(ctx context.Context, hc *http.Client, method, path string, q url.Values, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
@@ -30,19 +41,19 @@ func (e *Engine) call(ctx context.Context, method, path string, q url.Values, bo
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := e.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusNotModified {
+		defer resp.Body.Close()
 		msg, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, msg)
+		return nil, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, msg)
 	}
-	return nil
+	return resp, nil
 }
 
 // RawLab is the cold-start baseline: the bare Engine API calls that bring

@@ -1,0 +1,361 @@
+package platform_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/examlab/examlab/config"
+	"github.com/examlab/examlab/exam"
+	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/platform"
+	"github.com/examlab/examlab/store"
+	"github.com/examlab/examlab/testlab"
+)
+
+// The herd: many candidates press start at the same moment on one host.
+const (
+	// defaultHerd keeps make bench affordable: a herd of 16 of the
+	// shipped exam takes about two minutes on the 2-core machine, three
+	// times per iteration (platform, raw Engine API and runtime), which
+	// make bench's 5 iterations would stretch to half an hour.
+	defaultHerd = 4
+	// herdPollers read the candidates' status while the herd starts.
+	herdPollers = 4
+	// herdPollPause is each poller's rest between two reads: four
+	// pollers make up to 200 reads a second, far above the one a second
+	// each candidate's page asks for while its lab starts, without
+	// taking the CPU from the labs.
+	herdPollPause = 20 * time.Millisecond
+	// herdDestroyParallel bounds the removal of a herd's labs.
+	herdDestroyParallel = 4
+)
+
+// herdSize is EXAMLAB_HERD_N, or defaultHerd.
+func herdSize(b *testing.B) int {
+	v := os.Getenv("EXAMLAB_HERD_N")
+	if v == "" {
+		return defaultHerd
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 64 {
+		b.Fatalf("EXAMLAB_HERD_N=%q: want a number of labs from 1 to 64", v)
+	}
+	return n
+}
+
+// herdTimeout tells a stuck herd from a slow one; it is no measure of
+// speed.
+func herdTimeout(n int) time.Duration {
+	return testlab.ProvisionTimeout + time.Duration(n)*30*time.Second
+}
+
+// BenchmarkHerdStart: N candidates start the shipped exam's lab at the
+// same moment (N = EXAMLAB_HERD_N, default 4). One iteration is one herd
+// of each kind below; the platform's runs on a fresh platform (its own Redis, the worker pool at the configured
+// concurrency, the real Docker runtime), timed from the first start
+// request until every candidate's status reads ready; ns/op is that time.
+// While the herd starts, four goroutines read the candidates' status as
+// the candidates (GET /api/session/:id/status, what the page polls; the
+// same handler answers GET /api/session/:id), round the herd, and their
+// reads give each lab's ready time and the status latency.
+//
+// The baseline, in the same iteration, is the same N labs of the same
+// exam brought up by bare Engine API calls (testlab.RawSegmentedLab: the
+// switch and nodes created and started with the runtime's requests, the
+// wiring script, names, files and setup; no queue, store, checks or
+// retries), as many at once as the worker runs labs, all asked for at the
+// same moment. A third herd is the runtime without the platform: the
+// Docker runtime's Provision called directly for the same N labs, the
+// same way, to tell what the runtime adds from what the platform adds.
+//
+// Reported per herd (averaged over iterations): s-all-ready, and per-lab
+// start→ready s-lab-p50 / s-lab-p95 over every lab of every iteration;
+// the same three for the raw and runtime herds; x-vs-raw and
+// x-vs-runtime (all-ready over theirs); and ms-status-p50 /
+// ms-status-p95 over every status read.
+//
+//	go test ./platform -run '^$' -bench HerdStart -benchtime 5x
+//	EXAMLAB_HERD_N=16 go test ./platform -run '^$' -bench HerdStart -benchtime 1x -timeout 30m
+func BenchmarkHerdStart(b *testing.B) {
+	n := herdSize(b)
+	concurrency := config.Default().WorkerConcurrency
+	base := config.Default()
+	base.Instance = "t-" + strings.ToLower(store.NewSessionID())
+	rt, err := platform.NewRuntime(base)
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng := testlab.NewEngine(b)
+	var (
+		ex                   = exam.Default()
+		platformH, rawH, rtH herd
+		status               latencies
+		ctx                  = context.Background()
+	)
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer() // herdOnPlatform times its own part
+		// Rotate which herd goes first, so that none always meets an
+		// engine still settling from another's removal.
+		herds := []func(){
+			func() {
+				platformH.add(herdOnPlatform(ctx, b, n, concurrency, i, &status))
+			},
+			func() {
+				rawH.add(herdOf(ctx, b, rt, ex, base.Instance, n, concurrency, i, func(ctx context.Context, spec lab.Spec) error {
+					return eng.RawSegmentedLab(ctx, spec, base.SwitchImage, map[string]string{
+						lab.LabelManaged: "true", lab.LabelSession: spec.SessionID, lab.LabelExam: spec.ExamID, lab.LabelInstance: base.Instance,
+					})
+				}))
+			},
+			func() {
+				rtH.add(herdOf(ctx, b, rt, ex, base.Instance, n, concurrency, i, rt.Provision))
+			},
+		}
+		for k := range herds {
+			herds[(i+k)%len(herds)]()
+		}
+		b.StartTimer()
+	}
+	s50, s95 := testlab.Percentiles(status.all())
+	b.ReportMetric(float64(n), "labs")
+	platformH.report(b, "")
+	rawH.report(b, "raw-")
+	rtH.report(b, "runtime-")
+	b.ReportMetric(platformH.allReady.Seconds()/rawH.allReady.Seconds(), "x-vs-raw")
+	b.ReportMetric(platformH.allReady.Seconds()/rtH.allReady.Seconds(), "x-vs-runtime")
+	b.ReportMetric(float64(s50.Microseconds())/1000, "ms-status-p50")
+	b.ReportMetric(float64(s95.Microseconds())/1000, "ms-status-p95")
+	b.ReportMetric(float64(len(status.all())), "status-reads")
+}
+
+// herd sums the herds of one kind over the iterations.
+type herd struct {
+	runs     int
+	allReady time.Duration
+	perLab   []time.Duration
+}
+
+func (h *herd) add(all time.Duration, labs []time.Duration) {
+	h.runs++
+	h.allReady += all
+	h.perLab = append(h.perLab, labs...)
+}
+
+// report prints the herd's all-ready time (per herd) and its labs'
+// start→ready median and p95, in seconds, names prefixed by what.
+func (h *herd) report(b *testing.B, what string) {
+	p50, p95 := testlab.Percentiles(h.perLab)
+	b.ReportMetric(h.allReady.Seconds()/float64(max(h.runs, 1)), "s-"+what+"all-ready")
+	b.ReportMetric(p50.Seconds(), "s-"+what+"lab-p50")
+	b.ReportMetric(p95.Seconds(), "s-"+what+"lab-p95")
+}
+
+// herdOnPlatform starts n labs at once through a fresh platform and
+// answers when the last was ready and each lab's start→ready. The timer
+// runs from the first start request to the last ready read.
+func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int, status *latencies) (time.Duration, []time.Duration) {
+	b.Helper()
+	st := testlab.Start(b, testlab.Options{Config: func(c *config.Config) { c.WorkerConcurrency = concurrency }})
+	clients := make([]*testlab.Client, n)
+	ids := make([]string, n)
+	for i := range n {
+		clients[i] = st.Client()
+		ids[i] = clients[i].Login(b, fmt.Sprintf("herd%d-%d@example.com", iter, i))
+	}
+	// Stop the platform before its labs are removed, so that no worker
+	// sees them go and starts them again.
+	defer func() {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		st.Shutdown(sctx)
+		destroyHerd(ctx, b, st.Runtime, ids)
+	}()
+
+	var (
+		started = make([]time.Time, n)
+		ready   = make([]time.Time, n)
+		mu      sync.Mutex // guards ready
+		left    atomic.Int64
+		done    = make(chan struct{})
+		errs    = make(chan error, n+herdPollers)
+		wg      sync.WaitGroup
+	)
+	left.Store(int64(n))
+	pctx, cancel := context.WithTimeout(ctx, herdTimeout(n))
+	defer cancel()
+	fail := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+		cancel()
+	}
+
+	b.StartTimer()
+	t0 := time.Now()
+	for k := range herdPollers {
+		wg.Go(func() {
+			for j := k; ; j++ {
+				select {
+				case <-done:
+					return
+				case <-pctx.Done():
+					return
+				case <-time.After(herdPollPause):
+				}
+				i := j % n
+				var s testlab.Session
+				r0 := time.Now()
+				code, err := clients[i].Do("GET", "/api/session/"+ids[i]+"/status", nil, &s)
+				at := time.Now()
+				if err != nil || code != 200 {
+					fail(fmt.Errorf("status of %s: %d %v", ids[i], code, err))
+					return
+				}
+				status.add(at.Sub(r0))
+				switch s.Status {
+				case "ready":
+					mu.Lock()
+					first := ready[i].IsZero()
+					if first {
+						ready[i] = at
+					}
+					mu.Unlock()
+					if first && left.Add(-1) == 0 {
+						close(done)
+						return
+					}
+				case "failed":
+					fail(fmt.Errorf("lab of %s failed: %s", ids[i], s.Error))
+					return
+				}
+			}
+		})
+	}
+	for i := range n {
+		wg.Go(func() {
+			started[i] = time.Now()
+			code, err := clients[i].Do("POST", "/api/session/"+ids[i]+"/start", nil, nil)
+			if err != nil || (code != 202 && code != 200) {
+				fail(fmt.Errorf("start %s: %d %v", ids[i], code, err))
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	if left.Load() > 0 {
+		b.Fatalf("herd of %d: %d labs not ready after %s", n, left.Load(), herdTimeout(n))
+	}
+	var last time.Time
+	labs := make([]time.Duration, n)
+	for i := range n {
+		labs[i] = ready[i].Sub(started[i])
+		if ready[i].After(last) {
+			last = ready[i]
+		}
+	}
+	return last.Sub(t0), labs
+}
+
+// herdOf brings up n labs of ex with up, at most concurrency at once as
+// the worker would, all asked for at the same moment; a lab's time runs
+// from that moment to its up returning. The labs carry instance's label,
+// as the runtime's own do, and rt removes them.
+func herdOf(ctx context.Context, b *testing.B, rt lab.Runtime, ex *exam.Exam, instance string, n, concurrency, iter int, up func(context.Context, lab.Spec) error) (time.Duration, []time.Duration) {
+	b.Helper()
+	specs := make([]lab.Spec, n)
+	ids := make([]string, n)
+	for i := range n {
+		spec, err := lab.NewSpec(ex, lab.Session{ID: store.NewSessionID(), Candidate: fmt.Sprintf("herd%d-%d@example.com", iter, i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j := range spec.Nodes {
+			spec.Nodes[j].Labels = maps.Clone(spec.Nodes[j].Labels)
+			spec.Nodes[j].Labels[lab.LabelInstance] = instance
+		}
+		specs[i], ids[i] = spec, spec.SessionID
+	}
+	defer destroyHerd(ctx, b, rt, ids)
+	pctx, cancel := context.WithTimeout(ctx, herdTimeout(n))
+	defer cancel()
+	var (
+		labs = make([]time.Duration, n)
+		errs = make([]error, n)
+		sem  = make(chan struct{}, concurrency)
+		wg   sync.WaitGroup
+	)
+	t0 := time.Now()
+	for i := range n {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = up(pctx, specs[i])
+			labs[i] = time.Since(t0)
+		})
+	}
+	wg.Wait()
+	all := time.Since(t0)
+	for i, err := range errs {
+		if err != nil {
+			b.Fatalf("herd, lab %d of %d: %v", i+1, n, err)
+		}
+	}
+	return all, labs
+}
+
+// destroyHerd removes the herd's labs, a few at a time.
+func destroyHerd(ctx context.Context, b *testing.B, rt lab.Runtime, ids []string) {
+	b.Helper()
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, herdDestroyParallel)
+		errs = make([]error, len(ids))
+	)
+	for i, id := range ids {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = rt.Destroy(dctx, id)
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			b.Errorf("remove herd lab: %v", err)
+		}
+	}
+}
+
+// latencies collects durations from several goroutines.
+type latencies struct {
+	mu sync.Mutex
+	ds []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.ds = append(l.ds, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) all() []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Duration(nil), l.ds...)
+}
