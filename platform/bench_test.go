@@ -12,8 +12,8 @@ import (
 
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/lab"
+	"github.com/examlab/examlab/lab/labtest"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
