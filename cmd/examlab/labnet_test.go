@@ -171,24 +171,7 @@ func TestLabnetWiresAndRewiresANomadLab(t *testing.T) {
 	go func() {
 		watched <- labnet(wctx, []string{"watch", "-session", spec.SessionID, "-state", state, "-alloc", alloc, "-every", "200ms"})
 	}()
-	job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := lab.ContainerName(spec.SessionID, "b")
-	eng.RemoveContainer(t, name)
-	eng.NomadTask(t, name, job.TaskGroups[0].Tasks[1], alloc)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, code := run(t, eng, spec, "b", lab.ReadyCheck(spec.Nodes[1])+" && cat /root/b-ready")
-		if code == 0 && strings.HasPrefix(out, "prepared") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("labnet watch did not wire b's new container (exit %d):\n%s", code, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	replaceB(t, eng, spec, alloc)
 	if out, code := run(t, eng, spec, "a", "ping -c1 -W2 b"); code != 0 {
 		t.Errorf("a cannot ping b's new container (exit %d):\n%s", code, out)
 	}
@@ -297,24 +280,7 @@ func TestLabnetWatchWiresNodesAsTheyStart(t *testing.T) {
 	}
 
 	// Past the start it is the agent that rewires a replaced node.
-	job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := lab.ContainerName(spec.SessionID, "b")
-	eng.RemoveContainer(t, name)
-	eng.NomadTask(t, name, job.TaskGroups[0].Tasks[1], alloc)
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		out, code := run(t, eng, spec, "b", lab.ReadyCheck(spec.Nodes[1])+" && cat /root/b-ready")
-		if code == 0 && strings.HasPrefix(out, "prepared") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("labnet watch did not wire b's new container (exit %d):\n%s", code, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	replaceB(t, eng, spec, alloc)
 }
 
 // TestLabnetAwaitReportsTheAgentsFailure: a setup that fails in the
@@ -371,4 +337,29 @@ func hasSwitch(t *testing.T, eng *testlab.Engine, spec lab.Spec) bool {
 		}
 	}
 	return false
+}
+
+// replaceB replaces node b's container, as Nomad does on a reset or after
+// a crash, and waits for the running labnet watch to wire and prepare the
+// new one.
+func replaceB(t *testing.T, eng *testlab.Engine, spec lab.Spec, alloc string) {
+	t.Helper()
+	job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := lab.ContainerName(spec.SessionID, "b")
+	eng.RemoveContainer(t, name)
+	eng.NomadTask(t, name, job.TaskGroups[0].Tasks[1], alloc)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, code := run(t, eng, spec, "b", lab.ReadyCheck(spec.Nodes[1])+" && cat /root/b-ready")
+		if code == 0 && strings.HasPrefix(out, "prepared") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("labnet watch did not wire b's new container (exit %d):\n%s", code, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
