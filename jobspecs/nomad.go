@@ -102,6 +102,10 @@ const (
 	// where labnet-watch leaves what it wired for labnet-up -await (and,
 	// beside it with ".failed" added, why it could not).
 	NomadLabnetState = "${NOMAD_ALLOC_DIR}/labnet.json"
+	// NomadLabnetStateFile is the same file as the allocation's file
+	// system API names it: the runtime reads from it that the lab is wired
+	// without waiting for labnet-up's exit to reach the servers.
+	NomadLabnetStateFile = "alloc/labnet.json"
 )
 
 // graderToolsPattern is the name of a grader's tools volume.

@@ -158,13 +158,14 @@ func renderedBy(job *api.Job) int {
 }
 
 // waitRunning watches the job's allocations with blocking queries until
-// every node of spec runs (and, in a segmented lab, labnet-up has wired and
-// prepared them), and fails as soon as the lab cannot come up: no client
+// every node of spec runs (and, in a segmented lab, the lab's agent has
+// wired and prepared them), and fails as soon as the lab cannot come up: no client
 // could place it, labnet-up failed, or a node's task died.
 func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec lab.Spec) error {
 	var index uint64
+	q := r.blocking(ctx, index)
 	for {
-		stubs, meta, err := r.client.Jobs().Allocations(jobID, true, r.blocking(ctx, index))
+		stubs, meta, err := r.client.Jobs().Allocations(jobID, true, q)
 		if err != nil {
 			return fmt.Errorf("wait for job %s: %w", jobID, err)
 		}
@@ -176,13 +177,25 @@ func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec
 				fresh = append(fresh, a)
 			}
 		}
+		if meta.LastIndex > index {
+			index = meta.LastIndex
+		}
+		q = r.blocking(ctx, index)
 		if a := currentAlloc(fresh); a != nil {
 			if labnetFailed(a) {
 				return r.labnetError(ctx, a, spec)
 			}
-			done, err := allocProgress(a, spec)
-			if err != nil || done {
+			p, err := allocProgress(a, spec)
+			if err != nil || p == labUp {
 				return err
+			}
+			if p == labWiring {
+				if r.stateLeft(ctx, a) {
+					return nil
+				}
+				// Nothing in the allocation changes when the agent
+				// leaves its state: look again soon.
+				q.WaitTime = statePoll
 			}
 		} else {
 			// Nothing placed yet. Wait for the scheduler's verdict rather
@@ -190,9 +203,6 @@ func (r *Runtime) waitRunning(ctx context.Context, jobID string, w written, spec
 			if err := r.waitEvaluated(ctx, jobID, w.evalID); err != nil {
 				return err
 			}
-		}
-		if meta.LastIndex > index {
-			index = meta.LastIndex
 		}
 	}
 }
@@ -249,11 +259,41 @@ func newestEval(evals []*api.Evaluation, keep func(*api.Evaluation) bool) *api.E
 	return best
 }
 
+// progress is how far an allocation of the lab has come.
+type progress int
+
+const (
+	// labComing: nodes, or the lab's agent, are still starting.
+	labComing progress = iota
+	// labWiring: every node and the agent run; in a segmented lab the
+	// agent is still wiring and preparing them.
+	labWiring
+	// labUp: the lab is ready.
+	labUp
+)
+
+// statePoll is how often Provision looks for the lab's agent's state once
+// only the wiring is left.
+const statePoll = 200 * time.Millisecond
+
+// stateLeft reports whether the lab's agent has left its state in the
+// allocation: the lab is wired and prepared. labnet-up exits on the same
+// file, but its exit reaches the servers about a second later. Any error
+// (the file not there yet, a client slow to answer) is "not yet": the
+// watch on the allocation reports whatever goes wrong.
+func (r *Runtime) stateLeft(ctx context.Context, a *api.AllocationListStub) bool {
+	sctx, cancel := context.WithTimeout(ctx, statePoll*5)
+	defer cancel()
+	fi, _, err := r.client.AllocFS().Stat(&api.Allocation{ID: a.ID}, jobspecs.NomadLabnetStateFile, r.query(sctx))
+	return err == nil && fi != nil && !fi.IsDir
+}
+
 // allocProgress judges one allocation of the lab whose labnet-up has not
-// failed: done when every node and the lab's agent (labnet-watch) run
-// and, in a segmented lab, labnet-up has finished wiring them; an error
-// once it can no longer get there by itself.
-func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
+// failed: up when every node and the lab's agent (labnet-watch) run and,
+// in a segmented lab, labnet-up has finished wiring them (Provision also
+// reads the agent's state meanwhile: see stateLeft); an error once it can
+// no longer get there by itself.
+func allocProgress(a *api.AllocationListStub, spec lab.Spec) (progress, error) {
 	var errs []error
 	running := 0
 	for _, n := range spec.Nodes {
@@ -267,21 +307,27 @@ func allocProgress(a *api.AllocationListStub, spec lab.Spec) (bool, error) {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return false, fmt.Errorf("allocation %s on %s: %w", shortID(a.ID), clientName(a), err)
+		return labComing, fmt.Errorf("allocation %s on %s: %w", shortID(a.ID), clientName(a), err)
 	}
 	if allocTerminal(a.ClientStatus) || a.DesiredStatus != api.AllocDesiredStatusRun {
-		return false, fmt.Errorf("allocation %s on %s is %s (desired %s): %s", shortID(a.ID), clientName(a),
+		return labComing, fmt.Errorf("allocation %s on %s is %s (desired %s): %s", shortID(a.ID), clientName(a),
 			a.ClientStatus, a.DesiredStatus, a.ClientDescription)
 	}
 	// The lab's agent too: a snapshot taken before it runs cannot freeze
 	// the lab or read its changes, and falls back to whole filesystems.
 	watch := a.TaskStates[jobspecs.NomadLabnetWatch]
 	if watch != nil && watch.State == taskDead && watch.Failed {
-		return false, fmt.Errorf("allocation %s on %s: %s stopped: %s", shortID(a.ID), clientName(a),
+		return labComing, fmt.Errorf("allocation %s on %s: %s stopped: %s", shortID(a.ID), clientName(a),
 			jobspecs.NomadLabnetWatch, eventSummary(watch))
 	}
 	watching := watch != nil && watch.State == taskRunning
-	return running == len(spec.Nodes) && watching && (!spec.Segmented() || labnetDone(a)), nil
+	switch {
+	case running < len(spec.Nodes) || !watching:
+		return labComing, nil
+	case spec.Segmented() && !labnetDone(a):
+		return labWiring, nil
+	}
+	return labUp, nil
 }
 
 // labnetDone reports whether the allocation's labnet-up has exited 0.

@@ -207,8 +207,10 @@ func TestSegmentedLabThroughNomad(t *testing.T) {
 	if err != nil || len(stubs) != 1 {
 		t.Fatalf("allocations %v %v, want one", stubs, err)
 	}
-	if up := stubs[0].TaskStates[jobspecs.NomadLabnetUp]; up == nil || up.State != "dead" || up.Failed {
-		t.Errorf("provision returned with labnet-up %+v, want it finished", up)
+	// Ready once the lab's agent has left its state: labnet-up exits on
+	// the same file a moment later, so it may or may not have yet.
+	if up := stubs[0].TaskStates[jobspecs.NomadLabnetUp]; up == nil || up.Failed {
+		t.Errorf("provision returned with labnet-up %+v, want it started and not failed", up)
 	}
 	checkSegmentedLab(t, env.rt, spec)
 	t.Run("a reset node is wired and prepared again", func(t *testing.T) { checkSegmentedReset(t, env.rt, spec) })
@@ -274,4 +276,50 @@ func allocations(env *fakeEnv, spec lab.Spec) ([]*api.AllocationListStub, error)
 	}
 	stubs, _, err := c.Jobs().Allocations(jobspecs.JobName(spec.SessionID), true, nil)
 	return stubs, err
+}
+
+// TestProvisionReadsTheAgentsState: a segmented lab is ready as soon as the
+// lab's agent has left its state in the allocation, read through the
+// allocation's file system API, not once labnet-up's exit has reached the
+// servers. Here labnet-up runs on for a minute after the state is left:
+// provision returns before that, with the lab wired, and Status agrees.
+func TestProvisionReadsTheAgentsState(t *testing.T) {
+	env := newFakeEnv(t)
+	env.fake.SlowLabnet(300 * time.Millisecond)
+	env.fake.SlowLabnetExit(time.Minute)
+	start := time.Now()
+	spec := segmentedLab(t, env.rt, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	if err := env.rt.Provision(ctx, spec); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	t.Logf("ready %s after provision began", time.Since(start).Round(time.Millisecond))
+	stubs, err := allocations(env, spec)
+	if err != nil || len(stubs) != 1 {
+		t.Fatalf("allocations %v %v, want one", stubs, err)
+	}
+	if up := stubs[0].TaskStates[jobspecs.NomadLabnetUp]; up == nil || up.State != "running" {
+		t.Errorf("labnet-up %+v when provision returned, want it still running (its exit is a minute away)", up)
+	}
+	stats := 0
+	for _, r := range env.fake.Requests() {
+		if r.Path == "/v1/client/fs/stat/"+stubs[0].ID {
+			stats++
+		}
+	}
+	if stats == 0 {
+		t.Errorf("provision never read the agent's state: requests %+v", env.fake.Requests())
+	}
+	if unknown := env.fake.Unknown(); len(unknown) > 0 {
+		t.Errorf("endpoints the fake does not serve were called: %v", unknown)
+	}
+	st, err := env.rt.Status(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !lab.AllRunning(st) {
+		t.Errorf("status %+v, want every node running once the agent left its state", st)
+	}
+	checkSegmentedLab(t, env.rt, spec)
 }

@@ -67,7 +67,9 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 		}
 		netFailed = what + reason
 	}
-	wiring := spec.Segmented() && !labnetDone(a)
+	// Wired once labnet-up is done, or as soon as the lab's agent has left
+	// its state (labnet-up's exit reaches the servers later).
+	wiring := spec.Segmented() && !labnetDone(a) && netFailed == "" && !r.stateLeft(ctx, a)
 	for i := range out {
 		st := &out[i]
 		st.AllocID = a.ID

@@ -130,6 +130,7 @@ func (s *Server) schedule(evalID string, job *api.Job) {
 		session: job.Meta[jobspecs.MetaSession],
 		lab:     labFromJob(job, s.opts.MHzPerCPU, s.plan.oversub),
 		stderr:  map[string]string{},
+		files:   map[string]bool{},
 		placed:  make(chan struct{}),
 	}
 	for _, t := range job.TaskGroups[0].Tasks {
@@ -237,25 +238,32 @@ func (s *Server) placeSegmented(a *allocation, failures map[string]failureSpec) 
 			return
 		}
 		setTask(a, jobspecs.NomadLabnetUp, "running", false, event(api.TaskStarted, "Task started by client"))
+		// labnet-watch, the lab's agent, a prestart sidecar: it runs
+		// from before the nodes (the fake's wiring is the docker
+		// runtime's, done above, so it only keeps running).
+		setTask(a, jobspecs.NomadLabnetWatch, "running", false, event(api.TaskStarted, "Task started by client"))
+		a.stderr[jobspecs.NomadLabnetWatch] = ""
 		a.ModifyIndex = s.bump()
 		slow := s.slowLabnet
 		s.mu.Unlock()
 		// The nodes run, unwired, while labnet-up works.
-		t := time.NewTimer(slow)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
+		if sleep(ctx, slow) != nil {
+			return
 		}
-		t.Stop()
+		// The agent leaves the state once the lab is wired; labnet-up
+		// exits on it, later.
+		s.mu.Lock()
+		a.files[jobspecs.NomadLabnetStateFile] = true
+		exit := s.labnetExit
+		s.mu.Unlock()
+		if !s.stillRunning(ctx, a, exit) {
+			return
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if a.DesiredStatus == api.AllocDesiredStatusRun {
 			setTask(a, jobspecs.NomadLabnetUp, "dead", false, event(api.TaskTerminated, "Exit Code: 0"))
 			a.stderr[jobspecs.NomadLabnetUp] = ""
-			// labnet-watch: the fake's restarts rewire a node themselves
-			// (the docker runtime's ResetNode), so it only keeps running.
-			setTask(a, jobspecs.NomadLabnetWatch, "running", false, event(api.TaskStarted, "Task started by client"))
-			a.stderr[jobspecs.NomadLabnetWatch] = ""
 			a.ModifyIndex = s.bump()
 		}
 		return
@@ -426,4 +434,34 @@ func (s *Server) teardownDocker(ctx context.Context, a *allocation) error {
 		return err
 	}
 	return errors.Join(s.opts.Docker.RemoveSwitch(ctx, a.session), s.opts.Docker.LabnetDown(ctx, a.session, teardownTimeout/2))
+}
+
+// sleep waits d, or until ctx ends (then it returns ctx's error).
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stillRunning waits d while the allocation is to run, and reports whether
+// it still is: a stop (or the fake closing) cuts the wait short.
+func (s *Server) stillRunning(ctx context.Context, a *allocation, d time.Duration) bool {
+	until := time.Now().Add(d)
+	for {
+		s.mu.Lock()
+		run := a.DesiredStatus == api.AllocDesiredStatusRun
+		s.mu.Unlock()
+		left := time.Until(until)
+		if !run || left <= 0 {
+			return run
+		}
+		if sleep(ctx, min(left, 50*time.Millisecond)) != nil {
+			return false
+		}
+	}
 }

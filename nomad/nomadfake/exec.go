@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	pathpkg "path"
 	"sync"
 	"time"
 
@@ -336,4 +337,31 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 	a.ModifyIndex = s.bump()
 	s.mu.Unlock()
 	s.reply(w, struct{}{})
+}
+
+// statFile serves GET /v1/client/fs/stat/{alloc}?path=: of the
+// allocation's file system it knows only the files its tasks write (the
+// lab's agent's state); any other path is missing, as a file no task wrote.
+func (s *Server) statFile(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Query().Get("path")
+	if path == "" {
+		fail(w, http.StatusBadRequest, "must provide a file name")
+		return
+	}
+	s.mu.Lock()
+	a := s.allocs[r.PathValue("id")]
+	var there bool
+	if a != nil {
+		there = a.files[path]
+	}
+	modified := time.Now()
+	s.mu.Unlock()
+	switch {
+	case a == nil:
+		fail(w, http.StatusNotFound, "Unknown allocation %q", r.PathValue("id"))
+	case !there:
+		fail(w, http.StatusNotFound, "stat %s: no such file or directory", path)
+	default:
+		s.reply(w, api.AllocFileInfo{Name: pathpkg.Base(path), Size: 2, FileMode: "-rw-------", ModTime: modified})
+	}
 }

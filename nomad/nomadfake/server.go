@@ -129,6 +129,7 @@ type Server struct {
 	noCapacity string
 	plan       planState
 	slowLabnet time.Duration
+	labnetExit time.Duration
 	onJobRead  func(jobID string)
 	// refusePurge, when set, is the error every purge answers with.
 	refusePurge string
@@ -147,6 +148,9 @@ type allocation struct {
 	// stderr is what the lifecycle tasks wrote to their stderr, by task.
 	stderr map[string]string
 	torn   bool
+	// files are the paths, in the allocation's file system, of the files
+	// its tasks have written and the fake serves (see statFile).
+	files map[string]bool
 	// placed is closed once placement has finished, whatever its outcome.
 	placed chan struct{}
 }
@@ -229,6 +233,16 @@ func (s *Server) SlowLabnet(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.slowLabnet = d
+}
+
+// SlowLabnetExit makes a segmented lab's labnet-up run on for d after the
+// lab's agent has left its state (the lab is wired and prepared), as on a
+// client, where labnet-up notices the state, exits, and its exit reaches
+// the servers some time later.
+func (s *Server) SlowLabnetExit(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.labnetExit = d
 }
 
 // RefusePurge makes every purge of a job fail with a server error saying
@@ -345,6 +359,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("PUT /v1/client/allocation/{id}/restart", s.restart)
 	mux.HandleFunc("POST /v1/client/allocation/{id}/restart", s.restart)
 	mux.HandleFunc("GET /v1/client/fs/logs/{id}", s.logs)
+	mux.HandleFunc("GET /v1/client/fs/stat/{id}", s.statFile)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.unknown = append(s.unknown, r.Method+" "+r.URL.Path)
