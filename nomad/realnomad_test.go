@@ -34,13 +34,8 @@ func realRuntime(t testing.TB) (*nomad.Runtime, *api.Client) {
 		t.Skip(skipWithoutNomad)
 	}
 	requireDocker(t)
-	// Every node gets the grader's tools, named after this host's busybox,
-	// which is the client's.
-	tools, err := docker.ToolsVolumeFor(docker.DefaultGraderBusybox)
-	if err != nil || tools == "" {
-		t.Fatalf("these tests need %s (Debian's busybox-static) for the grader's tools: %v", docker.DefaultGraderBusybox, err)
-	}
-	opts := jobspecs.NomadOptions{Labnet: os.Getenv("EXAMLAB_NOMAD_LABNET"), GraderTools: tools}
+	tools := realTools(t)
+	opts := jobspecs.NomadOptions{Labnet: os.Getenv("EXAMLAB_NOMAD_LABNET"), GraderTools: tools.Name()}
 	if dcs := os.Getenv("EXAMLAB_NOMAD_DATACENTERS"); dcs != "" {
 		opts.Datacenters = strings.Split(dcs, ",")
 	}
@@ -58,6 +53,23 @@ func realRuntime(t testing.TB) (*nomad.Runtime, *api.Client) {
 		t.Fatal(err)
 	}
 	return rt, client
+}
+
+// realTools names the grader's tools as the platform would, after this
+// host's busybox and the examlab the client runs, which are the client's
+// (this host is the client): with the terminal holder when that examlab is
+// a static build (make build).
+func realTools(t testing.TB) docker.ToolsNames {
+	t.Helper()
+	labnet := os.Getenv("EXAMLAB_NOMAD_LABNET")
+	if labnet == "" {
+		labnet = jobspecs.DefaultNomadLabnet
+	}
+	names, err := docker.ToolsNamesFor(docker.DefaultGraderBusybox, labnet)
+	if err != nil || names.Bare == "" {
+		t.Fatalf("these tests need %s (Debian's busybox-static) for the grader's tools: %v", docker.DefaultGraderBusybox, err)
+	}
+	return names
 }
 
 // TestRealNomadLifecycle is the full flow against a real Nomad agent: login,
