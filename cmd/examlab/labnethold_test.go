@@ -170,3 +170,43 @@ func TestLabnetShipsTheTerminalHolder(t *testing.T) {
 		}
 	})
 }
+
+// TestLabnetToolsRefusals: a client refuses, in one line naming both, a
+// tools volume its busybox and examlab do not make, before it asks the
+// engine for anything.
+func TestLabnetToolsRefusals(t *testing.T) {
+	bb := docker.DefaultGraderBusybox
+	// busybox-static stands in for a static examlab build.
+	static, err := docker.ToolsNamesFor(bb, bb)
+	if err != nil || static.With == "" {
+		t.Fatalf("this test needs %s (busybox-static): %+v, %v", bb, static, err)
+	}
+	for _, tc := range []struct {
+		name, busybox, holder, want string
+		says                        []string
+	}{
+		{"another build's volume", bb, bb, "examlab-grader-000000000000", []string{"examlab-grader-000000000000", static.With, static.Bare}},
+		{"a client examlab built with cgo", bb, "/bin/ls", static.With, []string{static.With, static.Bare, "cannot join it", "terminal holder"}},
+		{"no busybox", filepath.Join(t.TempDir(), "busybox"), bb, static.With, []string{"no grader busybox"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, err := docker.New(docker.Options{Host: "unix:///nonexistent/docker.sock", GraderBusybox: tc.busybox, Holder: tc.holder})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = graderTools(context.Background(), rt, "ctoolsrefuse", tc.want, tc.busybox, tc.holder)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			msg := err.Error()
+			for _, s := range tc.says {
+				if !strings.Contains(msg, s) {
+					t.Errorf("refusal %q does not say %q", msg, s)
+				}
+			}
+			if strings.Contains(msg, "\n") {
+				t.Errorf("refusal %q is not one line", msg)
+			}
+		})
+	}
+}
