@@ -224,16 +224,22 @@ func TestRealNomadFlatGraderTools(t *testing.T) {
 }
 
 // checkGraderTools runs the grader's busybox and its applets in every node
-// of a lab, and fails to write under /.examlab.
+// of a lab, finds the terminal holder beside them when the client's
+// examlab is a static build, and fails to write under /.examlab.
 func checkGraderTools(t *testing.T, rt *nomad.Runtime, spec lab.Spec) {
 	t.Helper()
+	holder := realTools(t).With != ""
 	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
 	defer cancel()
 	for _, n := range spec.Nodes {
 		out, code, err := lab.Output(ctx, rt, spec.SessionID, n.Name, "/.examlab/busybox", "sh", "-c",
-			"PATH=/.examlab/bin; ip -4 addr >/dev/null && echo tools; touch /.examlab/x 2>&1; rm -f /.examlab/bin/ip 2>&1")
+			"PATH=/.examlab/bin; ip -4 addr >/dev/null && echo tools; [ -x /.examlab/examlab ] && echo holder; "+
+				"touch /.examlab/x 2>&1; rm -f /.examlab/bin/ip 2>&1")
 		if err != nil || !strings.Contains(out, "tools") || strings.Count(out, "Read-only file system") != 2 || code == 0 {
 			t.Errorf("%s: the grader's tools are missing or writable (exit %d, %v):\n%s", n.Name, code, err, out)
+		}
+		if strings.Contains(out, "holder") != holder {
+			t.Errorf("%s: the terminal holder is there: %v, want %v (a static EXAMLAB_NOMAD_LABNET):\n%s", n.Name, !holder, holder, out)
 		}
 	}
 }
