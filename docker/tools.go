@@ -255,9 +255,10 @@ func staticELF(bin []byte) error {
 // elfMachines are the ELF machines of the architectures examlab runs on.
 var elfMachines = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
 
-// ToolsVolumeFor is ToolsVolumeName of the busybox at path, as a platform
-// whose labs run elsewhere (on Nomad clients) names the volume their nodes
-// mount. "" or "none" mean no tools, and so does a path with no file.
+// ToolsVolumeFor is ToolsVolumeName of the busybox at path: the volume of
+// busybox alone, which Nomad jobs rendered before the terminal holder
+// joined the tools name (today's platform names them by ToolsNamesFor).
+// "" or "none" mean no tools, and so does a path with no file.
 func ToolsVolumeFor(path string) (string, error) {
 	if path == "" || path == "none" {
 		return "", nil
