@@ -13,7 +13,7 @@ import (
 
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/exam"
-	"github.com/examlab/examlab/nomad"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/platform"
 	"github.com/examlab/examlab/relay"
 	"github.com/examlab/examlab/store"
@@ -34,11 +34,19 @@ func TestRealNomadHeldTerminal(t *testing.T) {
 	if tools := realTools(t); tools.With == "" {
 		t.Fatalf("EXAMLAB_NOMAD_LABNET is no static examlab (%v): build it with make build", tools.NoHolder)
 	}
+	heldAcrossRelays(t, rt, config.RuntimeNomad)
+}
+
+// heldAcrossRelays runs a candidate's lab on rt (the runtime the config
+// names runtime) and checks that tokyo's shell outlives a relay: one relay
+// opens it, stops, and a new one reattaches to the same shell, with its
+// scrollback, recorded in one file.
+func heldAcrossRelays(t *testing.T, rt lab.Runtime, runtime string) {
 	// The platform without a relay of its own: the test's relays stop and
 	// start beside it.
 	st := testlab.Start(t, testlab.Options{
 		Roles:    &platform.Roles{API: true, Worker: true},
-		Config:   func(c *config.Config) { c.Runtime = config.RuntimeNomad },
+		Config:   func(c *config.Config) { c.Runtime = runtime },
 		Platform: platform.Options{Runtime: rt, NoScheduler: true},
 	})
 	cand := st.Client()
@@ -83,7 +91,7 @@ func TestRealNomadHeldTerminal(t *testing.T) {
 // heldRelay starts a relay of the test's own on the Nomad runtime, beside
 // st's roles, and returns it and its URL; it is stopped when the test
 // ends, if it is still running.
-func heldRelay(t *testing.T, st *testlab.Stack, rt *nomad.Runtime) (*relay.Relay, string) {
+func heldRelay(t *testing.T, st *testlab.Stack, rt lab.Runtime) (*relay.Relay, string) {
 	t.Helper()
 	r, err := relay.New(relay.Options{
 		Store: st.Store, Runner: rt, Auth: st.Auth, Origins: []string{heldOrigin},
