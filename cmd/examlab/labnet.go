@@ -105,7 +105,7 @@ func labnet(ctx context.Context, args []string) error {
 	every := fs.Duration("every", labnetEvery, "how often to look for replaced node containers (watch)")
 	thawAfter := fs.Duration("thaw-after", nomad.DefaultThawAfter, "thaw a node frozen for longer than this: its capture's worker is gone (watch)")
 	host := fs.String("docker-host", os.Getenv("DOCKER_HOST"), "Docker Engine API address (default: DOCKER_HOST, else the local socket)")
-	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox (up, watch -plan)")
+	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox and, when it is named for it, -grader-holder (up, watch -plan)")
 	busybox := fs.String("grader-busybox", def.GraderBusybox, "the static busybox on this client the grader's tools come from (up, watch -plan)")
 	holder := fs.String("grader-holder", selfBinary, "the static examlab the grader's tools carry as the nodes' terminal holder, when the job's volume is named for it; default this very binary (up, watch -plan)")
 	if err := fs.Parse(args[1:]); err != nil {
