@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"time"
 )
 
@@ -35,8 +36,9 @@ type mount struct {
 }
 
 // toolsVolume prepares, once per runtime, the engine volume that holds the
-// grader's static busybox and a bin directory of its applets, and returns
-// its name: examlab-grader-{digest}, so a new busybox gets a new volume and
+// grader's static busybox and a bin directory of its applets, and the
+// terminal holder when there is one to ship, and returns its name:
+// examlab-grader-{digest}, so a new busybox or holder gets a new volume and
 // a volume's content never changes once it is complete. Every node mounts
 // it read-only, where a candidate who is root in the node can neither
 // change nor hide it (remounting needs CAP_SYS_ADMIN, which no node has).
@@ -48,43 +50,157 @@ func (r *Runtime) toolsVolume(ctx context.Context) (string, error) {
 	if r.toolsReady != "" || r.graderBusybox == "" {
 		return r.toolsReady, nil
 	}
-	bin, err := os.ReadFile(r.graderBusybox)
-	if errors.Is(err, os.ErrNotExist) {
+	t, err := r.readTools()
+	if err != nil {
+		return "", err
+	}
+	if t.busybox == nil {
 		if !r.toolsWarned {
 			r.toolsWarned = true
 			fmt.Fprintf(os.Stderr, "examlab: no grader busybox at %s (install busybox-static or set EXAMLAB_GRADER_BUSYBOX): labs start without the grader's tools and their checks cannot run\n", r.graderBusybox)
 		}
 		return "", nil
 	}
-	if err != nil {
-		return "", fmt.Errorf("grader's tools: %w", err)
+	if r.holder != "" && t.names.NoHolder != nil && !r.holderWarned {
+		r.holderWarned = true
+		fmt.Fprintf(os.Stderr, "examlab: no terminal holder for the nodes (%v): terminals live in the relay and end when it restarts; build examlab with CGO_ENABLED=0 (make build)\n", t.names.NoHolder)
 	}
-	hold := r.holderBinary()
-	sum := toolsSum(bin, hold)
-	name := "examlab-grader-" + hex.EncodeToString(sum[:6])
-	body := map[string]any{"Name": name, "Labels": map[string]string{LabelTools: hex.EncodeToString(sum[:])}}
-	if err := r.client.do(ctx, http.MethodPost, "/volumes/create", nil, body, nil); err != nil {
-		return "", fmt.Errorf("grader's tools: create volume %s: %w", name, err)
+	name := t.names.Bare
+	if t.holder != nil {
+		name = t.names.With
 	}
-	if err := r.fillTools(ctx, name, bin, hold); err != nil {
-		return "", fmt.Errorf("grader's tools: fill volume %s: %w", name, err)
+	if err := r.makeTools(ctx, name, t.busybox, t.holder); err != nil {
+		return "", err
 	}
 	r.toolsReady = name
 	return name, nil
 }
 
-// GraderTools makes the grader's tools volume on this engine, unless it is
-// complete already, and returns its name; "" when the runtime has no
-// busybox to bring. A Nomad client's labnet calls it before the lab's
-// nodes need the volume.
-func (r *Runtime) GraderTools(ctx context.Context) (string, error) { return r.toolsVolume(ctx) }
+// ToolsNames are the names the grader's tools volume of one busybox and
+// one terminal holder can have: With holds both ("" when there is no
+// holder to ship, and NoHolder says why), Bare the busybox alone ("" when
+// there is no busybox at all).
+type ToolsNames struct {
+	With, Bare string
+	NoHolder   error
+}
+
+// Name is the volume the nodes mount: With when there is a holder to ship,
+// else Bare.
+func (n ToolsNames) Name() string {
+	if n.With != "" {
+		return n.With
+	}
+	return n.Bare
+}
+
+// ErrNoBusybox is a tools volume asked for where there is no busybox to
+// fill it from.
+var ErrNoBusybox = errors.New("no grader busybox")
+
+// ErrToolsMismatch is a tools volume asked for by a name that this host's
+// busybox and holder do not give: another build made it.
+var ErrToolsMismatch = errors.New("the tools volume is another busybox's or examlab's")
+
+// toolsFiles are the binaries a tools volume is filled from.
+type toolsFiles struct {
+	busybox, holder []byte
+	names           ToolsNames
+}
+
+// readTools reads the runtime's busybox (none: nil) and holder (nil when
+// it would not run in a node) and names their volumes.
+func (r *Runtime) readTools() (toolsFiles, error) {
+	return readTools(r.graderBusybox, r.holder)
+}
+
+func readTools(busybox, holder string) (toolsFiles, error) {
+	var t toolsFiles
+	if busybox == "" || busybox == "none" {
+		return t, nil
+	}
+	bin, err := os.ReadFile(busybox)
+	if errors.Is(err, os.ErrNotExist) {
+		return t, nil
+	}
+	if err != nil {
+		return t, fmt.Errorf("grader's tools: %w", err)
+	}
+	t.busybox = bin
+	t.names.Bare = toolsName(toolsSum(bin, nil))
+	t.holder, t.names.NoHolder = readHolder(holder)
+	if t.holder != nil {
+		t.names.With = toolsName(toolsSum(bin, t.holder))
+	}
+	return t, nil
+}
+
+// ToolsNamesFor names the tools volumes of the busybox and the terminal
+// holder at these paths, as a platform whose labs run on Nomad clients
+// names the volume their nodes mount (ToolsNames.Name): each client's lab
+// agent fills it from its own busybox and examlab (FillGraderTools), which
+// must be these. A busybox of "", "none" or no file means no tools.
+func ToolsNamesFor(busybox, holder string) (ToolsNames, error) {
+	t, err := readTools(busybox, holder)
+	return t.names, err
+}
+
+// FillGraderTools makes the grader's tools volume named want on this
+// engine, unless it is complete already, and returns the names this
+// runtime's binaries give. A Nomad client's lab agent fills the volume its
+// job's nodes mount, before they need it: with the terminal holder when
+// want is the name that covers it (ToolsNames.With), with busybox alone
+// when want is the busybox's (a job rendered before the holder joined the
+// tools, or by a platform without a static build). Any other name is
+// ErrToolsMismatch, and no busybox here ErrNoBusybox.
+func (r *Runtime) FillGraderTools(ctx context.Context, want string) (ToolsNames, error) {
+	r.toolsMu.Lock()
+	defer r.toolsMu.Unlock()
+	t, err := r.readTools()
+	switch {
+	case err != nil:
+		return t.names, err
+	case t.busybox == nil:
+		return t.names, ErrNoBusybox
+	case want == "":
+		return t.names, ErrToolsMismatch
+	case want == t.names.With:
+	case want == t.names.Bare:
+		t.holder = nil
+	default:
+		return t.names, ErrToolsMismatch
+	}
+	if r.toolsReady == want {
+		return t.names, nil
+	}
+	if err := r.makeTools(ctx, want, t.busybox, t.holder); err != nil {
+		return t.names, err
+	}
+	r.toolsReady = want
+	return t.names, nil
+}
+
+// makeTools creates the volume name, unless it exists, and fills it,
+// unless it is complete.
+func (r *Runtime) makeTools(ctx context.Context, name string, bin, hold []byte) error {
+	sum := toolsSum(bin, hold)
+	body := map[string]any{"Name": name, "Labels": map[string]string{LabelTools: hex.EncodeToString(sum[:])}}
+	if err := r.client.do(ctx, http.MethodPost, "/volumes/create", nil, body, nil); err != nil {
+		return fmt.Errorf("grader's tools: create volume %s: %w", name, err)
+	}
+	if err := r.fillTools(ctx, name, bin, hold); err != nil {
+		return fmt.Errorf("grader's tools: fill volume %s: %w", name, err)
+	}
+	return nil
+}
 
 // ToolsVolumeName is the name of the volume that holds busybox binary bin:
 // examlab-grader- and the start of its SHA-256.
 func ToolsVolumeName(bin []byte) string {
-	sum := sha256.Sum256(bin)
-	return "examlab-grader-" + hex.EncodeToString(sum[:6])
+	return toolsName(sha256.Sum256(bin))
 }
+
+func toolsName(sum [32]byte) string { return "examlab-grader-" + hex.EncodeToString(sum[:6]) }
 
 // toolsSum is the digest a tools volume is named by: busybox's alone
 // (ToolsVolumeName) without a holder, else one over both binaries, so a
@@ -97,28 +213,25 @@ func toolsSum(busybox, holder []byte) [32]byte {
 	return sha256.Sum256(append(a[:], b[:]...))
 }
 
-// holderBinary reads the terminal holder to ship, nil when there is none
-// or it would not run in a node (not a static executable).
-func (r *Runtime) holderBinary() []byte {
-	if r.holder == "" {
-		return nil
+// readHolder reads the terminal holder at path ("/proc/self/exe" is this
+// very binary), or says why there is none to ship: no path, or not an
+// executable that runs in any node of this host (see staticELF).
+func readHolder(path string) ([]byte, error) {
+	if path == "" || path == "none" {
+		return nil, errors.New("terminal holder: none given")
 	}
-	bin, err := os.ReadFile(r.holder)
+	bin, err := os.ReadFile(path)
 	if err == nil {
 		err = staticELF(bin)
 	}
 	if err != nil {
-		if !r.holderWarned {
-			r.holderWarned = true
-			fmt.Fprintf(os.Stderr, "examlab: no terminal holder for the nodes (%v): terminals live in the relay and end when it restarts; build examlab with CGO_ENABLED=0 (make build)\n", err)
-		}
-		return nil
+		return nil, err
 	}
-	return bin
+	return bin, nil
 }
 
-// staticELF checks bin is an executable that needs no loader, so that it
-// runs in any node of this host's architecture.
+// staticELF checks bin is an executable that needs no loader, built for
+// this host's architecture, so that it runs in any node here.
 func staticELF(bin []byte) error {
 	f, err := elf.NewFile(bytes.NewReader(bin))
 	if err != nil {
@@ -133,12 +246,19 @@ func staticELF(bin []byte) error {
 			return errors.New("terminal holder: linked dynamically")
 		}
 	}
+	if want, ok := elfMachines[runtime.GOARCH]; ok && f.Machine != want {
+		return fmt.Errorf("terminal holder: built for %s, this host is %s", f.Machine, runtime.GOARCH)
+	}
 	return nil
 }
 
-// ToolsVolumeFor is ToolsVolumeName of the busybox at path, as a platform
-// whose labs run elsewhere (on Nomad clients) names the volume their nodes
-// mount. "" or "none" mean no tools, and so does a path with no file.
+// elfMachines are the ELF machines of the architectures examlab runs on.
+var elfMachines = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+
+// ToolsVolumeFor is ToolsVolumeName of the busybox at path: the volume of
+// busybox alone, which Nomad jobs rendered before the terminal holder
+// joined the tools name (today's platform names them by ToolsNamesFor).
+// "" or "none" mean no tools, and so does a path with no file.
 func ToolsVolumeFor(path string) (string, error) {
 	if path == "" || path == "none" {
 		return "", nil

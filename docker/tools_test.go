@@ -1,9 +1,12 @@
 package docker
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -47,10 +50,50 @@ func TestHolderInTools(t *testing.T) {
 		{"missing", dir + "/nothing", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &Runtime{holder: tc.path}
-			if got := r.holderBinary(); (got != nil) != tc.ship {
+			if got, err := readHolder(tc.path); (got != nil) != tc.ship || (err == nil) != tc.ship {
 				t.Errorf("holder %q shipped: %v, want %v", tc.path, got != nil, tc.ship)
 			}
 		})
+	}
+}
+
+// TestToolsNames: a platform names a Nomad lab's tools volume as the
+// client's agent fills it, and the agent fills only a volume its own
+// binaries name: with the holder, or busybox alone for an older job.
+func TestToolsNames(t *testing.T) {
+	if _, err := os.Stat(DefaultGraderBusybox); err != nil {
+		t.Fatalf("this test needs %s (Debian's busybox-static): %v", DefaultGraderBusybox, err)
+	}
+	bin, _ := os.ReadFile(DefaultGraderBusybox)
+	// busybox-static stands in for a static examlab: any static
+	// executable may be shipped as the holder.
+	names, err := ToolsNamesFor(DefaultGraderBusybox, DefaultGraderBusybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names.Bare != ToolsVolumeName(bin) || names.With == "" || names.With == names.Bare || names.Name() != names.With || names.NoHolder != nil {
+		t.Errorf("names with a static holder: %+v; want With apart from Bare %s, and With the name", names, ToolsVolumeName(bin))
+	}
+	dyn, err := ToolsNamesFor(DefaultGraderBusybox, "/bin/ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dyn.With != "" || dyn.Name() != dyn.Bare || dyn.NoHolder == nil || !strings.Contains(dyn.NoHolder.Error(), "terminal holder") {
+		t.Errorf("names with a dynamic holder: %+v; want busybox alone and why", dyn)
+	}
+	if none, err := ToolsNamesFor("none", DefaultGraderBusybox); err != nil || none.Name() != "" {
+		t.Errorf("names without a busybox: %+v, %v; want none", none, err)
+	}
+
+	ctx := context.Background()
+	r := &Runtime{graderBusybox: DefaultGraderBusybox, holder: DefaultGraderBusybox}
+	for _, want := range []string{"", "examlab-grader-000000000000"} {
+		if got, err := r.FillGraderTools(ctx, want); !errors.Is(err, ErrToolsMismatch) || got != names {
+			t.Errorf("fill %q: %+v, %v; want ErrToolsMismatch with this host's names", want, got, err)
+		}
+	}
+	bare := &Runtime{graderBusybox: t.TempDir() + "/busybox"}
+	if _, err := bare.FillGraderTools(ctx, names.Bare); !errors.Is(err, ErrNoBusybox) {
+		t.Errorf("fill without a busybox: %v; want ErrNoBusybox", err)
 	}
 }

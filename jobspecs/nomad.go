@@ -60,7 +60,14 @@ const (
 //     nodes start and wires and prepares each node as it comes to run;
 //     labnet-up, still the poststart task the lab's readiness waits for,
 //     only awaits what the agent leaves (labnet up -await).
-const NomadRenderVersion = 6
+//  7. The grader's tools carry the terminal holder: the volume a job
+//     names covers the busybox and the platform's static examlab, which
+//     the lab's agent copies in from its own binary (the same build), so
+//     that shells in the nodes outlive a relay restart. The job's shape is
+//     version 6's; the agent fills an older job's volume, named for
+//     busybox alone, as before, and the relay gives those nodes shells of
+//     its own.
+const NomadRenderVersion = 7
 
 // GraderToolsTarget is where every node sees the grader's tools;
 // grading.ToolsDir names the same path.
@@ -154,10 +161,13 @@ type NomadOptions struct {
 	// Priority of the job; 0 means 50.
 	Priority int
 	// GraderTools names the Docker volume, on each client, that holds the
-	// grader's tools (docker.ToolsVolumeName of the busybox): every node
-	// mounts it read-only at GraderToolsTarget, and labnet-up makes and
-	// fills it from GraderBusybox on the client before the grader needs
-	// it. Empty means the nodes get no tools and their checks cannot run.
+	// grader's tools (docker.ToolsNames: of the busybox and, when the
+	// platform is a static build, the examlab the nodes run as the
+	// terminal holder): every node mounts it read-only at
+	// GraderToolsTarget, and the lab's agent (a flat lab's labnet-up)
+	// makes and fills it from GraderBusybox and its own binary on the
+	// client before the nodes need it. Empty means the nodes get no tools
+	// and their checks cannot run.
 	GraderTools string
 	// GraderBusybox is the busybox on the clients; empty means
 	// DefaultGraderBusybox.

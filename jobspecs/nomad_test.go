@@ -126,7 +126,7 @@ func TestNomadJobShape(t *testing.T) {
 		t.Errorf("namespace %s datacenters %v", *job.Namespace, job.Datacenters)
 	}
 	for k, want := range map[string]string{MetaSession: goldenSession, MetaExam: "flat-lab", MetaCandidate: "candidate@example.com",
-		MetaManaged: "true", MetaRender: "6"} {
+		MetaManaged: "true", MetaRender: "7"} {
 		if job.Meta[k] != want {
 			t.Errorf("meta %s = %q, want %q", k, job.Meta[k], want)
 		}
@@ -391,7 +391,7 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantTools := "6"
+			wantTools := "7"
 			if job.Meta[MetaRender] != wantTools {
 				t.Errorf("render version %s, want %s", job.Meta[MetaRender], wantTools)
 			}
@@ -426,7 +426,7 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := "6"
+			want := "7"
 			if plain.Meta[MetaRender] != want {
 				t.Errorf("without tools the job is render version %s, want %s", plain.Meta[MetaRender], want)
 			}

@@ -34,13 +34,8 @@ func realRuntime(t testing.TB) (*nomad.Runtime, *api.Client) {
 		t.Skip(skipWithoutNomad)
 	}
 	requireDocker(t)
-	// Every node gets the grader's tools, named after this host's busybox,
-	// which is the client's.
-	tools, err := docker.ToolsVolumeFor(docker.DefaultGraderBusybox)
-	if err != nil || tools == "" {
-		t.Fatalf("these tests need %s (Debian's busybox-static) for the grader's tools: %v", docker.DefaultGraderBusybox, err)
-	}
-	opts := jobspecs.NomadOptions{Labnet: os.Getenv("EXAMLAB_NOMAD_LABNET"), GraderTools: tools}
+	tools := realTools(t)
+	opts := jobspecs.NomadOptions{Labnet: os.Getenv("EXAMLAB_NOMAD_LABNET"), GraderTools: tools.Name()}
 	if dcs := os.Getenv("EXAMLAB_NOMAD_DATACENTERS"); dcs != "" {
 		opts.Datacenters = strings.Split(dcs, ",")
 	}
@@ -58,6 +53,23 @@ func realRuntime(t testing.TB) (*nomad.Runtime, *api.Client) {
 		t.Fatal(err)
 	}
 	return rt, client
+}
+
+// realTools names the grader's tools as the platform would, after this
+// host's busybox and the examlab the client runs, which are the client's
+// (this host is the client): with the terminal holder when that examlab is
+// a static build (make build).
+func realTools(t testing.TB) docker.ToolsNames {
+	t.Helper()
+	labnet := os.Getenv("EXAMLAB_NOMAD_LABNET")
+	if labnet == "" {
+		labnet = jobspecs.DefaultNomadLabnet
+	}
+	names, err := docker.ToolsNamesFor(docker.DefaultGraderBusybox, labnet)
+	if err != nil || names.Bare == "" {
+		t.Fatalf("these tests need %s (Debian's busybox-static) for the grader's tools: %v", docker.DefaultGraderBusybox, err)
+	}
+	return names
 }
 
 // TestRealNomadLifecycle is the full flow against a real Nomad agent: login,
@@ -212,16 +224,22 @@ func TestRealNomadFlatGraderTools(t *testing.T) {
 }
 
 // checkGraderTools runs the grader's busybox and its applets in every node
-// of a lab, and fails to write under /.examlab.
+// of a lab, finds the terminal holder beside them when the client's
+// examlab is a static build, and fails to write under /.examlab.
 func checkGraderTools(t *testing.T, rt *nomad.Runtime, spec lab.Spec) {
 	t.Helper()
+	holder := realTools(t).With != ""
 	ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
 	defer cancel()
 	for _, n := range spec.Nodes {
 		out, code, err := lab.Output(ctx, rt, spec.SessionID, n.Name, "/.examlab/busybox", "sh", "-c",
-			"PATH=/.examlab/bin; ip -4 addr >/dev/null && echo tools; touch /.examlab/x 2>&1; rm -f /.examlab/bin/ip 2>&1")
+			"PATH=/.examlab/bin; ip -4 addr >/dev/null && echo tools; [ -x /.examlab/examlab ] && echo holder; "+
+				"touch /.examlab/x 2>&1; rm -f /.examlab/bin/ip 2>&1")
 		if err != nil || !strings.Contains(out, "tools") || strings.Count(out, "Read-only file system") != 2 || code == 0 {
 			t.Errorf("%s: the grader's tools are missing or writable (exit %d, %v):\n%s", n.Name, code, err, out)
+		}
+		if strings.Contains(out, "holder") != holder {
+			t.Errorf("%s: the terminal holder is there: %v, want %v (a static EXAMLAB_NOMAD_LABNET):\n%s", n.Name, !holder, holder, out)
 		}
 	}
 }

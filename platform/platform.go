@@ -92,9 +92,11 @@ type Options struct {
 	Runtime lab.Runtime
 	// NoScheduler leaves out the periodic sweeps (tests drive them).
 	NoScheduler bool
-	// Holder is a static build of this binary for the Docker runtime to
-	// ship into the nodes as the terminal holder (docker.Options.Holder);
-	// the commands pass their own executable.
+	// Holder is a static build of this binary that the nodes run as the
+	// terminal holder: the Docker runtime ships it in the grader's tools
+	// (docker.Options.Holder); the Nomad runtime names the tools volume
+	// after it, which each client's lab agent fills from its own examlab,
+	// the same build. The commands pass their own executable.
 	Holder string
 }
 
@@ -375,7 +377,7 @@ func newRuntime(cfg config.Config, holder string, held func(context.Context) ([]
 	case config.RuntimeNomad:
 		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
 		// NOMAD_REGION and the TLS variables itself.
-		job, err := NomadJobOptions(cfg)
+		job, err := NomadJobOptions(cfg, holder)
 		if err != nil {
 			return nil, err
 		}
@@ -386,15 +388,21 @@ func newRuntime(cfg config.Config, holder string, held func(context.Context) ([]
 
 // NomadJobOptions are the parts of a session's Nomad job that the
 // configuration sets. The grader's tools volume is named after this
-// host's busybox (cfg.GraderBusybox), which must be the clients' too:
-// each client's labnet-up refuses to fill the volume from another.
-func NomadJobOptions(cfg config.Config) (jobspecs.NomadOptions, error) {
-	tools, err := docker.ToolsVolumeFor(cfg.GraderBusybox)
+// host's busybox (cfg.GraderBusybox) and, when it is a static build, the
+// terminal holder (this binary), which must be the clients' too: each
+// client's lab agent fills the volume from its own busybox and examlab,
+// and refuses a volume they do not name (docker.Runtime.FillGraderTools).
+func NomadJobOptions(cfg config.Config, holder string) (jobspecs.NomadOptions, error) {
+	names, err := docker.ToolsNamesFor(cfg.GraderBusybox, holder)
 	if err != nil {
 		return jobspecs.NomadOptions{}, err
 	}
-	if tools == "" && cfg.GraderBusybox != "none" {
+	tools := names.Name()
+	switch {
+	case tools == "" && cfg.GraderBusybox != "none":
 		fmt.Fprintf(os.Stderr, "examlab: no grader busybox at %s (install busybox-static or set EXAMLAB_GRADER_BUSYBOX): Nomad labs start without the grader's tools and their checks cannot run\n", cfg.GraderBusybox)
+	case tools != "" && names.With == "" && holder != "":
+		fmt.Fprintf(os.Stderr, "examlab: no terminal holder for Nomad labs' nodes (%v): their terminals live in the relay and end when it restarts; build examlab with CGO_ENABLED=0 (make build), on the platform and the clients\n", names.NoHolder)
 	}
 	return jobspecs.NomadOptions{
 		Datacenters: cfg.NomadDatacenters, Labnet: cfg.NomadLabnet,

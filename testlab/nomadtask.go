@@ -113,3 +113,14 @@ func (e *Engine) Exec(t testing.TB, container string, cmd ...string) (string, in
 	e.get(t, "/exec/"+created.ID+"/json", nil, &st)
 	return strings.ReplaceAll(out.String(), "\r\n", "\n"), st.ExitCode
 }
+
+// RemoveVolume removes a volume, if it is there and no container uses it.
+func (e *Engine) RemoveVolume(t testing.TB, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := e.call(ctx, "DELETE", "/volumes/"+url.PathEscape(name), nil, nil)
+	if err != nil && !strings.Contains(err.Error(), "404") {
+		t.Errorf("remove volume %s: %v", name, err)
+	}
+}

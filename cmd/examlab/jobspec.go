@@ -44,7 +44,7 @@ func jobspec(ctx context.Context, args []string) error {
 	// Namespace and region as the runtime takes them: from the Nomad
 	// client's own settings (NOMAD_NAMESPACE, NOMAD_REGION).
 	nc := api.DefaultConfig()
-	opts, err := platform.NomadJobOptions(cfg)
+	opts, err := platform.NomadJobOptions(cfg, selfBinary)
 	if err != nil {
 		return err
 	}

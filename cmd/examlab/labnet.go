@@ -35,11 +35,11 @@ type labnetState struct {
 // labnet makes or removes a Nomad lab's network on the client it runs on.
 // The session's job runs it as its lifecycle tasks:
 //
-//	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N] [-grader-tools NAME [-grader-busybox PATH]]
-//	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
+//	examlab labnet up -session ID [-exam ID] [-subnet-pool CIDR] [-subnet-prefix N] [-grader-tools NAME [-grader-busybox PATH] [-grader-holder PATH]]
+//	examlab labnet up -session ID [-exam ID] -plan FILE [-state FILE] [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH] [-grader-holder PATH]]
 //	examlab labnet up -session ID -await FILE [-wait 2m]
 //	examlab labnet watch -session ID [-state FILE] [-alloc ID] [-every 2s] [-thaw-after 30m]
-//	examlab labnet watch -session ID [-exam ID] -plan FILE -state FILE [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH]]
+//	examlab labnet watch -session ID [-exam ID] -plan FILE -state FILE [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH] [-grader-holder PATH]]
 //	examlab labnet down -session ID [-wait 2m]
 //	examlab labnet freeze|thaw|limit -session ID -alloc ID
 //	examlab labnet capture -session ID -alloc ID -node NAME
@@ -59,7 +59,8 @@ type labnetState struct {
 // wireAsTheyCome). Up -plan and watch -state remain for jobs registered
 // before. With -grader-tools, up (or watch -plan)
 // first makes and fills the volume of the grader's tools that the nodes
-// mount, from this client's busybox. Down removes the
+// mount, from this client's busybox and, when the volume is named for it,
+// this examlab, the nodes' terminal holder (see graderTools). Down removes the
 // network or the switch, whichever the lab has. A failure exits non-zero
 // with a one-line reason on stderr: it is what `nomad alloc logs` shows,
 // and what the runtime quotes.
@@ -104,15 +105,16 @@ func labnet(ctx context.Context, args []string) error {
 	every := fs.Duration("every", labnetEvery, "how often to look for replaced node containers (watch)")
 	thawAfter := fs.Duration("thaw-after", nomad.DefaultThawAfter, "thaw a node frozen for longer than this: its capture's worker is gone (watch)")
 	host := fs.String("docker-host", os.Getenv("DOCKER_HOST"), "Docker Engine API address (default: DOCKER_HOST, else the local socket)")
-	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox (up, watch -plan)")
-	busybox := fs.String("grader-busybox", def.GraderBusybox, "the static busybox on this client the grader's tools come from (up)")
+	tools := fs.String("grader-tools", "", "the grader's tools volume the nodes mount: make and fill it from -grader-busybox and, when it is named for it, -grader-holder (up, watch -plan)")
+	busybox := fs.String("grader-busybox", def.GraderBusybox, "the static busybox on this client the grader's tools come from (up, watch -plan)")
+	holder := fs.String("grader-holder", selfBinary, "the static examlab the grader's tools carry as the nodes' terminal holder, when the job's volume is named for it; default this very binary (up, watch -plan)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if *session == "" {
 		return errors.New("labnet: -session is required")
 	}
-	rt, err := docker.New(docker.Options{Host: *host, SubnetPool: *pool, SubnetPrefix: *prefix, GraderBusybox: *busybox})
+	rt, err := docker.New(docker.Options{Host: *host, SubnetPool: *pool, SubnetPrefix: *prefix, GraderBusybox: *busybox, Holder: *holder})
 	if err != nil {
 		return err
 	}
@@ -123,7 +125,7 @@ func labnet(ctx context.Context, args []string) error {
 		return oneLine(awaitLab(ctx, *session, *await, *wait))
 	}
 	if verb == "up" && *tools != "" {
-		if err := graderTools(ctx, rt, *session, *tools, *busybox); err != nil {
+		if err := graderTools(ctx, rt, *session, *tools, *busybox, *holder); err != nil {
 			return oneLine(err)
 		}
 	}
@@ -142,7 +144,7 @@ func labnet(ctx context.Context, args []string) error {
 			if *state == "" {
 				return errors.New("labnet watch: -plan needs -state, where labnet up -await looks")
 			}
-			st, wired, err := wireAsTheyCome(ctx, rt, tend, *session, *examID, *alloc, *plan, *state, *tools, *busybox, *wait)
+			st, wired, err := wireAsTheyCome(ctx, rt, tend, *session, *examID, *alloc, *plan, *state, toolsFill{name: *tools, busybox: *busybox, holder: *holder}, *wait)
 			if err != nil || !wired {
 				return oneLine(err)
 			}
@@ -178,22 +180,34 @@ func labnet(ctx context.Context, args []string) error {
 }
 
 // graderTools makes and fills the volume of the grader's tools the lab's
-// nodes mount, from this client's busybox, and checks that it is the one
-// the job names: a client with another busybox would give the nodes an
-// empty volume. A flat lab's labnet-up runs before the nodes start; a
-// segmented lab's after, when the engine has made the volume empty for
-// them, and the nodes see it filled before the lab is ready.
-func graderTools(ctx context.Context, rt *docker.Runtime, session, want, busybox string) error {
-	got, err := rt.GraderTools(ctx)
+// nodes mount, from this client's busybox and, when the job's volume is
+// named for it, this very examlab (holder, /proc/self/exe unless told),
+// which the relay runs in the nodes as the terminal holder: a shell there
+// outlives a relay restart. A job rendered before the holder joined the
+// tools names the volume of busybox alone, and gets that. Any other name
+// is refused: the client would give the nodes a volume whose content its
+// name does not say. A flat lab's labnet-up runs before the nodes start; a
+// segmented lab's agent while they start, when the engine has made the
+// volume empty for them, and the nodes see it filled before the lab is
+// ready.
+func graderTools(ctx context.Context, rt *docker.Runtime, session, want, busybox, holder string) error {
+	names, err := rt.FillGraderTools(ctx, want)
 	switch {
+	case errors.Is(err, docker.ErrNoBusybox):
+		return fmt.Errorf("labnet up %s: no grader busybox at %s on this client (install busybox-static)", session, busybox)
+	case errors.Is(err, docker.ErrToolsMismatch) && names.With == "":
+		return fmt.Errorf("labnet up %s: the job mounts the tools volume %s; this client's busybox %s makes %s, and its examlab %s cannot join it (%v): install the same busybox-static and static examlab build (make build) on every client and the platform",
+			session, want, busybox, names.Bare, holder, names.NoHolder)
+	case errors.Is(err, docker.ErrToolsMismatch):
+		return fmt.Errorf("labnet up %s: the job mounts the tools volume %s; this client's busybox %s and examlab make %s (%s with busybox alone): install the same busybox-static and examlab build on every client and the platform",
+			session, want, busybox, names.With, names.Bare)
 	case err != nil:
 		return fmt.Errorf("labnet up %s: %w", session, err)
-	case got == "":
-		return fmt.Errorf("labnet up %s: no grader busybox at %s on this client (install busybox-static)", session, busybox)
-	case got != want:
-		return fmt.Errorf("labnet up %s: this client's busybox %s makes the tools volume %s, the job mounts %s: install the same busybox-static on every client and the platform", session, busybox, got, want)
+	case want == names.With:
+		fmt.Printf("grader's tools in volume %s, with the terminal holder\n", want)
+	default:
+		fmt.Printf("grader's tools in volume %s, without the terminal holder: the job's shells end when the relay restarts\n", want)
 	}
-	fmt.Printf("grader's tools in volume %s\n", got)
 	return nil
 }
 

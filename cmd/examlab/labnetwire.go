@@ -21,6 +21,12 @@ const failedSuffix = ".failed"
 // lab comes up: each node is wired as soon as it runs.
 const wirePoll = 200 * time.Millisecond
 
+// toolsFill is the grader's tools volume a job's nodes mount ("" for
+// none), and what this client fills it from (see graderTools).
+type toolsFill struct {
+	name, busybox, holder string
+}
+
 // readPlan reads and checks a segmented lab's plan.
 func readPlan(session, plan string) (lab.Spec, error) {
 	var spec lab.Spec
@@ -50,7 +56,7 @@ func readPlan(session, plan string) (lab.Spec, error) {
 // and tends the lab until it is stopped. A state already there (the agent
 // restarted) is the lab wired before: nothing is done twice. It reports
 // whether the lab is wired; when not, the lab has stopped.
-func wireAsTheyCome(ctx context.Context, rt *docker.Runtime, tend func(), session, examID, alloc, plan, state, tools, busybox string, wait time.Duration) (labnetState, bool, error) {
+func wireAsTheyCome(ctx context.Context, rt *docker.Runtime, tend func(), session, examID, alloc, plan, state string, tools toolsFill, wait time.Duration) (labnetState, bool, error) {
 	var st labnetState
 	if b, err := os.ReadFile(state); err == nil {
 		if err := json.Unmarshal(b, &st); err != nil {
@@ -62,7 +68,7 @@ func wireAsTheyCome(ctx context.Context, rt *docker.Runtime, tend func(), sessio
 	if err != nil {
 		return st, false, fmt.Errorf("labnet watch %s: %w", session, err)
 	}
-	wired, err := wireNodes(ctx, rt, tend, spec, examID, alloc, tools, busybox, wait)
+	wired, err := wireNodes(ctx, rt, tend, spec, examID, alloc, tools, wait)
 	if err != nil {
 		if ctx.Err() != nil {
 			return st, false, nil // the lab stopped while it came up
@@ -89,7 +95,7 @@ func wireAsTheyCome(ctx context.Context, rt *docker.Runtime, tend func(), sessio
 // The nodes that came up since the last wiring are wired together, by one
 // script in the switch, while those wired before are still being
 // prepared. It returns the container it wired for each node.
-func wireNodes(ctx context.Context, rt *docker.Runtime, tend func(), spec lab.Spec, examID, alloc, tools, busybox string, wait time.Duration) (map[string]string, error) {
+func wireNodes(ctx context.Context, rt *docker.Runtime, tend func(), spec lab.Spec, examID, alloc string, tools toolsFill, wait time.Duration) (map[string]string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	labels := switchLabels(spec, examID)
@@ -104,9 +110,11 @@ func wireNodes(ctx context.Context, rt *docker.Runtime, tend func(), spec lab.Sp
 	}
 	events := make(chan event, 2*len(spec.Nodes)+1)
 	pending := len(spec.Nodes)
-	if tools != "" {
+	if tools.name != "" {
 		pending++
-		go func() { events <- event{err: graderTools(ctx, rt, spec.SessionID, tools, busybox)} }()
+		go func() {
+			events <- event{err: graderTools(ctx, rt, spec.SessionID, tools.name, tools.busybox, tools.holder)}
+		}()
 	}
 	if err := rt.StartSwitch(ctx, spec.SessionID, labels); err != nil {
 		return nil, err

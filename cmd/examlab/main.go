@@ -105,6 +105,11 @@ func loadConfig(name string, args []string, extra func(*flag.FlagSet)) (config.C
 	return cfg, fs, cfg.Validate()
 }
 
+// selfBinary is this very binary, as it runs: the nodes' terminal holder
+// is named and shipped from it, whatever an upgrade has since put at its
+// path, so that a platform and a client of one build name the same tools.
+const selfBinary = "/proc/self/exe"
+
 func roleCmd(name string, roles platform.Roles) func(context.Context, []string) error {
 	return func(ctx context.Context, args []string) error {
 		cfg, _, err := loadConfig(name, args, nil)
@@ -127,8 +132,7 @@ func roleCmd(name string, roles platform.Roles) func(context.Context, []string) 
 			}
 		}
 		// This binary, when static, is also the nodes' terminal holder.
-		self, _ := os.Executable()
-		p, err := platform.New(ctx, cfg, roles, platform.Options{Logger: log, Holder: self})
+		p, err := platform.New(ctx, cfg, roles, platform.Options{Logger: log, Holder: selfBinary})
 		if err != nil {
 			return err
 		}

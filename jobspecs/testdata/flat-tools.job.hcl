@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "6"
+    "examlab.render" = "7"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "82db7d3122ba11d9"
+    "examlab.spec" = "19564a801700c1e6"
   }
   group "lab" {
     count = 1

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "6"
+    "examlab.render" = "7"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "dfd5eb02f786026a"
+    "examlab.spec" = "b9c44535797c5dd9"
   }
   group "lab" {
     count = 1

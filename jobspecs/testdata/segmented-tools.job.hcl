@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "6"
+    "examlab.render" = "7"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "5fa3b44bc8c2676e"
+    "examlab.spec" = "18711e8b8dae3bd0"
   }
   group "lab" {
     count = 1

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "6"
+    "examlab.render" = "7"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "63b318d833bba14f"
+    "examlab.spec" = "83c8e993d3caf10d"
   }
   group "lab" {
     count = 1

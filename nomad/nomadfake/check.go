@@ -128,7 +128,84 @@ func checkJob(job *api.Job, nodes, mhzPerCPU int) []string {
 	case docker == 0:
 		bad("no node tasks")
 	}
+	checkTools(g.Tasks, segmented, bad)
 	return p
+}
+
+var toolsPattern = regexp.MustCompile(`^examlab-grader-[0-9a-f]{12}$`)
+
+// checkTools checks the grader's tools: every node mounts the same volume,
+// or none does, and the task that fills it before the nodes need it (a
+// flat lab's prestart labnet-up, a segmented lab's agent) is given that
+// volume and the client's busybox, and no other task is. The filler ships
+// its own binary as the nodes' terminal holder, the examlab the job runs:
+// no job names another (-grader-holder).
+func checkTools(tasks []*api.Task, segmented bool, bad func(string, ...any)) {
+	volume, mounted, nodes := "", 0, 0
+	for _, t := range tasks {
+		if t.Lifecycle != nil {
+			continue
+		}
+		nodes++
+		list := mounts(t.Config["mount"])
+		if len(list) != 1 {
+			continue
+		}
+		src := fmt.Sprint(list[0]["source"])
+		mounted++
+		switch {
+		case volume == "":
+			volume = src
+			if !toolsPattern.MatchString(src) {
+				bad("node %s mounts the tools volume %q, not examlab-grader-{12 hex digits}", t.Name, src)
+			}
+		case src != volume:
+			bad("node %s mounts the tools volume %s, another node %s: a lab has one", t.Name, src, volume)
+		}
+	}
+	if mounted != 0 && mounted != nodes {
+		bad("%d of %d nodes mount the grader's tools: every node has them or none", mounted, nodes)
+	}
+	filler := jobspecs.NomadLabnetUp
+	if segmented {
+		filler = jobspecs.NomadLabnetWatch
+	}
+	for _, t := range tasks {
+		if t.Lifecycle == nil {
+			continue
+		}
+		args := strList(t.Config["args"])
+		tools, given := flagValue(args, "-grader-tools")
+		if _, ok := flagValue(args, "-grader-holder"); ok {
+			bad("labnet task %s is given -grader-holder: the tools' holder is the examlab the job runs", t.Name)
+		}
+		switch {
+		case t.Name != filler && given:
+			bad("labnet task %s fills the grader's tools; %s does, before the nodes need them", t.Name, filler)
+		case t.Name != filler:
+		case volume == "" && given:
+			bad("labnet task %s fills the tools volume %s, which no node mounts", t.Name, tools)
+		case volume != "" && tools != volume:
+			bad("labnet task %s fills the tools volume %q, the nodes mount %s", t.Name, tools, volume)
+		case volume != "":
+			if bb, _ := flagValue(args, "-grader-busybox"); !strings.HasPrefix(bb, "/") {
+				bad("labnet task %s fills the tools from busybox %q, not an absolute path", t.Name, bb)
+			}
+		}
+	}
+}
+
+// flagValue is the value of flag name in a task's args.
+func flagValue(args []string, name string) (string, bool) {
+	for i, a := range args {
+		if a == name {
+			if i+1 < len(args) {
+				return args[i+1], true
+			}
+			return "", true
+		}
+	}
+	return "", false
 }
 
 func checkLabnet(t *api.Task, verb, session string, bad func(string, ...any)) {

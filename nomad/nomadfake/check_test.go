@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/nomad/api"
+
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/jobspecs"
 	"github.com/examlab/examlab/lab"
@@ -43,5 +45,102 @@ func TestCheckJobGraderTools(t *testing.T) {
 				t.Errorf("problems:\n%s\nwant %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestCheckJobToolsFiller: the task that fills the grader's tools before
+// the nodes need them (a flat lab's labnet-up, a segmented lab's agent)
+// fills the one volume every node mounts, from its own binary; a job that
+// says otherwise is refused, whatever its lab's shape.
+func TestCheckJobToolsFiller(t *testing.T) {
+	const tools = "examlab-grader-0123456789ab"
+	flat, err := lab.NewSpec(exam.Default(), lab.Session{ID: "checkjob0002", Candidate: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := exam.Load("../testdata/three-segments.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	segmented, err := lab.NewSpec(ex, lab.Session{ID: "checkjob0003", Candidate: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// args edits the args of the task named task ("" for the filler).
+	args := func(task string, edit func([]string) []string) func(*api.Job, string) {
+		return func(job *api.Job, filler string) {
+			if task == "" {
+				task = filler
+			}
+			for _, tk := range job.TaskGroups[0].Tasks {
+				if tk.Name == task {
+					tk.Config["args"] = edit(append([]string(nil), tk.Config["args"].([]string)...))
+				}
+			}
+		}
+	}
+	replace := func(from, to string) func([]string) []string {
+		return func(a []string) []string {
+			for i := range a {
+				if a[i] == from {
+					a[i] = to
+				}
+			}
+			return a
+		}
+	}
+	// node edits the mount of the lab's first node.
+	node := func(edit func(tk *api.Task)) func(*api.Job, string) {
+		return func(job *api.Job, _ string) {
+			for _, tk := range job.TaskGroups[0].Tasks {
+				if tk.Lifecycle == nil {
+					edit(tk)
+					return
+				}
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		tools string
+		edit  func(job *api.Job, filler string)
+		want  string // in the problems; "" for none
+	}{
+		{"with the tools", tools, func(*api.Job, string) {}, ""},
+		{"without", "", func(*api.Job, string) {}, ""},
+		{"the filler fills another volume", tools, args("", replace(tools, "examlab-grader-ba9876543210")), "the nodes mount " + tools},
+		{"a node mounts another volume", tools, node(func(tk *api.Task) {
+			tk.Config["mount"].([]map[string]any)[0]["source"] = "examlab-grader-ba9876543210"
+		}), "a lab has one"},
+		{"a node without the tools", tools, node(func(tk *api.Task) { delete(tk.Config, "mount") }), "every node has them or none"},
+		{"a volume not named by digest", tools, func(job *api.Job, filler string) {
+			for _, tk := range job.TaskGroups[0].Tasks {
+				if m, ok := tk.Config["mount"].([]map[string]any); ok {
+					m[0]["source"] = "examlab-grader-mine"
+				}
+			}
+			args("", replace(tools, "examlab-grader-mine"))(job, filler)
+		}, "not examlab-grader-{12 hex digits}"},
+		{"the holder named by the job", tools, args("", func(a []string) []string { return append(a, "-grader-holder", "/tmp/x") }), "-grader-holder"},
+		{"labnet-down fills", tools, args(jobspecs.NomadLabnetDown, func(a []string) []string { return append(a, "-grader-tools", tools) }), "fills the grader's tools"},
+		{"tools no node mounts", "", args("", func(a []string) []string { return append(a, "-grader-tools", tools) }), "which no node mounts"},
+	} {
+		for _, spec := range []lab.Spec{flat, segmented} {
+			filler := jobspecs.NomadLabnetUp
+			if spec.Segmented() {
+				filler = jobspecs.NomadLabnetWatch
+			}
+			t.Run(tc.name+"/"+filler, func(t *testing.T) {
+				job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{GraderTools: tc.tools})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tc.edit(job, filler)
+				got := strings.Join(CheckJob(job, len(spec.Nodes)), "\n")
+				if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+					t.Errorf("problems:\n%s\nwant %q", got, tc.want)
+				}
+			})
+		}
 	}
 }
