@@ -191,6 +191,13 @@ func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason s
 		return 0, err
 	}
 	defer lock.Unlock(ctx)
+	// Whatever half-written file is here is a dead writer's: only the
+	// lock's holder writes into the folder.
+	if n, err := h.o.Store.RemoveTemps(sess.ID, store.SnapshotDir); err != nil {
+		return 0, err
+	} else if n > 0 {
+		h.log.Info("removed the half-written snapshot files of a stopped writer", "session", sess.ID, "files", n)
+	}
 	// Should the lock run out all the same (Redis unreachable longer than
 	// its ttl), another writer may have it: this one stops.
 	ctx, stop := h.keepRenewed(ctx, snapshotLockRenew, lock.Renew, "snapshot lock of "+sess.ID)
