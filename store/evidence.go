@@ -66,7 +66,7 @@ type evidenceRecord struct {
 // evidenceLockWait: hashing a full-export archive of gigabytes takes a
 // minute.
 const (
-	evidenceLockTTL  = 15 * time.Second
+	evidenceLockTTL  = 5 * time.Second
 	evidenceLockWait = 10 * time.Minute
 )
 
