@@ -160,9 +160,11 @@ func (h *Handlers) Snapshot(ctx context.Context, t *asynq.Task) error {
 const snapshotLock = "snapshot"
 
 // snapshotLockTTL is how long a snapshot's lock outlives its writer's
-// last renewal (every snapshotLockRenew). Short, so that the archive of a
-// worker killed mid-capture, when it runs again, finds the lock free
-// rather than spending its retries on a dead writer's lock.
+// last renewal (every snapshotLockRenew). Short, so that a task retried
+// after an admin snapshot's worker was killed mid-capture finds the lock
+// free rather than spending its retries on a dead writer's lock. (An
+// archive's own lock goes sooner: the sweep that restarts the archive
+// frees it.)
 const (
 	snapshotLockTTL   = 20 * time.Second
 	snapshotLockRenew = 5 * time.Second
