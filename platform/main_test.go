@@ -40,7 +40,15 @@ func childWorker() error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	p, err := platform.New(ctx, cfg, platform.Roles{Worker: true}, platform.Options{Logger: log})
+	o := platform.Options{Logger: log}
+	// A test may shorten the work leases (chaosLeaseEnv).
+	if v := os.Getenv(chaosLeaseEnv); v != "" {
+		var err error
+		if o.LeaseTTL, o.LeaseRenew, o.LeaseSweep, err = parseLeases(v); err != nil {
+			return err
+		}
+	}
+	p, err := platform.New(ctx, cfg, platform.Roles{Worker: true}, o)
 	if err != nil {
 		return err
 	}

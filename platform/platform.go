@@ -78,10 +78,11 @@ type Platform struct {
 	closeOnce sync.Once
 	// stopWatch ends watchRuntime.
 	stopWatch context.CancelFunc
-	// restarts runs the sweep for provisions of stopped workers
-	// (workers.Handlers.RunRestarts) with the periodic sweeps;
-	// stopRestarts ends it.
+	// restarts runs the sweep for operations of stopped workers
+	// (workers.Handlers.RunRestarts) every sweepEvery, with the periodic
+	// sweeps; stopRestarts ends it.
 	restarts     bool
+	sweepEvery   time.Duration
 	stopRestarts context.CancelFunc
 }
 
@@ -98,6 +99,10 @@ type Options struct {
 	// after it, which each client's lab agent fills from its own examlab,
 	// the same build. The commands pass their own executable.
 	Holder string
+	// LeaseTTL, LeaseRenew and LeaseSweep replace scheduler.LeaseTTL,
+	// LeaseRenew and LeaseSweep, the work leases of provisions, archives
+	// and cleanups (tests that kill workers many times over).
+	LeaseTTL, LeaseRenew, LeaseSweep time.Duration
 }
 
 // New connects to Redis and the runtime and builds the roles; Start runs them.
@@ -167,6 +172,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			RuntimeName: cfg.Runtime, Snapshot: lab.SnapshotMode(cfg.Snapshot), ProvisionTimeout: cfg.ProvisionTimeout,
 			RetentionDays: cfg.RetentionDays, RetentionDryRun: cfg.RetentionDryRun, Logger: log,
 			Observer: p.Metrics, Grading: p.Metrics, GradingSlots: cfg.GradingConcurrency,
+			LeaseTTL: o.LeaseTTL, LeaseRenew: o.LeaseRenew,
 		})
 		if err != nil {
 			return nil, err
@@ -185,6 +191,10 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		if !o.NoScheduler {
 			p.sched = scheduler.NewPeriodic(p.Enqueuer, scheduler.PeriodicOptions{Expire: cfg.ExpireEvery, Reap: cfg.ReapEvery, Admission: cfg.AdmitEvery, Logger: log})
 			p.restarts = true
+			p.sweepEvery = o.LeaseSweep
+			if p.sweepEvery <= 0 {
+				p.sweepEvery = scheduler.LeaseSweep
+			}
 		}
 	}
 	// The sign-in budgets live in Redis so that they hold across every API
@@ -269,7 +279,7 @@ func (p *Platform) Start(ctx context.Context) error {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.Handlers.RunRestarts(rctx, scheduler.LeaseSweep)
+			p.Handlers.RunRestarts(rctx, p.sweepEvery)
 		}()
 	}
 	if p.API != nil {

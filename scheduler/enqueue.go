@@ -43,7 +43,13 @@ func (e *Enqueuer) Provision(ctx context.Context, sessionID string, round int) (
 
 // Archive enqueues the archive (and, after it, cleanup) of a session.
 func (e *Enqueuer) Archive(ctx context.Context, sessionID, reason string) (bool, error) {
-	t, err := NewArchiveTask(sessionID, reason)
+	return e.ArchiveRound(ctx, sessionID, reason, 0)
+}
+
+// ArchiveRound enqueues the archive of a session in its round'th round
+// (session.Session.ArchiveRestarts).
+func (e *Enqueuer) ArchiveRound(ctx context.Context, sessionID, reason string, round int) (bool, error) {
+	t, err := NewArchiveRoundTask(sessionID, reason, round)
 	if err != nil {
 		return false, err
 	}
@@ -52,7 +58,13 @@ func (e *Enqueuer) Archive(ctx context.Context, sessionID, reason string) (bool,
 
 // Cleanup enqueues removal of a session's lab.
 func (e *Enqueuer) Cleanup(ctx context.Context, sessionID, reason string) (bool, error) {
-	t, err := NewCleanupTask(sessionID, reason)
+	return e.CleanupRound(ctx, sessionID, reason, 0)
+}
+
+// CleanupRound enqueues the cleanup of a session in its round'th round
+// (session.Session.CleanupRestarts).
+func (e *Enqueuer) CleanupRound(ctx context.Context, sessionID, reason string, round int) (bool, error) {
+	t, err := NewCleanupRoundTask(sessionID, reason, round)
 	if err != nil {
 		return false, err
 	}

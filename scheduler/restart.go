@@ -67,3 +67,103 @@ func RestartProvision(ctx context.Context, st *store.Store, q provisionQueue, id
 	}
 	return true, nil
 }
+
+// Restarting an archive or a cleanup whose worker died works the same
+// way: the worker holds the session's LeaseArchive or LeaseCleanup lease
+// while it runs, and the sweep that finds it run out starts the
+// operation's next round (RestartArchive, RestartCleanup) under a task
+// of its own. A run that finds its lease taken over stops without
+// touching the session or its files.
+const (
+	// LeaseArchive names archive leases (grading, capture, manifest).
+	LeaseArchive = "archive"
+	// LeaseCleanup names cleanup leases (the lab's removal and the
+	// session's end).
+	LeaseCleanup = "cleanup"
+)
+
+// archiveRestartQueue is what RestartArchive enqueues on.
+type archiveRestartQueue interface {
+	ArchiveRound(ctx context.Context, sessionID, reason string, round int) (bool, error)
+	CleanupRound(ctx context.Context, sessionID, reason string, round int) (bool, error)
+}
+
+// cleanupRestartQueue is what RestartCleanup enqueues on.
+type cleanupRestartQueue interface {
+	CleanupRound(ctx context.Context, sessionID, reason string, round int) (bool, error)
+}
+
+// RestartArchive starts the archive of session id again in a new round,
+// because the worker running its round'th archive is gone, and reports
+// whether it did. A session whose archive is whole already (the worker
+// died chaining the cleanup) gets its cleanup enqueued instead, which the
+// task id makes a no-op if it was. A session past that round, or ended,
+// is left as it is. The restart is recorded in the audit log; should its
+// enqueue fail, the expiry sweep enqueues the current round's task.
+func RestartArchive(ctx context.Context, st *store.Store, q archiveRestartQueue, id string, round int) (bool, error) {
+	restarted, chain := false, false
+	sess, err := st.Update(ctx, id, func(x *session.Session) error {
+		restarted, chain = false, false
+		if x.ArchiveRestarts != round || (x.Status != session.StateSubmitted && x.Status != session.StateArchiving) {
+			return nil
+		}
+		if !x.ArchivedAt.IsZero() {
+			chain = true
+			return nil
+		}
+		restarted = true
+		return x.RestartArchive()
+	})
+	if err != nil {
+		return false, fmt.Errorf("restart archive of %s: %w", id, err)
+	}
+	if chain {
+		if _, err := q.CleanupRound(ctx, id, sess.SubmitReason, sess.CleanupRestarts); err != nil {
+			return false, fmt.Errorf("restart archive of %s: queue its cleanup: %w", id, err)
+		}
+		return false, nil
+	}
+	if !restarted {
+		return false, nil
+	}
+	if err := st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "archive-restarted",
+		Detail: map[string]any{"reason": "the worker archiving the lab stopped", "from_round": round, "round": sess.ArchiveRestarts}}); err != nil {
+		return true, err
+	}
+	if _, err := q.ArchiveRound(ctx, id, sess.SubmitReason, sess.ArchiveRestarts); err != nil {
+		return true, fmt.Errorf("restart archive of %s: %w: %w", id, ErrNotQueued, err)
+	}
+	return true, nil
+}
+
+// RestartCleanup starts the cleanup of session id again in a new round,
+// because the worker running its round'th cleanup is gone, and reports
+// whether it did. A session ended already is cleaned up again as well:
+// the dead run may have stopped before it sealed the session or gave its
+// slot back, and every step of a cleanup converges when rerun. Should
+// its enqueue fail, the expiry sweep enqueues the current round's task.
+func RestartCleanup(ctx context.Context, st *store.Store, q cleanupRestartQueue, id string, round int) (bool, error) {
+	restarted := false
+	sess, err := st.Update(ctx, id, func(x *session.Session) error {
+		restarted = false
+		if x.CleanupRestarts != round || (x.Status != session.StateArchiving && !x.Status.Terminal()) {
+			return nil
+		}
+		restarted = true
+		return x.RestartCleanup()
+	})
+	if err != nil {
+		return false, fmt.Errorf("restart cleanup of %s: %w", id, err)
+	}
+	if !restarted {
+		return false, nil
+	}
+	if err := st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "cleanup-restarted",
+		Detail: map[string]any{"reason": "the worker removing the lab stopped", "from_round": round, "round": sess.CleanupRestarts}}); err != nil {
+		return true, err
+	}
+	if _, err := q.CleanupRound(ctx, id, sess.SubmitReason, sess.CleanupRestarts); err != nil {
+		return true, fmt.Errorf("restart cleanup of %s: %w: %w", id, ErrNotQueued, err)
+	}
+	return true, nil
+}

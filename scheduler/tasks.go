@@ -50,10 +50,13 @@ type SessionPayload struct {
 	// Nonce distinguishes repeatable operations (admin snapshots, resets)
 	// so that each request gets its own task ID.
 	Nonce string `json:"nonce,omitempty"`
-	// Round is the session's ProvisionRound when its provision was
-	// enqueued: each admission after a park, and each restart of a
-	// provision whose worker died, is a new provision with a task ID of
-	// its own, and a provision of an older round finds nothing to do.
+	// Round is the round of the operation the task carries on, as the
+	// session counted it when the task was enqueued: its ProvisionRound
+	// for a provision (each admission after a park, and each restart of a
+	// provision whose worker died, is a new round), its ArchiveRestarts
+	// or CleanupRestarts for an archive or cleanup (a restart after the
+	// worker died). Each round has a task ID of its own, and a task of an
+	// older round finds nothing to do.
 	Round int `json:"round,omitempty"`
 }
 
@@ -109,21 +112,38 @@ func NewProvisionTask(sessionID string) (*asynq.Task, error) {
 // provision (session.Session.ProvisionRound): admitted again after a park,
 // or restarted after its worker died; round 0 is its first admission.
 func NewProvisionRoundTask(sessionID string, round int) (*asynq.Task, error) {
-	extra := ""
-	if round > 0 {
-		extra = "p" + strconv.Itoa(round)
-	}
-	return newSessionTask(TypeProvision, QueueCritical, SessionPayload{SessionID: sessionID, Round: round}, 8, 10*time.Minute, extra)
+	return newSessionTask(TypeProvision, QueueCritical, SessionPayload{SessionID: sessionID, Round: round}, 8, 10*time.Minute, roundSuffix("p", round))
 }
 
 // NewArchiveTask snapshots a submitted session's lab, then chains cleanup.
 func NewArchiveTask(sessionID, reason string) (*asynq.Task, error) {
-	return newSessionTask(TypeArchive, QueueDefault, SessionPayload{SessionID: sessionID, Reason: reason}, 12, 30*time.Minute)
+	return NewArchiveRoundTask(sessionID, reason, 0)
+}
+
+// NewArchiveRoundTask is the archive of a session in its round'th round
+// (session.Session.ArchiveRestarts): restarted after its worker died;
+// round 0 is the archive its submit enqueued.
+func NewArchiveRoundTask(sessionID, reason string, round int) (*asynq.Task, error) {
+	return newSessionTask(TypeArchive, QueueDefault, SessionPayload{SessionID: sessionID, Reason: reason, Round: round}, 12, 30*time.Minute, roundSuffix("a", round))
 }
 
 // NewCleanupTask removes a session's lab. The session record stays.
 func NewCleanupTask(sessionID, reason string) (*asynq.Task, error) {
-	return newSessionTask(TypeCleanup, QueueDefault, SessionPayload{SessionID: sessionID, Reason: reason}, 12, 5*time.Minute)
+	return NewCleanupRoundTask(sessionID, reason, 0)
+}
+
+// NewCleanupRoundTask is the cleanup of a session in its round'th round
+// (session.Session.CleanupRestarts).
+func NewCleanupRoundTask(sessionID, reason string, round int) (*asynq.Task, error) {
+	return newSessionTask(TypeCleanup, QueueDefault, SessionPayload{SessionID: sessionID, Reason: reason, Round: round}, 12, 5*time.Minute, roundSuffix("c", round))
+}
+
+// roundSuffix names a round after the first in a task ID: "p1", "a2".
+func roundSuffix(op string, round int) string {
+	if round <= 0 {
+		return ""
+	}
+	return op + strconv.Itoa(round)
 }
 
 // NewSnapshotTask archives a live lab on an admin's request; each request

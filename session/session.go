@@ -18,7 +18,9 @@
 //	ready         MarkReady: every node runs; the clock starts now, so
 //	              a slow start costs the candidate nothing
 //	submitted     Submit: by the candidate, an admin, or the deadline
-//	archiving     BeginArchive: a worker captures the lab
+//	archiving     BeginArchive: a worker captures the lab (MarkArchived
+//	              once the snapshot is whole; RestartArchive or
+//	              RestartCleanup when the worker running either is gone)
 //	completed     Complete: the lab is archived and removed
 //	expired       Complete, when the deadline forced the submit
 //	failed        ProvisionFailed on the last attempt, or Fail
@@ -105,6 +107,16 @@ type Session struct {
 	// Restarts counts the provisions started afresh because the worker
 	// running one was gone (RestartProvision).
 	Restarts int `json:"provision_restarts,omitempty"`
+	// ArchiveRestarts and CleanupRestarts count the archives and cleanups
+	// started afresh because the worker running one was gone
+	// (RestartArchive, RestartCleanup); each names the operation's
+	// current round, as Restarts does the provision's.
+	ArchiveRestarts int `json:"archive_restarts,omitempty"`
+	CleanupRestarts int `json:"cleanup_restarts,omitempty"`
+	// ArchivedAt is when the archive's snapshot was whole on storage
+	// (MarkArchived): from then on only the cleanup is left, and no
+	// archive may capture the lab again while the cleanup takes it down.
+	ArchivedAt time.Time `json:"archived_at,omitzero"`
 }
 
 // New returns a created session for email in exam, with the exam's time
@@ -282,6 +294,43 @@ func (s *Session) BeginArchive() error {
 		return s.refuse("archived")
 	}
 	return s.move("archived", StateArchiving)
+}
+
+// RestartArchive records that the worker running the session's archive
+// is gone: the archive's next round begins at once (ArchiveRestarts).
+// Only an archive not yet whole is restarted: once it is, the cleanup
+// may be taking the lab down.
+func (s *Session) RestartArchive() error {
+	if (s.Status != StateSubmitted && s.Status != StateArchiving) || !s.ArchivedAt.IsZero() {
+		return s.refuse("archived again")
+	}
+	s.ArchiveRestarts++
+	return nil
+}
+
+// MarkArchived records that the archive's snapshot is whole on storage;
+// the status stays archiving until the cleanup completes the session. A
+// session marked before keeps its first time.
+func (s *Session) MarkArchived(now time.Time) error {
+	if s.Status != StateArchiving {
+		return s.refuse("marked archived")
+	}
+	if s.ArchivedAt.IsZero() {
+		s.ArchivedAt = now.UTC()
+	}
+	return nil
+}
+
+// RestartCleanup records that the worker removing the session's lab is
+// gone: the cleanup's next round begins at once (CleanupRestarts). A
+// session the cleanup ended already is restarted too, as the dead run
+// may have stopped before it gave the lab's slot back.
+func (s *Session) RestartCleanup() error {
+	if s.Status != StateArchiving && !s.Status.Terminal() {
+		return s.refuse("cleaned up again")
+	}
+	s.CleanupRestarts++
+	return nil
 }
 
 // Complete ends an archived session: expired when the deadline forced

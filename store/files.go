@@ -112,3 +112,32 @@ func (s *Store) FilePath(id, folder, name string) (string, error) {
 	}
 	return filepath.Clean(p), nil
 }
+
+// RemoveTemps removes the temp files (CreateAtomic's) that writers killed
+// mid-write left in one of the session's folders, and returns how many.
+// Call it only while holding what keeps every other writer out of the
+// folder (the snapshot lock for SnapshotDir).
+func (s *Store) RemoveTemps(id, folder string) (int, error) {
+	dir, err := s.Path(id, folder)
+	if err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list %s: %w", folder, err)
+	}
+	n := 0
+	for _, e := range entries {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), ".") || !strings.Contains(e.Name(), ".tmp-") {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return n, fmt.Errorf("remove %s: %w", e.Name(), err)
+		}
+		n++
+	}
+	return n, nil
+}

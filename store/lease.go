@@ -178,3 +178,13 @@ func (s *Store) ClaimLease(ctx context.Context, e ExpiredLease, ttl time.Duratio
 	}
 	return l, true, nil
 }
+
+// Leased lists the sessions that hold a lease of op, run out or not: a
+// session whose operation ended cleanly holds none.
+func (s *Store) Leased(ctx context.Context, op string) ([]string, error) {
+	ids, err := s.rdb.ZRange(ctx, s.leaseKeys(op)[0], 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list %s leases: %w", op, err)
+	}
+	return ids, nil
+}

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -139,4 +140,86 @@ func TestOpLockRenewed(t *testing.T) {
 	} else {
 		again.Unlock(ctx)
 	}
+}
+
+// TestLockUnderLease: a lock taken under a work lease is freed by whoever
+// claims the lease once it ran out, and only then; a plain lock, or one
+// under another lease, is left alone. Leased lists the sessions with a
+// lease until each is released.
+func TestLockUnderLease(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newStore(t)
+	const id = "abcdefgh2345"
+	dead, err := s.TakeLease(ctx, "archive", id, 0, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TryLockUnder(ctx, "snapshot", dead, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TryLock(ctx, "snapshot", id, time.Minute); !errors.Is(err, store.ErrBusy) {
+		t.Fatalf("lock while the leased one is held: %v", err)
+	}
+	if ids, err := s.Leased(ctx, "archive"); err != nil || len(ids) != 1 || ids[0] != id {
+		t.Fatalf("leased: %v %v", ids, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	expired, err := s.ExpiredLeases(ctx, "archive", 10)
+	if err != nil || len(expired) != 1 {
+		t.Fatalf("expired: %+v %v", expired, err)
+	}
+	// Another lock of the session, taken plainly, is not the lease's.
+	if freed, err := s.FreeLockOf(ctx, "other", expired[0]); err != nil || freed {
+		t.Fatalf("freed a lock the lease never took: %v %v", freed, err)
+	}
+	claim, ok, err := s.ClaimLease(ctx, expired[0], time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	if freed, err := s.FreeLockOf(ctx, "snapshot", expired[0]); err != nil || !freed {
+		t.Fatalf("free the dead holder's lock: %v %v", freed, err)
+	}
+	next, err := s.TryLock(ctx, "snapshot", id, time.Minute)
+	if err != nil {
+		t.Fatalf("lock after the dead holder's was freed: %v", err)
+	}
+	// A second free (another sweep, late) leaves the new holder's lock.
+	if freed, err := s.FreeLockOf(ctx, "snapshot", expired[0]); err != nil || freed {
+		t.Fatalf("freed the next holder's lock: %v %v", freed, err)
+	}
+	next.Unlock(ctx)
+	if err := claim.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := s.Leased(ctx, "archive"); err != nil || len(ids) != 0 {
+		t.Fatalf("leased after release: %v %v", ids, err)
+	}
+}
+
+// TestRemoveTemps: the temp files of killed writers go, whole files stay.
+func TestRemoveTemps(t *testing.T) {
+	s, _, _ := newStore(t)
+	const id = "abcdefgh2345"
+	whole, err := s.Path(id, store.SnapshotDir, "exam-abcdefgh-tokyo.tar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.WriteFileAtomic(whole, []byte("whole")); err != nil {
+		t.Fatal(err)
+	}
+	half, err := store.CreateAtomic(whole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half.Write([]byte("ha")) // its writer dies here
+	if n, err := s.RemoveTemps(id, store.SnapshotDir); err != nil || n != 1 {
+		t.Fatalf("removed %d (%v), want the one temp file", n, err)
+	}
+	if b, err := os.ReadFile(whole); err != nil || string(b) != "whole" {
+		t.Fatalf("the whole file: %q %v", b, err)
+	}
+	if _, err := os.Stat(half.Name()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the temp file is still there: %v", err)
+	}
+	half.Close()
 }

@@ -47,6 +47,41 @@ func (s *Store) TryLock(ctx context.Context, name, id string, ttl time.Duration)
 	return &OpLock{st: s, key: key, tok: tok, ttl: ttl}, nil
 }
 
+// TryLockUnder is TryLock taken by the holder of lease l, for the
+// operation l covers: should l run out (its holder gone), whoever claims
+// it may free the lock at once (FreeLockOf) rather than wait out ttl.
+func (s *Store) TryLockUnder(ctx context.Context, name string, l *Lease, ttl time.Duration) (*OpLock, error) {
+	if _, err := s.SessionDir(l.ID); err != nil {
+		return nil, err
+	}
+	key := s.key("oplock", name, l.ID)
+	ok, err := s.rdb.SetNX(ctx, key, l.owner, ttl).Result()
+	if err != nil {
+		return nil, fmt.Errorf("lock %s of %s: %w", name, l.ID, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("lock %s of %s: %w", name, l.ID, ErrBusy)
+	}
+	return &OpLock{st: s, key: key, tok: l.owner, ttl: ttl}, nil
+}
+
+// FreeLockOf frees the lock name of e's session if the holder of the
+// run-out lease e took it (TryLockUnder): that holder is gone, as the
+// lease's running out says, and a claimed lease is never renewed by it
+// again. It reports whether there was such a lock. Call it only while
+// holding the claim of e (ClaimLease), so that the holder cannot come
+// back meanwhile.
+func (s *Store) FreeLockOf(ctx context.Context, name string, e ExpiredLease) (bool, error) {
+	if e.owner == "" {
+		return false, nil
+	}
+	n, err := unlockScript.Run(ctx, s.rdb, []string{s.key("oplock", name, e.ID)}, e.owner).Int()
+	if err != nil {
+		return false, fmt.Errorf("free lock %s of %s: %w", name, e.ID, err)
+	}
+	return n == 1, nil
+}
+
 // Renew extends the lock by its ttl from now. held is false when the lock
 // ran out and may be another's now.
 func (l *OpLock) Renew(ctx context.Context) (held bool, err error) {

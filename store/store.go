@@ -346,38 +346,91 @@ func (s *Store) write(ctx context.Context, sess *session.Session) error {
 
 // lock takes a short Redis lock so that writers in different processes
 // (API, workers, relay) serialise their read-modify-write of one record.
+// The lock lasts recordLockTTL past its holder's last renewal (lockKept),
+// so a process killed mid-write holds the record for seconds; others wait
+// for it up to LockTTL.
 func (s *Store) lock(ctx context.Context, kind, name string) (func(), error) {
-	return s.lockFor(ctx, kind, name, s.lockTTL)
+	return s.lockKept(ctx, kind, name, min(recordLockTTL, s.lockTTL), s.lockTTL)
 }
+
+// recordLockTTL is how long a killed writer keeps a record locked.
+const recordLockTTL = 5 * time.Second
 
 // lockFor is lock with a TTL of its own, for the few operations that may
 // hold a lock longer than a record's read-modify-write (a roster import of
 // thousands of rows).
 func (s *Store) lockFor(ctx context.Context, kind, name string, ttl time.Duration) (func(), error) {
+	return s.lockWait(ctx, kind, name, ttl, ttl)
+}
+
+// lockKept is lockFor for a holder that may work long: the lock lasts
+// ttl past its holder's last renewal, which it renews every third of ttl
+// until unlocked, so that a holder killed mid-work holds it for no more
+// than ttl however long a live one works; a caller waits up to wait for
+// it.
+func (s *Store) lockKept(ctx context.Context, kind, name string, ttl, wait time.Duration) (func(), error) {
 	key := s.key("lock", kind, name)
+	unlock, tok, err := s.lockTok(ctx, key, kind, name, ttl, wait)
+	if err != nil {
+		return nil, err
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ttl/3)
+			err := renewLockScript.Run(rctx, s.rdb, []string{key}, tok, ttl.Milliseconds()).Err()
+			cancel()
+			if err != nil {
+				s.log.Warn("renew lock", "kind", kind, "name", name, "err", err)
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		<-done
+		unlock()
+	}, nil
+}
+
+// lockWait is lockFor waiting up to wait for a lock of ttl.
+func (s *Store) lockWait(ctx context.Context, kind, name string, ttl, wait time.Duration) (func(), error) {
+	unlock, _, err := s.lockTok(ctx, s.key("lock", kind, name), kind, name, ttl, wait)
+	return unlock, err
+}
+
+func (s *Store) lockTok(ctx context.Context, key, kind, name string, ttl, wait time.Duration) (func(), string, error) {
 	tok, _ := auth.NewToken()
-	deadline := time.Now().Add(ttl)
+	deadline := time.Now().Add(wait)
 	for {
 		ok, err := s.rdb.SetNX(ctx, key, tok, ttl).Result()
 		if err != nil {
-			return nil, fmt.Errorf("lock %s %s: %w", kind, name, err)
+			return nil, "", fmt.Errorf("lock %s %s: %w", kind, name, err)
 		}
 		if ok {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("lock %s %s: %w", kind, name, ErrLocked)
+			return nil, "", fmt.Errorf("lock %s %s: %w", kind, name, ErrLocked)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, "", ctx.Err()
 		case <-time.After(15 * time.Millisecond):
 		}
 	}
 	return func() {
 		// Release only our own lock: compare-and-delete.
 		s.rdb.Eval(context.WithoutCancel(ctx), `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`, []string{key}, tok)
-	}, nil
+	}, tok, nil
 }
 
 // ReleaseShort frees the session's 8-character prefix once its lab is gone.

@@ -82,7 +82,12 @@ func (q *tasks) Provision(_ context.Context, id string, _ int) (bool, error) {
 	return true, nil
 }
 func (q *tasks) Archive(context.Context, string, string) (bool, error) { return true, nil }
-func (q *tasks) Cleanup(context.Context, string, string) (bool, error) { return true, nil }
+func (q *tasks) ArchiveRound(context.Context, string, string, int) (bool, error) {
+	return true, nil
+}
+func (q *tasks) CleanupRound(context.Context, string, string, int) (bool, error) {
+	return true, nil
+}
 
 func (q *tasks) got() []string {
 	q.mu.Lock()

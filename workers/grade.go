@@ -17,7 +17,10 @@ import (
 // nothing changes the lab while it is judged. A rerun after a crash finds
 // the results of this submission and does not grade again: the lab may
 // have changed since (a half-done snapshot, a node that died).
-func (h *Handlers) gradeSubmitted(ctx context.Context, sess *session.Session, ex *exam.Exam) error {
+//
+// The results are saved only while lease, the archive's, is still this
+// run's (fence): a run taken for gone saves nothing beside the new one's.
+func (h *Handlers) gradeSubmitted(ctx context.Context, sess *session.Session, ex *exam.Exam, lease *store.Lease) error {
 	history, err := h.o.Store.ResultsHistory(ctx, sess.ID)
 	if err != nil {
 		return fmt.Errorf("grade %s: %w", sess.ID, err)
@@ -67,6 +70,9 @@ func (h *Handlers) gradeSubmitted(ctx context.Context, sess *session.Session, ex
 	}
 	if h.o.Grading != nil {
 		h.o.Grading.Graded(trigger, time.Duration(res.DurationMS)*time.Millisecond)
+	}
+	if err := fence(ctx, lease); err != nil {
+		return fmt.Errorf("grade %s: %w", sess.ID, err)
 	}
 	if err := h.o.Store.SaveResults(ctx, sess.ID, res); err != nil {
 		return fmt.Errorf("grade %s: %w", sess.ID, err)

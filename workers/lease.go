@@ -7,25 +7,28 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/store"
 )
 
 // errSuperseded ends a run whose lease another run took over: the session
 // is in a later round, which that run carries on.
 var errSuperseded = errors.New("another run of the operation took over")
 
-// holdLease takes the session's lease for op (scheduler.LeaseProvision)
-// in round and renews it until stop, in the background. The context it
-// returns is cancelled, with errSuperseded as its cause, when a renewal
-// finds the lease taken over. A renewal that cannot reach Redis keeps the
-// run going: should the lease run out meanwhile, the sweep restarts the
-// operation and this run stops at its next renewal.
-func (h *Handlers) holdLease(ctx context.Context, op, id string, round int) (context.Context, func(), error) {
+// holdLease takes the session's lease for op (scheduler.LeaseProvision,
+// LeaseArchive, LeaseCleanup) in round and renews it until release, in
+// the background. The context it returns is cancelled, with
+// errSuperseded as its cause, when a renewal finds the lease taken over.
+// A renewal that cannot reach Redis keeps the run going: should the lease
+// run out meanwhile, the sweep restarts the operation and this run stops
+// at its next renewal (or, for writes that must not interleave with the
+// new run's, at its next fence).
+func (h *Handlers) holdLease(ctx context.Context, op, id string, round int) (context.Context, *store.Lease, func(), error) {
 	l, err := h.o.Store.TakeLease(ctx, op, id, round, h.o.LeaseTTL)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	wctx, stop := h.keepRenewed(ctx, h.o.LeaseRenew, l.Renew, "work lease "+op+" of "+id)
-	return wctx, func() {
+	return wctx, l, func() {
 		stop()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer rcancel()
@@ -35,6 +38,26 @@ func (h *Handlers) holdLease(ctx context.Context, op, id string, round int) (con
 			h.log.Warn("release work lease", "op", op, "session", id, "err", err)
 		}
 	}, nil
+}
+
+// fence confirms, just before a write another run of the operation must
+// not interleave with (a snapshot file, the results), that l is still
+// this run's, and extends it: a run that was taken for gone (a worker
+// stalled longer than the lease) learns so here rather than at its next
+// renewal, and writes nothing. A nil l (an operation without a lease)
+// always passes.
+func fence(ctx context.Context, l *store.Lease) error {
+	if l == nil {
+		return nil
+	}
+	held, err := l.Renew(ctx)
+	if err != nil {
+		return err
+	}
+	if !held {
+		return errSuperseded
+	}
+	return nil
 }
 
 // keepRenewed calls renew every every until stop, and cancels the context
@@ -78,13 +101,27 @@ func superseded(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), errSuperseded)
 }
 
-// RestartOnce is one pass of the sweep for provisions whose worker is
-// gone: each run-out provision lease is claimed (one sweep acts on it)
-// and its provision restarted in a new round (scheduler.RestartProvision).
-// It returns the sessions it restarted. A lease of a round the session
-// has left — parked, submitted, restarted already — is only dropped.
+// RestartOnce is one pass of the sweep for operations whose worker is
+// gone: each run-out provision, archive or cleanup lease is claimed (one
+// sweep acts on it) and its operation restarted in a new round
+// (scheduler.RestartProvision, RestartArchive, RestartCleanup). It
+// returns the sessions it restarted an operation of. A lease of a round
+// the session has left — parked, submitted, restarted already, ended —
+// is only dropped.
 func (h *Handlers) RestartOnce(ctx context.Context) ([]string, error) {
-	leases, err := h.o.Store.ExpiredLeases(ctx, scheduler.LeaseProvision, 100)
+	var restarted []string
+	var errs []error
+	for _, op := range []string{scheduler.LeaseProvision, scheduler.LeaseArchive, scheduler.LeaseCleanup} {
+		ids, err := h.restartOp(ctx, op)
+		restarted = append(restarted, ids...)
+		errs = append(errs, err)
+	}
+	return restarted, errors.Join(errs...)
+}
+
+// restartOp is RestartOnce for the leases of op.
+func (h *Handlers) restartOp(ctx context.Context, op string) ([]string, error) {
+	leases, err := h.o.Store.ExpiredLeases(ctx, op, 100)
 	if err != nil {
 		return nil, err
 	}
@@ -99,10 +136,11 @@ func (h *Handlers) RestartOnce(ctx context.Context) ([]string, error) {
 		if !ok {
 			continue // another sweep has it, or its holder came back
 		}
-		did, err := scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, e.ID, e.Round, h.o.Now())
+		did, err := h.restart(ctx, e)
 		if err != nil {
 			// The claim runs out and a later pass tries again; the
-			// admission sweep enqueues a recorded round's provision.
+			// admission sweep enqueues a recorded round's provision, the
+			// expiry sweep a recorded round's archive or cleanup.
 			errs = append(errs, err)
 			if !did {
 				continue
@@ -110,7 +148,7 @@ func (h *Handlers) RestartOnce(ctx context.Context) ([]string, error) {
 		}
 		if did {
 			restarted = append(restarted, e.ID)
-			h.log.Warn("the worker provisioning a lab stopped; provision restarted", "session", e.ID, "from_round", e.Round)
+			h.log.Warn("the worker running an operation stopped; operation restarted", "op", op, "session", e.ID, "from_round", e.Round)
 		}
 		if err := claim.Release(ctx); err != nil {
 			errs = append(errs, err)
@@ -119,9 +157,29 @@ func (h *Handlers) RestartOnce(ctx context.Context) ([]string, error) {
 	return restarted, errors.Join(errs...)
 }
 
+// restart starts the operation of the run-out lease e again, whose claim
+// the caller holds.
+func (h *Handlers) restart(ctx context.Context, e store.ExpiredLease) (bool, error) {
+	switch e.Op {
+	case scheduler.LeaseArchive:
+		// The dead run's snapshot lock would keep the next round out for
+		// snapshotLockTTL: it is freed now, as its holder is gone.
+		if freed, err := h.o.Store.FreeLockOf(ctx, snapshotLock, e); err != nil {
+			return false, err
+		} else if freed {
+			h.log.Info("freed the snapshot lock of a stopped archive", "session", e.ID)
+		}
+		return scheduler.RestartArchive(ctx, h.o.Store, h.o.Enqueuer, e.ID, e.Round)
+	case scheduler.LeaseCleanup:
+		return scheduler.RestartCleanup(ctx, h.o.Store, h.o.Enqueuer, e.ID, e.Round)
+	default:
+		return scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, e.ID, e.Round, h.o.Now())
+	}
+}
+
 // RunRestarts runs RestartOnce now and every every until ctx ends: every
-// worker process does, so that a provision left by a dead worker is
-// restarted within seconds of any worker running.
+// worker process does, so that a provision, archive or cleanup left by a
+// dead worker is restarted within seconds of any worker running.
 func (h *Handlers) RunRestarts(ctx context.Context, every time.Duration) {
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -133,7 +191,7 @@ func (h *Handlers) RunRestarts(ctx context.Context, every time.Duration) {
 		}
 		pctx, cancel := context.WithTimeout(ctx, time.Minute)
 		if _, err := h.RestartOnce(pctx); err != nil && ctx.Err() == nil {
-			h.log.Warn("restart provisions of stopped workers", "err", fmt.Errorf("sweep: %w", err))
+			h.log.Warn("restart operations of stopped workers", "err", fmt.Errorf("sweep: %w", err))
 		}
 		cancel()
 		t.Reset(every)

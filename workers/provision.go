@@ -58,7 +58,7 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	}
 	// The lease tells the other workers this run is alive; should this
 	// process die, they restart the provision in seconds (RestartOnce).
-	wctx, release, err := h.holdLease(ctx, scheduler.LeaseProvision, sess.ID, p.Round)
+	wctx, _, release, err := h.holdLease(ctx, scheduler.LeaseProvision, sess.ID, p.Round)
 	if err != nil {
 		return fmt.Errorf("provision %s: %w", p.SessionID, err)
 	}

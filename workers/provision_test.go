@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,9 +78,12 @@ func TestProvisionRetriesConverge(t *testing.T) {
 		{
 			name: "a node dies while the lab comes up",
 			arrange: func(e *env, id string) {
+				// At the first status read once g3 exists: the progress
+				// watcher's first read may come before it.
+				var crashed atomic.Bool
 				e.flaky.FailWhen(func(c labtest.Call) error {
-					if c.Method == "Status" && c.N == 1 {
-						e.mem.Crash(id, "g3")
+					if c.Method == "Status" && !crashed.Load() && e.mem.Crash(id, "g3") == nil {
+						crashed.Store(true)
 					}
 					return nil
 				})

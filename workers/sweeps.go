@@ -19,7 +19,9 @@ import (
 // session, so the archive is enqueued once. It also re-enqueues the
 // archive of every session still submitted (a submit whose enqueue
 // failed, Redis having been down a moment), which the task id makes a
-// no-op for the ones already queued.
+// no-op for the ones already queued; and likewise the current round's
+// archive or cleanup of every session being archived (a restart whose
+// enqueue failed).
 func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 	now := h.o.Now()
 	ids, err := h.o.Store.DueDeadlines(ctx, now, 500)
@@ -41,19 +43,26 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 			_ = h.o.Store.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "deadline-submit"})
 		}
 	}
-	stragglers, err := h.o.Store.List(ctx, store.ListQuery{Status: []session.State{session.StateSubmitted}, Sort: "updated", Limit: 500})
+	stragglers, err := h.o.Store.List(ctx, store.ListQuery{Status: []session.State{session.StateSubmitted, session.StateArchiving}, Sort: "updated", Limit: 500})
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("expire: list submitted sessions: %w", err))...)
 	}
 	for _, sum := range stragglers.Sessions {
 		sess, err := h.o.Store.Get(ctx, sum.ID)
-		if err != nil || sess.Status != session.StateSubmitted {
+		if err != nil || (sess.Status != session.StateSubmitted && sess.Status != session.StateArchiving) {
 			continue
 		}
-		if queued, err := h.o.Enqueuer.Archive(ctx, sess.ID, sess.SubmitReason); err != nil {
-			errs = append(errs, fmt.Errorf("expire: re-enqueue archive of %s: %w", sess.ID, err))
+		// The current round's task: an archive restarted after its worker
+		// died, or the cleanup of a whole archive, whose enqueue failed.
+		what, queue := "archive", h.o.Enqueuer.ArchiveRound
+		round := sess.ArchiveRestarts
+		if !sess.ArchivedAt.IsZero() {
+			what, queue, round = "cleanup", h.o.Enqueuer.CleanupRound, sess.CleanupRestarts
+		}
+		if queued, err := queue(ctx, sess.ID, sess.SubmitReason, round); err != nil {
+			errs = append(errs, fmt.Errorf("expire: re-enqueue %s of %s: %w", what, sess.ID, err))
 		} else if queued {
-			h.log.Warn("archive of a submitted session was not queued; queued it now", "session", sess.ID)
+			h.log.Warn("the session's "+what+" was not queued; queued it now", "session", sess.ID, "status", sess.Status, "round", round)
 		}
 	}
 	return errors.Join(errs...)

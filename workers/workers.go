@@ -39,7 +39,8 @@ type labRuntime interface {
 type enqueuer interface {
 	Provision(ctx context.Context, sessionID string, round int) (bool, error)
 	Archive(ctx context.Context, sessionID, reason string) (bool, error)
-	Cleanup(ctx context.Context, sessionID, reason string) (bool, error)
+	ArchiveRound(ctx context.Context, sessionID, reason string, round int) (bool, error)
+	CleanupRound(ctx context.Context, sessionID, reason string, round int) (bool, error)
 }
 
 // Observer receives lifecycle measurements (metrics). All methods may be
@@ -83,9 +84,9 @@ type Options struct {
 	// default 2s: each read inspects every node, and in a herd of starts
 	// the engine is the bottleneck.
 	ProgressEvery time.Duration
-	// LeaseTTL and LeaseRenew set the work lease a provision holds while
-	// it runs (holdLease); defaults scheduler.LeaseTTL and
-	// scheduler.LeaseRenew.
+	// LeaseTTL and LeaseRenew set the work lease a provision, archive or
+	// cleanup holds while it runs (holdLease); defaults scheduler.LeaseTTL
+	// and scheduler.LeaseRenew.
 	LeaseTTL   time.Duration
 	LeaseRenew time.Duration
 	// RetentionDays deletes terminal sessions older than this; 0 disables.

@@ -267,11 +267,25 @@ func (r *recorder) Provision(ctx context.Context, id string, round int) (bool, e
 }
 
 func (r *recorder) Archive(ctx context.Context, id, reason string) (bool, error) {
-	return r.add(&r.archives, "archive", id, reason)
+	return r.ArchiveRound(ctx, id, reason, 0)
 }
 
-func (r *recorder) Cleanup(ctx context.Context, id, reason string) (bool, error) {
-	return r.add(&r.cleanups, "cleanup", id, reason)
+// ArchiveRound and CleanupRound record an archive or cleanup; each
+// round after a restart is a task of its own.
+func (r *recorder) ArchiveRound(ctx context.Context, id, reason string, round int) (bool, error) {
+	op := "archive"
+	if round > 0 {
+		op += ":a" + strconv.Itoa(round)
+	}
+	return r.add(&r.archives, op, id, reason)
+}
+
+func (r *recorder) CleanupRound(ctx context.Context, id, reason string, round int) (bool, error) {
+	op := "cleanup"
+	if round > 0 {
+		op += ":c" + strconv.Itoa(round)
+	}
+	return r.add(&r.cleanups, op, id, reason)
 }
 
 func (r *recorder) calls() (archives, cleanups []enqueued) {
