@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"syscall"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -21,6 +22,11 @@ var (
 	errForbidden = errors.New("not allowed")
 	errBadJSON   = errors.New("request body is not valid JSON")
 )
+
+// msgNoSpace is what a client reads when the state directory is full: the
+// request's write failed whole (files are written atomically), nothing was
+// stored, and only the staff can make room.
+const msgNoSpace = "the exam server has run out of disk space, so this was not saved; please tell the exam staff"
 
 // httpError is an error with the status it maps to.
 type httpError struct {
@@ -64,6 +70,8 @@ func statusOf(err error) int {
 		return fiber.StatusConflict
 	case errors.Is(err, store.ErrLocked):
 		return fiber.StatusServiceUnavailable
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fiber.StatusInsufficientStorage
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fiber.StatusServiceUnavailable
 	}
@@ -71,13 +79,18 @@ func statusOf(err error) int {
 }
 
 // errorHandler writes every error as {"error": "..."}; internal errors are
-// logged in full and answered without detail. A rate limit's refusal
-// also says when to come back, in Retry-After.
+// logged in full and answered without detail, a full disk (507) in plain
+// words. A rate limit's refusal also says when to come back, in
+// Retry-After.
 func errorHandler(log *slog.Logger) fiber.ErrorHandler {
 	return func(c *fiber.Ctx, err error) error {
 		code := statusOf(err)
 		msg := err.Error()
-		if code >= 500 && code != fiber.StatusServiceUnavailable {
+		switch {
+		case code == fiber.StatusInsufficientStorage:
+			log.Error("request failed: no space left", "method", c.Method(), "path", c.Path(), "client", clientAddr(c), "err", err)
+			msg = msgNoSpace
+		case code >= 500 && code != fiber.StatusServiceUnavailable:
 			log.Error("request failed", "method", c.Method(), "path", c.Path(), "client", clientAddr(c), "err", err)
 			msg = "internal error"
 		}
