@@ -32,10 +32,11 @@ type Answer struct {
 // restart of any part. The caller checks taskID belongs to the exam.
 //
 // The last save to arrive wins, not the last to get the session's lock:
-// a save can wait for the lock long after its client gave up (the lock of
-// a process killed mid-write stands for LockTTL), and meanwhile a newer
-// save of the same task may have been made and acknowledged. Such a
-// late save writes nothing and returns the newer answer.
+// a save can wait for the lock after its client gave up (a slow writer,
+// or one killed holding the lock, which stands until its lease runs
+// out), and meanwhile a newer save of the same task may have been made
+// and acknowledged. Such a late save writes nothing and returns the
+// newer answer.
 func (s *Store) SaveAnswer(ctx context.Context, id, taskID string, value json.RawMessage) (Answer, error) {
 	received := s.now().UTC()
 	if !exam.ValidTaskID(taskID) {

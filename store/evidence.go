@@ -59,8 +59,10 @@ type evidenceRecord struct {
 	Known []evidence.Observed `json:"known,omitempty"`
 }
 
-// evidenceLockTTL bounds how long a crashed sealer holds a session's
-// evidence; hashing a full-export archive of gigabytes takes a minute.
+// evidenceLockTTL bounds how long a sealer holds a session's evidence
+// (and how long others wait for it); hashing a full-export archive of
+// gigabytes takes a minute. A crashed sealer's lock runs out within
+// lockLease.
 const evidenceLockTTL = 10 * time.Minute
 
 // SigningKey is the public half of the key that seals session folders;

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -44,7 +45,9 @@ type Options struct {
 	Redis redis.UniversalClient
 	// Prefix namespaces every Redis key; default "examlab:".
 	Prefix string
-	// LockTTL bounds how long a crashed writer can hold a session; default 30s.
+	// LockTTL bounds how long a writer holds a session's lock and how
+	// long others wait for it; default 30s. A crashed writer's lock runs
+	// out within seconds (lockLease), since only a live one renews it.
 	LockTTL time.Duration
 	// MaxAnswerBytes bounds one answer's value; default 64 KiB.
 	MaxAnswerBytes int
@@ -350,15 +353,24 @@ func (s *Store) lock(ctx context.Context, kind, name string) (func(), error) {
 	return s.lockFor(ctx, kind, name, s.lockTTL)
 }
 
+// lockLease is how long a record lock outlives a holder that stopped
+// renewing it. The holder renews it every lockLease/3 while it works, so
+// a process killed holding a lock keeps the others waiting for seconds,
+// not for the lock's whole TTL (every save of the session's answers
+// would wait that long).
+const lockLease = 5 * time.Second
+
 // lockFor is lock with a TTL of its own, for the few operations that may
 // hold a lock longer than a record's read-modify-write (a roster import of
-// thousands of rows).
+// thousands of rows). The TTL bounds both how long a caller waits for the
+// lock and how long a live holder keeps renewing it.
 func (s *Store) lockFor(ctx context.Context, kind, name string, ttl time.Duration) (func(), error) {
 	key := s.key("lock", kind, name)
 	tok, _ := auth.NewToken()
+	lease := min(ttl, lockLease)
 	deadline := time.Now().Add(ttl)
 	for {
-		ok, err := s.rdb.SetNX(ctx, key, tok, ttl).Result()
+		ok, err := s.rdb.SetNX(ctx, key, tok, lease).Result()
 		if err != nil {
 			return nil, fmt.Errorf("lock %s %s: %w", kind, name, err)
 		}
@@ -374,10 +386,38 @@ func (s *Store) lockFor(ctx context.Context, kind, name string, ttl time.Duratio
 		case <-time.After(15 * time.Millisecond):
 		}
 	}
+	stop := make(chan struct{})
+	if lease < ttl {
+		go s.renewLock(key, tok, lease, time.Now().Add(ttl), stop)
+	}
+	var once sync.Once
 	return func() {
-		// Release only our own lock: compare-and-delete.
-		s.rdb.Eval(context.WithoutCancel(ctx), `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`, []string{key}, tok)
+		once.Do(func() {
+			close(stop)
+			// Release only our own lock: compare-and-delete.
+			unlockScript.Run(context.WithoutCancel(ctx), s.rdb, []string{key}, tok)
+		})
 	}, nil
+}
+
+// renewLock extends the lock key holds for tok by lease every lease/3
+// until stop is closed or until is reached.
+func (s *Store) renewLock(key, tok string, lease time.Duration, until time.Time, stop <-chan struct{}) {
+	t := time.NewTicker(lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			if now.After(until) {
+				return
+			}
+			// The script renews only our own lock; one that ran out
+			// meanwhile is not taken back.
+			renewLockScript.Run(context.Background(), s.rdb, []string{key}, tok, lease.Milliseconds())
+		}
+	}
 }
 
 // ReleaseShort frees the session's 8-character prefix once its lab is gone.
