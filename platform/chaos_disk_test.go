@@ -127,7 +127,7 @@ func TestChaosDiskFull(t *testing.T) {
 	if !strings.Contains(refusal.Error, "disk space") || strings.Contains(refusal.Error, "/") || strings.Contains(refusal.Error, "no space left") {
 		t.Errorf("a save on a full disk answered %q, want 507 saying in plain words the disk is full", body)
 	}
-	if got := load.checkOnDisk(state); got != len(load.slots) {
+	if got := load.checkOnDisk(state, false); got != len(load.slots) {
 		t.Errorf("%d slots with an acknowledged answer, want %d", got, len(load.slots))
 	}
 	load.checkThroughAPI()
@@ -139,7 +139,7 @@ func TestChaosDiskFull(t *testing.T) {
 	if n := load.saveOnce(); n != len(load.slots) {
 		t.Errorf("%d of %d saves acknowledged once there was room again: %s", n, len(load.slots), load.summary())
 	}
-	load.checkOnDisk(state)
+	load.checkOnDisk(state, false)
 	load.checkThroughAPI()
 	t.Logf("%d saves acknowledged, %d refused while the disk was full; answers: %s", load.acked.Load(), refusedFull, load.summary())
 }
