@@ -2,9 +2,11 @@ package platform_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/examlab/examlab/platform"
 	"github.com/examlab/examlab/store"
 )
 
@@ -41,6 +44,35 @@ var chaosTasks = []string{"t1-hostname", "t2-route", "t3-notes"}
 func chaosTimed(t *testing.T) {
 	t0 := time.Now()
 	t.Cleanup(func() { t.Logf("%s took %v", t.Name(), time.Since(t0).Round(100*time.Millisecond)) })
+}
+
+// platformLogger is platform options with chaosLogger.
+func platformLogger(t testing.TB) platform.Options {
+	return platform.Options{Logger: chaosLogger(t)}
+}
+
+// requireEngine fails (never skips) when the Docker engine does not
+// answer or has no lab image: the chaos tests that need labs run in CI.
+func requireEngine(t testing.TB) {
+	t.Helper()
+	sock := "/var/run/docker.sock"
+	if h, ok := strings.CutPrefix(os.Getenv("DOCKER_HOST"), "unix://"); ok {
+		sock = h
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://docker/v1.41/images/examlab/node:bookworm/json")
+	if err != nil {
+		t.Fatalf("this test needs a running Docker engine at %s: %v", sock, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("the lab image examlab/node:bookworm is missing (%d): build it with `make image`", resp.StatusCode)
+	}
 }
 
 // chaosLogger keeps what the platform logs during the test (chaos makes
