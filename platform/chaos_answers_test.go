@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -250,6 +251,24 @@ func (l *answerLoad) waitAcked(n int64, timeout time.Duration) {
 	for l.acked.Load() < n {
 		if time.Now().After(deadline) {
 			l.t.Fatalf("only %d of %d saves acknowledged after %v; answers by status: %s", l.acked.Load(), n, timeout, l.summary())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitEachAcked waits until every slot had a save acknowledged.
+func (l *answerLoad) waitEachAcked(timeout time.Duration) {
+	l.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		l.mu.Lock()
+		all := !slices.ContainsFunc(l.slots, func(s *answerSlot) bool { return s.acked == 0 })
+		l.mu.Unlock()
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("some slots had no save acknowledged after %v; answers by status: %s", timeout, l.summary())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -167,6 +167,7 @@ func TestChaosAPIKilled(t *testing.T) {
 
 	load := newAnswerLoad(t, func() string { return "http://" + api.addr }, ids, tokens)
 	load.start(10 * time.Millisecond)
+	load.waitEachAcked(time.Minute)
 	for round := 1; round <= 2; round++ {
 		load.waitAcked(load.acked.Load()+int64(10*len(load.slots)), time.Minute)
 		api.kill()
