@@ -28,13 +28,14 @@ var (
 
 // msgNoSpace is what a client reads when the state directory is full: the
 // request's write failed whole (files are written atomically), nothing was
-// stored, and only the staff can make room.
-const msgNoSpace = "the exam server has run out of disk space, so this was not saved; please tell the exam staff"
+// stored, and only the staff can make room. The exam page shows it as
+// "Not saved (…); retrying…".
+const msgNoSpace = "the exam server has run out of disk space; please tell the exam staff"
 
 // msgUnreachable is what a client reads when a service the platform
 // keeps its index and queues in (Redis) does not answer: the words of the
 // error would name internal addresses, and a moment later it may work.
-const msgUnreachable = "the exam server is briefly unavailable, so this was not done; please try again in a moment"
+const msgUnreachable = "the exam server is briefly unavailable; please try again in a moment"
 
 // unreachable reports whether err is a backing service not answering: a
 // connection that failed, or a Redis still loading its data after a
