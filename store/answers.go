@@ -21,12 +21,24 @@ type Answer struct {
 	Value    json.RawMessage `json:"value"`
 	SavedAt  time.Time       `json:"saved_at"`
 	Revision int             `json:"revision"`
+	// ReceivedAt is when the save reached the store, before it waited
+	// for the session: saves are ordered by it (see SaveAnswer).
+	// Answers saved before it was kept have none.
+	ReceivedAt time.Time `json:"received_at,omitzero"`
 }
 
 // SaveAnswer stores value as the session's answer to taskID. It returns
 // only once the answer is on disk, so an acknowledged answer survives a
 // restart of any part. The caller checks taskID belongs to the exam.
+//
+// The last save to arrive wins, not the last to get the session's lock:
+// a save can wait for the lock after its client gave up (a slow writer,
+// or one killed holding the lock, which stands until its lease runs
+// out), and meanwhile a newer save of the same task may have been made
+// and acknowledged. Such a late save writes nothing and returns the
+// newer answer.
 func (s *Store) SaveAnswer(ctx context.Context, id, taskID string, value json.RawMessage) (Answer, error) {
+	received := s.now().UTC()
 	if !exam.ValidTaskID(taskID) {
 		return Answer{}, fmt.Errorf("task %q: %w", taskID, ErrBadID)
 	}
@@ -52,13 +64,16 @@ func (s *Store) SaveAnswer(ctx context.Context, id, taskID string, value json.Ra
 	if !sess.Status.Open() {
 		return Answer{}, fmt.Errorf("save answer in %s session: %w", sess.Status, ErrClosed)
 	}
-	a := Answer{TaskID: taskID, SavedAt: s.now().UTC(), Revision: 1}
+	a := Answer{TaskID: taskID, SavedAt: s.now().UTC(), Revision: 1, ReceivedAt: received}
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, value); err != nil {
 		return Answer{}, fmt.Errorf("answer is not JSON: %w", ErrBadID)
 	}
 	a.Value = compact.Bytes()
 	if prev, err := readAnswer(p); err == nil {
+		if prev.ReceivedAt.After(received) {
+			return prev, nil
+		}
 		a.Revision = prev.Revision + 1
 	}
 	b, err := json.MarshalIndent(a, "", "  ")

@@ -59,16 +59,11 @@ type evidenceRecord struct {
 	Known []evidence.Observed `json:"known,omitempty"`
 }
 
-// evidenceLockTTL bounds how long a killed writer holds a session's
-// evidence: every write of the session's record takes the lock, so a
-// worker killed mid-write must not stall the session's next writer for
-// long. A live holder renews it (lockKept), and others wait for it up to
-// evidenceLockWait: hashing a full-export archive of gigabytes takes a
-// minute.
-const (
-	evidenceLockTTL  = 5 * time.Second
-	evidenceLockWait = 10 * time.Minute
-)
+// evidenceLockTTL bounds how long a sealer holds a session's evidence
+// (and how long others wait for it); hashing a full-export archive of
+// gigabytes takes a minute. A crashed sealer's lock runs out within
+// lockLease.
+const evidenceLockTTL = 10 * time.Minute
 
 // SigningKey is the public half of the key that seals session folders;
 // nil when the store seals nothing.
@@ -90,7 +85,7 @@ func (s *Store) Seal(ctx context.Context, id string) (EvidenceStatus, error) {
 	if err != nil {
 		return EvidenceStatus{}, err
 	}
-	unlock, err := s.lockKept(ctx, "evidence", id, evidenceLockTTL, evidenceLockWait)
+	unlock, err := s.lockFor(ctx, "evidence", id, evidenceLockTTL)
 	if err != nil {
 		return EvidenceStatus{}, err
 	}
@@ -130,7 +125,7 @@ func (s *Store) sealedWrite(ctx context.Context, id, action string, write func()
 	if err != nil {
 		return err
 	}
-	unlock, err := s.lockKept(ctx, "evidence", id, evidenceLockTTL, evidenceLockWait)
+	unlock, err := s.lockFor(ctx, "evidence", id, evidenceLockTTL)
 	if err != nil {
 		return err
 	}
@@ -331,7 +326,7 @@ func (s *Store) Evidence(ctx context.Context, id string, full bool) (EvidenceSta
 		return st, nil
 	}
 	// Under the lock: a write and its renewed seal are never seen halfway.
-	unlock, err := s.lockKept(ctx, "evidence", id, evidenceLockTTL, evidenceLockWait)
+	unlock, err := s.lockFor(ctx, "evidence", id, evidenceLockTTL)
 	if err != nil {
 		return EvidenceStatus{}, err
 	}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -44,7 +45,9 @@ type Options struct {
 	Redis redis.UniversalClient
 	// Prefix namespaces every Redis key; default "examlab:".
 	Prefix string
-	// LockTTL bounds how long a crashed writer can hold a session; default 30s.
+	// LockTTL bounds how long a writer holds a session's lock and how
+	// long others wait for it; default 30s. A crashed writer's lock runs
+	// out within seconds (lockLease), since only a live one renews it.
 	LockTTL time.Duration
 	// MaxAnswerBytes bounds one answer's value; default 64 KiB.
 	MaxAnswerBytes int
@@ -346,91 +349,75 @@ func (s *Store) write(ctx context.Context, sess *session.Session) error {
 
 // lock takes a short Redis lock so that writers in different processes
 // (API, workers, relay) serialise their read-modify-write of one record.
-// The lock lasts recordLockTTL past its holder's last renewal (lockKept),
-// so a process killed mid-write holds the record for seconds; others wait
-// for it up to LockTTL.
 func (s *Store) lock(ctx context.Context, kind, name string) (func(), error) {
-	return s.lockKept(ctx, kind, name, min(recordLockTTL, s.lockTTL), s.lockTTL)
+	return s.lockFor(ctx, kind, name, s.lockTTL)
 }
 
-// recordLockTTL is how long a killed writer keeps a record locked.
-const recordLockTTL = 5 * time.Second
+// lockLease is how long a record lock outlives a holder that stopped
+// renewing it. The holder renews it every lockLease/3 while it works, so
+// a process killed holding a lock keeps the others waiting for seconds,
+// not for the lock's whole TTL (every save of the session's answers
+// would wait that long).
+const lockLease = 5 * time.Second
 
 // lockFor is lock with a TTL of its own, for the few operations that may
 // hold a lock longer than a record's read-modify-write (a roster import of
-// thousands of rows).
+// thousands of rows). The TTL bounds both how long a caller waits for the
+// lock and how long a live holder keeps renewing it.
 func (s *Store) lockFor(ctx context.Context, kind, name string, ttl time.Duration) (func(), error) {
-	return s.lockWait(ctx, kind, name, ttl, ttl)
-}
-
-// lockKept is lockFor for a holder that may work long: the lock lasts
-// ttl past its holder's last renewal, which it renews every third of ttl
-// until unlocked, so that a holder killed mid-work holds it for no more
-// than ttl however long a live one works; a caller waits up to wait for
-// it.
-func (s *Store) lockKept(ctx context.Context, kind, name string, ttl, wait time.Duration) (func(), error) {
 	key := s.key("lock", kind, name)
-	unlock, tok, err := s.lockTok(ctx, key, kind, name, ttl, wait)
-	if err != nil {
-		return nil, err
-	}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(ttl / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ttl/3)
-			err := renewLockScript.Run(rctx, s.rdb, []string{key}, tok, ttl.Milliseconds()).Err()
-			cancel()
-			if err != nil {
-				s.log.Warn("renew lock", "kind", kind, "name", name, "err", err)
-			}
-		}
-	}()
-	return func() {
-		close(stop)
-		<-done
-		unlock()
-	}, nil
-}
-
-// lockWait is lockFor waiting up to wait for a lock of ttl.
-func (s *Store) lockWait(ctx context.Context, kind, name string, ttl, wait time.Duration) (func(), error) {
-	unlock, _, err := s.lockTok(ctx, s.key("lock", kind, name), kind, name, ttl, wait)
-	return unlock, err
-}
-
-func (s *Store) lockTok(ctx context.Context, key, kind, name string, ttl, wait time.Duration) (func(), string, error) {
 	tok, _ := auth.NewToken()
-	deadline := time.Now().Add(wait)
+	lease := min(ttl, lockLease)
+	deadline := time.Now().Add(ttl)
 	for {
-		ok, err := s.rdb.SetNX(ctx, key, tok, ttl).Result()
+		ok, err := s.rdb.SetNX(ctx, key, tok, lease).Result()
 		if err != nil {
-			return nil, "", fmt.Errorf("lock %s %s: %w", kind, name, err)
+			return nil, fmt.Errorf("lock %s %s: %w", kind, name, err)
 		}
 		if ok {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, "", fmt.Errorf("lock %s %s: %w", kind, name, ErrLocked)
+			return nil, fmt.Errorf("lock %s %s: %w", kind, name, ErrLocked)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, "", ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(15 * time.Millisecond):
 		}
 	}
+	stop := make(chan struct{})
+	if lease < ttl {
+		go s.renewLock(key, tok, lease, time.Now().Add(ttl), stop)
+	}
+	var once sync.Once
 	return func() {
-		// Release only our own lock: compare-and-delete.
-		s.rdb.Eval(context.WithoutCancel(ctx), `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`, []string{key}, tok)
-	}, tok, nil
+		once.Do(func() {
+			close(stop)
+			// Release only our own lock: compare-and-delete.
+			unlockScript.Run(context.WithoutCancel(ctx), s.rdb, []string{key}, tok)
+		})
+	}, nil
+}
+
+// renewLock extends the lock key holds for tok by lease every lease/3
+// until stop is closed or until is reached.
+func (s *Store) renewLock(key, tok string, lease time.Duration, until time.Time, stop <-chan struct{}) {
+	t := time.NewTicker(lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			if now.After(until) {
+				return
+			}
+			// The script renews only our own lock; one that ran out
+			// meanwhile is not taken back.
+			renewLockScript.Run(context.Background(), s.rdb, []string{key}, tok, lease.Milliseconds())
+		}
+	}
 }
 
 // ReleaseShort frees the session's 8-character prefix once its lab is gone.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,5 +247,54 @@ func TestAtomicFileNeverShowsAPart(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if b, _ := os.ReadFile(p); string(b) != "old" || len(entries) != 1 {
 		t.Fatalf("after abort: %q, %d entries", b, len(entries))
+	}
+}
+
+// TestLateSaveKeepsNewerAnswer: a save that reached the store first but
+// got the session after a newer save of the same task (it waited for the
+// lock while its client gave up) writes nothing and returns the newer
+// answer, which stays on disk.
+func TestLateSaveKeepsNewerAnswer(t *testing.T) {
+	rdb := redistest.Client(t)
+	dir := t.TempDir()
+	var s *store.Store
+	var armed atomic.Bool
+	var clock atomic.Int64
+	base := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
+	var id string
+	var newer store.Answer
+	var newerErr error
+	now := func() time.Time {
+		at := base.Add(time.Duration(clock.Add(1)) * time.Millisecond)
+		// The first save has taken its arrival time and not yet the
+		// session: the second arrives and is saved in between.
+		if armed.CompareAndSwap(true, false) {
+			newer, newerErr = s.SaveAnswer(context.Background(), id, "t1", json.RawMessage(`"newer"`))
+		}
+		return at
+	}
+	var err error
+	s, err = store.New(store.Options{Dir: dir, Redis: rdb, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, _ := storetest.SignIn(t, s, "late@example.com", "exam1", time.Hour, "docker")
+	id = sess.ID
+	armed.Store(true)
+	late, err := s.SaveAnswer(context.Background(), id, "t1", json.RawMessage(`"older"`))
+	if err != nil || newerErr != nil {
+		t.Fatalf("saves: %v, %v", err, newerErr)
+	}
+	if string(late.Value) != `"newer"` || late.Revision != newer.Revision || late.Revision != 1 {
+		t.Errorf("the late save returned %s rev %d, want the newer answer (rev %d)", late.Value, late.Revision, newer.Revision)
+	}
+	as, err := s.Answers(context.Background(), id)
+	if err != nil || len(as) != 1 || string(as[0].Value) != `"newer"` {
+		t.Fatalf("answers = %+v, %v, want the newer one", as, err)
+	}
+	// A save that arrives after both is written as usual.
+	a, err := s.SaveAnswer(context.Background(), id, "t1", json.RawMessage(`"latest"`))
+	if err != nil || a.Revision != 2 || string(a.Value) != `"latest"` {
+		t.Fatalf("a later save: %+v %v", a, err)
 	}
 }
