@@ -143,7 +143,7 @@ func (h *Handlers) provision(ctx context.Context, p scheduler.SessionPayload, se
 			// stay taken. (Had the session been submitted meanwhile, its
 			// archive and cleanup end it and give the slot back.)
 			bg := context.WithoutCancel(ctx)
-			if derr := h.o.Runtime.Destroy(bg, sess.ID); derr != nil {
+			if derr := h.o.Runtime.Destroy(bg, sess.Lab()); derr != nil {
 				h.log.Warn("destroy failed lab", "session", sess.ID, "err", derr)
 			}
 			if cur, gerr := h.o.Store.Get(bg, sess.ID); gerr == nil && cur.Status.Terminal() {

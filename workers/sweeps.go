@@ -61,7 +61,10 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 
 // Reap removes labs that no live session owns: their record is gone, or
 // the session has ended and its cleanup never ran. It also ends review
-// labs past their time; a live review lab is no orphan. First it retries
+// labs past their time; a live review lab is no orphan, nor is a warm lab
+// in its pool (making or ready) or one a live session claimed (its
+// session's LabID, from the index). A warm lab claimed by no live
+// session, or taken out of its pool, is an orphan. First it retries
 // the leftovers on record (parts of ended labs the runtime kept), and
 // drops each record once its part is gone.
 func (h *Handlers) Reap(ctx context.Context, _ *asynq.Task) error {
@@ -84,9 +87,37 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 	for _, id := range removed {
 		ended[id] = true
 	}
+	inUse, err := h.o.Store.LabsInUse(ctx)
+	if err != nil {
+		return removed, errors.Join(append(errs, fmt.Errorf("reap: %w", err))...)
+	}
 	for _, id := range ids {
 		if tried[id] {
 			continue // its leftovers were retried above
+		}
+		if _, ok := inUse[id]; ok {
+			continue // a claimed warm lab: its session's
+		}
+		// A warm lab has no session record of its own either.
+		if w, err := h.o.Store.WarmLab(ctx, id); err == nil {
+			if w.Live() {
+				continue
+			}
+			if kept, err := h.removeLab(ctx, id, ""); err != nil || kept > 0 {
+				if err != nil {
+					errs = append(errs, fmt.Errorf("reap warm lab %s: %w", id, err))
+				}
+				continue
+			}
+			if err := h.o.Store.DropWarm(ctx, id); err != nil {
+				errs = append(errs, err)
+			}
+			removed = append(removed, id)
+			h.log.Info("reaped a warm lab no one uses", "lab", id, "state", w.State, "claimed_by", w.ClaimedBy)
+			continue
+		} else if !errors.Is(err, store.ErrNoWarmLab) && !errors.Is(err, store.ErrBadID) {
+			errs = append(errs, err)
+			continue
 		}
 		// A review lab has no session record of its own: its record
 		// says whether it is live.
@@ -95,7 +126,7 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 			if rv.Status.Live() || ended[id] {
 				continue
 			}
-			if kept, err := h.removeLab(ctx, id, false); err != nil || kept > 0 {
+			if kept, err := h.removeLab(ctx, id, ""); err != nil || kept > 0 {
 				if err != nil {
 					errs = append(errs, fmt.Errorf("reap review lab %s: %w", id, err))
 				}
@@ -118,7 +149,11 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 		if !orphan && !sess.Status.Terminal() {
 			continue
 		}
-		if kept, err := h.removeLab(ctx, id, !orphan); err != nil || kept > 0 {
+		auditTo := ""
+		if !orphan {
+			auditTo = id
+		}
+		if kept, err := h.removeLab(ctx, id, auditTo); err != nil || kept > 0 {
 			if err != nil {
 				errs = append(errs, fmt.Errorf("reap %s: %w", id, err))
 			}
@@ -184,7 +219,7 @@ func (h *Handlers) RetentionOnce(ctx context.Context, days int, dryRun bool) ([]
 			errs = append(errs, err)
 			continue
 		}
-		if err := h.o.Runtime.Destroy(ctx, v.ID); err != nil {
+		if err := h.o.Runtime.Destroy(ctx, sess.Lab()); err != nil {
 			errs = append(errs, err)
 			continue
 		}
