@@ -339,7 +339,7 @@ func (h *Handlers) Reprovision(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	defer h.clearProgress(ctx, sess.ID)
+	defer h.clearProgress(ctx, sess.Lab())
 	stop := h.watchProgress(ctx, spec)
 	if err := h.o.Runtime.Destroy(ctx, sess.Lab()); err != nil {
 		stop()

@@ -198,7 +198,7 @@ func (h *Handlers) ResetNode(ctx context.Context, t *asynq.Task) error {
 	if _, ok := spec.Node(p.Node); !ok {
 		return fmt.Errorf("reset %s/%s: no such node: %w", sess.ID, p.Node, asynq.SkipRetry)
 	}
-	defer h.clearProgress(ctx, sess.ID)
+	defer h.clearProgress(ctx, sess.Lab())
 	stop := h.watchProgress(ctx, spec)
 	err = h.o.Runtime.ResetNode(ctx, spec, p.Node)
 	stop()
