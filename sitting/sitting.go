@@ -60,8 +60,8 @@ type Sitting struct {
 	// it is replaced by a fresh one; 0 means DefaultWarmMaxAge.
 	WarmMaxAgeSeconds int64     `json:"warm_max_age_seconds,omitempty"`
 	CreatedAt         time.Time `json:"created_at"`
-	UpdatedAt        time.Time `json:"updated_at"`
-	Version          int64     `json:"version"`
+	UpdatedAt         time.Time `json:"updated_at"`
+	Version           int64     `json:"version"`
 }
 
 // Limits on a sitting's fields.
