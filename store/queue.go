@@ -25,6 +25,8 @@ import (
 //	ends:{sitting}  ZSET  the sitting's last slot releases (ms), and
 //	ends            ZSET  the deployment's, for the wait estimate
 //	hold            HASH  admission held while parked starts wait (park.go)
+//	warm:…                the warm pools (warm.go): a warm lab holds a
+//	                      slot in held:{sitting} and held like a session
 //
 // Slots are sets of session ids, not counters: taking a slot twice or
 // giving it back twice changes nothing, so a handler retried after a crash
