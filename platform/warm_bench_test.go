@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
@@ -15,15 +16,27 @@ import (
 // sitting keeps a warm pool: from the start request to the lab ready,
 // with a lab claimed from the pool (warm-claim), beside the same start
 // without a pool (cold-start, the baseline in the same run, same exam:
-// two nodes on Docker). It also reports how long the pool takes to be
+// two nodes on Docker, and the shipped eight-node exam). It also reports how long the pool takes to be
 // full again after a claim (refill-ms-*: the refill sweep every 5s, then
 // one provision).
 //
 //	make bench   (or: go test ./platform -run '^$' -bench WarmClaim -benchtime 5x)
 func BenchmarkWarmClaim(b *testing.B) {
+	b.Run("two-nodes", func(b *testing.B) { benchWarm(b, "v1") })
+	b.Run("shipped", func(b *testing.B) { benchWarm(b, "") })
+}
+
+// benchWarm runs the cold start and the warm claim of the warm test exam
+// at version, or of the shipped exam when version is empty.
+func benchWarm(b *testing.B, version string) {
 	redisAddr := testlab.Redis(b)
 	instance := "t-" + strings.ToLower(store.NewSessionID())
-	st := warmStack(b, redisAddr, b.TempDir(), instance, "v1")
+	var st *testlab.Stack
+	if version != "" {
+		st = warmStack(b, redisAddr, b.TempDir(), instance, version)
+	} else {
+		st = testlab.Start(b, testlab.Options{Redis: redisAddr, Config: func(c *config.Config) { c.Instance = instance }})
+	}
 	b.Cleanup(func() {
 		ids, _ := st.Runtime.Labs(context.Background())
 		for _, id := range ids {
@@ -65,13 +78,13 @@ func BenchmarkWarmClaim(b *testing.B) {
 		if code, msg := setWarm(b, admin, map[string]any{"warm": size}); code != 200 {
 			b.Fatalf("set warm: %d %s", code, msg)
 		}
-		waitPool(b, admin, size, "v1")
+		waitPool(b, admin, size, version)
 		var claims, refills []time.Duration
 		for i := 0; i < b.N; i++ {
 			d := start(b)
 			claims = append(claims, d)
 			t0 := time.Now()
-			waitPool(b, admin, size, "v1")
+			waitPool(b, admin, size, version)
 			refills = append(refills, time.Since(t0)+d)
 		}
 		testlab.ReportDurations(b, claims)

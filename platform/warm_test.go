@@ -86,7 +86,7 @@ func poolOf(t testing.TB, admin *testlab.Client) warmView {
 }
 
 // waitPool waits until the practice sitting's pool has want ready labs,
-// all of version, and returns them.
+// all of version (empty: any), and returns them.
 func waitPool(t testing.TB, admin *testlab.Client, want int, version string) []store.WarmLab {
 	t.Helper()
 	deadline := time.Now().Add(warmFillTimeout)
@@ -95,7 +95,7 @@ func waitPool(t testing.TB, admin *testlab.Client, want int, version string) []s
 		v = poolOf(t, admin)
 		ok := v.Warm.Ready == want && len(v.Warm.Labs) == want
 		for _, w := range v.Warm.Labs {
-			ok = ok && w.Version == version
+			ok = ok && (version == "" || w.Version == version)
 		}
 		if ok {
 			return v.Warm.Labs
@@ -193,6 +193,12 @@ func TestWarmPool(t *testing.T) {
 	if err != nil || code != 0 || strings.TrimSpace(out) != "tokyo" {
 		t.Fatalf("exec hostname in the claimed lab: %q %d %v", out, code, err)
 	}
+	// The candidate's terminal reaches the claimed lab's node.
+	term := testlab.OpenTerminal(t, st.URL, st.URL, c.Token, id, "tokyo")
+	if code := term.Probe(t, "hostname", `test "$(hostname)" = tokyo`); code != 0 {
+		t.Fatalf("terminal in the claimed lab: exit %d: %s", code, term.Output())
+	}
+	term.Close()
 	if n := len(eng.Containers(t, id)); n != 0 {
 		t.Fatalf("%d containers carry the session's own id; the lab is the warm lab's", n)
 	}
