@@ -22,7 +22,7 @@ func TestValidateWarm(t *testing.T) {
 		{"pool without a capacity", func(s *Sitting) { s.Capacity, s.Warm = 0, 50 }, ""},
 		{"pool larger than capacity", func(s *Sitting) { s.Warm = 11 }, "warm"},
 		{"negative pool", func(s *Sitting) { s.Warm = -1 }, "warm"},
-		{"pool over the limit", func(s *Sitting) { s.Capacity, s.Warm = 0, MaxWarm + 1 }, "warm"},
+		{"pool over the limit", func(s *Sitting) { s.Capacity, s.Warm = 0, MaxWarm+1 }, "warm"},
 		{"negative lead", func(s *Sitting) { s.WarmLeadSeconds = -1 }, "warm_lead"},
 		{"max age too short", func(s *Sitting) { s.WarmMaxAgeSeconds = 60 }, "warm_max_age"},
 		{"max age default", func(s *Sitting) { s.WarmMaxAgeSeconds = 0 }, ""},
