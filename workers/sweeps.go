@@ -100,7 +100,7 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 		}
 		// A warm lab has no session record of its own either.
 		if w, err := h.o.Store.WarmLab(ctx, id); err == nil {
-			if w.Live() {
+			if w.Live() || h.claimedInUse(ctx, w) {
 				continue
 			}
 			if kept, err := h.removeLab(ctx, id, ""); err != nil || kept > 0 {
@@ -230,4 +230,28 @@ func (h *Handlers) RetentionOnce(ctx context.Context, days int, dryRun bool) ([]
 		h.log.Info("retention deleted session", "session", v.ID)
 	}
 	return victims, errors.Join(errs...)
+}
+
+// claimGrace is how long a claimed warm lab is taken for its session's
+// even when the session's record does not name it yet: the claim and the
+// record are two steps (scheduler.Admit), and the admission sweep rolls a
+// claim forward whose process died in between.
+const claimGrace = 2 * time.Minute
+
+// claimedInUse reports whether a claimed warm lab is, or is about to be,
+// its session's: the session's record names it and has not ended, or the
+// claim is too recent for the record to be trusted.
+func (h *Handlers) claimedInUse(ctx context.Context, w *store.WarmLab) bool {
+	if w.State != store.WarmClaimed {
+		return false
+	}
+	if h.o.Now().Sub(w.ClaimedAt) < claimGrace {
+		return true
+	}
+	sess, err := h.o.Store.Get(ctx, w.ClaimedBy)
+	if err != nil {
+		// Gone for good is an orphan; a read that failed is not proof.
+		return !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrBadID)
+	}
+	return sess.LabID == w.ID && !sess.Status.Terminal()
 }

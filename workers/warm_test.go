@@ -31,6 +31,19 @@ type warmEnv struct {
 	st  *store.Store
 	h   *workers.Handlers
 	q   *tasks
+	now time.Time
+}
+
+func (e *warmEnv) clock() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.now
+}
+
+func (e *warmEnv) advance(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.now = e.now.Add(d)
 }
 
 func (e *warmEnv) exam() *exam.Exam {
@@ -49,11 +62,11 @@ func (e *warmEnv) setVersion(v string) {
 
 func newWarmEnv(t *testing.T) *warmEnv {
 	t.Helper()
-	e := &warmEnv{mem: labtest.NewMemory(labtest.MemoryOptions{}), q: &tasks{}}
+	e := &warmEnv{mem: labtest.NewMemory(labtest.MemoryOptions{}), q: &tasks{}, now: time.Now()}
 	e.ex = exam.Default()
 	e.setVersion("v1")
 	var err error
-	e.st, err = store.New(store.Options{Dir: t.TempDir(), Redis: redistest.Client(t),
+	e.st, err = store.New(store.Options{Dir: t.TempDir(), Redis: redistest.Client(t), Now: e.clock,
 		ExamVersion: func(id string) string {
 			if ex := e.exam(); id == ex.ID {
 				return ex.Fingerprint()
@@ -63,7 +76,7 @@ func newWarmEnv(t *testing.T) *warmEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h, err = workers.New(workers.Options{Store: e.st, Runtime: e.mem, Enqueuer: e.q, RuntimeName: "memory",
+	e.h, err = workers.New(workers.Options{Store: e.st, Runtime: e.mem, Enqueuer: e.q, RuntimeName: "memory", Now: e.clock,
 		Exams: func(id string) (*exam.Exam, bool) { ex := e.exam(); return ex, id == ex.ID }})
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +120,7 @@ func (e *warmEnv) start(t *testing.T, sittingID, email string) *session.Session 
 	t.Helper()
 	ctx := context.Background()
 	sess, _ := storetest.SignInTo(t, e.st, sittingID, email, e.exam().ID, time.Hour, "memory")
-	if _, err := scheduler.Start(ctx, e.st, e.q, sess.ID, time.Now()); err != nil {
+	if _, err := scheduler.Start(ctx, e.st, e.q, sess.ID, e.clock()); err != nil {
 		t.Fatal(err)
 	}
 	got, err := e.st.Get(ctx, sess.ID)
@@ -227,5 +240,56 @@ func TestWarmPoolLifecycle(t *testing.T) {
 	live, _ = e.mem.Labs(ctx)
 	if !slices.Equal(live, []string{sess2.LabID}) {
 		t.Fatalf("labs %v, want only the second session's %s", live, sess2.LabID)
+	}
+}
+
+// TestWarmClaimUnrecorded: a claim whose process died before it recorded
+// the session's lab. The reaper leaves the claimed lab alone meanwhile;
+// the admission sweep rolls the claim forward into that lab; a claimed lab
+// whose session ended is reaped.
+func TestWarmClaimUnrecorded(t *testing.T) {
+	e := newWarmEnv(t)
+	ctx := context.Background()
+	storetest.OpenSitting(t, e.st, "pool", e.exam().ID, 0)
+	if _, err := e.st.UpdateSitting(ctx, "pool", func(s *sitting.Sitting) error { s.Warm = 1; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.refill(t)
+	sess, _ := storetest.SignInTo(t, e.st, "pool", "c@example.com", e.exam().ID, time.Hour, "memory")
+	cur, err := e.st.Update(ctx, sess.ID, func(x *session.Session) error { return x.Start(e.clock()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.JoinQueue(ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	adm, err := e.st.AdmitNext(ctx) // the claim, and then the process dies
+	if err != nil || len(adm) != 1 || adm[0].WarmLab == "" {
+		t.Fatalf("claim: %+v %v", adm, err)
+	}
+	labID := adm[0].WarmLab
+	if removed, err := e.h.ReapOnce(ctx); err != nil || len(removed) != 0 {
+		t.Fatalf("reaper removed %v (%v) during a claim", removed, err)
+	}
+	if _, _, err := scheduler.Repair(ctx, e.st, e.q, e.clock()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.st.Get(ctx, sess.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != session.StateReady || got.LabID != labID {
+		t.Fatalf("rolled forward: %s in %q, want ready in %s", got.Status, got.LabID, labID)
+	}
+	e.advance(time.Hour)
+	if removed, err := e.h.ReapOnce(ctx); err != nil || slices.Contains(removed, labID) {
+		t.Fatalf("reaper removed %v (%v) while the session runs", removed, err)
+	}
+	// The session fails without its cleanup: the lab is an orphan.
+	if _, err := e.st.Update(ctx, sess.ID, func(x *session.Session) error { return x.Fail("test", e.clock()) }); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := e.h.ReapOnce(ctx); err != nil || !slices.Contains(removed, labID) {
+		t.Fatalf("reaper removed %v (%v), want the ended session's lab %s", removed, err, labID)
 	}
 }
