@@ -194,7 +194,9 @@ func TestWarmPool(t *testing.T) {
 		t.Fatalf("exec hostname in the claimed lab: %q %d %v", out, code, err)
 	}
 	// The candidate's terminal reaches the claimed lab's node.
-	term := testlab.OpenTerminal(t, st.URL, st.URL, c.Token, id, "tokyo")
+	// No Origin: a client that is no browser (the stack's public URL
+	// names port 0).
+	term := testlab.OpenTerminal(t, st.URL, "", c.Token, id, "tokyo")
 	if code := term.Probe(t, "hostname", `test "$(hostname)" = tokyo`); code != 0 {
 		t.Fatalf("terminal in the claimed lab: exit %d: %s", code, term.Output())
 	}
