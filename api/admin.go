@@ -11,6 +11,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/examlab/examlab/auth"
+	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
@@ -221,6 +222,7 @@ func (s *Server) adminDetails(c *fiber.Ctx) error {
 		"grading":        grades,
 		"evidence":       ev,
 		"leftovers":      leftovers,
+		"lab":            labView(sess),
 	})
 }
 
@@ -281,4 +283,18 @@ func (s *Server) adminCleanup(c *fiber.Ctx) error {
 	}
 	_ = s.o.Store.Audit(ctx, sess.ID, store.AuditEntry{Actor: "admin", Action: action})
 	return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"queued": true, "action": action, "status": sess.Status})
+}
+
+// labView says which lab a session runs in, for the exam staff: a lab
+// claimed from a warm pool keeps the warm lab's names (Docker cannot
+// rename a container or a network, nor Nomad a job), so its containers
+// are exam-{lab_id[:8]}-{node}, not named after the session.
+func labView(sess *session.Session) fiber.Map {
+	id := sess.Lab()
+	return fiber.Map{
+		"lab_id":         id,
+		"from_warm_pool": sess.FromWarmPool(),
+		"containers":     lab.ContainerName(id, "*"),
+		"network":        lab.NetworkName(id),
+	}
 }

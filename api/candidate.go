@@ -73,7 +73,8 @@ func (s *Server) progressNodes(ctx context.Context, sess *session.Session) []lab
 	if !sess.Status.LiveLab() {
 		return nil
 	}
-	p, err := s.o.Store.ReadProgress(ctx, sess.ID)
+	// Progress is kept under the lab's id (the worker knows the lab).
+	p, err := s.o.Store.ReadProgress(ctx, sess.Lab())
 	if err != nil {
 		s.log.Warn("node progress", "session", sess.ID, "err", err)
 		return nil

@@ -110,7 +110,7 @@ func (s *Server) checkMyWork(c *fiber.Ctx) error {
 }
 
 func (s *Server) runCandidateCheck(ctx context.Context, sess *session.Session, ex *exam.Exam, taskID string) (*grading.Results, error) {
-	return s.grade(ctx, ex, sess.ID, grading.Options{Tasks: []string{taskID}, Trigger: grading.TriggerCandidate})
+	return s.grade(ctx, ex, sess.ID, grading.Options{Tasks: []string{taskID}, Trigger: grading.TriggerCandidate, LabID: sess.LabID})
 }
 
 // candidateView keeps of res what a candidate may see: pass or fail, and

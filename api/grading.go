@@ -70,7 +70,7 @@ func (s *Server) adminRegrade(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.grade(ctx, ex, sess.ID, grading.Options{Answers: store.AnswerTexts(answers), Trigger: grading.TriggerRegrade})
+	res, err := s.grade(ctx, ex, sess.ID, grading.Options{Answers: store.AnswerTexts(answers), Trigger: grading.TriggerRegrade, LabID: sess.LabID})
 	if err != nil {
 		return err
 	}

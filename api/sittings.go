@@ -201,7 +201,42 @@ func (s *Server) adminSitting(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"sitting": s.viewSitting(st, roster, statuses), "entries": entries, "audit": audit})
+	warm, err := s.warmView(ctx, st)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"sitting": s.viewSitting(st, roster, statuses), "entries": entries, "audit": audit, "warm": warm})
+}
+
+// warmPoolView is a sitting's warm pool as admins see it.
+type warmPoolView struct {
+	Size          int             `json:"size"`
+	Ready         int             `json:"ready"`
+	Making        int             `json:"making"`
+	LeadSeconds   int64           `json:"lead_seconds"`
+	MaxAgeSeconds int64           `json:"max_age_seconds"`
+	Filling       bool            `json:"filling"`
+	Labs          []store.WarmLab `json:"labs"`
+}
+
+func (s *Server) warmView(ctx context.Context, st *sitting.Sitting) (warmPoolView, error) {
+	v := warmPoolView{Size: st.Warm, LeadSeconds: int64(st.WarmLead() / time.Second), MaxAgeSeconds: int64(st.WarmMaxAge() / time.Second),
+		Filling: st.WarmFilling(s.o.Now()), Labs: []store.WarmLab{}}
+	labs, err := s.o.Store.WarmPool(ctx, st.ID)
+	if err != nil {
+		return v, err
+	}
+	for _, w := range labs {
+		switch w.State {
+		case store.WarmReady:
+			v.Ready++
+		case store.WarmMaking:
+			v.Making++
+		}
+		w.Nodes = nil
+		v.Labs = append(v.Labs, *w)
+	}
+	return v, nil
 }
 
 // sittingRequest is the body of a create or an edit; on an edit, fields
@@ -214,6 +249,25 @@ type sittingRequest struct {
 	Closes           *string `json:"closes"`
 	Capacity         *int    `json:"capacity"`
 	OpenRegistration *bool   `json:"open_registration"`
+	// Warm is the warm pool's size; WarmLead and WarmMaxAge are Go
+	// durations ("30m", "4h"), "0" or "" for the defaults.
+	Warm       *int    `json:"warm"`
+	WarmLead   *string `json:"warm_lead"`
+	WarmMaxAge *string `json:"warm_max_age"`
+}
+
+// parseSeconds reads a duration field ("30m", "4h"; "" or "0": the
+// default) in whole seconds.
+func parseSeconds(field, v string) (int64, error) {
+	v = strings.TrimSpace(v)
+	if v == "" || v == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fail(fiber.StatusBadRequest, field+": "+quote(v)+" is not a duration like 30m or 4h")
+	}
+	return int64(d / time.Second), nil
 }
 
 func parseTime(field, v string) (time.Time, error) {
@@ -266,6 +320,25 @@ func (r *sittingRequest) apply(st *sitting.Sitting) (map[string]any, error) {
 		set("open_registration", st.OpenRegistration, *r.OpenRegistration)
 		st.OpenRegistration = *r.OpenRegistration
 	}
+	if r.Warm != nil {
+		set("warm", st.Warm, *r.Warm)
+		st.Warm = *r.Warm
+	}
+	for _, f := range []struct {
+		name string
+		v    *string
+		dst  *int64
+	}{{"warm_lead", r.WarmLead, &st.WarmLeadSeconds}, {"warm_max_age", r.WarmMaxAge, &st.WarmMaxAgeSeconds}} {
+		if f.v == nil {
+			continue
+		}
+		secs, err := parseSeconds(f.name, *f.v)
+		if err != nil {
+			return nil, err
+		}
+		set(f.name, *f.dst, secs)
+		*f.dst = secs
+	}
 	return changed, nil
 }
 
@@ -302,7 +375,7 @@ func (s *Server) createSitting(c *fiber.Ctx) error {
 	}
 	if err := s.auditSitting(ctx, st.ID, "sitting-create", map[string]any{
 		"exam_id": st.ExamID, "title": st.Title, "opens": st.Opens, "closes": st.Closes,
-		"capacity": st.Capacity, "open_registration": st.OpenRegistration,
+		"capacity": st.Capacity, "open_registration": st.OpenRegistration, "warm": st.Warm,
 	}); err != nil {
 		return err
 	}
@@ -323,7 +396,7 @@ func (s *Server) editSitting(c *fiber.Ctx) error {
 	case req.ExamID != nil:
 		return fail(fiber.StatusBadRequest, "exam_id: a sitting's exam cannot change; create a new sitting")
 	case req == sittingRequest{}:
-		return fail(fiber.StatusBadRequest, "nothing to change: send title, opens, closes, capacity or open_registration")
+		return fail(fiber.StatusBadRequest, "nothing to change: send title, opens, closes, capacity, open_registration, warm, warm_lead or warm_max_age")
 	}
 	var changed map[string]any
 	st, err := s.o.Store.UpdateSitting(ctx, c.Params("id"), func(st *sitting.Sitting) error {

@@ -110,6 +110,9 @@ type Options struct {
 	Trigger  string
 	Now      func() time.Time
 	Observer Observer
+	// LabID is the lab the checks run in when it is not the session's
+	// own id (a lab claimed from a warm pool: session.Session.Lab).
+	LabID string
 }
 
 // Grade runs the checks of ex (or of opts.Tasks) in the session's lab and
@@ -161,12 +164,16 @@ func Grade(ctx context.Context, rt Runner, ex *exam.Exam, sessionID string, opts
 		}
 		res.Tasks = append(res.Tasks, tr)
 	}
+	labID := sessionID
+	if opts.LabID != "" {
+		labID = opts.LabID
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for _, node := range nodes {
 		wg.Go(func() {
 			for _, jb := range byNode[node] {
-				cr := runCheck(ctx, rt, sessionID, jb.c)
+				cr := runCheck(ctx, rt, labID, jb.c)
 				if opts.Observer != nil {
 					opts.Observer.CheckRan(cr.Passed, cr.TimedOut, time.Duration(cr.DurationMS)*time.Millisecond)
 				}

@@ -31,6 +31,11 @@ type leftoverLister interface {
 	Leftovers(ctx context.Context) ([]store.Leftover, error)
 }
 
+// warmReader reads the warm pools and their claims (store.Store).
+type warmReader interface {
+	WarmStats(ctx context.Context) (map[string]store.WarmCounts, map[string]int64, error)
+}
+
 // queueInspector reads queue sizes (asynq.Inspector).
 type queueInspector interface {
 	Queues() ([]string, error)
@@ -45,6 +50,10 @@ type Options struct {
 	// Leftovers exports examlab_lab_leftovers, the parts of ended labs the
 	// runtime still keeps.
 	Leftovers leftoverLister
+	// Warm exports examlab_warm_labs{sitting,state} and
+	// examlab_warm_claims_total{outcome} (claimed, empty), read from Redis
+	// so that every process reports the deployment's numbers.
+	Warm warmReader
 	// QueueNames are the queues to report; default: scheduler.Queues.
 	QueueNames []string
 	// ScrapeTimeout bounds the Redis reads one scrape makes; default 5s.
@@ -115,7 +124,7 @@ func New(o Options) *Metrics {
 	m.leftovers.WithLabelValues("cleared")
 	m.reg.MustRegister(m.provision, m.archive, m.archiveBytes, m.terminals, m.checks, m.grading, m.leftovers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if o.Sessions != nil || o.Queues != nil || o.Leftovers != nil {
+	if o.Sessions != nil || o.Queues != nil || o.Leftovers != nil || o.Warm != nil {
 		m.reg.MustRegister(&redisCollector{o: o})
 	}
 	return m
@@ -221,6 +230,9 @@ var (
 	latencyDesc  = prometheus.NewDesc("examlab_queue_latency_seconds", "Age of the oldest pending task in a queue.", []string{"queue"}, nil)
 	leftoverDesc = prometheus.NewDesc("examlab_lab_leftovers",
 		"Parts of ended labs the runtime still keeps (on record, retried by the reaper), by runtime and kind.", []string{"runtime", "kind"}, nil)
+	warmLabsDesc   = prometheus.NewDesc("examlab_warm_labs", "Warm labs in a sitting's pool, by state (making, ready).", []string{"sitting", "state"}, nil)
+	warmClaimsDesc = prometheus.NewDesc("examlab_warm_claims_total",
+		"Starts into a sitting with a warm pool, by outcome: claimed a ready lab, or found the pool empty.", []string{"outcome"}, nil)
 )
 
 func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -233,6 +245,10 @@ func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	if c.o.Leftovers != nil {
 		ch <- leftoverDesc
+	}
+	if c.o.Warm != nil {
+		ch <- warmLabsDesc
+		ch <- warmClaimsDesc
 	}
 }
 
@@ -252,6 +268,9 @@ func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.o.Leftovers != nil {
 		c.collectLeftovers(ctx, ch)
+	}
+	if c.o.Warm != nil {
+		c.collectWarm(ctx, ch)
 	}
 	if c.o.Queues == nil {
 		return
@@ -299,5 +318,21 @@ func (c *redisCollector) collectLeftovers(ctx context.Context, ch chan<- prometh
 	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(leftoverDesc, prometheus.GaugeValue, float64(n), k.runtime, k.kind)
+	}
+}
+
+// collectWarm reports every warm pool by state and the claims so far.
+func (c *redisCollector) collectWarm(ctx context.Context, ch chan<- prometheus.Metric) {
+	pools, claims, err := c.o.Warm.WarmStats(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(warmLabsDesc, err)
+		return
+	}
+	for id, n := range pools {
+		ch <- prometheus.MustNewConstMetric(warmLabsDesc, prometheus.GaugeValue, float64(n.Making), id, store.WarmMaking)
+		ch <- prometheus.MustNewConstMetric(warmLabsDesc, prometheus.GaugeValue, float64(n.Ready), id, store.WarmReady)
+	}
+	for _, o := range []string{store.WarmOutcomeClaimed, store.WarmOutcomeEmpty} {
+		ch <- prometheus.MustNewConstMetric(warmClaimsDesc, prometheus.CounterValue, float64(claims[o]), o)
 	}
 }

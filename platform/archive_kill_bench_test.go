@@ -12,7 +12,7 @@ import (
 
 // BenchmarkArchiveWorkerKilled measures what a worker killed mid-archive
 // costs, with the production work leases (scheduler.LeaseTTL, LeaseRenew,
-// LeaseSweep), on chaosExam's two-node labs. Each round archives two
+// LeaseSweep), on killExam's two-node labs. Each round archives two
 // ready labs: one undisturbed, from its submit to the session ended
 // (base-ms-median, base-ms-p95: the baseline, grading, capture and
 // cleanup), and one whose worker is SIGKILLed at a random point of the

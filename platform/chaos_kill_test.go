@@ -64,9 +64,9 @@ func parseLeases(v string) (ttl, renew, sweep time.Duration, err error) {
 	return d[0], d[1], d[2], nil
 }
 
-// chaosExam is a small exam: two nodes, so a lab is quick to start and
+// killExam is a small exam: two nodes, so a lab is quick to start and
 // archive, and a check, so that the archive grades.
-const chaosExam = `id: chaos-test
+const killExam = `id: chaos-test
 title: Chaos test exam
 duration: 30m
 tasks:
@@ -96,12 +96,12 @@ topology:
       role: branch
 `
 
-// newChaosRig is a kill rig (restart_test.go) on chaosExam whose worker
+// newChaosRig is a kill rig (restart_test.go) on killExam whose worker
 // processes hold work leases of leases ("" for the production ones).
 func newChaosRig(t testing.TB, leases string) *killRig {
 	t.Helper()
 	examFile := filepath.Join(t.TempDir(), "chaos.yaml")
-	if err := os.WriteFile(examFile, []byte(chaosExam), 0o600); err != nil {
+	if err := os.WriteFile(examFile, []byte(killExam), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := config.Default()
@@ -125,7 +125,7 @@ func newChaosRig(t testing.TB, leases string) *killRig {
 }
 
 // chaos is the suite's state: the rig, the worker running now, the
-// random source of kill points, and what a lab of chaosExam is.
+// random source of kill points, and what a lab of killExam is.
 type chaos struct {
 	r   *killRig
 	w   *worker

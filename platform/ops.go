@@ -45,7 +45,7 @@ func roleName(r Roles) string {
 // newOps builds the process's metrics and, for the API role, the queue
 // monitor. It runs after Store, Inspector and Runtime exist.
 func (p *Platform) newOps() {
-	p.ops = &opsServer{metrics: metrics.New(metrics.Options{Sessions: p.Store, Queues: p.Inspector, Leftovers: p.Store})}
+	p.ops = &opsServer{metrics: metrics.New(metrics.Options{Sessions: p.Store, Queues: p.Inspector, Leftovers: p.Store, Warm: p.Store})}
 	p.Metrics = p.ops.metrics
 	registerParkMetrics(p.Metrics.Registry(), p.Store)
 	if p.roles.API {

@@ -139,8 +139,16 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 		log.Info("generated the evidence signing key; back it up", "file", filepath.Join(cfg.StateDir, evidence.KeyFile),
 			"fingerprint", evidence.Fingerprint(key.Public().(ed25519.PublicKey)))
 	}
+	// Only warm labs of the exam as loaded now are handed out: one made
+	// before the exam file changed is replaced (workers.WarmRefill).
+	examVersion := p.Exam.Fingerprint()
 	p.Store, err = store.New(store.Options{Dir: cfg.StateDir, Redis: p.Redis, Prefix: cfg.RedisPrefix, MaxAnswerBytes: cfg.MaxAnswerBytes, MaxLabs: cfg.MaxLabs,
-		SigningKey: key, Logger: log})
+		SigningKey: key, Logger: log, ExamVersion: func(id string) string {
+			if id == p.Exam.ID {
+				return examVersion
+			}
+			return ""
+		}})
 	if err != nil {
 		return nil, err
 	}

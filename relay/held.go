@@ -92,7 +92,7 @@ func (r *Relay) holdCommand(node string) []string {
 func (s *shell) startHeld(dir string, size lab.Size) error {
 	slow := time.AfterFunc(startTimeout, s.cancel)
 	defer slow.Stop()
-	exec, err := s.r.o.Runner.Exec(s.ctx, s.key.session, s.key.node, lab.ExecRequest{
+	exec, err := s.r.o.Runner.Exec(s.ctx, s.labID(), s.key.node, lab.ExecRequest{
 		Cmd: s.r.holdCommand(s.key.node),
 		Env: []string{"TERM=xterm-256color", tagVar + "=" + s.tag},
 	})

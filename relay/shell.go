@@ -47,6 +47,9 @@ type shell struct {
 	key     termKey
 	tag     string
 	started time.Time
+	// lab is the id of the session's lab, which execs name: the
+	// session's own, or a warm lab it claimed (session.Session.Lab).
+	lab string
 
 	// ready is closed once start has finished; startErr says how.
 	ready    chan struct{}
@@ -164,6 +167,10 @@ func (s *shell) start(size lab.Size) error {
 		s.cancel()
 		return err
 	}
+	s.lab = s.key.session
+	if sess, err := s.r.o.Store.Get(s.ctx, s.key.session); err == nil {
+		s.lab = sess.Lab()
+	}
 	if s.r.o.Holder != "none" {
 		err := s.startHeld(dir, size)
 		if err == nil || !errors.Is(err, holder.ErrNoHolder) {
@@ -177,7 +184,7 @@ func (s *shell) start(size lab.Size) error {
 	// The exec lives as long as the shell, so its context is the shell's;
 	// a start that hangs is cut off by cancelling that context.
 	slow := time.AfterFunc(startTimeout, s.cancel)
-	proc, err := s.r.o.Runner.Exec(s.ctx, s.key.session, s.key.node, lab.ExecRequest{
+	proc, err := s.r.o.Runner.Exec(s.ctx, s.lab, s.key.node, lab.ExecRequest{
 		Cmd:  s.r.o.Shell,
 		TTY:  true,
 		Size: size,
@@ -516,10 +523,18 @@ func (s *shell) letGo(code int, reason string) {
 func (s *shell) hangup() {
 	ctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
 	defer cancel()
-	out, code, err := lab.Output(ctx, s.r.o.Runner, s.key.session, s.key.node, "/bin/sh", "-c", hangupScript, "examlab-hangup", s.tag)
+	out, code, err := lab.Output(ctx, s.r.o.Runner, s.labID(), s.key.node, "/bin/sh", "-c", hangupScript, "examlab-hangup", s.tag)
 	if err != nil && !errors.Is(err, lab.ErrNotFound) && !errors.Is(err, lab.ErrNotRunning) {
 		s.r.log.Warn("hang up terminal", "session", s.key.session, "node", s.key.node, "err", err, "exit", code, "output", out)
 	}
+}
+
+// labID is the lab the shell runs in (set when it starts).
+func (s *shell) labID() string {
+	if s.lab != "" {
+		return s.lab
+	}
+	return s.key.session
 }
 
 func (s *shell) addHistory(at time.Time, lines []string) {

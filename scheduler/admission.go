@@ -40,7 +40,7 @@ func Admit(ctx context.Context, st *store.Store, q provisionQueue, now time.Time
 		}
 		returned := 0
 		for _, a := range adm {
-			ok, err := admitOne(ctx, st, q, a.SessionID, now)
+			ok, err := admitOne(ctx, st, q, a.SessionID, a.WarmLab, now)
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -57,13 +57,33 @@ func Admit(ctx context.Context, st *store.Store, q provisionQueue, now time.Time
 }
 
 // admitOne records the admission of a session that was given a slot and
-// enqueues its provision. A session no longer queued gives the slot back
-// (ok false). Both steps are idempotent, so the sweep may repeat them.
-func admitOne(ctx context.Context, st *store.Store, q provisionQueue, id string, now time.Time) (ok bool, err error) {
+// enqueues its provision. A session that claimed a warm lab with its slot
+// (warmLab) is recorded admitted and ready in one step, in the lab made
+// for it ahead of time, and no provision is queued: its clock starts now.
+// A session no longer queued gives the slot back (ok false), and a warm
+// lab it claimed is destroyed by the reaper (claimed by no live session).
+// Both steps are idempotent, so the sweep may repeat them.
+func admitOne(ctx context.Context, st *store.Store, q provisionQueue, id, warmLab string, now time.Time) (ok bool, err error) {
+	var warm *store.WarmLab
+	if warmLab != "" {
+		if warm, err = st.WarmLab(ctx, warmLab); err != nil {
+			// Without its record the lab cannot be used: the session's
+			// lab is made as if there were no pool.
+			warm = nil
+		}
+	}
 	resumed := false
 	sess, err := st.Update(ctx, id, func(x *session.Session) error {
 		resumed = x.Parked()
-		return x.Admit(now)
+		if err := x.Admit(now); err != nil {
+			return err
+		}
+		if warm == nil || x.Status != session.StateProvisioning || x.Attempts > 0 {
+			return nil
+		}
+		x.LabID = warm.ID
+		x.Nodes = warm.Nodes
+		return x.MarkReady(now)
 	})
 	if errors.Is(err, session.ErrNotAllowed) || errors.Is(err, store.ErrNotFound) {
 		if _, err := st.ReleaseSlot(ctx, id); err != nil {
@@ -76,6 +96,16 @@ func admitOne(ctx context.Context, st *store.Store, q provisionQueue, id string,
 	}
 	if resumed {
 		_ = st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "resumed", Detail: map[string]any{"parks": sess.Parks}})
+	}
+	if warm != nil && sess.LabID == warm.ID {
+		_ = st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "warm-claimed", Detail: map[string]any{"lab_id": warm.ID, "ready_since": warm.ReadyAt}})
+		if r, ok := q.(warmRefiller); ok {
+			_, _ = r.WarmRefill(context.WithoutCancel(ctx))
+		}
+		return true, nil
+	}
+	if sess.Status != session.StateProvisioning {
+		return true, nil
 	}
 	if _, err := q.Provision(ctx, sess.ID, sess.ProvisionRound()); err != nil {
 		return true, fmt.Errorf("admit %s: %w: %w", id, ErrNotQueued, err)
@@ -111,7 +141,7 @@ func AdmitNow(ctx context.Context, st *store.Store, q provisionQueue, id string,
 	if err := st.TakeSlot(ctx, sess); err != nil {
 		return nil, err
 	}
-	ok, err := admitOne(ctx, st, q, id, now)
+	ok, err := admitOne(ctx, st, q, id, "", now)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +188,11 @@ func Repair(ctx context.Context, st *store.Store, q provisionQueue, now time.Tim
 	errs := []error{err}
 	var admitted []string
 	for _, id := range rep.Unrecorded {
-		ok, err := admitOne(ctx, st, q, id, now)
+		// A pass that claimed a warm lab for it and died left the claim
+		// on record: the admission rolls forward into that lab.
+		warm, err := st.WarmClaimOf(ctx, id)
+		errs = append(errs, err)
+		ok, err := admitOne(ctx, st, q, id, warm, now)
 		errs = append(errs, err)
 		if ok {
 			admitted = append(admitted, id)

@@ -28,7 +28,9 @@ type archiveQueue interface {
 // Start records that the candidate pressed start (session.Session.Start:
 // the session is queued), puts it in its sitting's line and runs an
 // admission pass, which admits it at once when a slot is free (and
-// enqueues its provision). Start never fails because every slot is taken:
+// enqueues its provision) or, when its sitting's warm pool has a lab
+// ready, hands it that lab: the session is ready when Start returns, and
+// no provision is queued. Start never fails because every slot is taken:
 // the session waits in line, and a lab ending admits the next. Starting
 // again keeps the session's place in line, or re-enqueues the provision
 // of an admitted one, which the task id makes a no-op while the first

@@ -14,12 +14,13 @@ import (
 // PeriodicOptions sets how often the sweeps run. Zero values mean the
 // documented defaults.
 type PeriodicOptions struct {
-	Expire    time.Duration // default 15s
-	Reap      time.Duration // default 1m
-	Admission time.Duration // default 10s; negative disables
-	Retention time.Duration // default 1h; negative disables
-	Lost      time.Duration // default 10s; negative disables (lost.go)
-	Logger    *slog.Logger
+	Expire     time.Duration // default 15s
+	Reap       time.Duration // default 1m
+	Admission  time.Duration // default 10s; negative disables
+	Retention  time.Duration // default 1h; negative disables
+	Lost       time.Duration // default 10s; negative disables (lost.go)
+	WarmRefill time.Duration // default 5s; negative disables (warm.go)
+	Logger     *slog.Logger
 }
 
 // taskEnqueuer is the one Enqueuer method the sweeps need.
@@ -68,6 +69,9 @@ func NewPeriodic(e taskEnqueuer, o PeriodicOptions) *Periodic {
 	if o.Lost == 0 {
 		o.Lost = defaultLostEvery
 	}
+	if o.WarmRefill == 0 {
+		o.WarmRefill = 5 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -78,6 +82,7 @@ func NewPeriodic(e taskEnqueuer, o PeriodicOptions) *Periodic {
 		{o.Admission, NewAdmissionTask},
 		{o.Retention, NewRetentionTask},
 		{o.Lost, NewLostSweepTask},
+		{o.WarmRefill, NewWarmRefillTask},
 	} {
 		if en.every > 0 {
 			p.entries = append(p.entries, en)

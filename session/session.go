@@ -117,7 +117,27 @@ type Session struct {
 	// (MarkArchived): from then on only the cleanup is left, and no
 	// archive may capture the lab again while the cleanup takes it down.
 	ArchivedAt time.Time `json:"archived_at,omitzero"`
+
+	// LabID names the lab the session runs in when it is not the
+	// session's own id: a lab claimed from its sitting's warm pool, made
+	// before the candidate started and named after a warm lab id of its
+	// own (containers exam-{LabID[:8]}-{node}). Empty: the lab is the
+	// session's own (exam-{ID[:8]}-…). See Lab.
+	LabID string `json:"lab_id,omitempty"`
 }
+
+// Lab is the id of the session's lab: every runtime call that acts on
+// the session's containers names it, never the session's id.
+func (s *Session) Lab() string {
+	if s.LabID != "" {
+		return s.LabID
+	}
+	return s.ID
+}
+
+// FromWarmPool reports whether the session's lab was claimed from a warm
+// pool.
+func (s *Session) FromWarmPool() bool { return s.LabID != "" && s.LabID != s.ID }
 
 // New returns a created session for email in exam, with the exam's time
 // allowance. The id is assigned by the store, which must keep its prefix

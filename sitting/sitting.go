@@ -47,10 +47,21 @@ type Sitting struct {
 	Capacity int `json:"capacity"`
 	// OpenRegistration lets anyone sign in with an email alone and be
 	// added to the roster (demos, practice). Off unless set.
-	OpenRegistration bool      `json:"open_registration"`
-	CreatedAt        time.Time `json:"created_at"`
-	UpdatedAt        time.Time `json:"updated_at"`
-	Version          int64     `json:"version"`
+	OpenRegistration bool `json:"open_registration"`
+	// Warm is how many labs of the exam are kept provisioned ahead of
+	// the starts (the warm pool); 0: none, every start makes its lab.
+	// Warm labs hold lab slots: at most Capacity when that is set, and
+	// the pool fills only as far as the deployment's free labs allow.
+	Warm int `json:"warm,omitempty"`
+	// WarmLeadSeconds is how long before Opens the pool starts to fill;
+	// 0 means DefaultWarmLead.
+	WarmLeadSeconds int64 `json:"warm_lead_seconds,omitempty"`
+	// WarmMaxAgeSeconds is how long a warm lab may wait unclaimed before
+	// it is replaced by a fresh one; 0 means DefaultWarmMaxAge.
+	WarmMaxAgeSeconds int64     `json:"warm_max_age_seconds,omitempty"`
+	CreatedAt         time.Time `json:"created_at"`
+	UpdatedAt         time.Time `json:"updated_at"`
+	Version           int64     `json:"version"`
 }
 
 // Limits on a sitting's fields.
@@ -58,7 +69,42 @@ const (
 	MaxTitle    = 200
 	MaxCapacity = 10000
 	MaxWindow   = 366 * 24 * time.Hour
+	// MaxWarm bounds a warm pool: labs made for no one yet.
+	MaxWarm = 500
+	// MaxWarmLead bounds how early a pool may fill; MinWarmMaxAge and
+	// MaxWarmMaxAge how long its labs may wait.
+	MaxWarmLead   = 7 * 24 * time.Hour
+	MinWarmMaxAge = 5 * time.Minute
+	MaxWarmMaxAge = 7 * 24 * time.Hour
 )
+
+// Warm pool defaults.
+const (
+	DefaultWarmLead   = 30 * time.Minute
+	DefaultWarmMaxAge = 4 * time.Hour
+)
+
+// WarmLead is how long before the window the pool starts to fill.
+func (s *Sitting) WarmLead() time.Duration {
+	if s.WarmLeadSeconds <= 0 {
+		return DefaultWarmLead
+	}
+	return time.Duration(s.WarmLeadSeconds) * time.Second
+}
+
+// WarmMaxAge is how long a warm lab may wait before it is replaced.
+func (s *Sitting) WarmMaxAge() time.Duration {
+	if s.WarmMaxAgeSeconds <= 0 {
+		return DefaultWarmMaxAge
+	}
+	return time.Duration(s.WarmMaxAgeSeconds) * time.Second
+}
+
+// WarmFilling reports whether the warm pool is to hold labs at now: from
+// WarmLead before the window opens until it closes.
+func (s *Sitting) WarmFilling(now time.Time) bool {
+	return s.Warm > 0 && !now.Before(s.Opens.Add(-s.WarmLead())) && now.Before(s.Closes)
+}
 
 // Validate checks every field and names the first that is wrong.
 func (s *Sitting) Validate() error {
@@ -77,6 +123,14 @@ func (s *Sitting) Validate() error {
 		return fmt.Errorf("%w: the window is longer than a year", ErrInvalid)
 	case s.Capacity < 0 || s.Capacity > MaxCapacity:
 		return fmt.Errorf("%w: capacity must be from 0 (no limit of its own) to %d", ErrInvalid, MaxCapacity)
+	case s.Warm < 0 || s.Warm > MaxWarm:
+		return fmt.Errorf("%w: warm must be from 0 (no warm pool) to %d", ErrInvalid, MaxWarm)
+	case s.Capacity > 0 && s.Warm > s.Capacity:
+		return fmt.Errorf("%w: warm (%d) must not be more than capacity (%d): warm labs hold the sitting's lab slots", ErrInvalid, s.Warm, s.Capacity)
+	case s.WarmLeadSeconds < 0 || time.Duration(s.WarmLeadSeconds)*time.Second > MaxWarmLead:
+		return fmt.Errorf("%w: warm_lead must be from 0 (the default, %s) to %s", ErrInvalid, DefaultWarmLead, MaxWarmLead)
+	case s.WarmMaxAgeSeconds != 0 && (time.Duration(s.WarmMaxAgeSeconds)*time.Second < MinWarmMaxAge || time.Duration(s.WarmMaxAgeSeconds)*time.Second > MaxWarmMaxAge):
+		return fmt.Errorf("%w: warm_max_age must be from %s to %s (or 0 for the default, %s)", ErrInvalid, MinWarmMaxAge, MaxWarmMaxAge, DefaultWarmMaxAge)
 	}
 	return nil
 }

@@ -36,11 +36,14 @@ type Summary struct {
 	// Score is nil until the session is graded or marked.
 	Score    *int `json:"score,omitempty"`
 	MaxScore int  `json:"max_score,omitempty"`
+	// LabID is the session's lab when it is not its own id (a claimed
+	// warm lab): the reaper looks it up here.
+	LabID string `json:"lab_id,omitempty"`
 }
 
 func summaryOf(s *session.Session) Summary {
 	return Summary{ID: s.ID, Email: s.Email, ExamID: s.ExamID, Status: s.Status, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, Deadline: s.Deadline,
-		LabState: s.Trouble.State}
+		LabState: s.Trouble.State, LabID: s.LabID}
 }
 
 // index brings every Redis key derived from sess up to date in one

@@ -25,6 +25,8 @@ import (
 //	ends:{sitting}  ZSET  the sitting's last slot releases (ms), and
 //	ends            ZSET  the deployment's, for the wait estimate
 //	hold            HASH  admission held while parked starts wait (park.go)
+//	warm:…                the warm pools (warm.go): a warm lab holds a
+//	                      slot in held:{sitting} and held like a session
 //
 // Slots are sets of session ids, not counters: taking a slot twice or
 // giving it back twice changes nothing, so a handler retried after a crash
@@ -63,6 +65,11 @@ func (s *Store) MaxLabs() int { return s.maxLabs }
 type Admission struct {
 	SessionID string
 	SittingID string
+	// WarmLab is the warm lab the session claimed with its slot (its
+	// sitting's pool had one ready); empty when its lab is to be made.
+	WarmLab string
+	// WarmEmpty: the sitting has a warm pool, but no lab of it was ready.
+	WarmEmpty bool
 }
 
 // forgetLua defines forget(P, s), which drops sitting s from known once it
@@ -91,41 +98,75 @@ return 1
 // limit, the oldest head among the lines whose sitting is under its
 // capacity moves to the held sets. Oldest first across sittings, first
 // come first served within one; a full sitting never holds up another.
-// ARGV: prefix, max labs (0: none), batch, then sitting and capacity
-// pairs (capacity 0: none of its own). Answers id, sitting, id, sitting…
-// Under a hold (park.go) it admits no one, or the one probe.
+// A line whose sitting has a READY warm lab of the exam's current
+// version (warm.go) is served by claiming it instead, whether or not a
+// slot is free: the warm lab's slot becomes the session's, so the counts
+// never grow, and the lab leaves READY in this same step, so two
+// processes admitting at once never hand out one lab twice.
+// ARGV: prefix, max labs (0: none), batch, now (ms), then sitting,
+// capacity (0: none of its own) and warm version ("" no warm pool)
+// triples. Answers id, sitting, lab triples: lab is the claimed warm
+// lab's id, "-" when the sitting has a pool that had no lab ready, ""
+// when it has none. Under a hold (park.go) it admits no one, or the one
+// probe.
 var admitScript = redis.NewScript(forgetLua + `
-local P, max, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local P, max, batch, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local hold = redis.call("hget", P .. "hold", "state")
 if hold == "held" or hold == "probing" then return {} end
 if hold == "probe" then batch = 1 end
-local sittings, caps = {}, {}
-for i = 4, #ARGV, 2 do
+local sittings, caps, vers = {}, {}, {}
+for i = 5, #ARGV, 3 do
   sittings[#sittings + 1] = ARGV[i]
   caps[ARGV[i]] = tonumber(ARGV[i + 1])
+  vers[ARGV[i]] = ARGV[i + 2]
+end
+local function warmOf(s)
+  local ver = vers[s]
+  if ver == "" then return nil end
+  for _, w in ipairs(redis.call("zrange", P .. "warm:ready:" .. s, 0, -1)) do
+    if redis.call("hget", P .. "warm:lab:" .. w, "version") == ver then return w end
+  end
+  return nil
 end
 local out = {}
-while #out < 2 * batch do
-  if max > 0 and redis.call("scard", P .. "held") >= max then break end
-  local best, bestScore, bestSitting
+while #out < 3 * batch do
+  local full = max > 0 and redis.call("scard", P .. "held") >= max
+  local best, bestScore, bestSitting, bestWarm
   for _, s in ipairs(sittings) do
-    local cap = caps[s]
-    if cap == 0 or redis.call("scard", P .. "held:" .. s) < cap then
-      local head = redis.call("zrange", P .. "line:" .. s, 0, 0, "WITHSCORES")
-      if #head > 0 then
+    local head = redis.call("zrange", P .. "line:" .. s, 0, 0, "WITHSCORES")
+    if #head > 0 then
+      local w = warmOf(s)
+      local cap = caps[s]
+      if w or (not full and (cap == 0 or redis.call("scard", P .. "held:" .. s) < cap)) then
         local score = tonumber(head[2])
         if best == nil or score < bestScore or (score == bestScore and head[1] < best) then
-          best, bestScore, bestSitting = head[1], score, s
+          best, bestScore, bestSitting, bestWarm = head[1], score, s, w
         end
       end
     end
   end
   if best == nil then break end
   redis.call("zrem", P .. "line:" .. bestSitting, best)
+  local got = ""
+  if bestWarm then
+    redis.call("zrem", P .. "warm:ready:" .. bestSitting, bestWarm)
+    redis.call("srem", P .. "warm:pool:" .. bestSitting, bestWarm)
+    redis.call("srem", P .. "held:" .. bestSitting, bestWarm)
+    redis.call("srem", P .. "held", bestWarm)
+    redis.call("hset", P .. "warm:lab:" .. bestWarm, "state", "claimed", "claimed_by", best, "claimed", now)
+    redis.call("set", P .. "warm:claim:" .. best, bestWarm)
+    if redis.call("scard", P .. "warm:pool:" .. bestSitting) == 0 then redis.call("srem", P .. "warm:sittings", bestSitting) end
+    redis.call("hincrby", P .. "warm:claims", "claimed", 1)
+    got = bestWarm
+  elseif vers[bestSitting] ~= "" then
+    redis.call("hincrby", P .. "warm:claims", "empty", 1)
+    got = "-"
+  end
   redis.call("sadd", P .. "held:" .. bestSitting, best)
   redis.call("sadd", P .. "held", best)
   out[#out + 1] = best
   out[#out + 1] = bestSitting
+  out[#out + 1] = got
 end
 if hold == "probe" then
   local waiting = 0
@@ -248,17 +289,28 @@ func (s *Store) JoinQueue(ctx context.Context, sess *session.Session) error {
 // capacityOf is a line's sitting's capacity: 0 (none of its own) for the
 // line of no sitting and for a sitting deleted while candidates waited.
 func (s *Store) capacityOf(ctx context.Context, line string) (int, error) {
+	capacity, _, err := s.lineLimits(ctx, line)
+	return capacity, err
+}
+
+// lineLimits is a line's sitting's capacity (as capacityOf) and the exam
+// version its warm labs must have to be claimed: empty when the sitting
+// keeps no warm pool or the exam's version is not known here.
+func (s *Store) lineLimits(ctx context.Context, line string) (capacity int, warmVersion string, err error) {
 	if line == noSitting {
-		return 0, nil
+		return 0, "", nil
 	}
 	st, err := s.GetSitting(ctx, line)
 	if errors.Is(err, ErrNoSitting) || errors.Is(err, ErrBadID) {
-		return 0, nil
+		return 0, "", nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return st.Capacity, nil
+	if st.Warm > 0 && s.examVersion != nil {
+		warmVersion = s.examVersion(st.ExamID)
+	}
+	return st.Capacity, warmVersion, nil
 }
 
 // AdmitNext gives out the slots that are free now to the heads of the
@@ -272,21 +324,28 @@ func (s *Store) AdmitNext(ctx context.Context) ([]Admission, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admit: %w", err)
 	}
-	args := []any{P, s.maxLabs, admitBatch}
+	args := []any{P, s.maxLabs, admitBatch, ms(s.now())}
 	for _, line := range known {
-		capacity, err := s.capacityOf(ctx, line)
+		capacity, version, err := s.lineLimits(ctx, line)
 		if err != nil {
 			return nil, fmt.Errorf("admit: %w", err)
 		}
-		args = append(args, line, capacity)
+		args = append(args, line, capacity, version)
 	}
 	res, err := admitScript.Run(ctx, s.rdb, []string{P + "held", P + "known"}, args...).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("admit: %w", err)
 	}
-	out := make([]Admission, 0, len(res)/2)
-	for i := 0; i+1 < len(res); i += 2 {
+	out := make([]Admission, 0, len(res)/3)
+	for i := 0; i+2 < len(res); i += 3 {
 		a := Admission{SessionID: res[i], SittingID: res[i+1]}
+		switch res[i+2] {
+		case "":
+		case "-":
+			a.WarmEmpty = true
+		default:
+			a.WarmLab = res[i+2]
+		}
 		if a.SittingID == noSitting {
 			a.SittingID = ""
 		}
@@ -590,8 +649,8 @@ func (s *Store) RepairQueue(ctx context.Context) (QueueRepair, error) {
 	for _, id := range order {
 		sess, err := s.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrBadID) {
-			if s.isLiveReview(ctx, id) {
-				continue // a review lab's slot: see review.go
+			if s.isLiveReview(ctx, id) || s.isLiveWarm(ctx, id) {
+				continue // a review lab's or a warm lab's slot: see review.go, warm.go
 			}
 			sess, err = nil, nil
 		}

@@ -54,6 +54,10 @@ type Options struct {
 	// MaxLabs bounds the labs of the whole deployment at once (the
 	// admission queue's global limit); 0: no limit.
 	MaxLabs int
+	// ExamVersion answers the current version (exam.Fingerprint) of an
+	// exam; only warm labs of that version are claimed (warm.go). Nil, or
+	// an empty answer: no warm lab of the exam is claimed.
+	ExamVersion func(examID string) string
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// SigningKey seals session folders (see Seal); nil: nothing is sealed,
@@ -72,9 +76,11 @@ type Store struct {
 	maxAns  int
 	maxLabs int
 	now     func() time.Time
-	cache   summaryCache
-	sign    ed25519.PrivateKey
-	log     *slog.Logger
+	// examVersion is Options.ExamVersion.
+	examVersion func(examID string) string
+	cache       summaryCache
+	sign        ed25519.PrivateKey
+	log         *slog.Logger
 }
 
 // New opens the store rooted at o.Dir.
@@ -111,7 +117,7 @@ func New(o Options) (*Store, error) {
 		o.Logger = slog.Default()
 	}
 	return &Store{dir: dir, rdb: o.Redis, prefix: o.Prefix, lockTTL: o.LockTTL, maxAns: o.MaxAnswerBytes, maxLabs: o.MaxLabs, now: o.Now,
-		sign: o.SigningKey, log: o.Logger}, nil
+		sign: o.SigningKey, log: o.Logger, examVersion: o.ExamVersion}, nil
 }
 
 // Redis returns the index client, for callers that share it (health checks).

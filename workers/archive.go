@@ -219,7 +219,7 @@ func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason s
 	tars := make(map[string]store.File, len(spec.Nodes))
 	var caps []lab.NodeCapture
 	if len(names) > 0 {
-		caps, err = h.o.Runtime.Capture(ctx, sess.ID, names, h.o.Snapshot, func(node string, write func(io.Writer) error) error {
+		caps, err = h.o.Runtime.Capture(ctx, sess.Lab(), names, h.o.Snapshot, func(node string, write func(io.Writer) error) error {
 			f, err := h.capture(ctx, sess.ID, containers[node]+".tar", lease, write)
 			if err != nil {
 				return err
@@ -244,7 +244,7 @@ func (h *Handlers) snapshot(ctx context.Context, sess *session.Session, reason s
 			continue
 		}
 		logf, err := h.capture(ctx, sess.ID, n.Container+".log", lease, func(w io.Writer) error {
-			return h.o.Runtime.Logs(ctx, sess.ID, n.Name, w)
+			return h.o.Runtime.Logs(ctx, sess.Lab(), n.Name, w)
 		})
 		if err != nil && !errors.Is(err, lab.ErrNotFound) {
 			return total, fmt.Errorf("logs of %s: %w", n.Name, err)
@@ -358,7 +358,7 @@ func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
 // cleanup is one attempt of the cleanup in round p.Round, under its
 // lease.
 func (h *Handlers) cleanup(ctx context.Context, p scheduler.SessionPayload, sess *session.Session) error {
-	if _, err := h.removeLab(ctx, sess.ID, true); err != nil {
+	if _, err := h.removeLab(ctx, sess.Lab(), sess.ID); err != nil {
 		return fmt.Errorf("cleanup %s: %w", sess.ID, err)
 	}
 	sess, err := h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error {
@@ -384,6 +384,12 @@ func (h *Handlers) cleanup(ctx context.Context, p scheduler.SessionPayload, sess
 		}
 		if err := h.o.Store.ReleaseShort(ctx, sess); err != nil {
 			return fmt.Errorf("cleanup %s: %w", sess.ID, err)
+		}
+		if sess.FromWarmPool() {
+			// The claimed warm lab is gone: its record and its prefix.
+			if err := h.o.Store.DropWarm(ctx, sess.LabID); err != nil {
+				return fmt.Errorf("cleanup %s: %w", sess.ID, err)
+			}
 		}
 		// A failed release retries the task, which converges: the lab is
 		// gone and the session ended already.

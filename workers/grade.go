@@ -63,7 +63,7 @@ func (h *Handlers) gradeSubmitted(ctx context.Context, sess *session.Session, ex
 	gctx, cancel := context.WithTimeout(ctx, grading.Budget(ex))
 	defer cancel()
 	res, err := grading.Grade(gctx, h.o.Runtime, ex, sess.ID, grading.Options{
-		Answers: store.AnswerTexts(answers), Trigger: trigger, Now: h.o.Now, Observer: h.o.Grading,
+		Answers: store.AnswerTexts(answers), Trigger: trigger, Now: h.o.Now, Observer: h.o.Grading, LabID: sess.LabID,
 	})
 	if err != nil {
 		return err

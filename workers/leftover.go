@@ -15,9 +15,11 @@ import (
 // (store.NoteLeftovers) for the reaper to retry, so an engine that will
 // not let go of a network never holds a session in archiving. A removal
 // that leaves nothing drops the lab's records. audit says whether id is a
-// session whose audit log hears of it.
-// It returns how many parts the runtime kept.
-func (h *Handlers) removeLab(ctx context.Context, id string, audit bool) (int, error) {
+// session's lab: that session's audit log hears of it (a claimed warm
+// lab's id is not its session's). It returns how many parts the runtime
+// kept.
+func (h *Handlers) removeLab(ctx context.Context, id, auditTo string) (int, error) {
+	audit := auditTo != ""
 	err := h.o.Runtime.Destroy(ctx, id)
 	kept, isLeftover := lab.Leftovers(err)
 	if err != nil && !isLeftover {
@@ -37,14 +39,14 @@ func (h *Handlers) removeLab(ctx context.Context, id string, audit bool) (int, e
 			for _, l := range kept {
 				list = append(list, map[string]any{"kind": l.Kind, "name": l.Name, "subnet": l.Subnet, "error": l.Err})
 			}
-			_ = h.o.Store.Audit(ctx, id, store.AuditEntry{Actor: "worker", Action: "lab-leftover",
+			_ = h.o.Store.Audit(ctx, auditTo, store.AuditEntry{Actor: "worker", Action: "lab-leftover",
 				Detail: map[string]any{"runtime": h.o.RuntimeName, "leftovers": list}})
 		}
 	}
 	if dropped > 0 && len(kept) == 0 {
 		h.log.Info("leftovers of a lab are gone now", "lab", id, "count", dropped)
 		if audit {
-			_ = h.o.Store.Audit(ctx, id, store.AuditEntry{Actor: "worker", Action: "lab-leftover-cleared",
+			_ = h.o.Store.Audit(ctx, auditTo, store.AuditEntry{Actor: "worker", Action: "lab-leftover-cleared",
 				Detail: map[string]any{"runtime": h.o.RuntimeName, "count": dropped}})
 		}
 	}
@@ -74,7 +76,11 @@ func (h *Handlers) retryLeftovers(ctx context.Context) (tried map[string]bool, g
 		if gerr == nil && !sess.Status.Terminal() {
 			continue
 		}
-		kept, err := h.removeLab(ctx, l.SessionID, gerr == nil)
+		auditTo := ""
+		if gerr == nil {
+			auditTo = sess.ID
+		}
+		kept, err := h.removeLab(ctx, l.SessionID, auditTo)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("reap leftovers of %s: %w", l.SessionID, err))
 			continue

@@ -118,18 +118,23 @@ func (h *Handlers) readySessions(ctx context.Context) ([]store.Summary, error) {
 // are returned too.
 func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[string]lab.NodeStatus, map[string][]lab.NodeStatus, error) {
 	if lh, ok := h.o.Runtime.(labHealther); ok {
+		// The runtime knows labs by their own ids: a session in a claimed
+		// warm lab is asked for by its lab's.
 		ids := make([]string, len(ready))
 		for i, s := range ready {
-			ids[i] = s.ID
+			ids[i] = summaryLab(s)
 		}
-		got, err := lh.LabHealth(ctx, ids)
+		health, err := lh.LabHealth(ctx, ids)
 		if err != nil {
 			return nil, nil, fmt.Errorf("lost-lab sweep: %w", err)
 		}
-		for _, id := range ids {
-			if _, ok := got[id]; !ok {
-				got[id] = lab.NodeStatus{State: lab.StateLost, Detail: "the lab has no allocation on the cluster any more"}
+		got := make(map[string]lab.NodeStatus, len(ready))
+		for i, s := range ready {
+			v, ok := health[ids[i]]
+			if !ok {
+				v = lab.NodeStatus{State: lab.StateLost, Detail: "the lab has no allocation on the cluster any more"}
 			}
+			got[s.ID] = v
 		}
 		return got, nil, nil
 	}
@@ -137,7 +142,7 @@ func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[
 	read := make(map[string][]lab.NodeStatus, len(ready))
 	var errs []error
 	for _, sum := range ready {
-		spec, err := h.spec(&session.Session{ID: sum.ID, ExamID: sum.ExamID, Email: sum.Email})
+		spec, err := h.spec(&session.Session{ID: sum.ID, ExamID: sum.ExamID, Email: sum.Email, LabID: sum.LabID})
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -154,6 +159,14 @@ func (h *Handlers) labVerdicts(ctx context.Context, ready []store.Summary) (map[
 		out[sum.ID], read[sum.ID] = labVerdict(nodes), nodes
 	}
 	return out, read, errors.Join(errs...)
+}
+
+// summaryLab is the lab id of an indexed session (session.Session.Lab).
+func summaryLab(s store.Summary) string {
+	if s.LabID != "" {
+		return s.LabID
+	}
+	return s.ID
 }
 
 // labVerdict sums a ready lab's node states up: lost if a node is lost or
@@ -305,7 +318,9 @@ func (h *Handlers) credit(ctx context.Context, id string, nodes []lab.NodeStatus
 }
 
 // Reprovision replaces a session's lost lab, on an admin's request: what
-// remains of the old lab is destroyed, a fresh lab of the same spec is
+// remains of the old lab is destroyed, a fresh lab of the same spec (and
+// the same lab id: a session in a claimed warm lab keeps its LabID, whose
+// prefix stays reserved until the session's cleanup) is
 // provisioned, and once every node runs the clock resumes with the paused
 // time credited. Answers, terminal recordings and the audit log are the
 // session's, not the lab's, and stay. Run again, it converges: the
@@ -324,9 +339,9 @@ func (h *Handlers) Reprovision(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	defer h.clearProgress(ctx, sess.ID)
+	defer h.clearProgress(ctx, sess.Lab())
 	stop := h.watchProgress(ctx, spec)
-	if err := h.o.Runtime.Destroy(ctx, sess.ID); err != nil {
+	if err := h.o.Runtime.Destroy(ctx, sess.Lab()); err != nil {
 		stop()
 		return fmt.Errorf("reprovision %s: remove the old lab: %w", sess.ID, err)
 	}

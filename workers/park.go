@@ -40,7 +40,7 @@ func (h *Handlers) park(ctx context.Context, sess *session.Session, reason strin
 	h.log.Warn("lab cannot start now; start parked in the queue", "session", sess.ID, "reason", reason, "err", cause)
 	if reason == session.ParkNoCapacity {
 		dctx, cancel := context.WithTimeout(bg, parkDestroyTimeout)
-		if err := h.o.Runtime.Destroy(dctx, sess.ID); err != nil {
+		if err := h.o.Runtime.Destroy(dctx, sess.Lab()); err != nil {
 			h.log.Warn("remove the lab of a parked start", "session", sess.ID, "err", err)
 		}
 		cancel()

@@ -143,7 +143,7 @@ func (h *Handlers) provision(ctx context.Context, p scheduler.SessionPayload, se
 			// stay taken. (Had the session been submitted meanwhile, its
 			// archive and cleanup end it and give the slot back.)
 			bg := context.WithoutCancel(ctx)
-			if derr := h.o.Runtime.Destroy(bg, sess.ID); derr != nil {
+			if derr := h.o.Runtime.Destroy(bg, sess.Lab()); derr != nil {
 				h.log.Warn("destroy failed lab", "session", sess.ID, "err", derr)
 			}
 			if cur, gerr := h.o.Store.Get(bg, sess.ID); gerr == nil && cur.Status.Terminal() {
@@ -198,7 +198,7 @@ func (h *Handlers) ResetNode(ctx context.Context, t *asynq.Task) error {
 	if _, ok := spec.Node(p.Node); !ok {
 		return fmt.Errorf("reset %s/%s: no such node: %w", sess.ID, p.Node, asynq.SkipRetry)
 	}
-	defer h.clearProgress(ctx, sess.ID)
+	defer h.clearProgress(ctx, sess.Lab())
 	stop := h.watchProgress(ctx, spec)
 	err = h.o.Runtime.ResetNode(ctx, spec, p.Node)
 	stop()

@@ -247,7 +247,7 @@ func (h *Handlers) ReviewEnd(ctx context.Context, t *asynq.Task) error {
 // the reason, gives its slot to the next in line and notes it in the
 // session's audit log. Ending twice converges.
 func (h *Handlers) endReview(ctx context.Context, id string, state store.ReviewState, by, reason string) error {
-	if _, err := h.removeLab(ctx, id, false); err != nil {
+	if _, err := h.removeLab(ctx, id, ""); err != nil {
 		return fmt.Errorf("end review lab %s: %w", id, err)
 	}
 	var was store.ReviewState

@@ -70,7 +70,10 @@ func (h *Handlers) Expire(ctx context.Context, _ *asynq.Task) error {
 
 // Reap removes labs that no live session owns: their record is gone, or
 // the session has ended and its cleanup never ran. It also ends review
-// labs past their time; a live review lab is no orphan. First it retries
+// labs past their time; a live review lab is no orphan, nor is a warm lab
+// in its pool (making or ready) or one a live session claimed (its
+// session's LabID, from the index). A warm lab claimed by no live
+// session, or taken out of its pool, is an orphan. First it retries
 // the leftovers on record (parts of ended labs the runtime kept), and
 // drops each record once its part is gone.
 func (h *Handlers) Reap(ctx context.Context, _ *asynq.Task) error {
@@ -93,9 +96,37 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 	for _, id := range removed {
 		ended[id] = true
 	}
+	inUse, err := h.o.Store.LabsInUse(ctx)
+	if err != nil {
+		return removed, errors.Join(append(errs, fmt.Errorf("reap: %w", err))...)
+	}
 	for _, id := range ids {
 		if tried[id] {
 			continue // its leftovers were retried above
+		}
+		if _, ok := inUse[id]; ok {
+			continue // a claimed warm lab: its session's
+		}
+		// A warm lab has no session record of its own either.
+		if w, err := h.o.Store.WarmLab(ctx, id); err == nil {
+			if w.Live() || h.claimedInUse(ctx, w) {
+				continue
+			}
+			if kept, err := h.removeLab(ctx, id, ""); err != nil || kept > 0 {
+				if err != nil {
+					errs = append(errs, fmt.Errorf("reap warm lab %s: %w", id, err))
+				}
+				continue
+			}
+			if err := h.o.Store.DropWarm(ctx, id); err != nil {
+				errs = append(errs, err)
+			}
+			removed = append(removed, id)
+			h.log.Info("reaped a warm lab no one uses", "lab", id, "state", w.State, "claimed_by", w.ClaimedBy)
+			continue
+		} else if !errors.Is(err, store.ErrNoWarmLab) && !errors.Is(err, store.ErrBadID) {
+			errs = append(errs, err)
+			continue
 		}
 		// A review lab has no session record of its own: its record
 		// says whether it is live.
@@ -104,7 +135,7 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 			if rv.Status.Live() || ended[id] {
 				continue
 			}
-			if kept, err := h.removeLab(ctx, id, false); err != nil || kept > 0 {
+			if kept, err := h.removeLab(ctx, id, ""); err != nil || kept > 0 {
 				if err != nil {
 					errs = append(errs, fmt.Errorf("reap review lab %s: %w", id, err))
 				}
@@ -127,7 +158,11 @@ func (h *Handlers) ReapOnce(ctx context.Context) ([]string, error) {
 		if !orphan && !sess.Status.Terminal() {
 			continue
 		}
-		if kept, err := h.removeLab(ctx, id, !orphan); err != nil || kept > 0 {
+		auditTo := ""
+		if !orphan {
+			auditTo = id
+		}
+		if kept, err := h.removeLab(ctx, id, auditTo); err != nil || kept > 0 {
 			if err != nil {
 				errs = append(errs, fmt.Errorf("reap %s: %w", id, err))
 			}
@@ -193,7 +228,7 @@ func (h *Handlers) RetentionOnce(ctx context.Context, days int, dryRun bool) ([]
 			errs = append(errs, err)
 			continue
 		}
-		if err := h.o.Runtime.Destroy(ctx, v.ID); err != nil {
+		if err := h.o.Runtime.Destroy(ctx, sess.Lab()); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -204,4 +239,28 @@ func (h *Handlers) RetentionOnce(ctx context.Context, days int, dryRun bool) ([]
 		h.log.Info("retention deleted session", "session", v.ID)
 	}
 	return victims, errors.Join(errs...)
+}
+
+// claimGrace is how long a claimed warm lab is taken for its session's
+// even when the session's record does not name it yet: the claim and the
+// record are two steps (scheduler.Admit), and the admission sweep rolls a
+// claim forward whose process died in between.
+const claimGrace = 2 * time.Minute
+
+// claimedInUse reports whether a claimed warm lab is, or is about to be,
+// its session's: the session's record names it and has not ended, or the
+// claim is too recent for the record to be trusted.
+func (h *Handlers) claimedInUse(ctx context.Context, w *store.WarmLab) bool {
+	if w.State != store.WarmClaimed {
+		return false
+	}
+	if h.o.Now().Sub(w.ClaimedAt) < claimGrace {
+		return true
+	}
+	sess, err := h.o.Store.Get(ctx, w.ClaimedBy)
+	if err != nil {
+		// Gone for good is an orphan; a read that failed is not proof.
+		return !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrBadID)
+	}
+	return sess.LabID == w.ID && !sess.Status.Terminal()
 }

@@ -173,6 +173,8 @@ func (h *Handlers) Mux() *asynq.ServeMux {
 	mux.HandleFunc(scheduler.TypeReviewStart, h.ReviewStart)
 	mux.HandleFunc(scheduler.TypeReviewEnd, h.ReviewEnd)
 	mux.HandleFunc(scheduler.TypeReviewRegrade, h.ReviewRegrade)
+	mux.HandleFunc(scheduler.TypeWarmProvision, h.WarmProvision)
+	mux.HandleFunc(scheduler.TypeWarmRefill, h.WarmRefill)
 	return mux
 }
 
@@ -182,11 +184,23 @@ func (h *Handlers) spec(sess *session.Session) (lab.Spec, error) {
 	if !ok {
 		return lab.Spec{}, fmt.Errorf("session %s: unknown exam %q: %w", sess.ID, sess.ExamID, asynq.SkipRetry)
 	}
-	l, err := lab.NewSpec(ex, lab.Session{ID: sess.ID, Candidate: sess.Email})
+	l, err := lab.NewSpec(ex, labSession(sess))
 	if err != nil {
 		return l, fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	return l, nil
+}
+
+// labSession is what a session's lab spec is rendered from: the lab's id
+// (sess.Lab). A lab claimed from the warm pool was made before anyone
+// claimed it, so its spec names no candidate: rendered the same as when
+// it was made, a reprovision or node reset finds the lab it made (a Nomad
+// job whose meta changed would be replaced as a whole).
+func labSession(sess *session.Session) lab.Session {
+	if sess.FromWarmPool() {
+		return lab.Session{ID: sess.Lab()}
+	}
+	return lab.Session{ID: sess.ID, Candidate: sess.Email}
 }
 
 // session loads the payload's session; a session that does not exist can

@@ -256,6 +256,7 @@
      ["Remaining", s.remaining_seconds ? Math.floor(s.remaining_seconds / 60) + " min " + (s.remaining_seconds % 60) + " s" : ""],
      ["Submitted", when(s.submitted_at) + (m.submit_reason ? " (" + m.submit_reason + ")" : "")], ["Completed", when(s.completed_at)],
       ["Runtime", m.runtime],
+      ["Lab id", d.lab && d.lab.from_warm_pool ? d.lab.lab_id + " (from the warm pool; containers " + d.lab.containers + ")" : ""],
       ["Parked", m.parking ? (m.parking.reason === "unavailable" ? "the lab runtime cannot be reached" : "no room for the lab") +
         " since " + when(m.parking.at) + "; back in line at its place, resumes by itself" : ""],
       ["Error", s.error], ["Lab", labTrouble(m.lab_trouble)],

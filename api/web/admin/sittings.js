@@ -124,6 +124,7 @@ window.ExamlabSittings = {
       [["Title", s.title], ["Exam", s.exam_id], ["Opens", when(s.opens)], ["Closes", when(s.closes)],
        ["Capacity", s.capacity ? s.capacity + " labs at once" : "no limit of its own"],
        ["Open registration", s.open_registration ? "yes: anyone may sign in with an email" : "no: access codes only"],
+       ["Warm pool", warmFact(d.warm)],
        ["Roster", plural(s.roster, "candidate")], ["Signed in", s.signed_in], ["Labs running", s.running], ["Ended", s.ended],
        ["Created", when(s.created_at)], ["Updated", when(s.updated_at)]].forEach(function (f) {
         facts.appendChild(el("dt", f[0]));
@@ -137,6 +138,7 @@ window.ExamlabSittings = {
       $("e-opens").value = toLocalInput(s.opens);
       $("e-closes").value = toLocalInput(s.closes);
       $("e-capacity").value = String(s.capacity);
+      $("e-warm").value = String(s.warm || 0);
       $("e-open").checked = !!s.open_registration;
       renderRoster();
       var audit = $("t-audit").querySelector("tbody");
@@ -144,6 +146,14 @@ window.ExamlabSittings = {
       (d.audit || []).slice().reverse().forEach(function (e) {
         audit.appendChild(row([when(e.at), e.actor, e.action, e.detail ? JSON.stringify(e.detail) : ""]));
       });
+    }
+
+    // warmFact says how many labs the sitting keeps ready ahead of its
+    // starts, and how many are ready and being made now.
+    function warmFact(w) {
+      if (!w || !w.size) return "none: every start makes its lab";
+      return w.size + " labs kept ready: " + w.ready + " ready, " + w.making + " being made" +
+        (w.filling ? "" : " (not filling now: outside the window and its lead)");
     }
 
     // queueFact says how many of the sitting's candidates wait for a lab,
@@ -172,6 +182,8 @@ window.ExamlabSittings = {
       if ($("e-closes").value !== toLocalInput(s.closes)) body.closes = fromLocalInput($("e-closes").value);
       var cap = parseInt($("e-capacity").value, 10) || 0;
       if (cap !== s.capacity) body.capacity = cap;
+      var warm = parseInt($("e-warm").value, 10) || 0;
+      if (warm !== (s.warm || 0)) body.warm = warm;
       if ($("e-open").checked !== !!s.open_registration) body.open_registration = $("e-open").checked;
       if (!Object.keys(body).length) { say("t-message", "Nothing to change."); return; }
       say("t-message", "Saving…");
