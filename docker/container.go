@@ -220,6 +220,8 @@ type containerSummary struct {
 	Names  []string          `json:"Names"`
 	State  string            `json:"State"`
 	Labels map[string]string `json:"Labels"`
+	// Created is when the container was created, in Unix seconds.
+	Created int64 `json:"Created"`
 }
 
 func (c *client) inspectContainer(ctx context.Context, name string) (container, error) {

@@ -304,11 +304,12 @@ func (r *Runtime) fillTools(ctx context.Context, volume string, bin, holder []by
 			LogConfig:   logConfig{Type: "json-file", Config: map[string]string{"max-size": "1m"}},
 		},
 	}
+	r.removeStaleFills(ctx)
 	id, err := r.client.createContainer(ctx, "", cc)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = r.client.removeContainer(context.WithoutCancel(ctx), id) }()
+	defer r.removeFill(context.WithoutCancel(ctx), id)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "busybox.new", Mode: 0o755, Size: int64(len(bin)), ModTime: time.Now()}); err != nil {
@@ -350,4 +351,37 @@ func (r *Runtime) fillTools(ctx context.Context, volume string, bin, holder []by
 		return fmt.Errorf("install exited %d: %s", waited.StatusCode, tail(logs.String()))
 	}
 	return nil
+}
+
+// fillStale is how long a fill container may sit created and never
+// started before it counts as left behind: filling takes seconds.
+const fillStale = 2 * time.Minute
+
+// removeFill removes a fill container once it is done, trying a few times:
+// an engine that fails one request must not leave it behind.
+func (r *Runtime) removeFill(ctx context.Context, id string) {
+	for try := 0; try < 3; try++ {
+		if err := r.client.removeContainer(ctx, id); err == nil || sleep(ctx, 200*time.Millisecond) != nil {
+			return
+		}
+	}
+}
+
+// removeStaleFills removes the fill containers a process left behind when
+// it died mid-fill, or when the engine failed every removal: those that
+// have exited, and those created long ago that never ran. A fill another
+// process is running now is neither. The next fill is where anyone would
+// look for them; what fails here is left for the one after.
+func (r *Runtime) removeStaleFills(ctx context.Context) {
+	list, err := r.client.listContainers(ctx, filters("label", LabelTools+"=fill"))
+	if err != nil {
+		return
+	}
+	for _, c := range list {
+		stale := c.State == "exited" || c.State == "dead" ||
+			(c.State == "created" && time.Since(time.Unix(c.Created, 0)) > fillStale)
+		if stale {
+			_ = r.client.removeContainer(ctx, c.ID)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -95,5 +96,60 @@ func TestToolsNames(t *testing.T) {
 	bare := &Runtime{graderBusybox: t.TempDir() + "/busybox"}
 	if _, err := bare.FillGraderTools(ctx, names.Bare); !errors.Is(err, ErrNoBusybox) {
 		t.Errorf("fill without a busybox: %v; want ErrNoBusybox", err)
+	}
+}
+
+// TestStaleFillsRemoved: a fill container that a dead process left behind
+// (exited, or created long ago) is removed by the next fill, which leaves
+// none of its own; one another process has just created is left alone.
+func TestStaleFillsRemoved(t *testing.T) {
+	r := newTestRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	make1 := func(start bool) string {
+		id, err := r.client.createContainer(ctx, "", containerCreate{
+			Image: r.switchImage, Labels: map[string]string{LabelTools: "fill"},
+			Entrypoint: []string{"sh", "-c"}, Cmd: []string{"true"},
+			HostConfig: hostConfig{NetworkMode: networkNone},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.client.removeContainer(context.Background(), id) })
+		if start {
+			if err := r.client.startContainer(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.client.do(ctx, http.MethodPost, "/containers/"+id+"/wait", nil, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return id
+	}
+	exited, fresh := make1(true), make1(false)
+	bin, err := os.ReadFile(DefaultGraderBusybox)
+	if err != nil {
+		t.Fatalf("this test needs %s (Debian's busybox-static): %v", DefaultGraderBusybox, err)
+	}
+	volume := "examlab-test-fill-" + newSessionID(t)
+	t.Cleanup(func() {
+		_ = r.client.do(context.Background(), http.MethodDelete, "/volumes/"+volume, nil, nil, nil)
+	})
+	if err := r.fillTools(ctx, volume, bin, nil); err != nil {
+		t.Fatalf("fill: %v", err)
+	}
+	list, err := r.client.listContainers(ctx, filters("label", LabelTools+"=fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, c := range list {
+		left = append(left, c.ID)
+		if c.ID == exited {
+			t.Errorf("the exited fill container %s is still there", exited[:12])
+		}
+	}
+	if len(left) != 1 || left[0] != fresh {
+		t.Errorf("fill containers after the fill: %v, want only the one just created (%s)", left, fresh[:12])
 	}
 }
