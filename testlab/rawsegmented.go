@@ -238,7 +238,7 @@ func (e *Engine) rawFiles(ctx context.Context, container string, files []lab.Fil
 		return err
 	}
 	req.Header.Set("Content-Type", "application/x-tar")
-	resp, err := e.hc.Do(req)
+	resp, err := e.stream.Do(req)
 	if err != nil {
 		return err
 	}
@@ -250,9 +250,12 @@ func (e *Engine) rawFiles(ctx context.Context, container string, files []lab.Fil
 	return nil
 }
 
-// do is call that also decodes a JSON answer into out (if non-nil).
+// do is call that also decodes a JSON answer into out (if non-nil). The
+// raw lab's calls are bounded by ctx alone, as the runtime's are: under a
+// herd of sixteen labs one engine call can take longer than the 30 s a
+// check's read is given.
 func (e *Engine) do(ctx context.Context, method, path string, q url.Values, body, out any) error {
-	resp, err := e.send(ctx, e.hc, method, path, q, body)
+	resp, err := e.send(ctx, e.stream, method, path, q, body)
 	if err != nil {
 		return err
 	}
