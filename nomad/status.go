@@ -68,8 +68,11 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 		netFailed = what + reason
 	}
 	// Wired once labnet-up is done, or as soon as the lab's agent has left
-	// its state (labnet-up's exit reaches the servers later).
-	wiring := spec.Segmented() && !labnetDone(a) && netFailed == "" && !r.stateLeft(ctx, a)
+	// its state (labnet-up's exit reaches the servers later). The state is
+	// read only once a node runs: before that there is nothing to wire, and
+	// every poll of a starting lab would cost a call to its client.
+	wiring := spec.Segmented() && !labnetDone(a) && netFailed == "" &&
+		nodeRunning(a, spec) && !r.stateLeft(ctx, a)
 	for i := range out {
 		st := &out[i]
 		st.AllocID = a.ID
@@ -91,6 +94,16 @@ func (r *Runtime) Status(ctx context.Context, spec lab.Spec) ([]lab.NodeStatus, 
 		}
 	}
 	return out, nil
+}
+
+// nodeRunning reports whether any of the lab's nodes runs in allocation a.
+func nodeRunning(a *api.AllocationListStub, spec lab.Spec) bool {
+	for _, n := range spec.Nodes {
+		if ts := a.TaskStates[n.Name]; ts != nil && ts.State == taskRunning {
+			return true
+		}
+	}
+	return false
 }
 
 // unplacedStatus explains nodes of a job that has no allocation.
