@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,13 +26,10 @@ const (
 	// times per iteration (platform, raw Engine API and runtime), which
 	// make bench's 5 iterations would stretch to half an hour.
 	defaultHerd = 4
-	// herdPollers read the candidates' status while the herd starts.
-	herdPollers = 4
-	// herdPollPause is each poller's rest between two reads: four
-	// pollers make up to 200 reads a second, far above the one a second
-	// each candidate's page asks for while its lab starts, without
-	// taking the CPU from the labs.
-	herdPollPause = 20 * time.Millisecond
+	// herdPollEvery is how often each candidate's page reads its status
+	// while the lab starts (exam.js, POLL_PROVISIONING_MS): the herd's
+	// candidates read theirs at that rate, as their pages would.
+	herdPollEvery = time.Second
 	// herdDestroyParallel bounds the removal of a herd's labs.
 	herdDestroyParallel = 4
 )
@@ -62,10 +58,11 @@ func herdTimeout(n int) time.Duration {
 // of each kind below; the platform's runs on a fresh platform (its own Redis, the worker pool at the configured
 // concurrency, the real Docker runtime), timed from the first start
 // request until every candidate's status reads ready; ns/op is that time.
-// While the herd starts, four goroutines read the candidates' status as
-// the candidates (GET /api/session/:id/status, what the page polls; the
-// same handler answers GET /api/session/:id), round the herd, and their
-// reads give each lab's ready time and the status latency.
+// While the herd starts, each candidate reads their status once a second,
+// as their page does (GET /api/session/:id/status); the reads give the
+// status latency, and the first that reads ready gives the lab's ready
+// time, the ready_at the platform recorded (the deadline counts from it),
+// not the moment the read came, up to a second later.
 //
 // The baseline, in the same iteration, is the same N labs of the same
 // exam brought up by bare Engine API calls (testlab.RawSegmentedLab: the
@@ -159,8 +156,9 @@ func (h *herd) report(b *testing.B, what string) {
 }
 
 // herdOnPlatform starts n labs at once through a fresh platform and
-// answers when the last was ready and each lab's start→ready. The timer
-// runs from the first start request to the last ready read.
+// answers when the last was ready and each lab's start→ready (by the
+// ready_at the platform recorded). The timer runs from the first start
+// request to the last candidate's read of ready.
 func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int, status *latencies) (time.Duration, []time.Duration) {
 	b.Helper()
 	st := testlab.Start(b, testlab.Options{Config: func(c *config.Config) { c.WorkerConcurrency = concurrency }})
@@ -182,13 +180,9 @@ func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int,
 	var (
 		started = make([]time.Time, n)
 		ready   = make([]time.Time, n)
-		mu      sync.Mutex // guards ready
-		left    atomic.Int64
-		done    = make(chan struct{})
-		errs    = make(chan error, n+herdPollers)
+		errs    = make(chan error, n)
 		wg      sync.WaitGroup
 	)
-	left.Store(int64(n))
 	pctx, cancel := context.WithTimeout(ctx, herdTimeout(n))
 	defer cancel()
 	fail := func(err error) {
@@ -201,51 +195,41 @@ func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int,
 
 	b.StartTimer()
 	t0 := time.Now()
-	for k := range herdPollers {
-		wg.Go(func() {
-			for j := k; ; j++ {
-				select {
-				case <-done:
-					return
-				case <-pctx.Done():
-					return
-				case <-time.After(herdPollPause):
-				}
-				i := j % n
-				var s testlab.Session
-				r0 := time.Now()
-				code, err := clients[i].Do("GET", "/api/session/"+ids[i]+"/status", nil, &s)
-				at := time.Now()
-				if err != nil || code != 200 {
-					fail(fmt.Errorf("status of %s: %d %v", ids[i], code, err))
-					return
-				}
-				status.add(at.Sub(r0))
-				switch s.Status {
-				case "ready":
-					mu.Lock()
-					first := ready[i].IsZero()
-					if first {
-						ready[i] = at
-					}
-					mu.Unlock()
-					if first && left.Add(-1) == 0 {
-						close(done)
-						return
-					}
-				case "failed":
-					fail(fmt.Errorf("lab of %s failed: %s", ids[i], s.Error))
-					return
-				}
-			}
-		})
-	}
 	for i := range n {
 		wg.Go(func() {
 			started[i] = time.Now()
 			code, err := clients[i].Do("POST", "/api/session/"+ids[i]+"/start", nil, nil)
 			if err != nil || (code != 202 && code != 200) {
 				fail(fmt.Errorf("start %s: %d %v", ids[i], code, err))
+				return
+			}
+			// The candidate's page, from here on.
+			for {
+				select {
+				case <-pctx.Done():
+					return
+				case <-time.After(herdPollEvery):
+				}
+				var s testlab.Session
+				r0 := time.Now()
+				code, err := clients[i].Do("GET", "/api/session/"+ids[i]+"/status", nil, &s)
+				if err != nil || code != 200 {
+					fail(fmt.Errorf("status of %s: %d %v", ids[i], code, err))
+					return
+				}
+				status.add(time.Since(r0))
+				switch s.Status {
+				case "ready":
+					if s.ReadyAt.IsZero() {
+						fail(fmt.Errorf("status of %s: ready with no ready_at", ids[i]))
+						return
+					}
+					ready[i] = s.ReadyAt
+					return
+				case "failed":
+					fail(fmt.Errorf("lab of %s failed: %s", ids[i], s.Error))
+					return
+				}
 			}
 		})
 	}
@@ -256,8 +240,10 @@ func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int,
 		b.Fatal(err)
 	default:
 	}
-	if left.Load() > 0 {
-		b.Fatalf("herd of %d: %d labs not ready after %s", n, left.Load(), herdTimeout(n))
+	for i := range n {
+		if ready[i].IsZero() {
+			b.Fatalf("herd of %d: lab of %s not ready after %s", n, ids[i], herdTimeout(n))
+		}
 	}
 	var last time.Time
 	labs := make([]time.Duration, n)

@@ -196,8 +196,11 @@ type Session struct {
 	ID       string `json:"id"`
 	Status   string `json:"status"`
 	Deadline string `json:"deadline"`
-	Error    string `json:"error"`
-	Nodes    []struct {
+	// ReadyAt is when the platform recorded the lab ready (the deadline
+	// counts from it); zero before.
+	ReadyAt time.Time `json:"ready_at"`
+	Error   string    `json:"error"`
+	Nodes   []struct {
 		Name      string `json:"name"`
 		Container string `json:"container"`
 		State     string `json:"state"`
