@@ -77,7 +77,13 @@ func herdTimeout(n int) time.Duration {
 // start→ready s-lab-p50 / s-lab-p95 over every lab of every iteration;
 // the same three for the raw and runtime herds; x-vs-raw and
 // x-vs-runtime (all-ready over theirs); and ms-status-p50 /
-// ms-status-p95 over every status read.
+// ms-status-p95 over every status read. Where the platform's time goes:
+// s-provision-p50 (each lab's time in the runtime's Provision, which
+// s-runtime-provision-p50 and s-raw-provision-p50 give for the other two
+// herds), s-queue-p50 / -p95 (start request → Provision called: the
+// queue hop and the wait for a free worker, which the other herds spend
+// waiting for one of their concurrency slots) and ms-after-p50 / -p95
+// (Provision returned → the lab recorded ready).
 //
 //	go test ./platform -run '^$' -bench HerdStart -benchtime 5x
 //	EXAMLAB_HERD_N=16 go test ./platform -run '^$' -bench HerdStart -benchtime 1x -timeout 30m
@@ -138,12 +144,28 @@ type herd struct {
 	runs     int
 	allReady time.Duration
 	perLab   []time.Duration
+	// provision is each lab's time in the runtime's Provision, from its
+	// call to its return, waits for a worker or a slot left out.
+	provision []time.Duration
+	// queue (start request → Provision called) and after (Provision
+	// returned → the lab recorded ready) are the platform's own.
+	queue, after []time.Duration
 }
 
-func (h *herd) add(all time.Duration, labs []time.Duration) {
+func (h *herd) add(r herdRun) {
 	h.runs++
-	h.allReady += all
-	h.perLab = append(h.perLab, labs...)
+	h.allReady += r.all
+	h.perLab = append(h.perLab, r.labs...)
+	h.provision = append(h.provision, r.provision...)
+	h.queue = append(h.queue, r.queue...)
+	h.after = append(h.after, r.after...)
+}
+
+// herdRun is one herd: the first request → last lab ready, and per lab
+// start → ready and the parts herd describes.
+type herdRun struct {
+	all                           time.Duration
+	labs, provision, queue, after []time.Duration
 }
 
 // report prints the herd's all-ready time (per herd) and its labs'
@@ -153,15 +175,39 @@ func (h *herd) report(b *testing.B, what string) {
 	b.ReportMetric(h.allReady.Seconds()/float64(max(h.runs, 1)), "s-"+what+"all-ready")
 	b.ReportMetric(p50.Seconds(), "s-"+what+"lab-p50")
 	b.ReportMetric(p95.Seconds(), "s-"+what+"lab-p95")
+	p50, _ = testlab.Percentiles(h.provision)
+	b.ReportMetric(p50.Seconds(), "s-"+what+"provision-p50")
+	if len(h.queue) > 0 {
+		q50, q95 := testlab.Percentiles(h.queue)
+		a50, a95 := testlab.Percentiles(h.after)
+		b.ReportMetric(q50.Seconds(), "s-"+what+"queue-p50")
+		b.ReportMetric(q95.Seconds(), "s-"+what+"queue-p95")
+		b.ReportMetric(float64(a50.Microseconds())/1000, "ms-"+what+"after-p50")
+		b.ReportMetric(float64(a95.Microseconds())/1000, "ms-"+what+"after-p95")
+	}
 }
 
 // herdOnPlatform starts n labs at once through a fresh platform and
 // answers when the last was ready and each lab's start→ready (by the
 // ready_at the platform recorded). The timer runs from the first start
 // request to the last candidate's read of ready.
-func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int, status *latencies) (time.Duration, []time.Duration) {
+func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int, status *latencies) herdRun {
 	b.Helper()
-	st := testlab.Start(b, testlab.Options{Config: func(c *config.Config) { c.WorkerConcurrency = concurrency }})
+	// The platform's runtime, timed: when each lab's first Provision began
+	// and its last ended tell the queue's wait, the runtime's time and
+	// what the platform took after it apart.
+	timed := &timedRuntime{began: map[string]time.Time{}, ended: map[string]time.Time{}}
+	st := testlab.Start(b, testlab.Options{
+		Config: func(c *config.Config) {
+			c.WorkerConcurrency = concurrency
+			rt, err := platform.NewRuntime(*c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			timed.Runtime = rt
+		},
+		Platform: platform.Options{Runtime: timed},
+	})
 	clients := make([]*testlab.Client, n)
 	ids := make([]string, n)
 	for i := range n {
@@ -246,21 +292,31 @@ func herdOnPlatform(ctx context.Context, b *testing.B, n, concurrency, iter int,
 		}
 	}
 	var last time.Time
-	labs := make([]time.Duration, n)
+	r := herdRun{labs: make([]time.Duration, n)}
+	timed.mu.Lock()
+	defer timed.mu.Unlock()
 	for i := range n {
-		labs[i] = ready[i].Sub(started[i])
+		r.labs[i] = ready[i].Sub(started[i])
 		if ready[i].After(last) {
 			last = ready[i]
 		}
+		began, ended := timed.began[ids[i]], timed.ended[ids[i]]
+		if began.IsZero() || ended.IsZero() {
+			b.Fatalf("lab of %s was ready with no Provision timed", ids[i])
+		}
+		r.provision = append(r.provision, ended.Sub(began))
+		r.queue = append(r.queue, began.Sub(started[i]))
+		r.after = append(r.after, ready[i].Sub(ended))
 	}
-	return last.Sub(t0), labs
+	r.all = last.Sub(t0)
+	return r
 }
 
 // herdOf brings up n labs of ex with up, at most concurrency at once as
 // the worker would, all asked for at the same moment; a lab's time runs
 // from that moment to its up returning. The labs carry instance's label,
 // as the runtime's own do, and rt removes them.
-func herdOf(ctx context.Context, b *testing.B, rt lab.Runtime, ex *exam.Exam, instance string, n, concurrency, iter int, up func(context.Context, lab.Spec) error) (time.Duration, []time.Duration) {
+func herdOf(ctx context.Context, b *testing.B, rt lab.Runtime, ex *exam.Exam, instance string, n, concurrency, iter int, up func(context.Context, lab.Spec) error) herdRun {
 	b.Helper()
 	specs := make([]lab.Spec, n)
 	ids := make([]string, n)
@@ -280,6 +336,7 @@ func herdOf(ctx context.Context, b *testing.B, rt lab.Runtime, ex *exam.Exam, in
 	defer cancel()
 	var (
 		labs = make([]time.Duration, n)
+		prov = make([]time.Duration, n)
 		errs = make([]error, n)
 		sem  = make(chan struct{}, concurrency)
 		wg   sync.WaitGroup
@@ -289,8 +346,10 @@ func herdOf(ctx context.Context, b *testing.B, rt lab.Runtime, ex *exam.Exam, in
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
+			began := time.Now()
 			errs[i] = up(pctx, specs[i])
 			labs[i] = time.Since(t0)
+			prov[i] = time.Since(began)
 		})
 	}
 	wg.Wait()
@@ -300,7 +359,7 @@ func herdOf(ctx context.Context, b *testing.B, rt lab.Runtime, ex *exam.Exam, in
 			b.Fatalf("herd, lab %d of %d: %v", i+1, n, err)
 		}
 	}
-	return all, labs
+	return herdRun{all: all, labs: labs, provision: prov}
 }
 
 // destroyHerd removes the herd's labs, a few at a time.
@@ -344,4 +403,25 @@ func (l *latencies) all() []time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]time.Duration(nil), l.ds...)
+}
+
+// timedRuntime is the platform's runtime with each lab's first Provision
+// call and last return noted, by lab id (the session's, with no warm pool).
+type timedRuntime struct {
+	lab.Runtime
+	mu           sync.Mutex
+	began, ended map[string]time.Time
+}
+
+func (t *timedRuntime) Provision(ctx context.Context, spec lab.Spec) error {
+	t.mu.Lock()
+	if _, ok := t.began[spec.SessionID]; !ok {
+		t.began[spec.SessionID] = time.Now()
+	}
+	t.mu.Unlock()
+	err := t.Runtime.Provision(ctx, spec)
+	t.mu.Lock()
+	t.ended[spec.SessionID] = time.Now()
+	t.mu.Unlock()
+	return err
 }
