@@ -28,6 +28,10 @@ type Engine struct {
 // unix:// DOCKER_HOST).
 func NewEngine(t testing.TB) *Engine {
 	t.Helper()
+	return newEngine()
+}
+
+func newEngine() *Engine {
 	sock := "/var/run/docker.sock"
 	if h, ok := strings.CutPrefix(os.Getenv("DOCKER_HOST"), "unix://"); ok {
 		sock = h

@@ -62,6 +62,7 @@ type Stack struct {
 // Start builds and starts the platform; it is shut down when the test ends.
 func Start(t testing.TB, o Options) *Stack {
 	t.Helper()
+	checkEngine(t)
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.RelayListen = "127.0.0.1:0"
@@ -275,6 +276,6 @@ func (c *Client) WaitStatus(t testing.TB, id string, timeout time.Duration, want
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("session %s: still %s after %s, want %v", id, last.Status, timeout, want)
+	t.Fatalf("session %s: still %s after %s, want %v%s", id, last.Status, timeout, want, EngineTrouble())
 	return last
 }
