@@ -215,13 +215,14 @@ type warmPoolView struct {
 	Making        int             `json:"making"`
 	LeadSeconds   int64           `json:"lead_seconds"`
 	MaxAgeSeconds int64           `json:"max_age_seconds"`
+	CheckSeconds  int64           `json:"check_seconds"`
 	Filling       bool            `json:"filling"`
 	Labs          []store.WarmLab `json:"labs"`
 }
 
 func (s *Server) warmView(ctx context.Context, st *sitting.Sitting) (warmPoolView, error) {
 	v := warmPoolView{Size: st.Warm, LeadSeconds: int64(st.WarmLead() / time.Second), MaxAgeSeconds: int64(st.WarmMaxAge() / time.Second),
-		Filling: st.WarmFilling(s.o.Now()), Labs: []store.WarmLab{}}
+		CheckSeconds: int64(st.WarmCheck() / time.Second), Filling: st.WarmFilling(s.o.Now()), Labs: []store.WarmLab{}}
 	labs, err := s.o.Store.WarmPool(ctx, st.ID)
 	if err != nil {
 		return v, err
@@ -249,11 +250,12 @@ type sittingRequest struct {
 	Closes           *string `json:"closes"`
 	Capacity         *int    `json:"capacity"`
 	OpenRegistration *bool   `json:"open_registration"`
-	// Warm is the warm pool's size; WarmLead and WarmMaxAge are Go
-	// durations ("30m", "4h"), "0" or "" for the defaults.
+	// Warm is the warm pool's size; WarmLead, WarmMaxAge and WarmCheck
+	// are Go durations ("30m", "4h"), "0" or "" for the defaults.
 	Warm       *int    `json:"warm"`
 	WarmLead   *string `json:"warm_lead"`
 	WarmMaxAge *string `json:"warm_max_age"`
+	WarmCheck  *string `json:"warm_check"`
 }
 
 // parseSeconds reads a duration field ("30m", "4h"; "" or "0": the
@@ -328,7 +330,8 @@ func (r *sittingRequest) apply(st *sitting.Sitting) (map[string]any, error) {
 		name string
 		v    *string
 		dst  *int64
-	}{{"warm_lead", r.WarmLead, &st.WarmLeadSeconds}, {"warm_max_age", r.WarmMaxAge, &st.WarmMaxAgeSeconds}} {
+	}{{"warm_lead", r.WarmLead, &st.WarmLeadSeconds}, {"warm_max_age", r.WarmMaxAge, &st.WarmMaxAgeSeconds},
+		{"warm_check", r.WarmCheck, &st.WarmCheckSeconds}} {
 		if f.v == nil {
 			continue
 		}
@@ -396,7 +399,7 @@ func (s *Server) editSitting(c *fiber.Ctx) error {
 	case req.ExamID != nil:
 		return fail(fiber.StatusBadRequest, "exam_id: a sitting's exam cannot change; create a new sitting")
 	case req == sittingRequest{}:
-		return fail(fiber.StatusBadRequest, "nothing to change: send title, opens, closes, capacity, open_registration, warm, warm_lead or warm_max_age")
+		return fail(fiber.StatusBadRequest, "nothing to change: send title, opens, closes, capacity, open_registration, warm, warm_lead, warm_max_age or warm_check")
 	}
 	var changed map[string]any
 	st, err := s.o.Store.UpdateSitting(ctx, c.Params("id"), func(st *sitting.Sitting) error {

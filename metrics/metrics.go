@@ -31,9 +31,11 @@ type leftoverLister interface {
 	Leftovers(ctx context.Context) ([]store.Leftover, error)
 }
 
-// warmReader reads the warm pools and their claims (store.Store).
+// warmReader reads the warm pools, their claims and their replacements
+// (store.Store).
 type warmReader interface {
 	WarmStats(ctx context.Context) (map[string]store.WarmCounts, map[string]int64, error)
+	WarmReplacements(ctx context.Context) (map[string]int64, error)
 }
 
 // queueInspector reads queue sizes (asynq.Inspector).
@@ -50,9 +52,10 @@ type Options struct {
 	// Leftovers exports examlab_lab_leftovers, the parts of ended labs the
 	// runtime still keeps.
 	Leftovers leftoverLister
-	// Warm exports examlab_warm_labs{sitting,state} and
-	// examlab_warm_claims_total{outcome} (claimed, empty), read from Redis
-	// so that every process reports the deployment's numbers.
+	// Warm exports examlab_warm_labs{sitting,state},
+	// examlab_warm_claims_total{outcome} (claimed, empty) and
+	// examlab_warm_replaced_total{reason}, read from Redis so that every
+	// process reports the deployment's numbers.
 	Warm warmReader
 	// QueueNames are the queues to report; default: scheduler.Queues.
 	QueueNames []string
@@ -233,6 +236,10 @@ var (
 	warmLabsDesc   = prometheus.NewDesc("examlab_warm_labs", "Warm labs in a sitting's pool, by state (making, ready).", []string{"sitting", "state"}, nil)
 	warmClaimsDesc = prometheus.NewDesc("examlab_warm_claims_total",
 		"Starts into a sitting with a warm pool, by outcome: claimed a ready lab, or found the pool empty.", []string{"outcome"}, nil)
+	warmReplacedDesc = prometheus.NewDesc("examlab_warm_replaced_total",
+		"Warm labs taken out of their pool to be replaced, by reason: broken (a node stopped running while it waited), "+
+			"old_version, too_old (warm_max_age), stuck (its provision made no progress), failed (its provision failed).",
+		[]string{"reason"}, nil)
 )
 
 func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -249,6 +256,7 @@ func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) {
 	if c.o.Warm != nil {
 		ch <- warmLabsDesc
 		ch <- warmClaimsDesc
+		ch <- warmReplacedDesc
 	}
 }
 
@@ -321,7 +329,8 @@ func (c *redisCollector) collectLeftovers(ctx context.Context, ch chan<- prometh
 	}
 }
 
-// collectWarm reports every warm pool by state and the claims so far.
+// collectWarm reports every warm pool by state, and the claims and
+// replacements so far.
 func (c *redisCollector) collectWarm(ctx context.Context, ch chan<- prometheus.Metric) {
 	pools, claims, err := c.o.Warm.WarmStats(ctx)
 	if err != nil {
@@ -334,5 +343,13 @@ func (c *redisCollector) collectWarm(ctx context.Context, ch chan<- prometheus.M
 	}
 	for _, o := range []string{store.WarmOutcomeClaimed, store.WarmOutcomeEmpty} {
 		ch <- prometheus.MustNewConstMetric(warmClaimsDesc, prometheus.CounterValue, float64(claims[o]), o)
+	}
+	replaced, err := c.o.Warm.WarmReplacements(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(warmReplacedDesc, err)
+		return
+	}
+	for _, r := range store.WarmReplacedReasons {
+		ch <- prometheus.MustNewConstMetric(warmReplacedDesc, prometheus.CounterValue, float64(replaced[r]), r)
 	}
 }

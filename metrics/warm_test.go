@@ -16,8 +16,8 @@ import (
 	"github.com/examlab/examlab/testlab"
 )
 
-// TestWarmMetrics: the pool by state and the claims by outcome, read from
-// Redis.
+// TestWarmMetrics: the pool by state, the claims by outcome and the
+// replacements by reason, read from Redis.
 func TestWarmMetrics(t *testing.T) {
 	sock := strings.TrimPrefix(testlab.Redis(t), "unix://")
 	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: sock})
@@ -54,12 +54,28 @@ func TestWarmMetrics(t *testing.T) {
 	if _, err := st.AdmitNext(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// One more lab breaks while it waits: replaced.
+	broken, made, err := st.NewWarmLab(ctx, "hall", "exam1", "v1", 0, 3)
+	if err != nil || !made {
+		t.Fatal(made, err)
+	}
+	if ok, err := st.WarmReady(ctx, broken, nil); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if ok, err := st.RemoveWarm(ctx, broken, store.WarmReady, store.WarmReplacedBroken); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
 	out := scrape(t, metrics.New(metrics.Options{Warm: st}))
 	for _, want := range []string{
 		`examlab_warm_labs{sitting="hall",state="making"} 1`,
 		`examlab_warm_labs{sitting="hall",state="ready"} 0`,
 		`examlab_warm_claims_total{outcome="claimed"} 2`,
 		`examlab_warm_claims_total{outcome="empty"} 1`,
+		`examlab_warm_replaced_total{reason="broken"} 1`,
+		`examlab_warm_replaced_total{reason="old_version"} 0`,
+		`examlab_warm_replaced_total{reason="too_old"} 0`,
+		`examlab_warm_replaced_total{reason="stuck"} 0`,
+		`examlab_warm_replaced_total{reason="failed"} 0`,
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("scrape lacks %q", want)

@@ -43,8 +43,9 @@ topology:
 
 // Named timeouts: a stuck pool from a slow one, no measure of speed.
 const (
-	warmFillTimeout = 3 * time.Minute
-	warmDoneTimeout = 5 * time.Minute
+	warmFillTimeout   = 3 * time.Minute
+	warmDoneTimeout   = 5 * time.Minute
+	warmBrokenTimeout = 2 * time.Minute
 )
 
 func writeWarmExam(t testing.TB, dir, version string) string {
@@ -122,8 +123,9 @@ func setWarm(t testing.TB, admin *testlab.Client, body map[string]any) (int, str
 // ready in the same request, in a lab of the pool, whose nodes answer
 // under the lab's id; the pool refills; submit archives and removes the
 // claimed lab; the reaper leaves the pool alone but removes an orphan; a
-// changed exam replaces every warm lab; a pool larger than its capacity
-// is refused naming the field.
+// changed exam replaces every warm lab; a lab whose node is killed while
+// it waits is replaced and never handed out; a pool larger than its
+// capacity is refused naming the field.
 func TestWarmPool(t *testing.T) {
 	redisAddr, dir := testlab.Redis(t), t.TempDir()
 	instance := "t-" + strings.ToLower(store.NewSessionID())
@@ -149,6 +151,7 @@ func TestWarmPool(t *testing.T) {
 		{"too many", map[string]any{"warm": 100000}, "warm"},
 		{"bad lead", map[string]any{"warm": 1, "warm_lead": "soon"}, "warm_lead"},
 		{"short max age", map[string]any{"warm": 1, "warm_max_age": "1m"}, "warm_max_age"},
+		{"check too often", map[string]any{"warm": 1, "warm_check": "1s"}, "warm_check"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, msg := setWarm(t, admin, tc.body)
@@ -290,6 +293,51 @@ func TestWarmPool(t *testing.T) {
 			t.Fatalf("lab %s of the old exam still has %d containers", old.ID, n)
 		}
 	}
+
+	// A node of a ready lab is killed through the engine: the refill's
+	// health check (every 5 s here) takes the lab out, removes its
+	// containers and network, and makes another.
+	if code, msg := setWarm(t, admin2, map[string]any{"warm_check": "5s"}); code != 200 {
+		t.Fatalf("set warm_check: %d %s", code, msg)
+	}
+	victim := fresh[0].ID
+	eng.Stop(t, lab.ContainerName(victim, "tokyo"))
+	deadline := time.Now().Add(warmBrokenTimeout)
+	for {
+		// A pass now and then besides the stack's own, every 5 s.
+		if _, err := st2.Handlers.WarmRefillOnce(ctx); err != nil {
+			t.Logf("refill: %v", err)
+		}
+		v := poolOf(t, admin2)
+		replaced := v.Warm.Ready == 2 && len(v.Warm.Labs) == 2
+		for _, w := range v.Warm.Labs {
+			replaced = replaced && w.ID != victim
+		}
+		cs, nets := eng.Containers(t, victim), eng.Networks(t, victim)
+		if replaced && len(cs) == 0 && len(nets) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s after its node tokyo was killed: pool %+v (want 2 ready without it), its containers %s, its networks %d",
+				warmBrokenTimeout, v.Warm, testlab.Summary(cs), len(nets))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if n, err := st2.Store.WarmReplacements(ctx); err != nil || n[store.WarmReplacedBroken] != 1 {
+		t.Fatalf("replacements %v %v, want broken 1", n, err)
+	}
+	trail, err := st2.Store.SittingAudit(ctx, platform.PracticeSitting)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audited := false
+	for _, a := range trail {
+		audited = audited || (a.Action == "warm-lab-broken" && a.Detail["lab_id"] == victim)
+	}
+	if !audited {
+		t.Fatalf("no warm-lab-broken entry for %s", victim)
+	}
+
 	c2 := st2.Client()
 	id2 := c2.Login(t, "warm2@example.com")
 	if code, err := c2.Do("POST", "/api/session/"+id2+"/start", nil, nil); err != nil || (code != 200 && code != 202) {
@@ -300,15 +348,20 @@ func TestWarmPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	w2, err := st2.Store.WarmLab(ctx, s2.LabID)
-	if err != nil || w2.Version != "v2" || s2.Status != "ready" {
-		t.Fatalf("claim after the exam changed: %s lab %+v %v", s2.Status, w2, err)
+	if err != nil || w2.Version != "v2" || s2.Status != "ready" || s2.LabID == victim {
+		t.Fatalf("claim after the exam changed and a lab broke (%s): %s lab %+v %v", victim, s2.Status, w2, err)
+	}
+	for _, node := range []string{"tokyo", "osaka"} {
+		if out, code, err := lab.Output(ctx, st2.Runtime, s2.Lab(), node, "hostname"); err != nil || code != 0 || strings.TrimSpace(out) != node {
+			t.Fatalf("exec hostname in %s of the claimed lab %s: %q %d %v", node, s2.LabID, out, code, err)
+		}
 	}
 
 	// Warm 0 empties the pool.
 	if code, msg := setWarm(t, admin2, map[string]any{"warm": 0}); code != 200 {
 		t.Fatalf("set warm 0: %d %s", code, msg)
 	}
-	deadline := time.Now().Add(warmFillTimeout)
+	deadline = time.Now().Add(warmFillTimeout)
 	for len(poolOf(t, admin2).Warm.Labs) > 0 && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
 	}

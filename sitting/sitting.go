@@ -58,10 +58,13 @@ type Sitting struct {
 	WarmLeadSeconds int64 `json:"warm_lead_seconds,omitempty"`
 	// WarmMaxAgeSeconds is how long a warm lab may wait unclaimed before
 	// it is replaced by a fresh one; 0 means DefaultWarmMaxAge.
-	WarmMaxAgeSeconds int64     `json:"warm_max_age_seconds,omitempty"`
-	CreatedAt         time.Time `json:"created_at"`
-	UpdatedAt         time.Time `json:"updated_at"`
-	Version           int64     `json:"version"`
+	WarmMaxAgeSeconds int64 `json:"warm_max_age_seconds,omitempty"`
+	// WarmCheckSeconds is how often each ready warm lab's nodes are asked
+	// whether they still run; 0 means DefaultWarmCheck.
+	WarmCheckSeconds int64     `json:"warm_check_seconds,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
+	Version          int64     `json:"version"`
 }
 
 // Limits on a sitting's fields.
@@ -76,12 +79,22 @@ const (
 	MaxWarmLead   = 7 * 24 * time.Hour
 	MinWarmMaxAge = 5 * time.Minute
 	MaxWarmMaxAge = 7 * 24 * time.Hour
+	// MinWarmCheck is the refill's period: a shorter interval would
+	// check no more often. MaxWarmCheck bounds how long a broken lab may
+	// wait in the pool unnoticed.
+	MinWarmCheck = 5 * time.Second
+	MaxWarmCheck = 10 * time.Minute
 )
 
 // Warm pool defaults.
 const (
 	DefaultWarmLead   = 30 * time.Minute
 	DefaultWarmMaxAge = 4 * time.Hour
+	// DefaultWarmCheck: a lab that breaks while it waits is replaced
+	// within about half a minute (this, plus the refill's 5 s period),
+	// while a pool of a hundred labs costs the runtime five Status calls
+	// a second, not twenty.
+	DefaultWarmCheck = 20 * time.Second
 )
 
 // WarmLead is how long before the window the pool starts to fill.
@@ -98,6 +111,14 @@ func (s *Sitting) WarmMaxAge() time.Duration {
 		return DefaultWarmMaxAge
 	}
 	return time.Duration(s.WarmMaxAgeSeconds) * time.Second
+}
+
+// WarmCheck is how often a ready warm lab's health is checked.
+func (s *Sitting) WarmCheck() time.Duration {
+	if s.WarmCheckSeconds <= 0 {
+		return DefaultWarmCheck
+	}
+	return time.Duration(s.WarmCheckSeconds) * time.Second
 }
 
 // WarmFilling reports whether the warm pool is to hold labs at now: from
@@ -131,6 +152,8 @@ func (s *Sitting) Validate() error {
 		return fmt.Errorf("%w: warm_lead must be from 0 (the default, %s) to %s", ErrInvalid, DefaultWarmLead, MaxWarmLead)
 	case s.WarmMaxAgeSeconds != 0 && (time.Duration(s.WarmMaxAgeSeconds)*time.Second < MinWarmMaxAge || time.Duration(s.WarmMaxAgeSeconds)*time.Second > MaxWarmMaxAge):
 		return fmt.Errorf("%w: warm_max_age must be from %s to %s (or 0 for the default, %s)", ErrInvalid, MinWarmMaxAge, MaxWarmMaxAge, DefaultWarmMaxAge)
+	case s.WarmCheckSeconds != 0 && (time.Duration(s.WarmCheckSeconds)*time.Second < MinWarmCheck || time.Duration(s.WarmCheckSeconds)*time.Second > MaxWarmCheck):
+		return fmt.Errorf("%w: warm_check must be from %s to %s (or 0 for the default, %s)", ErrInvalid, MinWarmCheck, MaxWarmCheck, DefaultWarmCheck)
 	}
 	return nil
 }

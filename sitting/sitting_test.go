@@ -26,6 +26,9 @@ func TestValidateWarm(t *testing.T) {
 		{"negative lead", func(s *Sitting) { s.WarmLeadSeconds = -1 }, "warm_lead"},
 		{"max age too short", func(s *Sitting) { s.WarmMaxAgeSeconds = 60 }, "warm_max_age"},
 		{"max age default", func(s *Sitting) { s.WarmMaxAgeSeconds = 0 }, ""},
+		{"check too often", func(s *Sitting) { s.WarmCheckSeconds = 1 }, "warm_check"},
+		{"check too rarely", func(s *Sitting) { s.WarmCheckSeconds = 3600 }, "warm_check"},
+		{"check every 5s", func(s *Sitting) { s.WarmCheckSeconds = 5 }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := base()
@@ -59,5 +62,8 @@ func TestWarmFilling(t *testing.T) {
 	}
 	if s.WarmMaxAge() != DefaultWarmMaxAge {
 		t.Errorf("default max age %s", s.WarmMaxAge())
+	}
+	if s.WarmCheck() != DefaultWarmCheck {
+		t.Errorf("default check interval %s", s.WarmCheck())
 	}
 }

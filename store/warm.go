@@ -22,16 +22,18 @@ import (
 // that slot to the session inside the admission script itself:
 //
 //	warm:lab:{id}      HASH  sitting, exam, version, state, created,
-//	                         ready, touched, claimed_by, claimed, nodes
+//	                         ready, touched, checked, claimed_by, claimed,
+//	                         nodes
 //	warm:ready:{s}     ZSET  the sitting's READY labs, by ready time (ms)
 //	warm:pool:{s}      SET   the sitting's making and ready labs
 //	warm:sittings      SET   sittings with a lab in their pool
 //	warm:claim:{sess}  STRING the lab a session claimed (roll-forward)
 //	warm:claims        HASH  claims by outcome (claimed, empty), for metrics
+//	warm:replaced      HASH  labs taken out to be replaced, by reason
 //
 // A warm lab is making → ready → claimed, or removing once it is taken
-// out of the pool (too old, an old exam version, the sitting closed, a
-// provision that failed). Only the admission script moves a lab out of
+// out of the pool (too old, an old exam version, broken while it waited,
+// the sitting closed, a provision that failed). Only the admission script moves a lab out of
 // READY to claimed, and every removal takes it out of READY first, in one
 // script, so a lab is never handed out twice nor removed under a claim.
 // A warm lab's id is a session-like 12-char slug whose 8-char prefix is
@@ -56,6 +58,28 @@ const (
 	WarmOutcomeEmpty   = "empty"
 )
 
+// Why a warm lab is taken out of its pool to be replaced, counted in
+// warm:replaced. Removals that replace nothing (the pool shrinks or
+// closes, the runtime has no room for a lab being made) are not counted.
+const (
+	// WarmReplacedBroken: a node of a ready lab stopped running while it
+	// waited (killed, removed, its host lost).
+	WarmReplacedBroken = "broken"
+	// WarmReplacedOldVersion: the lab is of an exam version no longer
+	// loaded.
+	WarmReplacedOldVersion = "old_version"
+	// WarmReplacedTooOld: ready for longer than the sitting's
+	// warm_max_age.
+	WarmReplacedTooOld = "too_old"
+	// WarmReplacedStuck: its provision made no progress (a worker died).
+	WarmReplacedStuck = "stuck"
+	// WarmReplacedFailed: its provision failed for good.
+	WarmReplacedFailed = "failed"
+)
+
+// WarmReplacedReasons lists every reason, for metrics.
+var WarmReplacedReasons = []string{WarmReplacedBroken, WarmReplacedOldVersion, WarmReplacedTooOld, WarmReplacedStuck, WarmReplacedFailed}
+
 // ErrNoWarmLab: no warm lab of that id is on record.
 var ErrNoWarmLab = errors.New("no such warm lab")
 
@@ -69,6 +93,7 @@ type WarmLab struct {
 	CreatedAt time.Time        `json:"created_at"`
 	ReadyAt   time.Time        `json:"ready_at,omitzero"`
 	TouchedAt time.Time        `json:"touched_at,omitzero"`
+	CheckedAt time.Time        `json:"checked_at,omitzero"`
 	ClaimedBy string           `json:"claimed_by,omitempty"`
 	ClaimedAt time.Time        `json:"claimed_at,omitzero"`
 	Nodes     []lab.NodeStatus `json:"nodes,omitempty"`
@@ -131,10 +156,12 @@ return 1
 // its slot back, in one step: from then on no claim can take it, and it
 // is the caller's to destroy (state removing). A claimed lab is its
 // session's and is never removed here: answers 0, as for a lab not on
-// record. With want set, only a lab in that state is removed.
-// ARGV: prefix, id, want ("" any live state).
+// record. With want set, only a lab in that state is removed. A reason
+// counts the removal in warm:replaced, once: a lab removing already is
+// not counted again.
+// ARGV: prefix, id, want ("" any live state), reason ("" not counted).
 var warmRemoveScript = redis.NewScript(forgetLua + `
-local P, id, want = ARGV[1], ARGV[2], ARGV[3]
+local P, id, want, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local k = P .. "warm:lab:" .. id
 local st = redis.call("hget", k, "state")
 if st ~= "making" and st ~= "ready" then
@@ -148,8 +175,22 @@ redis.call("srem", P .. "warm:pool:" .. s, id)
 redis.call("srem", P .. "held:" .. s, id)
 redis.call("srem", P .. "held", id)
 redis.call("hset", k, "state", "removing")
+if reason ~= "" then redis.call("hincrby", P .. "warm:replaced", reason, 1) end
 if redis.call("scard", P .. "warm:pool:" .. s) == 0 then redis.call("srem", P .. "warm:sittings", s) end
 forget(P, s)
+return 1
+`)
+
+// warmCheckScript takes a ready lab's health check when the last one (or
+// its ready time) is at least every ago, stamping it checked now: one
+// process checks it, however many refill passes run. Answers 1 when the
+// check is the caller's. ARGV: now (ms), every (ms).
+var warmCheckScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call("hget", k, "state") ~= "ready" then return 0 end
+local last = tonumber(redis.call("hget", k, "checked") or redis.call("hget", k, "ready")) or 0
+if tonumber(ARGV[1]) - last < tonumber(ARGV[2]) then return 0 end
+redis.call("hset", k, "checked", ARGV[1])
 return 1
 `)
 
@@ -210,12 +251,25 @@ func (s *Store) TouchWarm(ctx context.Context, id string) error {
 		[]string{s.warmKey("lab", id)}, ms(s.now())).Err()
 }
 
+// TakeWarmCheck reports whether a ready lab's health check is due (none
+// for every since it was checked or became ready) and, if so, takes it:
+// no other pass checks the lab until every has passed again.
+func (s *Store) TakeWarmCheck(ctx context.Context, id string, every time.Duration) (bool, error) {
+	n, err := warmCheckScript.Run(ctx, s.rdb, []string{s.warmKey("lab", id)}, ms(s.now()), every.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("take the health check of warm lab %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
 // RemoveWarm takes a making or ready lab out of its pool and frees its
 // slot (see warmRemoveScript); removed reports that the lab is now (or
 // was already) the caller's to destroy, then to DropWarm. A claimed lab
 // is never removed. want, when not empty, removes it only in that state.
-func (s *Store) RemoveWarm(ctx context.Context, id, want string) (removed bool, err error) {
-	n, err := warmRemoveScript.Run(ctx, s.rdb, []string{s.warmKey("lab", id)}, s.queuePrefix(), id, want).Int()
+// reason (one of WarmReplacedReasons, or "" for a removal that replaces
+// nothing) is counted for metrics.
+func (s *Store) RemoveWarm(ctx context.Context, id, want, reason string) (removed bool, err error) {
+	n, err := warmRemoveScript.Run(ctx, s.rdb, []string{s.warmKey("lab", id)}, s.queuePrefix(), id, want, reason).Int()
 	if err != nil {
 		return false, fmt.Errorf("remove warm lab %s: %w", id, err)
 	}
@@ -268,6 +322,7 @@ func (s *Store) WarmLab(ctx context.Context, id string) (*WarmLab, error) {
 	}
 	w := &WarmLab{ID: id, SittingID: m["sitting"], ExamID: m["exam"], Version: m["version"], State: m["state"], ClaimedBy: m["claimed_by"]}
 	w.CreatedAt, w.ReadyAt, w.TouchedAt, w.ClaimedAt = msTime(m["created"]), msTime(m["ready"]), msTime(m["touched"]), msTime(m["claimed"])
+	w.CheckedAt = msTime(m["checked"])
 	if m["nodes"] != "" {
 		_ = json.Unmarshal([]byte(m["nodes"]), &w.Nodes)
 	}
@@ -373,6 +428,24 @@ func (s *Store) WarmStats(ctx context.Context) (map[string]WarmCounts, map[strin
 		claims[k], _ = strconv.ParseInt(v, 10, 64)
 	}
 	return pools, claims, nil
+}
+
+// WarmReplacements answers how many warm labs were taken out of their
+// pools to be replaced so far, by reason (every one of
+// WarmReplacedReasons), for metrics.
+func (s *Store) WarmReplacements(ctx context.Context) (map[string]int64, error) {
+	raw, err := s.rdb.HGetAll(ctx, s.warmKey("replaced")).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read warm replacements: %w", err)
+	}
+	out := make(map[string]int64, len(WarmReplacedReasons))
+	for _, r := range WarmReplacedReasons {
+		out[r] = 0
+	}
+	for k, v := range raw {
+		out[k], _ = strconv.ParseInt(v, 10, 64)
+	}
+	return out, nil
 }
 
 // LabsInUse maps the lab id of every session not ended that runs in a

@@ -110,7 +110,7 @@ func TestWarmClaimRace(t *testing.T) {
 		}
 		wg.Go(func() {
 			for _, id := range ready[1:] {
-				ok, err := s.RemoveWarm(ctx, id, "")
+				ok, err := s.RemoveWarm(ctx, id, "", "")
 				if err != nil {
 					t.Error(err)
 				}
@@ -210,14 +210,14 @@ func TestWarmSlots(t *testing.T) {
 	if _, made, _ := s.NewWarmLab(ctx, "slots", "exam1", "v1", 0, 2); made {
 		t.Fatal("a pool of 2 ready labs made a third")
 	}
-	if ok, err := s.RemoveWarm(ctx, labs[1], ""); err != nil || !ok {
+	if ok, err := s.RemoveWarm(ctx, labs[1], "", ""); err != nil || !ok {
 		t.Fatal(ok, err)
 	}
 	if n := rdb.SCard(ctx, "examlab:queue:held").Val(); n != 2 {
 		t.Fatalf("after a removal %d slots are held, want 2", n)
 	}
 	// A claimed lab is never removed by the pool.
-	if ok, _ := s.RemoveWarm(ctx, labs[0], ""); ok {
+	if ok, _ := s.RemoveWarm(ctx, labs[0], "", ""); ok {
 		t.Fatal("a claimed lab was removed")
 	}
 	// The admission sweep leaves the warm labs' slots alone.
@@ -258,5 +258,79 @@ func TestWarmVersionNotClaimed(t *testing.T) {
 	_, claims, _ := s.WarmStats(ctx)
 	if claims[store.WarmOutcomeClaimed] != 0 {
 		t.Fatal("claimed counted")
+	}
+}
+
+// TestWarmCheckAndReplaced: a ready lab's health check is taken once per
+// interval, whoever asks, and never for a making lab; a replacement is
+// counted once by its reason, a removal that replaces nothing not at all.
+func TestWarmCheckAndReplaced(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	s, err := store.New(store.Options{Dir: t.TempDir(), Redis: redistest.Client(t), Now: clock,
+		ExamVersion: func(string) string { return "v1" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	warmSitting(t, s, "chk", 0, 4)
+	ready := readyLab(t, s, "chk", "v1", 0, 4, false)
+	making := readyLab(t, s, "chk", "v1", 0, 4, true)
+	const every = 20 * time.Second
+	for i, step := range []struct {
+		advance time.Duration
+		want    bool
+	}{
+		{0, false}, // just ready: checked as it came up
+		{every - time.Second, false},
+		{time.Second, true}, // due
+		{0, false},          // taken: a second pass does not check it
+		{every / 2, false},
+		{every / 2, true},
+	} {
+		advance(step.advance)
+		got, err := s.TakeWarmCheck(ctx, ready, every)
+		if err != nil || got != step.want {
+			t.Fatalf("step %d: check due %v (%v), want %v", i, got, err, step.want)
+		}
+		if got, _ := s.TakeWarmCheck(ctx, making, every); got {
+			t.Fatalf("step %d: a making lab's check was due", i)
+		}
+	}
+	if w, _ := s.WarmLab(ctx, ready); !w.CheckedAt.Equal(clock()) {
+		t.Fatalf("checked at %v, want %v", w.CheckedAt, clock())
+	}
+
+	if ok, err := s.RemoveWarm(ctx, ready, store.WarmReady, store.WarmReplacedBroken); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if got, _ := s.TakeWarmCheck(ctx, ready, 0); got {
+		t.Fatal("a removed lab's check was due")
+	}
+	// A second remover finds it removing: the lab is its to destroy too,
+	// but the replacement is counted once.
+	if ok, err := s.RemoveWarm(ctx, ready, "", store.WarmReplacedBroken); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if ok, _ := s.RemoveWarm(ctx, making, store.WarmReady, store.WarmReplacedBroken); ok {
+		t.Fatal("a making lab was removed as a ready one")
+	}
+	if ok, err := s.RemoveWarm(ctx, making, "", ""); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	got, err := s.WarmReplacements(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{store.WarmReplacedBroken: 1}
+	for _, r := range store.WarmReplacedReasons {
+		if got[r] != want[r] {
+			t.Errorf("replaced %s: %d, want %d", r, got[r], want[r])
+		}
+	}
+	if len(got) != len(store.WarmReplacedReasons) {
+		t.Errorf("replacements %v: want exactly the reasons %v", got, store.WarmReplacedReasons)
 	}
 }

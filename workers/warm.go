@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -25,6 +26,12 @@ type WarmRefillReport struct {
 	Made []string
 	// Retired are the labs it took out of a pool, with why.
 	Retired map[string]string
+	// Checked are the ready labs whose nodes it asked the runtime about.
+	Checked []string
+	// Unchecked are the labs whose check got no answer from the runtime:
+	// they stay in the pool, and are checked again at the next interval.
+	// After the first, the pass asks the runtime about no further lab.
+	Unchecked []string
 }
 
 // warmStuckAfter is how long a making warm lab may go without progress
@@ -39,13 +46,14 @@ func (h *Handlers) WarmRefill(ctx context.Context, _ *asynq.Task) error {
 }
 
 // WarmRefillOnce runs one refill pass over every sitting: labs of an old
-// exam version, ready labs older than the sitting's warm_max_age, making
-// labs without progress, labs beyond the pool's size and every lab of a
-// sitting whose window closed (or that is gone) are taken out of their
-// pool and destroyed; then, inside the fill window (warm_lead before the
-// window opens until it closes), each pool short of its size gets new
-// labs while slots are free (store.NewWarmLab) and their provisions are
-// queued. Several workers may run it at once: every step is atomic in
+// exam version, ready labs older than the sitting's warm_max_age, ready
+// labs the runtime says a node of no longer runs (checkWarm, once every
+// warm_check), making labs without progress, labs beyond the pool's size
+// and every lab of a sitting whose window closed (or that is gone) are
+// taken out of their pool and destroyed; then, inside the fill window
+// (warm_lead before the window opens until it closes), each pool short of
+// its size gets new labs while slots are free (store.NewWarmLab) and
+// their provisions are queued. Several workers may run it at once: every step is atomic in
 // Redis, and a pool never grows past its size.
 func (h *Handlers) WarmRefillOnce(ctx context.Context) (WarmRefillReport, error) {
 	rep := WarmRefillReport{Retired: map[string]string{}}
@@ -71,7 +79,7 @@ func (h *Handlers) WarmRefillOnce(ctx context.Context) (WarmRefillReport, error)
 		labs, err := h.o.Store.WarmPool(ctx, id)
 		errs = append(errs, err)
 		for _, w := range labs {
-			errs = append(errs, h.retireWarm(ctx, w.ID, "the sitting is gone", &rep))
+			errs = append(errs, h.retireWarm(ctx, w.ID, "", "the sitting is gone", &rep))
 		}
 	}
 	if len(rep.Made) > 0 || len(rep.Retired) > 0 {
@@ -97,21 +105,37 @@ func (h *Handlers) refillSitting(ctx context.Context, st *sitting.Sitting, rep *
 	var errs []error
 	keep := 0
 	for _, w := range labs {
-		why := ""
+		reason, why := "", ""
 		switch {
 		case !filling:
 			why = "the sitting's pool is not filling (its window closed, or warm is 0)"
 		case w.Version != version:
-			why = "the exam changed (version " + w.Version + ", now " + version + ")"
+			reason, why = store.WarmReplacedOldVersion, "the exam changed (version "+w.Version+", now "+version+")"
 		case w.State == store.WarmReady && now.Sub(w.ReadyAt) > st.WarmMaxAge():
-			why = "ready for longer than warm_max_age (" + st.WarmMaxAge().String() + ")"
+			reason, why = store.WarmReplacedTooOld, "ready for longer than warm_max_age ("+st.WarmMaxAge().String()+")"
 		case w.State == store.WarmMaking && now.Sub(w.TouchedAt) > h.warmStuckAfter():
-			why = "its provision made no progress for " + h.warmStuckAfter().String()
+			reason, why = store.WarmReplacedStuck, "its provision made no progress for "+h.warmStuckAfter().String()
 		case keep >= st.Warm:
 			why = "the pool is larger than warm"
+		case w.State == store.WarmReady:
+			broken, err := h.checkWarm(ctx, st, w, rep)
+			errs = append(errs, err)
+			if len(broken) > 0 {
+				reason, why = store.WarmReplacedBroken, "a node stopped running while it waited: "+nodeStates(broken)
+			}
 		}
 		if why != "" {
-			errs = append(errs, h.retireWarm(ctx, w.ID, why, rep))
+			err := h.retireWarm(ctx, w.ID, reason, why, rep)
+			errs = append(errs, err)
+			if reason == store.WarmReplacedBroken {
+				if _, retired := rep.Retired[w.ID]; retired {
+					h.auditBroken(ctx, st.ID, w.ID, why)
+				} else if err == nil {
+					// Claimed between the check and the removal: the
+					// lost-lab sweep finds it in its session.
+					h.log.Warn("a broken warm lab was claimed before it could be replaced", "lab", w.ID, "why", why)
+				}
+			}
 			continue
 		}
 		keep++
@@ -153,18 +177,92 @@ func (h *Handlers) queueWarm(ctx context.Context, id string) error {
 	return nil
 }
 
+// checkWarm asks the runtime whether every node of a ready warm lab
+// still runs, once every warm_check across the deployment (the check is
+// taken in Redis, so passes of several workers share it), and answers
+// the nodes that do not: exited, missing, lost, or unknown (a host that
+// stopped reporting: no lab to hand a candidate while it may not
+// answer). Only the runtime's word that a node is not running counts: a
+// Status call that fails or times out leaves the lab in the pool, logged,
+// to be checked again at the next interval, and the pass asks about no
+// further lab (the runtime is likely down for all of them).
+func (h *Handlers) checkWarm(ctx context.Context, st *sitting.Sitting, w *store.WarmLab, rep *WarmRefillReport) ([]lab.NodeStatus, error) {
+	if len(rep.Unchecked) > 0 {
+		return nil, nil
+	}
+	ex, ok := h.o.Exams(w.ExamID)
+	if !ok {
+		return nil, nil
+	}
+	due, err := h.o.Store.TakeWarmCheck(ctx, w.ID, st.WarmCheck())
+	if err != nil || !due {
+		return nil, err
+	}
+	spec, err := lab.NewSpec(ex, lab.Session{ID: w.ID})
+	if err != nil {
+		return nil, fmt.Errorf("check warm lab %s: %w", w.ID, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	nodes, err := h.o.Runtime.Status(sctx, spec)
+	cancel()
+	if err != nil {
+		rep.Unchecked = append(rep.Unchecked, w.ID)
+		h.log.Warn("warm lab check: the runtime gave no answer; the lab stays, checked again later",
+			"lab", w.ID, "sitting", st.ID, "again_in", st.WarmCheck(), "err", err)
+		return nil, nil
+	}
+	rep.Checked = append(rep.Checked, w.ID)
+	if lab.AllRunning(nodes) {
+		return nil, nil
+	}
+	var broken []lab.NodeStatus
+	for _, n := range nodes {
+		if n.State != lab.StateRunning {
+			broken = append(broken, n)
+		}
+	}
+	if len(broken) == 0 {
+		// No node at all: nothing that runs.
+		broken = []lab.NodeStatus{{Name: "every node", State: lab.StateMissing}}
+	}
+	return broken, nil
+}
+
+// nodeStates says which nodes are in which state, for logs and audits.
+func nodeStates(nodes []lab.NodeStatus) string {
+	parts := make([]string, len(nodes))
+	for i, n := range nodes {
+		parts[i] = n.Name + " " + string(n.State)
+		if n.Detail != "" {
+			parts[i] += " (" + n.Detail + ")"
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// auditBroken records on the sitting's trail that a warm lab of its pool
+// broke while it waited and was replaced.
+func (h *Handlers) auditBroken(ctx context.Context, sittingID, labID, why string) {
+	err := h.o.Store.AuditSitting(ctx, sittingID, store.AuditEntry{Actor: "worker", Action: "warm-lab-broken",
+		Detail: map[string]any{"lab_id": labID, "why": why}})
+	if err != nil {
+		h.log.Warn("audit a broken warm lab", "lab", labID, "sitting", sittingID, "err", err)
+	}
+}
+
 // retireWarm takes a warm lab out of its pool (atomically, so no claim can
 // take it from then on), gives its slot back, destroys it and forgets it.
-// A claimed lab is its session's and is left alone.
-func (h *Handlers) retireWarm(ctx context.Context, id, why string, rep *WarmRefillReport) error {
-	removed, err := h.o.Store.RemoveWarm(ctx, id, "")
+// A claimed lab is its session's and is left alone. reason (see
+// store.WarmReplacedReasons; "" when nothing is replaced) is counted.
+func (h *Handlers) retireWarm(ctx context.Context, id, reason, why string, rep *WarmRefillReport) error {
+	removed, err := h.o.Store.RemoveWarm(ctx, id, "", reason)
 	if err != nil || !removed {
 		return err
 	}
 	if rep != nil {
 		rep.Retired[id] = why
 	}
-	h.log.Info("warm lab retired", "lab", id, "why", why)
+	h.log.Info("warm lab retired", "lab", id, "reason", reason, "why", why)
 	return h.destroyWarm(ctx, id)
 }
 
@@ -201,11 +299,11 @@ func (h *Handlers) WarmProvision(ctx context.Context, t *asynq.Task) error {
 	}
 	ex, ok := h.o.Exams(w.ExamID)
 	if !ok || ex.Fingerprint() != w.Version {
-		return h.retireWarm(ctx, w.ID, "the exam changed before the lab was made", nil)
+		return h.retireWarm(ctx, w.ID, store.WarmReplacedOldVersion, "the exam changed before the lab was made", nil)
 	}
 	spec, err := lab.NewSpec(ex, lab.Session{ID: w.ID})
 	if err != nil {
-		_ = h.retireWarm(ctx, w.ID, "the lab cannot be rendered: "+err.Error(), nil)
+		_ = h.retireWarm(ctx, w.ID, store.WarmReplacedFailed, "the lab cannot be rendered: "+err.Error(), nil)
 		return fmt.Errorf("warm provision %s: %w: %w", w.ID, err, asynq.SkipRetry)
 	}
 	if err := h.o.Store.TouchWarm(ctx, w.ID); err != nil {
@@ -228,9 +326,9 @@ func (h *Handlers) WarmProvision(ctx context.Context, t *asynq.Task) error {
 			// No room or no runtime: the slot goes back now, and the
 			// refill tries again when there is.
 			h.log.Warn("warm lab cannot start now; retired", "lab", w.ID, "err", perr)
-			return h.retireWarm(bg, w.ID, "the runtime had no room or did not answer", nil)
+			return h.retireWarm(bg, w.ID, "", "the runtime had no room or did not answer", nil)
 		case lastAttempt(ctx) || errors.Is(perr, asynq.SkipRetry):
-			_ = h.retireWarm(bg, w.ID, "its provision failed: "+perr.Error(), nil)
+			_ = h.retireWarm(bg, w.ID, store.WarmReplacedFailed, "its provision failed: "+perr.Error(), nil)
 			return fmt.Errorf("warm provision %s: %w: %w", w.ID, perr, asynq.SkipRetry)
 		}
 		_ = h.o.Store.TouchWarm(bg, w.ID)

@@ -2,7 +2,9 @@ package workers_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,10 +30,12 @@ type warmEnv struct {
 	mu  sync.Mutex
 	ex  *exam.Exam
 	mem *labtest.Memory
-	st  *store.Store
-	h   *workers.Handlers
-	q   *tasks
-	now time.Time
+	// flaky is the runtime the handlers use: mem, failing what a test asks.
+	flaky *labtest.Flaky
+	st    *store.Store
+	h     *workers.Handlers
+	q     *tasks
+	now   time.Time
 }
 
 func (e *warmEnv) clock() time.Time {
@@ -76,7 +80,8 @@ func newWarmEnv(t *testing.T) *warmEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h, err = workers.New(workers.Options{Store: e.st, Runtime: e.mem, Enqueuer: e.q, RuntimeName: "memory", Now: e.clock,
+	e.flaky = labtest.NewFlaky(e.mem)
+	e.h, err = workers.New(workers.Options{Store: e.st, Runtime: e.flaky, Enqueuer: e.q, RuntimeName: "memory", Now: e.clock,
 		Exams: func(id string) (*exam.Exam, bool) { ex := e.exam(); return ex, id == ex.ID }})
 	if err != nil {
 		t.Fatal(err)
@@ -291,5 +296,121 @@ func TestWarmClaimUnrecorded(t *testing.T) {
 	}
 	if removed, err := e.h.ReapOnce(ctx); err != nil || !slices.Contains(removed, labID) {
 		t.Fatalf("reaper removed %v (%v), want the ended session's lab %s", removed, err, labID)
+	}
+}
+
+// TestWarmBrokenReplaced: a ready warm lab whose node stops while it
+// waits is found by the refill's check once its interval has passed,
+// taken out of the pool, destroyed, counted and audited, and replaced; no
+// start is handed it. A check the runtime does not answer leaves the lab
+// alone until its next interval.
+func TestWarmBrokenReplaced(t *testing.T) {
+	e := newWarmEnv(t)
+	ctx := context.Background()
+	storetest.OpenSitting(t, e.st, "pool", e.exam().ID, 0)
+	if _, err := e.st.UpdateSitting(ctx, "pool", func(s *sitting.Sitting) error { s.Warm = 2; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.refill(t)
+	pool := e.ready(t, "pool")
+	if len(pool) != 2 {
+		t.Fatalf("ready %v", pool)
+	}
+	every := sitting.DefaultWarmCheck
+	broken := pool[0]
+	if err := e.mem.Crash(broken, "tokyo"); err != nil {
+		t.Fatal(err)
+	}
+	// Just made: not checked again before the interval has passed.
+	if rep := e.refill(t); len(rep.Checked)+len(rep.Unchecked) != 0 || len(rep.Retired) != 0 {
+		t.Fatalf("a pass within the check interval checked %v (unanswered %v), retired %v", rep.Checked, rep.Unchecked, rep.Retired)
+	}
+
+	e.advance(every)
+	rep := e.refill(t)
+	slices.Sort(rep.Checked)
+	if want := slices.Sorted(slices.Values(pool)); !slices.Equal(rep.Checked, want) {
+		t.Fatalf("checked %v, want every ready lab %v", rep.Checked, want)
+	}
+	if why := rep.Retired[broken]; !strings.Contains(why, "tokyo exited") || len(rep.Retired) != 1 {
+		t.Fatalf("retired %v, want only %s for its stopped node", rep.Retired, broken)
+	}
+	if len(rep.Made) != 1 {
+		t.Fatalf("the refill made %v to replace the broken lab, want 1", rep.Made)
+	}
+	live, _ := e.mem.Labs(ctx)
+	if slices.Contains(live, broken) {
+		t.Fatalf("the broken lab %s still runs", broken)
+	}
+	if _, err := e.st.WarmLab(ctx, broken); err == nil {
+		t.Fatal("the broken lab's record outlived it")
+	}
+	now := e.ready(t, "pool")
+	if len(now) != 2 || slices.Contains(now, broken) {
+		t.Fatalf("ready %v: want two labs, not the broken %s", now, broken)
+	}
+	if n, _ := e.st.WarmReplacements(ctx); n[store.WarmReplacedBroken] != 1 {
+		t.Fatalf("replacements %v, want broken 1", n)
+	}
+	trail, err := e.st.SittingAudit(ctx, "pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	audited := false
+	for _, a := range trail {
+		audited = audited || (a.Action == "warm-lab-broken" && a.Detail["lab_id"] == broken)
+	}
+	if !audited {
+		t.Fatalf("no warm-lab-broken entry for %s in %+v", broken, trail)
+	}
+
+	// The runtime does not answer about a lab: it stays, unchecked, and
+	// the pass asks about no other lab; the next interval checks it again.
+	flaky := now[0]
+	if err := e.mem.Crash(flaky, "osaka"); err != nil {
+		t.Fatal(err)
+	}
+	e.flaky.FailWhen(func(c labtest.Call) error {
+		if c.Method == "Status" && c.SessionID == flaky {
+			return fmt.Errorf("%w: engine not answering", lab.ErrUnavailable)
+		}
+		return nil
+	})
+	e.advance(every)
+	rep = e.refill(t)
+	if !slices.Equal(rep.Unchecked, []string{flaky}) || len(rep.Retired) != 0 || len(rep.Made) != 0 {
+		t.Fatalf("with no answer about %s: unanswered %v, retired %v, made %v", flaky, rep.Unchecked, rep.Retired, rep.Made)
+	}
+	live, _ = e.mem.Labs(ctx)
+	if !slices.Contains(live, flaky) || !slices.Contains(e.ready(t, "pool"), flaky) {
+		t.Fatalf("a lab the runtime gave no answer about was removed (labs %v)", live)
+	}
+	e.flaky.FailWhen(nil)
+	rep = e.refill(t)
+	if slices.Contains(rep.Checked, flaky) || len(rep.Retired) != 0 {
+		t.Fatalf("checked %v, retired %v before the interval passed again", rep.Checked, rep.Retired)
+	}
+	e.advance(every)
+	rep = e.refill(t)
+	if _, ok := rep.Retired[flaky]; !ok || len(rep.Made) != 1 {
+		t.Fatalf("at the next interval: retired %v, made %v; want %s replaced", rep.Retired, rep.Made, flaky)
+	}
+	if n, _ := e.st.WarmReplacements(ctx); n[store.WarmReplacedBroken] != 2 {
+		t.Fatalf("replacements %v, want broken 2", n)
+	}
+
+	// Starts claim the fresh labs, whose nodes all run.
+	for i := range 2 {
+		sess := e.start(t, "pool", fmt.Sprintf("broken%d@example.com", i))
+		if sess.Status != session.StateReady || sess.LabID == broken || sess.LabID == flaky {
+			t.Fatalf("start %d: %s in lab %q (broken labs %s, %s)", i, sess.Status, sess.LabID, broken, flaky)
+		}
+		spec, err := lab.NewSpec(e.exam(), lab.Session{ID: sess.LabID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nodes, err := e.mem.Status(ctx, spec); err != nil || !lab.AllRunning(nodes) {
+			t.Fatalf("start %d was handed lab %s: %+v %v", i, sess.LabID, nodes, err)
+		}
 	}
 }
