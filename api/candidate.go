@@ -318,10 +318,16 @@ func (s *Server) loadSession(c *fiber.Ctx) (*session.Session, error) {
 	return s.o.Store.Get(c.UserContext(), sessionID(c))
 }
 
+// sessionStatus is what the candidate's page polls. The candidate's own
+// request reuses the record its guard just read with the token; an
+// admin's reads it.
 func (s *Server) sessionStatus(c *fiber.Ctx) error {
-	sess, err := s.loadSession(c)
-	if err != nil {
-		return err
+	sess, ok := c.Locals(localSession).(*session.Session)
+	if !ok {
+		var err error
+		if sess, err = s.loadSession(c); err != nil {
+			return err
+		}
 	}
 	return c.JSON(s.candidateView(c.UserContext(), sess))
 }

@@ -181,6 +181,11 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 			RetentionDays: cfg.RetentionDays, RetentionDryRun: cfg.RetentionDryRun, Logger: log,
 			Observer: p.Metrics, Grading: p.Metrics, GradingSlots: cfg.GradingConcurrency,
 			LeaseTTL: o.LeaseTTL, LeaseRenew: o.LeaseRenew,
+			// A provision whose worker died before it took the lease is
+			// restarted seconds after, not when the queue gives it up.
+			ActiveProvisions: func(context.Context) ([]scheduler.SessionPayload, error) {
+				return scheduler.ActiveProvisions(p.Inspector)
+			},
 		})
 		if err != nil {
 			return nil, err

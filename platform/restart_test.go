@@ -234,6 +234,73 @@ func (r *killRig) killMidProvision(email string) recovery {
 		provision: ready.Sub(at), afterKill: ready.Sub(killed)}
 }
 
+// startStalled runs a worker process that takes provisions from the
+// queue and sits on them without taking their lease (childStallEnv).
+func (r *killRig) startStalled() *worker {
+	r.t.Helper()
+	env := r.env
+	r.env = append(slices.Clone(env), childStallEnv+"=1")
+	defer func() { r.env = env }()
+	return r.startWorker()
+}
+
+// TestProvisionWorkerKilledBeforeLease kills (SIGKILL) a worker the queue
+// has handed a provision to before it took the session's lease — no lease
+// to run out, the queue's task active under the dead worker — and starts
+// another: the sweep restarts the provision (scheduler.UnleasedGrace after
+// it first sees the task unleased) and the session is ready long before
+// the queue would give the task up, with one whole lab.
+func TestProvisionWorkerKilledBeforeLease(t *testing.T) {
+	r := newKillRig(t)
+	ctx := context.Background()
+	id := r.startedSession("stalled@example.com")
+	stalled := r.startStalled()
+	task := scheduler.TaskID(scheduler.TypeProvision, id)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info, err := r.p.Inspector.GetTaskInfo(scheduler.QueueCritical, task)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State == asynq.TaskStateActive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stalled worker did not take the provision: %s", info.State)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stalled.kill(t)
+	if leased, err := r.p.Store.Leased(ctx, scheduler.LeaseProvision); err != nil || len(leased) != 0 {
+		t.Fatalf("leases after the kill: %v %v, want none", leased, err)
+	}
+	second := r.startWorker()
+	sess, ready := r.waitReady(id)
+	if sess.Restarts != 1 || sess.ProvisionRound() != 1 {
+		t.Errorf("restarts=%d round=%d, want one restart", sess.Restarts, sess.ProvisionRound())
+	}
+	log, err := r.p.Store.AuditLog(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(log, func(e store.AuditEntry) bool { return e.Action == "provision-restarted" })
+	if i < 0 || log[i].Detail["reason"] != scheduler.RestartNeverLeased {
+		t.Fatalf("audit log %+v: want a provision-restarted with reason %q", log, scheduler.RestartNeverLeased)
+	}
+	// Ready while the dead worker's task is still the queue's active one:
+	// the session did not wait for the queue to give it up.
+	info, err := r.p.Inspector.GetTaskInfo(scheduler.QueueCritical, task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != asynq.TaskStateActive {
+		t.Errorf("the dead worker's task is %s at ready; the session waited for the queue", info.State)
+	}
+	r.checkOneLab(id)
+	t.Logf("ready %v after the second worker started (restarted after %v); the queue still held the dead task",
+		ready.Sub(second.started).Round(time.Millisecond), log[i].At.Sub(second.started).Round(time.Millisecond))
+}
+
 // TestProvisionWorkerKilled kills a worker process (SIGKILL) while it
 // provisions a lab, after some containers exist, and starts another: the
 // session is ready through a restart of its provision — recorded in its

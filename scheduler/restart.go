@@ -34,6 +34,20 @@ const (
 	// LeaseClaim is how long a sweep holds a run-out lease while it
 	// restarts the provision; should the sweep die, another acts after it.
 	LeaseClaim = 15 * time.Second
+	// UnleasedGrace is how long a provision task may be in a worker's
+	// hands, its session still without a lease, before the sweep takes
+	// that worker for gone: a live one reads the record and takes the
+	// lease within milliseconds of the queue handing it the task.
+	UnleasedGrace = 5 * time.Second
+)
+
+// Provision restart reasons, as the audit log records them.
+const (
+	// RestartLeaseRanOut: the worker stopped renewing its lease.
+	RestartLeaseRanOut = "the worker provisioning the lab stopped"
+	// RestartNeverLeased: the worker the queue handed the task to never
+	// took the lease (it died between the two).
+	RestartNeverLeased = "the worker that took the provision stopped before it began"
 )
 
 // RestartProvision starts the provision of session id again in a new
@@ -42,7 +56,8 @@ const (
 // a later round (submitted, parked, restarted by another sweep), is left
 // as it is. The restart is recorded in the audit log; should its enqueue
 // fail, the admission sweep enqueues the new round's provision (Repair).
-func RestartProvision(ctx context.Context, st *store.Store, q provisionQueue, id string, round int, now time.Time) (bool, error) {
+// reason is RestartLeaseRanOut or RestartNeverLeased.
+func RestartProvision(ctx context.Context, st *store.Store, q provisionQueue, id string, round int, reason string) (bool, error) {
 	restarted := false
 	sess, err := st.Update(ctx, id, func(x *session.Session) error {
 		restarted = false
@@ -59,7 +74,7 @@ func RestartProvision(ctx context.Context, st *store.Store, q provisionQueue, id
 		return false, nil
 	}
 	if err := st.Audit(ctx, id, store.AuditEntry{Actor: "scheduler", Action: "provision-restarted",
-		Detail: map[string]any{"reason": "the worker provisioning the lab stopped", "from_round": round, "round": sess.ProvisionRound()}}); err != nil {
+		Detail: map[string]any{"reason": reason, "from_round": round, "round": sess.ProvisionRound()}}); err != nil {
 		return true, err
 	}
 	if _, err := q.Provision(ctx, id, sess.ProvisionRound()); err != nil {

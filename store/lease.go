@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -27,10 +28,18 @@ import (
 // A lease is not a lock: taking one replaces whatever lease the session
 // had for the operation, because the one taking it is the run the
 // session's record names now. The run it replaced learns so when it next
-// renews, and stops.
+// renews, and stops. Only a run of an earlier round than the holder's is
+// refused (ErrLaterRound): it read the record before a restart moved the
+// session on, and must not stop the run that carries it now.
 
-// takeLeaseScript: KEYS zset, owners; ARGV id, owner, ttl ms.
+// takeLeaseScript: KEYS zset, owners; ARGV id, owner, ttl ms, round.
+// Returns 0, taking nothing, when the lease is a later round's.
 var takeLeaseScript = redis.NewScript(`
+local cur = redis.call("HGET", KEYS[2], ARGV[1])
+if cur then
+  local r = tonumber(string.match(cur, "|(%d+)$"))
+  if r and r > tonumber(ARGV[4]) then return 0 end
+end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
@@ -114,16 +123,25 @@ func ownerRound(owner string) int {
 	return n
 }
 
+// ErrLaterRound refuses a lease to a run of an earlier round than the
+// lease's holder.
+var ErrLaterRound = errors.New("a later round of the operation holds the lease")
+
 // TakeLease says this process runs op on session id (in round) from now
 // on, for ttl unless renewed. It replaces any lease the session had for
-// op.
+// op in the same or an earlier round; a later round's it leaves, and
+// answers ErrLaterRound.
 func (s *Store) TakeLease(ctx context.Context, op, id string, round int, ttl time.Duration) (*Lease, error) {
 	if _, err := s.SessionDir(id); err != nil {
 		return nil, err
 	}
 	l := &Lease{Op: op, ID: id, Round: round, TTL: ttl, owner: newOwner(round), st: s}
-	if err := takeLeaseScript.Run(ctx, s.rdb, s.leaseKeys(op), id, l.owner, ttl.Milliseconds()).Err(); err != nil {
+	n, err := takeLeaseScript.Run(ctx, s.rdb, s.leaseKeys(op), id, l.owner, ttl.Milliseconds(), round).Int()
+	if err != nil {
 		return nil, fmt.Errorf("take %s lease of %s: %w", op, id, err)
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("take %s lease of %s in round %d: %w", op, id, round, ErrLaterRound)
 	}
 	return l, nil
 }

@@ -77,6 +77,14 @@ func TestWorkLeases(t *testing.T) {
 	if held, err := l.Renew(ctx); err != nil || held {
 		t.Fatalf("renew after a takeover: %v %v", held, err)
 	}
+	// A run of an earlier round (one that read the record before a restart
+	// moved it on) is refused and leaves the later round's lease alone.
+	if _, err := s.TakeLease(ctx, "provision", id, 2, ttl); !errors.Is(err, store.ErrLaterRound) {
+		t.Fatalf("lease of an earlier round: %v, want ErrLaterRound", err)
+	}
+	if held, err := next.Renew(ctx); err != nil || !held {
+		t.Fatalf("the later round's lease after an earlier round tried to take it: %v %v", held, err)
+	}
 	if err := l.Release(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,10 @@ func (h *Handlers) Archive(ctx context.Context, t *asynq.Task) error {
 		return h.chainCleanup(ctx, sess, p.Reason)
 	}
 	wctx, lease, release, err := h.holdLease(ctx, scheduler.LeaseArchive, sess.ID, p.Round)
+	if errors.Is(err, errSuperseded) {
+		h.log.Info("archive skipped: a later round runs", "session", sess.ID, "round", p.Round)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("archive %s: %w", sess.ID, err)
 	}
@@ -343,6 +347,10 @@ func (h *Handlers) Cleanup(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 	wctx, _, release, err := h.holdLease(ctx, scheduler.LeaseCleanup, sess.ID, p.Round)
+	if errors.Is(err, errSuperseded) {
+		h.log.Info("cleanup skipped: a later round runs", "session", sess.ID, "round", p.Round)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("cleanup %s: %w", sess.ID, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/examlab/examlab/scheduler"
@@ -21,9 +22,14 @@ var errSuperseded = errors.New("another run of the operation took over")
 // A renewal that cannot reach Redis keeps the run going: should the lease
 // run out meanwhile, the sweep restarts the operation and this run stops
 // at its next renewal (or, for writes that must not interleave with the
-// new run's, at its next fence).
+// new run's, at its next fence). A later round's lease is not taken: the
+// error is errSuperseded then, and the run has nothing to do.
 func (h *Handlers) holdLease(ctx context.Context, op, id string, round int) (context.Context, *store.Lease, func(), error) {
 	l, err := h.o.Store.TakeLease(ctx, op, id, round, h.o.LeaseTTL)
+	if errors.Is(err, store.ErrLaterRound) {
+		// The session moved on to a later round after this run read it.
+		return nil, nil, nil, fmt.Errorf("%w: %w", errSuperseded, err)
+	}
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -108,6 +114,9 @@ func superseded(ctx context.Context) bool {
 // returns the sessions it restarted an operation of. A lease of a round
 // the session has left — parked, submitted, restarted already, ended —
 // is only dropped.
+//
+// It also restarts a provision the queue handed to a worker that never
+// took the session's lease (restartUnleased).
 func (h *Handlers) RestartOnce(ctx context.Context) ([]string, error) {
 	var restarted []string
 	var errs []error
@@ -115,6 +124,86 @@ func (h *Handlers) RestartOnce(ctx context.Context) ([]string, error) {
 		ids, err := h.restartOp(ctx, op)
 		restarted = append(restarted, ids...)
 		errs = append(errs, err)
+	}
+	ids, err := h.restartUnleased(ctx)
+	restarted = append(restarted, ids...)
+	errs = append(errs, err)
+	return restarted, errors.Join(errs...)
+}
+
+// unleasedRun names one provision task: its session and round.
+type unleasedRun struct {
+	id    string
+	round int
+}
+
+// restartUnleased restarts, in a new round, each provision the queue has
+// handed to a worker (Options.ActiveProvisions) whose session is still in
+// that round, provisioning, with no lease, UnleasedGrace after this sweep
+// first saw it so. Such a worker died after the queue gave it the task
+// and before it took the lease: with no lease to run out, the lease sweep
+// cannot see it, and the queue gives the task up only after its own
+// lease and a recoverer pass, over a minute. A live worker that is merely
+// slow to take the lease loses nothing: the restart's round fences its
+// writes (scheduler.RestartProvision, store.TakeLease), and the session's
+// record decides which round acts, as for any restart.
+func (h *Handlers) restartUnleased(ctx context.Context) ([]string, error) {
+	if h.o.ActiveProvisions == nil {
+		return nil, nil
+	}
+	active, err := h.o.ActiveProvisions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	leased, err := h.o.Store.Leased(ctx, scheduler.LeaseProvision)
+	if err != nil {
+		return nil, err
+	}
+	now := h.o.Now()
+	var due []unleasedRun
+	h.unleasedMu.Lock()
+	seen := make(map[unleasedRun]bool, len(active))
+	for _, p := range active {
+		run := unleasedRun{p.SessionID, p.Round}
+		if slices.Contains(leased, p.SessionID) {
+			continue
+		}
+		seen[run] = true
+		first, ok := h.unleased[run]
+		if !ok {
+			h.unleased[run] = now
+			continue
+		}
+		if now.Sub(first) >= h.o.UnleasedGrace {
+			due = append(due, run)
+		}
+	}
+	// Forget what is no longer active and unleased: leased, done, or given
+	// up by the queue.
+	for run := range h.unleased {
+		if !seen[run] {
+			delete(h.unleased, run)
+		}
+	}
+	h.unleasedMu.Unlock()
+
+	var restarted []string
+	var errs []error
+	for _, run := range due {
+		// RestartProvision acts only while the record is still in run's
+		// round, provisioning: a task of a round the session has left, or
+		// of a session no longer provisioning, is left to the queue.
+		did, err := scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, run.id, run.round, scheduler.RestartNeverLeased)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if did {
+			restarted = append(restarted, run.id)
+			h.log.Warn("the worker given a provision stopped before it began; provision restarted", "session", run.id, "from_round", run.round)
+		}
+		h.unleasedMu.Lock()
+		delete(h.unleased, run)
+		h.unleasedMu.Unlock()
 	}
 	return restarted, errors.Join(errs...)
 }
@@ -173,7 +262,7 @@ func (h *Handlers) restart(ctx context.Context, e store.ExpiredLease) (bool, err
 	case scheduler.LeaseCleanup:
 		return scheduler.RestartCleanup(ctx, h.o.Store, h.o.Enqueuer, e.ID, e.Round)
 	default:
-		return scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, e.ID, e.Round, h.o.Now())
+		return scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, e.ID, e.Round, scheduler.RestartLeaseRanOut)
 	}
 }
 

@@ -59,6 +59,10 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	// The lease tells the other workers this run is alive; should this
 	// process die, they restart the provision in seconds (RestartOnce).
 	wctx, _, release, err := h.holdLease(ctx, scheduler.LeaseProvision, sess.ID, p.Round)
+	if errors.Is(err, errSuperseded) {
+		h.log.Info("provision skipped: a later round runs", "session", sess.ID, "round", p.Round)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("provision %s: %w", p.SessionID, err)
 	}

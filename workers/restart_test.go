@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/examlab/examlab/exam"
 	"github.com/examlab/examlab/lab"
 	"github.com/examlab/examlab/lab/labtest"
@@ -179,7 +181,7 @@ func TestRestartedRunStopsTheOldOne(t *testing.T) {
 	<-g.entered
 	// The sweep restarts it (as if the lease had run out) and the new
 	// round's run takes the lease.
-	if did, err := scheduler.RestartProvision(ctx, e.store, e.enq, id, 0, e.clock()); err != nil || !did {
+	if did, err := scheduler.RestartProvision(ctx, e.store, e.enq, id, 0, scheduler.RestartLeaseRanOut); err != nil || !did {
 		t.Fatalf("restart: %v %v", did, err)
 	}
 	if _, err := e.store.TakeLease(ctx, scheduler.LeaseProvision, id, 1, time.Minute); err != nil {
@@ -285,5 +287,153 @@ func TestRestartEnqueueFails(t *testing.T) {
 	e.enq.mu.Unlock()
 	if !queued {
 		t.Fatalf("the admission sweep did not enqueue round 1: %+v", e.enq.provisions)
+	}
+}
+
+// TestRestartNeverLeased: a worker the queue handed a provision to that
+// stopped before it took the session's lease leaves no lease to run out.
+// The sweep finds the task active in the real queue with no lease and,
+// UnleasedGrace after it first saw it so, restarts the provision in a new
+// round; a task with its lease held is left alone however long it runs;
+// the stalled worker, should it wake, finds a later round and does
+// nothing.
+func TestRestartNeverLeased(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	opt := asynq.RedisClientOpt{Network: "unix", Addr: e.redis}
+	insp := asynq.NewInspector(opt)
+	t.Cleanup(func() { insp.Close() })
+	client := asynq.NewClient(opt)
+	t.Cleanup(func() { client.Close() })
+
+	// The stalled worker: it takes provision tasks from the queue and sits
+	// on them, as one killed right after the queue handed it the task
+	// looks to everyone else, until the test lets it go on.
+	taken, wake := make(chan string, 4), make(chan struct{})
+	stalled := asynq.NewServer(opt, asynq.Config{Concurrency: 4, Queues: scheduler.Queues,
+		TaskCheckInterval: 20 * time.Millisecond, LogLevel: asynq.FatalLevel})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(scheduler.TypeProvision, func(ctx context.Context, task *asynq.Task) error {
+		p, _ := scheduler.ParseSessionPayload(task)
+		taken <- p.SessionID
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return e.h.Provision(ctx, task)
+	})
+	if err := stalled.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stalled.Shutdown)
+
+	h, err := workers.New(workers.Options{
+		Store: e.store, Runtime: e.flaky, Enqueuer: e.enq, RuntimeName: "memory", Now: e.clock,
+		Exams:            func(id string) (*exam.Exam, bool) { return exam.Default(), id == exam.Default().ID },
+		ActiveProvisions: func(context.Context) ([]scheduler.SessionPayload, error) { return scheduler.ActiveProvisions(insp) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two sessions whose provisions the stalled worker holds: one never
+	// leased, one whose lease a live run holds.
+	dead, live := e.started(t, "dead@example.com"), e.started(t, "live@example.com")
+	for _, id := range []string{dead, live} {
+		task, err := scheduler.NewProvisionRoundTask(id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Enqueue(task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]bool{}
+	for range 2 {
+		select {
+		case id := <-taken:
+			got[id] = true
+		case <-time.After(waitTimeout):
+			t.Fatalf("the stalled worker took %v of the two provisions", got)
+		}
+	}
+	liveLease, err := e.store.TakeLease(ctx, scheduler.LeaseProvision, live, 0, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pass := func() []string {
+		t.Helper()
+		r, err := h.RestartOnce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// First seen, then seen again within the grace: nothing yet.
+	if r := pass(); len(r) != 0 {
+		t.Fatalf("restarted %v on first sight", r)
+	}
+	e.advance(scheduler.UnleasedGrace - time.Second)
+	if r := pass(); len(r) != 0 {
+		t.Fatalf("restarted %v within the grace", r)
+	}
+	e.advance(time.Second)
+	if r := pass(); !slices.Equal(r, []string{dead}) {
+		t.Fatalf("restarted %v after the grace, want only %s", r, dead)
+	}
+	s := e.get(t, dead)
+	if s.Status != stateProvisioning || s.ProvisionRound() != 1 {
+		t.Fatalf("after the restart: %s round %d", s.Status, s.ProvisionRound())
+	}
+	if d := e.auditDetail(t, dead, "provision-restarted"); d["reason"] != scheduler.RestartNeverLeased {
+		t.Errorf("restart recorded as %v, want reason %q", d, scheduler.RestartNeverLeased)
+	}
+	e.enq.mu.Lock()
+	queued := e.enq.queued["provision:p1:"+dead]
+	e.enq.mu.Unlock()
+	if !queued {
+		t.Fatalf("round 1's provision was not enqueued: %+v", e.enq.provisions)
+	}
+	// The stalled task is still active, of round 0: later passes leave it.
+	e.advance(time.Minute)
+	pass()
+	if r := pass(); len(r) != 0 {
+		t.Fatalf("a later pass restarted %v", r)
+	}
+	if s := e.get(t, live); s.ProvisionRound() != 0 || s.Restarts != 0 {
+		t.Fatalf("the leased provision was restarted: round %d", s.ProvisionRound())
+	}
+
+	// Round 1's run takes the lease; the stalled worker wakes and finds
+	// its round left behind: it neither provisions nor takes the lease.
+	next, err := e.store.TakeLease(ctx, scheduler.LeaseProvision, dead, 1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := liveLease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(wake)
+	for _, id := range []string{dead, live} {
+		for {
+			active, err := scheduler.ActiveProvisions(insp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(active, func(p scheduler.SessionPayload) bool { return p.SessionID == id }) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if held, err := next.Renew(ctx); err != nil || !held {
+		t.Fatalf("round 1's lease after the stalled round 0 woke: %v %v", held, err)
+	}
+	if s := e.get(t, dead); s.Status != stateProvisioning || s.ProvisionRound() != 1 {
+		t.Fatalf("the stalled round 0 changed the session: %s round %d", s.Status, s.ProvisionRound())
+	}
+	if s := e.get(t, live); s.Status != stateReady {
+		t.Fatalf("the live provision: %s", s.Status)
 	}
 }

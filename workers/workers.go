@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -89,6 +90,14 @@ type Options struct {
 	// and scheduler.LeaseRenew.
 	LeaseTTL   time.Duration
 	LeaseRenew time.Duration
+	// ActiveProvisions lists the provision tasks the queue has handed to
+	// a worker (scheduler.ActiveProvisions): the restart sweep restarts
+	// those whose worker never took the session's lease (it died between
+	// the two) after UnleasedGrace, default scheduler.UnleasedGrace,
+	// instead of waiting for the queue to give the task up. Nil leaves
+	// them to the queue.
+	ActiveProvisions func(context.Context) ([]scheduler.SessionPayload, error)
+	UnleasedGrace    time.Duration
 	// RetentionDays deletes terminal sessions older than this; 0 disables.
 	RetentionDays   int
 	RetentionDryRun bool
@@ -116,6 +125,10 @@ type Handlers struct {
 	log *slog.Logger
 	// gradeSlots holds a token per grading running (Options.GradingSlots).
 	gradeSlots chan struct{}
+	// unleased is when this process's restart sweep first saw each
+	// active provision task (by session and round) without its lease.
+	unleasedMu sync.Mutex
+	unleased   map[unleasedRun]time.Time
 }
 
 // New checks o and returns the handlers.
@@ -138,6 +151,9 @@ func New(o Options) (*Handlers, error) {
 	if o.LeaseRenew <= 0 {
 		o.LeaseRenew = scheduler.LeaseRenew
 	}
+	if o.UnleasedGrace <= 0 {
+		o.UnleasedGrace = scheduler.UnleasedGrace
+	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
 	}
@@ -153,7 +169,7 @@ func New(o Options) (*Handlers, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Handlers{o: o, log: o.Logger, gradeSlots: make(chan struct{}, o.GradingSlots)}, nil
+	return &Handlers{o: o, log: o.Logger, gradeSlots: make(chan struct{}, o.GradingSlots), unleased: map[unleasedRun]time.Time{}}, nil
 }
 
 // Mux registers every handler on a new ServeMux.
