@@ -38,7 +38,7 @@ const (
 	// hands, its session still without a lease, before the sweep takes
 	// that worker for gone: a live one reads the record and takes the
 	// lease within milliseconds of the queue handing it the task.
-	UnleasedGrace = 5 * time.Second
+	UnleasedGrace = 3 * time.Second
 )
 
 // Provision restart reasons, as the audit log records them.
