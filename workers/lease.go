@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/examlab/examlab/scheduler"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 )
 
@@ -170,11 +171,12 @@ func (h *Handlers) restartUnleased(ctx context.Context) ([]string, error) {
 		}
 		seen[run] = true
 		first, ok := h.unleased[run]
-		if !ok {
+		switch {
+		case !ok:
 			h.unleased[run] = now
-			continue
-		}
-		if now.Sub(first) >= h.o.UnleasedGrace {
+		case first.IsZero():
+			// Of a round the session has left: nothing to restart.
+		case now.Sub(first) >= h.o.UnleasedGrace:
 			due = append(due, run)
 		}
 	}
@@ -190,10 +192,7 @@ func (h *Handlers) restartUnleased(ctx context.Context) ([]string, error) {
 	var restarted []string
 	var errs []error
 	for _, run := range due {
-		// RestartProvision acts only while the record is still in run's
-		// round, provisioning: a task of a round the session has left, or
-		// of a session no longer provisioning, is left to the queue.
-		did, err := scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, run.id, run.round, scheduler.RestartNeverLeased)
+		did, err := h.restartUnleasedRun(ctx, run)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -201,11 +200,40 @@ func (h *Handlers) restartUnleased(ctx context.Context) ([]string, error) {
 			restarted = append(restarted, run.id)
 			h.log.Warn("the worker given a provision stopped before it began; provision restarted", "session", run.id, "from_round", run.round)
 		}
-		h.unleasedMu.Lock()
-		delete(h.unleased, run)
-		h.unleasedMu.Unlock()
 	}
 	return restarted, errors.Join(errs...)
+}
+
+// restartUnleasedRun restarts run's provision if its session is still
+// provisioning in run's round. A task of a round the session has left —
+// restarted already, parked, ready, ended — is only marked so, and not
+// looked at again while the queue keeps it active: when the queue runs
+// it again it finds nothing to do.
+func (h *Handlers) restartUnleasedRun(ctx context.Context, run unleasedRun) (bool, error) {
+	settle := func() {
+		h.unleasedMu.Lock()
+		h.unleased[run] = time.Time{}
+		h.unleasedMu.Unlock()
+	}
+	// Read first: a restart writes the record, which a left round's
+	// task must not cause every pass.
+	sess, err := h.o.Store.Get(ctx, run.id)
+	if errors.Is(err, store.ErrNotFound) {
+		settle()
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if sess.Status != session.StateProvisioning || sess.ProvisionRound() != run.round {
+		settle()
+		return false, nil
+	}
+	did, err := scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, run.id, run.round, scheduler.RestartNeverLeased)
+	if err == nil {
+		settle()
+	}
+	return did, err
 }
 
 // restartOp is RestartOnce for the leases of op.

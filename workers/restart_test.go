@@ -395,11 +395,17 @@ func TestRestartNeverLeased(t *testing.T) {
 	if !queued {
 		t.Fatalf("round 1's provision was not enqueued: %+v", e.enq.provisions)
 	}
-	// The stalled task is still active, of round 0: later passes leave it.
-	e.advance(time.Minute)
-	pass()
-	if r := pass(); len(r) != 0 {
-		t.Fatalf("a later pass restarted %v", r)
+	// The stalled task is still active, of round 0: later passes leave it,
+	// and do not so much as write the record.
+	version := e.get(t, dead).Version
+	for range 3 {
+		e.advance(time.Minute)
+		if r := pass(); len(r) != 0 {
+			t.Fatalf("a later pass restarted %v", r)
+		}
+	}
+	if v := e.get(t, dead).Version; v != version {
+		t.Fatalf("later passes wrote the record of a session past the task's round: version %d → %d", version, v)
 	}
 	if s := e.get(t, live); s.ProvisionRound() != 0 || s.Restarts != 0 {
 		t.Fatalf("the leased provision was restarted: round %d", s.ProvisionRound())
