@@ -218,7 +218,8 @@ func (h *Handlers) restartUnleasedRun(ctx context.Context, run unleasedRun) (boo
 	// Read first: a restart writes the record, which a left round's
 	// task must not cause every pass.
 	sess, err := h.o.Store.Get(ctx, run.id)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrBadID) {
+		// Not a session of this deployment: its handler fails it.
 		settle()
 		return false, nil
 	}
