@@ -58,11 +58,34 @@ const (
 // fail, the admission sweep enqueues the new round's provision (Repair).
 // reason is RestartLeaseRanOut or RestartNeverLeased.
 func RestartProvision(ctx context.Context, st *store.Store, q provisionQueue, id string, round int, reason string) (bool, error) {
+	return restartProvision(ctx, st, q, id, round, reason, false)
+}
+
+// RestartUnleasedProvision is RestartProvision for a provision whose
+// worker never took the session's lease (RestartNeverLeased): it restarts
+// only if, under the session's lock, the session still holds no
+// provision lease. A worker takes its lease before it begins the
+// provision under that lock, so either the restart sees the lease and
+// leaves the session, or the worker sees the new round and does nothing.
+func RestartUnleasedProvision(ctx context.Context, st *store.Store, q provisionQueue, id string, round int) (bool, error) {
+	return restartProvision(ctx, st, q, id, round, RestartNeverLeased, true)
+}
+
+func restartProvision(ctx context.Context, st *store.Store, q provisionQueue, id string, round int, reason string, unleasedOnly bool) (bool, error) {
 	restarted := false
 	sess, err := st.Update(ctx, id, func(x *session.Session) error {
 		restarted = false
 		if x.Status != session.StateProvisioning || x.ProvisionRound() != round {
 			return nil
+		}
+		if unleasedOnly {
+			held, err := st.HasLease(ctx, LeaseProvision, id)
+			if err != nil {
+				return err
+			}
+			if held {
+				return nil
+			}
 		}
 		restarted = true
 		return x.RestartProvision()

@@ -197,6 +197,19 @@ func (s *Store) ClaimLease(ctx context.Context, e ExpiredLease, ttl time.Duratio
 	return l, true, nil
 }
 
+// HasLease reports whether session id holds a lease of op, run out or
+// not.
+func (s *Store) HasLease(ctx context.Context, op, id string) (bool, error) {
+	err := s.rdb.ZScore(ctx, s.leaseKeys(op)[0], id).Err()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read the %s lease of %s: %w", op, id, err)
+	}
+	return true, nil
+}
+
 // Leased lists the sessions that hold a lease of op, run out or not: a
 // session whose operation ended cleanly holds none.
 func (s *Store) Leased(ctx context.Context, op string) ([]string, error) {

@@ -153,13 +153,24 @@ func (h *Handlers) restartUnleased(ctx context.Context) ([]string, error) {
 		return nil, nil
 	}
 	active, err := h.o.ActiveProvisions(ctx)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		var leased []string
+		if leased, err = h.o.Store.Leased(ctx, scheduler.LeaseProvision); err == nil {
+			return h.restartUnleasedOf(ctx, active, leased)
+		}
 	}
-	leased, err := h.o.Store.Leased(ctx, scheduler.LeaseProvision)
-	if err != nil {
-		return nil, err
-	}
+	// A pass that could not look (Redis unreachable) starts every grace
+	// again: the workers that were about to take their leases were held
+	// up by the same outage.
+	h.unleasedMu.Lock()
+	clear(h.unleased)
+	h.unleasedMu.Unlock()
+	return nil, err
+}
+
+// restartUnleasedOf is restartUnleased's pass over the active provisions
+// and the sessions holding a provision lease, as listed.
+func (h *Handlers) restartUnleasedOf(ctx context.Context, active []scheduler.SessionPayload, leased []string) ([]string, error) {
 	now := h.o.Now()
 	var due []unleasedRun
 	h.unleasedMu.Lock()
@@ -230,8 +241,8 @@ func (h *Handlers) restartUnleasedRun(ctx context.Context, run unleasedRun) (boo
 		settle()
 		return false, nil
 	}
-	did, err := scheduler.RestartProvision(ctx, h.o.Store, h.o.Enqueuer, run.id, run.round, scheduler.RestartNeverLeased)
-	if err == nil {
+	did, err := scheduler.RestartUnleasedProvision(ctx, h.o.Store, h.o.Enqueuer, run.id, run.round)
+	if err == nil && did {
 		settle()
 	}
 	return did, err

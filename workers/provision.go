@@ -58,7 +58,7 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 	}
 	// The lease tells the other workers this run is alive; should this
 	// process die, they restart the provision in seconds (RestartOnce).
-	wctx, _, release, err := h.holdLease(ctx, scheduler.LeaseProvision, sess.ID, p.Round)
+	wctx, lease, release, err := h.holdLease(ctx, scheduler.LeaseProvision, sess.ID, p.Round)
 	if errors.Is(err, errSuperseded) {
 		h.log.Info("provision skipped: a later round runs", "session", sess.ID, "round", p.Round)
 		return nil
@@ -67,7 +67,7 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("provision %s: %w", p.SessionID, err)
 	}
 	defer release()
-	err = h.provision(wctx, p, sess, spec)
+	err = h.provision(wctx, lease, p, sess, spec)
 	if superseded(wctx) {
 		// This run's worker was taken for gone (its lease ran out): the
 		// provision runs again in a later round, which owns the session.
@@ -78,9 +78,9 @@ func (h *Handlers) Provision(ctx context.Context, t *asynq.Task) error {
 }
 
 // provision is one attempt of the provision of the session's lab, in
-// round p.Round, while the run holds its lease. ctx ends when the lease
-// is taken over; nothing is recorded of a round the session has left.
-func (h *Handlers) provision(ctx context.Context, p scheduler.SessionPayload, sess *session.Session, spec lab.Spec) error {
+// round p.Round, while the run holds lease. ctx ends when the lease is
+// taken over; nothing is recorded of a round the session has left.
+func (h *Handlers) provision(ctx context.Context, lease *store.Lease, p scheduler.SessionPayload, sess *session.Session, spec lab.Spec) error {
 	current := func(s *session.Session) error {
 		if s.ProvisionRound() != p.Round {
 			return errSuperseded
@@ -115,7 +115,12 @@ func (h *Handlers) provision(ctx context.Context, p scheduler.SessionPayload, se
 	}
 	if reason := parkReason(perr); reason != "" {
 		// No room or no runtime: asking for the nodes' states would only
-		// wait on the same runtime again.
+		// wait on the same runtime again. Parking may remove the lab: only
+		// a run that still holds its lease does (a later round may be
+		// building the same lab).
+		if errors.Is(fence(ctx, lease), errSuperseded) {
+			return nil
+		}
 		h.o.Observer.Provisioned(h.o.Now().Sub(start), false)
 		return h.park(ctx, sess, reason, perr)
 	}
@@ -165,6 +170,9 @@ func (h *Handlers) provision(ctx context.Context, p scheduler.SessionPayload, se
 
 	now := h.o.Now().UTC()
 	_, err = h.o.Store.Update(ctx, sess.ID, func(s *session.Session) error {
+		if err := current(s); err != nil {
+			return err // a later round owns the record's nodes and readiness
+		}
 		s.Nodes = nodes
 		if s.Status != session.StateProvisioning {
 			// Submitted while we worked; archive will take the lab down.
@@ -174,6 +182,9 @@ func (h *Handlers) provision(ctx context.Context, p scheduler.SessionPayload, se
 		// candidate pressed start: slow provisioning costs them nothing.
 		return s.MarkReady(now)
 	})
+	if errors.Is(err, errSuperseded) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("provision %s: mark ready: %w", sess.ID, err)
 	}

@@ -3,8 +3,10 @@ package workers_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -328,10 +330,17 @@ func TestRestartNeverLeased(t *testing.T) {
 	}
 	t.Cleanup(stalled.Shutdown)
 
+	// down makes the sweep's listing fail, as with Redis unreachable.
+	var down atomic.Bool
 	h, err := workers.New(workers.Options{
 		Store: e.store, Runtime: e.flaky, Enqueuer: e.enq, RuntimeName: "memory", Now: e.clock,
-		Exams:            func(id string) (*exam.Exam, bool) { return exam.Default(), id == exam.Default().ID },
-		ActiveProvisions: func(context.Context) ([]scheduler.SessionPayload, error) { return scheduler.ActiveProvisions(insp) },
+		Exams: func(id string) (*exam.Exam, bool) { return exam.Default(), id == exam.Default().ID },
+		ActiveProvisions: func(context.Context) ([]scheduler.SessionPayload, error) {
+			if down.Load() {
+				return nil, errors.New("dial unix redis.sock: connection refused")
+			}
+			return scheduler.ActiveProvisions(insp)
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -378,7 +387,19 @@ func TestRestartNeverLeased(t *testing.T) {
 	if r := pass(); len(r) != 0 {
 		t.Fatalf("restarted %v within the grace", r)
 	}
-	e.advance(time.Second)
+	// A pass that cannot look (Redis unreachable) starts the grace again:
+	// the workers about to take their leases were held up by the same
+	// outage.
+	down.Store(true)
+	e.advance(time.Minute)
+	if _, err := h.RestartOnce(ctx); err == nil {
+		t.Fatal("a pass that could not list the active provisions reported no error")
+	}
+	down.Store(false)
+	if r := pass(); len(r) != 0 {
+		t.Fatalf("restarted %v on the first pass after an outage", r)
+	}
+	e.advance(scheduler.UnleasedGrace)
 	if r := pass(); !slices.Equal(r, []string{dead}) {
 		t.Fatalf("restarted %v after the grace, want only %s", r, dead)
 	}
@@ -441,5 +462,106 @@ func TestRestartNeverLeased(t *testing.T) {
 	}
 	if s := e.get(t, live); s.Status != stateReady {
 		t.Fatalf("the live provision: %s", s.Status)
+	}
+}
+
+// TestRestartUnleasedLeavesALeasedProvision: the restart of a provision
+// taken for never leased checks the lease again under the session's lock,
+// so a worker that took its lease after the sweep listed the leases keeps
+// its run; without a lease the restart goes ahead.
+func TestRestartUnleasedLeavesALeasedProvision(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id := e.started(t, "late@example.com")
+	l, err := e.store.TakeLease(ctx, scheduler.LeaseProvision, id, 0, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if did, err := scheduler.RestartUnleasedProvision(ctx, e.store, e.enq, id, 0); err != nil || did {
+		t.Fatalf("restart of a leased provision: %v %v, want none", did, err)
+	}
+	if s := e.get(t, id); s.ProvisionRound() != 0 || s.Restarts != 0 {
+		t.Fatalf("the leased provision moved to round %d", s.ProvisionRound())
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if did, err := scheduler.RestartUnleasedProvision(ctx, e.store, e.enq, id, 0); err != nil || !did {
+		t.Fatalf("restart of an unleased provision: %v %v", did, err)
+	}
+	if s := e.get(t, id); s.ProvisionRound() != 1 {
+		t.Fatalf("after the restart: round %d, want 1", s.ProvisionRound())
+	}
+}
+
+// full is the gated runtime whose provision, once let through, finds no
+// room, and which counts the labs it is asked to remove.
+type full struct {
+	*gated
+	mu        sync.Mutex
+	destroyed []string
+}
+
+func (f *full) Provision(ctx context.Context, spec lab.Spec) error {
+	f.entered <- spec.SessionID
+	select {
+	case <-f.open:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return fmt.Errorf("plan lab %s: %w", spec.SessionID, lab.ErrNoCapacity)
+}
+
+func (f *full) Destroy(ctx context.Context, id string) error {
+	f.mu.Lock()
+	f.destroyed = append(f.destroyed, id)
+	f.mu.Unlock()
+	return f.gated.Destroy(ctx, id)
+}
+
+// TestSupersededRunDoesNotPark: a run whose lease a later round took over
+// while its provision was under way, and whose provision then finds no
+// room, neither removes the lab (the later round is building it) nor
+// parks the session.
+func TestSupersededRunDoesNotPark(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	f := &full{gated: newGated()}
+	// A lease renewed far apart, so that the stale run learns of the
+	// takeover only at its fence.
+	h, err := workers.New(workers.Options{
+		Store: e.store, Runtime: f, Enqueuer: e.enq, RuntimeName: "memory", Now: e.clock,
+		Exams:    func(id string) (*exam.Exam, bool) { return exam.Default(), id == exam.Default().ID },
+		LeaseTTL: time.Minute, LeaseRenew: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := e.started(t, "stale@example.com")
+	done := make(chan error, 1)
+	go func() { done <- h.Provision(ctx, provisionTask(t, id)) }()
+	<-f.entered
+	if did, err := scheduler.RestartProvision(ctx, e.store, e.enq, id, 0, scheduler.RestartLeaseRanOut); err != nil || !did {
+		t.Fatalf("restart: %v %v", did, err)
+	}
+	if _, err := e.store.TakeLease(ctx, scheduler.LeaseProvision, id, 1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	close(f.open)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the superseded run failed its task: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the superseded run did not return")
+	}
+	if s := e.get(t, id); s.Status != stateProvisioning || s.ProvisionRound() != 1 || s.Parks != 0 {
+		t.Fatalf("the superseded run changed the session: %s round %d parks %d", s.Status, s.ProvisionRound(), s.Parks)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.destroyed) != 0 {
+		t.Fatalf("the superseded run removed the lab the later round builds: %v", f.destroyed)
 	}
 }
