@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/examlab/examlab/scheduler"
@@ -171,13 +170,17 @@ func (h *Handlers) restartUnleased(ctx context.Context) ([]string, error) {
 // restartUnleasedOf is restartUnleased's pass over the active provisions
 // and the sessions holding a provision lease, as listed.
 func (h *Handlers) restartUnleasedOf(ctx context.Context, active []scheduler.SessionPayload, leased []string) ([]string, error) {
+	held := make(map[string]bool, len(leased))
+	for _, id := range leased {
+		held[id] = true
+	}
 	now := h.o.Now()
 	var due []unleasedRun
 	h.unleasedMu.Lock()
 	seen := make(map[unleasedRun]bool, len(active))
 	for _, p := range active {
 		run := unleasedRun{p.SessionID, p.Round}
-		if slices.Contains(leased, p.SessionID) {
+		if held[p.SessionID] {
 			continue
 		}
 		seen[run] = true
