@@ -127,11 +127,19 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 			return nil, err
 		}
 	}
+	// No exec may be starting in a node while it is paused (lab.ExecGate):
+	// the gate waits for those under way and holds off new ones until
+	// the nodes run again.
+	gateThaw, err := r.gate.Freeze(ctx, sessionID)
+	if err != nil {
+		return nil, fmt.Errorf("capture lab: %w", err)
+	}
 	frozen, err := r.freeze(ctx, conts)
 	defer func() {
 		if terr := r.thaw(ctx, frozen); terr != nil {
 			err = errors.Join(err, terr)
 		}
+		gateThaw()
 	}()
 	if err != nil {
 		return nil, err
@@ -154,6 +162,7 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 	if err != nil {
 		return out, err
 	}
+	gateThaw()
 	r.reportSockets(ctx, sessionID, conts, preps, out)
 	return out, nil
 }

@@ -37,12 +37,33 @@ type execStart struct {
 // output attached over one hijacked connection. The connection lives until
 // Close is called or ctx is done.
 //
+// The start is noted in the runtime's gate (lab.ExecGate) from before the
+// exec is created until the engine reports the process running or ended,
+// so that a capture never pauses the node while the process starts; see
+// settleStart.
+//
 // API 1.41 has no ConsoleSize on exec create (it came in 1.42), so the
 // initial terminal size is applied with a resize right after start.
-func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error) {
+func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (_ lab.Process, err error) {
 	if len(req.Cmd) == 0 {
 		return nil, fmt.Errorf("exec in %s: empty command", node)
 	}
+	end, err := r.gate.BeginExec(ctx, sessionID)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", node, err)
+	}
+	// Until the start request is sent, nothing can start.
+	execID, settling := "", false
+	defer func() {
+		if err == nil || settling {
+			return
+		}
+		if execID == "" {
+			end(true)
+			return
+		}
+		go r.settleStart(context.WithoutCancel(ctx), execID, end)
+	}()
 	c, err := r.node(ctx, sessionID, node)
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", node, err)
@@ -61,10 +82,13 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		}
 		return nil, fmt.Errorf("exec in %s: %w", node, err)
 	}
+	execID = created.ID
 	conn, br, err := r.client.hijack(ctx, "/exec/"+created.ID+"/start", execStart{Tty: req.TTY})
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: start: %w", node, err)
 	}
+	settling = true
+	go r.settleStart(context.WithoutCancel(ctx), created.ID, end)
 	p := &execProcess{client: r.client, id: created.ID, tty: req.TTY, conn: conn}
 	if req.TTY {
 		p.out = br
@@ -79,6 +103,38 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		}
 	}
 	return p, nil
+}
+
+// settleStart ends the gate's note of exec id's start once the engine
+// reports the process running with a pid, or ended, or the exec gone.
+// The engine answers the start request before it starts the process, so
+// the answer alone says nothing; a start whose outcome stays unknown
+// (the engine does not answer) leaves its note to lapse.
+func (r *Runtime) settleStart(ctx context.Context, id string, end func(settled bool)) {
+	ctx, cancel := context.WithTimeout(ctx, lab.ExecStartTTL)
+	defer cancel()
+	delay := 5 * time.Millisecond
+	for {
+		var st struct {
+			Running  bool `json:"Running"`
+			ExitCode *int `json:"ExitCode"`
+			Pid      int  `json:"Pid"`
+		}
+		err := r.client.do(ctx, http.MethodGet, "/exec/"+id+"/json", nil, nil, &st)
+		switch {
+		case isNotFound(err):
+			end(true) // the container went, and the exec with it
+			return
+		case err == nil && (st.ExitCode != nil || (st.Running && st.Pid > 0)):
+			end(true)
+			return
+		}
+		if sleep(ctx, delay) != nil {
+			end(false)
+			return
+		}
+		delay = min(2*delay, 250*time.Millisecond)
+	}
 }
 
 // execProcess is a command running in a container, attached through a

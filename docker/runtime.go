@@ -60,6 +60,10 @@ type Options struct {
 	// networks the engine refused to remove (the leftovers on record),
 	// which it may still hold. Nil means none.
 	HeldSubnets func(ctx context.Context) ([]string, error)
+	// Gate keeps exec starts into a lab out of its capture's pause, across
+	// every process that reaches the engine (the platform's is the store).
+	// Nil means a gate of this process alone (lab.LocalGate).
+	Gate lab.ExecGate
 }
 
 // Runtime provisions and drives exam labs on one Docker engine. It is safe
@@ -73,6 +77,7 @@ type Runtime struct {
 	instance    string
 	switchImage string
 	heldSubnets func(ctx context.Context) ([]string, error)
+	gate        lab.ExecGate
 
 	graderBusybox string
 	holder        string
@@ -127,8 +132,12 @@ func New(opts Options) (*Runtime, error) {
 	case "none":
 		bb = ""
 	}
+	gate := opts.Gate
+	if gate == nil {
+		gate = lab.NewLocalGate(0)
+	}
 	return &Runtime{client: c, pool: pool.Masked(), prefix: prefix, instance: opts.Instance, switchImage: sw, graderBusybox: bb, holder: opts.Holder,
-		heldSubnets: opts.HeldSubnets}, nil
+		heldSubnets: opts.HeldSubnets, gate: gate}, nil
 }
 
 // Ping reports whether the engine answers. Whatever keeps it from

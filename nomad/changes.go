@@ -32,24 +32,37 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 	if mode == lab.SnapshotFull {
 		return lab.CaptureExports(ctx, sessionID, nodes, mode, "", r.ExportFS, save)
 	}
+	// No exec may be starting in a node while it is frozen (lab.ExecGate):
+	// the gate waits for those under way and holds off new ones until the
+	// lab is thawed.
+	gateThaw, err := r.gate.Freeze(ctx, sessionID)
+	if err != nil {
+		return nil, fmt.Errorf("capture lab %s: %w", sessionID, err)
+	}
 	ferr := r.Freeze(ctx, sessionID)
 	switch {
 	case errors.Is(ferr, ErrNoAgent), errors.Is(ferr, lab.ErrNotRunning):
+		// Nothing is frozen, and the exports exec into the nodes.
+		gateThaw()
 		return lab.CaptureExports(ctx, sessionID, nodes, mode, "not frozen, whole filesystems: "+ferr.Error(), r.ExportFS, save)
 	case errors.Is(ferr, lab.ErrNotFound):
+		gateThaw()
 		for _, n := range nodes {
 			out = append(out, lab.NodeCapture{Node: n, Missing: true})
 		}
 		return out, nil
 	case ferr != nil:
 		// A freeze that failed halfway may have paused some nodes.
-		return nil, errors.Join(fmt.Errorf("capture lab %s: %w", sessionID, ferr), r.thaw(ctx, sessionID))
+		terr := r.thaw(ctx, sessionID)
+		gateThaw()
+		return nil, errors.Join(fmt.Errorf("capture lab %s: %w", sessionID, ferr), terr)
 	}
 	thawed := false
 	defer func() {
 		if !thawed {
 			err = errors.Join(err, r.thaw(ctx, sessionID))
 		}
+		gateThaw()
 	}()
 	out = make([]lab.NodeCapture, len(nodes))
 	var whole []int // nodes to export in full once thawed
@@ -68,7 +81,9 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 		}
 	}
 	thawed = true
-	if err := r.thaw(ctx, sessionID); err != nil {
+	err = r.thaw(ctx, sessionID)
+	gateThaw()
+	if err != nil {
 		return out, err
 	}
 	for _, i := range whole {

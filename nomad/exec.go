@@ -37,12 +37,22 @@ func (r *Runtime) runningNode(ctx context.Context, sessionID, node string) (*api
 //
 // Alloc exec has no environment parameter; req.Env is applied by running
 // the command under env(1).
+//
+// The start is noted in the runtime's gate (lab.ExecGate) so that a
+// capture does not freeze the node while the process starts. Alloc exec
+// says nothing of the start itself: the note ends with the process's
+// first output or its exit, and lapses when the stream breaks first.
 func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error) {
 	if len(req.Cmd) == 0 {
 		return nil, fmt.Errorf("exec in %s: empty command", node)
 	}
+	end, err := r.gate.BeginExec(ctx, sessionID)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", node, err)
+	}
 	alloc, err := r.runningNode(ctx, sessionID, node)
 	if err != nil {
+		end(true)
 		return nil, fmt.Errorf("exec in %s: %w", node, err)
 	}
 	cmd := req.Cmd
@@ -85,7 +95,9 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		go feedSizes(ectx, p.sizes, sizes)
 	}
 	go func() {
-		code, err := r.client.Allocations().Exec(ectx, alloc, node, req.TTY, cmd, stdin, outW, outW, sizes, r.query(ectx))
+		out := &firstWrite{w: outW, first: func() { end(true) }}
+		code, err := r.client.Allocations().Exec(ectx, alloc, node, req.TTY, cmd, stdin, out, out, sizes, r.query(ectx))
+		end(err == nil)
 		if err != nil {
 			code = -1
 			err = fmt.Errorf("exec in %s: %w", node, err)
@@ -98,6 +110,18 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// firstWrite calls first once, before the first write to w.
+type firstWrite struct {
+	w     io.Writer
+	once  sync.Once
+	first func()
+}
+
+func (f *firstWrite) Write(p []byte) (int, error) {
+	f.once.Do(f.first)
+	return f.w.Write(p)
 }
 
 // Nomad's docker driver reports an exec's exit as soon as it sees the

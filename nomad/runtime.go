@@ -54,6 +54,10 @@ type Options struct {
 	// Logger receives the runtime's warnings about the cluster (memory
 	// oversubscription off); nil means slog.Default().
 	Logger *slog.Logger
+	// Gate keeps exec starts into a lab out of its freeze, across every
+	// process that reaches the cluster (the platform's is the store). Nil
+	// means a gate of this process alone (lab.LocalGate).
+	Gate lab.ExecGate
 }
 
 // Runtime provisions and drives exam labs as Nomad jobs. It is safe for
@@ -63,6 +67,7 @@ type Runtime struct {
 	job    jobspecs.NomadOptions
 	wait   time.Duration
 	log    *slog.Logger
+	gate   lab.ExecGate
 	// oversub is what CheckScheduler found of memory oversubscription.
 	oversub atomic.Int32
 }
@@ -100,7 +105,11 @@ func New(opts Options) (*Runtime, error) {
 	if job.Region == "" {
 		job.Region = cfg.Region
 	}
-	return &Runtime{client: c, job: job, wait: wait, log: logger(opts.Logger)}, nil
+	gate := opts.Gate
+	if gate == nil {
+		gate = lab.NewLocalGate(0)
+	}
+	return &Runtime{client: c, job: job, wait: wait, log: logger(opts.Logger), gate: gate}, nil
 }
 
 // Job renders the session's job as this runtime registers it: as the

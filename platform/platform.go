@@ -159,7 +159,7 @@ func New(ctx context.Context, cfg config.Config, roles Roles, o Options) (*Platf
 	}
 	p.Runtime = o.Runtime
 	if p.Runtime == nil {
-		if p.Runtime, err = newRuntime(cfg, o.Holder, p.Store.HeldSubnets); err != nil {
+		if p.Runtime, err = newRuntime(cfg, o.Holder, p.Store.HeldSubnets, p.Store); err != nil {
 			return nil, err
 		}
 	}
@@ -388,15 +388,17 @@ func (p *Platform) Shutdown(ctx context.Context) error {
 }
 
 // NewRuntime builds the lab runtime the config names.
-func NewRuntime(cfg config.Config) (lab.Runtime, error) { return newRuntime(cfg, "", nil) }
+func NewRuntime(cfg config.Config) (lab.Runtime, error) { return newRuntime(cfg, "", nil, nil) }
 
 // newRuntime builds the runtime; held lists the subnets leftover networks
-// still hold (store.HeldSubnets), which new labs are not given.
-func newRuntime(cfg config.Config, holder string, held func(context.Context) ([]string, error)) (lab.Runtime, error) {
+// still hold (store.HeldSubnets), which new labs are not given, and gate
+// keeps exec starts out of captures across the platform's processes (the
+// store; nil: this process's alone).
+func newRuntime(cfg config.Config, holder string, held func(context.Context) ([]string, error), gate lab.ExecGate) (lab.Runtime, error) {
 	switch cfg.Runtime {
 	case config.RuntimeDocker:
 		return docker.New(docker.Options{Host: cfg.DockerHost, SubnetPool: cfg.SubnetPool, SubnetPrefix: cfg.SubnetPrefix, SwitchImage: cfg.SwitchImage, GraderBusybox: cfg.GraderBusybox, Holder: holder, Instance: cfg.Instance,
-			HeldSubnets: held})
+			HeldSubnets: held, Gate: gate})
 	case config.RuntimeNomad:
 		// The Nomad client reads NOMAD_ADDR, NOMAD_TOKEN, NOMAD_NAMESPACE,
 		// NOMAD_REGION and the TLS variables itself.
@@ -404,7 +406,7 @@ func newRuntime(cfg config.Config, holder string, held func(context.Context) ([]
 		if err != nil {
 			return nil, err
 		}
-		return nomad.New(nomad.Options{Job: job})
+		return nomad.New(nomad.Options{Job: job, Gate: gate})
 	}
 	return nil, fmt.Errorf("runtime %q is not available", cfg.Runtime)
 }

@@ -65,6 +65,10 @@ type Options struct {
 	SigningKey ed25519.PrivateKey
 	// Logger hears of seals that fail; default slog.Default().
 	Logger *slog.Logger
+	// ExecStartTTL is how long the note of an exec start whose end never
+	// came holds off a freeze of its lab (execgate.go); default
+	// lab.ExecStartTTL.
+	ExecStartTTL time.Duration
 }
 
 // Store reads and writes session records.
@@ -81,6 +85,7 @@ type Store struct {
 	cache       summaryCache
 	sign        ed25519.PrivateKey
 	log         *slog.Logger
+	execTTL     time.Duration
 }
 
 // New opens the store rooted at o.Dir.
@@ -116,8 +121,11 @@ func New(o Options) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.ExecStartTTL <= 0 {
+		o.ExecStartTTL = lab.ExecStartTTL
+	}
 	return &Store{dir: dir, rdb: o.Redis, prefix: o.Prefix, lockTTL: o.LockTTL, maxAns: o.MaxAnswerBytes, maxLabs: o.MaxLabs, now: o.Now,
-		sign: o.SigningKey, log: o.Logger, examVersion: o.ExamVersion}, nil
+		sign: o.SigningKey, log: o.Logger, examVersion: o.ExamVersion, execTTL: o.ExecStartTTL}, nil
 }
 
 // Redis returns the index client, for callers that share it (health checks).

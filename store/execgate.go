@@ -1,0 +1,159 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/examlab/examlab/auth"
+	"github.com/examlab/examlab/lab"
+)
+
+// The exec gate (lab.ExecGate) across processes: a relay hanging up a
+// terminal and a worker pausing the lab for its capture are apart, and
+// only what they share, Redis, can keep an exec start out of a freeze.
+// Per lab, exec-starts is a sorted set of the starts under way, each
+// scored with when its note lapses, and frozen holds the token of the
+// freeze in progress, with a ttl its holder renews.
+
+// Named intervals of the gate.
+const (
+	freezeTTL      = 30 * time.Second // a frozen mark whose holder died lapses after it
+	freezeRenew    = freezeTTL / 3
+	gatePoll       = 50 * time.Millisecond // how often a waiter looks again
+	gateCallBudget = 5 * time.Second       // one Redis call of a note's end or a thaw
+)
+
+var _ lab.ExecGate = (*Store)(nil)
+
+// beginExecScript notes a start unless the lab is frozen: one step, so a
+// freeze that has set its mark sees every start noted before it.
+var beginExecScript = redis.NewScript(`
+if redis.call("exists", KEYS[1]) == 1 then return 0 end
+redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
+redis.call("pexpire", KEYS[2], ARGV[3])
+return 1`)
+
+func (s *Store) gateKeys(labID string) (frozen, starts string, err error) {
+	if !lab.ValidSessionID(labID) {
+		return "", "", fmt.Errorf("exec gate: invalid lab id %q", labID)
+	}
+	return s.key("frozen", labID), s.key("exec-starts", labID), nil
+}
+
+// BeginExec implements lab.ExecGate.
+func (s *Store) BeginExec(ctx context.Context, labID string) (func(bool), error) {
+	frozen, starts, err := s.gateKeys(labID)
+	if err != nil {
+		return nil, err
+	}
+	member, _ := auth.NewToken()
+	for {
+		// The engine's clock, not the exam's (s.now may be a test's).
+		lapse := time.Now().Add(s.execTTL).UnixMilli()
+		ok, err := beginExecScript.Run(ctx, s.rdb, []string{frozen, starts}, member, lapse, s.execTTL.Milliseconds()).Int()
+		if err != nil {
+			return nil, fmt.Errorf("exec in lab %s: note the start: %w", labID, err)
+		}
+		if ok == 1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("exec in lab %s: waiting for its capture to end: %w", labID, ctx.Err())
+		case <-time.After(gatePoll):
+		}
+	}
+	var once sync.Once
+	return func(settled bool) {
+		if !settled {
+			return // the note lapses at its score (Options.ExecStartTTL)
+		}
+		once.Do(func() {
+			// The caller's context may be over (a start cut off, then
+			// learnt to be over): the note goes all the same.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gateCallBudget)
+			defer cancel()
+			if err := s.rdb.ZRem(ctx, starts, member).Err(); err != nil {
+				s.log.Warn("end the note of an exec start; it lapses on its own", "lab", labID, "err", err)
+			}
+		})
+	}, nil
+}
+
+// Freeze implements lab.ExecGate. A second freeze of a frozen lab waits
+// for the first one's thaw.
+func (s *Store) Freeze(ctx context.Context, labID string) (func(), error) {
+	frozen, starts, err := s.gateKeys(labID)
+	if err != nil {
+		return nil, err
+	}
+	tok, _ := auth.NewToken()
+	for {
+		ok, err := s.rdb.SetNX(ctx, frozen, tok, freezeTTL).Result()
+		if err != nil {
+			return nil, fmt.Errorf("freeze lab %s: %w", labID, err)
+		}
+		if ok {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("freeze lab %s: waiting for another freeze: %w", labID, ctx.Err())
+		case <-time.After(gatePoll):
+		}
+	}
+	rctx, stopRenew := context.WithCancel(context.WithoutCancel(ctx))
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		t := time.NewTicker(freezeRenew)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+				err := renewLockScript.Run(rctx, s.rdb, []string{frozen}, tok, freezeTTL.Milliseconds()).Err()
+				if err != nil && !errors.Is(err, context.Canceled) {
+					s.log.Warn("renew the frozen mark of a lab", "lab", labID, "err", err)
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	thaw := func() {
+		once.Do(func() {
+			stopRenew()
+			<-renewed
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gateCallBudget)
+			defer cancel()
+			if err := unlockScript.Run(ctx, s.rdb, []string{frozen}, tok).Err(); err != nil {
+				s.log.Warn("lift the frozen mark of a lab; it lapses on its own", "lab", labID, "err", err)
+			}
+		})
+	}
+	for {
+		now := fmt.Sprint(time.Now().UnixMilli())
+		n, err := s.rdb.ZCount(ctx, starts, "("+now, "+inf").Result()
+		if err != nil {
+			thaw()
+			return nil, fmt.Errorf("freeze lab %s: count exec starts: %w", labID, err)
+		}
+		if n == 0 {
+			// Lapsed notes are of no use to anyone now.
+			s.rdb.ZRemRangeByScore(ctx, starts, "-inf", now)
+			return thaw, nil
+		}
+		select {
+		case <-ctx.Done():
+			thaw()
+			return nil, fmt.Errorf("freeze lab %s: waiting for exec starts: %w", labID, ctx.Err())
+		case <-time.After(gatePoll):
+		}
+	}
+}
