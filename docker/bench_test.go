@@ -238,7 +238,7 @@ func BenchmarkRawEngineSegmentedLab(b *testing.B) {
 			conts[n.Name] = ct
 			pids[n.Name] = ct.State.Pid
 		}
-		if code, err := r.execIn(ctx, conts["switch"], "switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, io.Discard, io.Discard); err != nil || code != 0 {
+		if code, err := r.execIn(ctx, "", conts["switch"], "switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, io.Discard, io.Discard); err != nil || code != 0 {
 			b.Fatalf("wire: exit %d, %v", code, err)
 		}
 		for _, n := range spec.Nodes {
@@ -246,7 +246,7 @@ func BenchmarkRawEngineSegmentedLab(b *testing.B) {
 				sem <- struct{}{}
 				defer func() { <-sem }()
 				ct := conts[n.Name]
-				if code, err := r.execIn(ctx, ct, n.Name, []string{"sh", "-c", lab.NodeScript(spec)}, nil, io.Discard, io.Discard); err != nil || code != 0 {
+				if code, err := r.execIn(ctx, "", ct, n.Name, []string{"sh", "-c", lab.NodeScript(spec)}, nil, io.Discard, io.Discard); err != nil || code != 0 {
 					fail(fmt.Errorf("names in %s: exit %d, %v", n.Name, code, err))
 					return
 				}
@@ -259,7 +259,7 @@ func BenchmarkRawEngineSegmentedLab(b *testing.B) {
 						return
 					}
 				}
-				if code, err := r.execIn(ctx, ct, n.Name, []string{"sh", "-c", lab.SetupScript, "setup", n.Setup}, nil, io.Discard, io.Discard); err != nil || code != 0 {
+				if code, err := r.execIn(ctx, "", ct, n.Name, []string{"sh", "-c", lab.SetupScript, "setup", n.Setup}, nil, io.Discard, io.Discard); err != nil || code != 0 {
 					fail(fmt.Errorf("setup in %s: exit %d, %v", n.Name, code, err))
 				}
 			})

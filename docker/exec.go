@@ -44,26 +44,15 @@ type execStart struct {
 //
 // API 1.41 has no ConsoleSize on exec create (it came in 1.42), so the
 // initial terminal size is applied with a resize right after start.
-func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (_ lab.Process, err error) {
+func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.ExecRequest) (lab.Process, error) {
 	if len(req.Cmd) == 0 {
 		return nil, fmt.Errorf("exec in %s: empty command", node)
 	}
-	end, err := r.gate.BeginExec(ctx, sessionID)
+	note, err := r.beginStart(ctx, sessionID)
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", node, err)
 	}
-	// Until the start request is sent, nothing can start.
-	execID, settling := "", false
-	defer func() {
-		if err == nil || settling {
-			return
-		}
-		if execID == "" {
-			end(true)
-			return
-		}
-		go r.settleStart(context.WithoutCancel(ctx), execID, end)
-	}()
+	defer note.done(ctx)
 	c, err := r.node(ctx, sessionID, node)
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", node, err)
@@ -82,13 +71,12 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		}
 		return nil, fmt.Errorf("exec in %s: %w", node, err)
 	}
-	execID = created.ID
+	note.created(created.ID)
 	conn, br, err := r.client.hijack(ctx, "/exec/"+created.ID+"/start", execStart{Tty: req.TTY})
 	if err != nil {
+		note.startFailed(err)
 		return nil, fmt.Errorf("exec in %s: start: %w", node, err)
 	}
-	settling = true
-	go r.settleStart(context.WithoutCancel(ctx), created.ID, end)
 	p := &execProcess{client: r.client, id: created.ID, tty: req.TTY, conn: conn}
 	if req.TTY {
 		p.out = br
@@ -103,6 +91,52 @@ func (r *Runtime) Exec(ctx context.Context, sessionID, node string, req lab.Exec
 		}
 	}
 	return p, nil
+}
+
+// startNote is the gate's note of one exec start (lab.ExecGate), from
+// before the exec is created until the engine says how the start went.
+type startNote struct {
+	r      *Runtime
+	end    func(settled bool) // nil: an exec the gate does not see
+	execID string             // "" until created, and once known never started
+}
+
+// beginStart notes an exec start into lab labID; "" notes nothing (a
+// lab's switch, which no capture pauses).
+func (r *Runtime) beginStart(ctx context.Context, labID string) (*startNote, error) {
+	n := &startNote{r: r}
+	if labID == "" {
+		return n, nil
+	}
+	end, err := r.gate.BeginExec(ctx, labID)
+	if err != nil {
+		return nil, err
+	}
+	n.end = end
+	return n, nil
+}
+
+// created records the exec's id: from now on a start may be under way.
+func (n *startNote) created(id string) { n.execID = id }
+
+// startFailed records why the start request failed: an engine that
+// answered with an error, or could not be reached, started nothing.
+func (n *startNote) startFailed(err error) {
+	if statusOf(err) != 0 || errors.Is(err, lab.ErrUnavailable) {
+		n.execID = ""
+	}
+}
+
+// done ends the note once the start is over: at once when nothing was
+// started, else when the engine says so (settleStart).
+func (n *startNote) done(ctx context.Context) {
+	switch {
+	case n.end == nil:
+	case n.execID == "":
+		n.end(true)
+	default:
+		go n.r.settleStart(context.WithoutCancel(ctx), n.execID, n.end)
+	}
 }
 
 // settleStart ends the gate's note of exec id's start once the engine

@@ -225,16 +225,23 @@ func (r *Runtime) ExecStreams(ctx context.Context, sessionID, node string, cmd [
 	if err != nil {
 		return -1, fmt.Errorf("exec in %s: %w", node, err)
 	}
-	return r.execIn(ctx, c, node, cmd, stdin, stdout, stderr)
+	return r.execIn(ctx, sessionID, c, node, cmd, stdin, stdout, stderr)
 }
 
 // execIn runs cmd without a TTY in container c (named what for errors) and
-// copies its stdout and stderr to separate writers.
-func (r *Runtime) execIn(ctx context.Context, c container, what string, cmd []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+// copies its stdout and stderr to separate writers. The start is noted in
+// the gate of lab labID, which a node's exec must name ("" for a switch,
+// which no capture pauses).
+func (r *Runtime) execIn(ctx context.Context, labID string, c container, what string, cmd []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	node := what
 	if !c.State.Running || c.State.Restarting {
 		return -1, fmt.Errorf("exec in %s: %w (%s)", node, lab.ErrNotRunning, c.State.Status)
 	}
+	note, err := r.beginStart(ctx, labID)
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: %w", node, err)
+	}
+	defer note.done(ctx)
 	var created struct {
 		ID string `json:"Id"`
 	}
@@ -242,8 +249,10 @@ func (r *Runtime) execIn(ctx context.Context, c container, what string, cmd []st
 	if err := r.client.do(ctx, http.MethodPost, "/containers/"+c.ID+"/exec", nil, body, &created); err != nil {
 		return -1, fmt.Errorf("exec in %s: %w", node, err)
 	}
+	note.created(created.ID)
 	conn, br, err := r.client.hijack(ctx, "/exec/"+created.ID+"/start", execStart{})
 	if err != nil {
+		note.startFailed(err)
 		return -1, fmt.Errorf("exec in %s: start: %w", node, err)
 	}
 	defer conn.Close()

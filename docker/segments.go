@@ -186,7 +186,7 @@ func (r *Runtime) WireNodes(ctx context.Context, spec lab.Spec, nodes map[string
 			pids[name] = c.State.Pid
 		}
 		var out bytes.Buffer
-		code, err := r.execIn(ctx, sw, "the lab's switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, &out, &out)
+		code, err := r.execIn(ctx, "", sw, "the lab's switch", []string{"sh", "-c", lab.SwitchScript(spec, pids)}, nil, &out, &out)
 		if err != nil {
 			return nil, fmt.Errorf("wire the lab: %w", err)
 		}
@@ -265,7 +265,7 @@ func (r *Runtime) prepareNode(ctx context.Context, spec lab.Spec, n lab.Node, c 
 	}
 	script += "\nif [ -e " + lab.PreparedMarker + " ]; then echo " + prepareMarker + "; fi\n"
 	var out bytes.Buffer
-	code, err := r.execIn(ctx, c, n.Name, []string{"sh", "-c", script}, nil, &out, &out)
+	code, err := r.execIn(ctx, spec.SessionID, c, n.Name, []string{"sh", "-c", script}, nil, &out, &out)
 	switch {
 	case err != nil && strings.Contains(err.Error(), "executable file not found"):
 		return fmt.Errorf("node %s: its image %s has no sh", n.Name, n.Image)
@@ -291,7 +291,7 @@ func (r *Runtime) prepareNode(ctx context.Context, spec lab.Spec, n lab.Node, c 
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out.Reset()
-	code, err = r.execIn(sctx, c, n.Name, []string{"sh", "-c", lab.SetupScript, "setup", n.Setup}, nil, &out, &out)
+	code, err = r.execIn(sctx, spec.SessionID, c, n.Name, []string{"sh", "-c", lab.SetupScript, "setup", n.Setup}, nil, &out, &out)
 	switch {
 	case sctx.Err() != nil && ctx.Err() == nil:
 		return &SetupError{Node: n.Name, Err: fmt.Errorf("did not finish within %s", timeout)}

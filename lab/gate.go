@@ -87,9 +87,11 @@ func (l *gateLab) dropLapsedLocked(now time.Time) {
 	}
 }
 
-// dropLocked forgets a lab with nothing noted. g.mu must be held.
+// dropLocked forgets l, the entry of lab id, once nothing is noted in it.
+// An entry already replaced (a late end of a note that lapsed) is left
+// alone. g.mu must be held.
 func (g *LocalGate) dropLocked(id string, l *gateLab) {
-	if !l.frozen && len(l.starts) == 0 {
+	if !l.frozen && len(l.starts) == 0 && g.labs[id] == l {
 		delete(g.labs, id)
 	}
 }
@@ -132,9 +134,10 @@ func (g *LocalGate) BeginExec(ctx context.Context, labID string) (func(bool), er
 // Freeze implements ExecGate. A second freeze of a frozen lab waits for
 // the first one's thaw.
 func (g *LocalGate) Freeze(ctx context.Context, labID string) (func(), error) {
+	var l *gateLab
 	for {
 		g.mu.Lock()
-		l := g.labLocked(labID)
+		l = g.labLocked(labID)
 		if !l.frozen {
 			l.frozen = true
 			g.mu.Unlock()
@@ -153,7 +156,6 @@ func (g *LocalGate) Freeze(ctx context.Context, labID string) (func(), error) {
 		once.Do(func() {
 			g.mu.Lock()
 			defer g.mu.Unlock()
-			l := g.labs[labID]
 			l.frozen = false
 			g.dropLocked(labID, l)
 			g.changedLocked()
@@ -161,7 +163,6 @@ func (g *LocalGate) Freeze(ctx context.Context, labID string) (func(), error) {
 	}
 	for {
 		g.mu.Lock()
-		l := g.labs[labID]
 		l.dropLapsedLocked(time.Now())
 		var lapse time.Time
 		for _, t := range l.starts {

@@ -31,12 +31,31 @@ const (
 var _ lab.ExecGate = (*Store)(nil)
 
 // beginExecScript notes a start unless the lab is frozen: one step, so a
-// freeze that has set its mark sees every start noted before it.
+// freeze that has set its mark sees every start noted before it. Notes
+// lapse by Redis's clock, the one every process sees alike.
 var beginExecScript = redis.NewScript(`
 if redis.call("exists", KEYS[1]) == 1 then return 0 end
-redis.call("zadd", KEYS[2], ARGV[2], ARGV[1])
-redis.call("pexpire", KEYS[2], ARGV[3])
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call("zadd", KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call("pexpire", KEYS[2], ARGV[2])
 return 1`)
+
+// pendingStartsScript drops the lapsed notes and counts the others.
+var pendingStartsScript = redis.NewScript(`
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call("zremrangebyscore", KEYS[1], "-inf", now)
+return redis.call("zcard", KEYS[1])`)
+
+// gateErr is err, or the end of ctx when that is what cut a call short:
+// a deadline met mid-call shows as an i/o timeout of the connection.
+func gateErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
 
 func (s *Store) gateKeys(labID string) (frozen, starts string, err error) {
 	if !lab.ValidSessionID(labID) {
@@ -53,11 +72,9 @@ func (s *Store) BeginExec(ctx context.Context, labID string) (func(bool), error)
 	}
 	member, _ := auth.NewToken()
 	for {
-		// The engine's clock, not the exam's (s.now may be a test's).
-		lapse := time.Now().Add(s.execTTL).UnixMilli()
-		ok, err := beginExecScript.Run(ctx, s.rdb, []string{frozen, starts}, member, lapse, s.execTTL.Milliseconds()).Int()
+		ok, err := beginExecScript.Run(ctx, s.rdb, []string{frozen, starts}, member, s.execTTL.Milliseconds()).Int()
 		if err != nil {
-			return nil, fmt.Errorf("exec in lab %s: note the start: %w", labID, err)
+			return nil, fmt.Errorf("exec in lab %s: note the start: %w", labID, gateErr(ctx, err))
 		}
 		if ok == 1 {
 			break
@@ -96,7 +113,7 @@ func (s *Store) Freeze(ctx context.Context, labID string) (func(), error) {
 	for {
 		ok, err := s.rdb.SetNX(ctx, frozen, tok, freezeTTL).Result()
 		if err != nil {
-			return nil, fmt.Errorf("freeze lab %s: %w", labID, err)
+			return nil, fmt.Errorf("freeze lab %s: %w", labID, gateErr(ctx, err))
 		}
 		if ok {
 			break
@@ -138,15 +155,12 @@ func (s *Store) Freeze(ctx context.Context, labID string) (func(), error) {
 		})
 	}
 	for {
-		now := fmt.Sprint(time.Now().UnixMilli())
-		n, err := s.rdb.ZCount(ctx, starts, "("+now, "+inf").Result()
+		n, err := pendingStartsScript.Run(ctx, s.rdb, []string{starts}).Int()
 		if err != nil {
 			thaw()
-			return nil, fmt.Errorf("freeze lab %s: count exec starts: %w", labID, err)
+			return nil, fmt.Errorf("freeze lab %s: count exec starts: %w", labID, gateErr(ctx, err))
 		}
 		if n == 0 {
-			// Lapsed notes are of no use to anyone now.
-			s.rdb.ZRemRangeByScore(ctx, starts, "-inf", now)
 			return thaw, nil
 		}
 		select {

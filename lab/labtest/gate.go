@@ -81,6 +81,20 @@ func ExecGateSuite(t *testing.T, newGate func(t *testing.T, lapse time.Duration)
 			t.Fatalf("freeze went ahead after %s with a start of unknown outcome noted %s before; it lapses after %s", waited, waited, gateLapse)
 		}
 	})
+	t.Run("a late end leaves a later start noted", func(t *testing.T) {
+		g := newGate(t, gateLapse)
+		late := begin(t, g, labA)
+		time.Sleep(gateLapse + gateLapse/4)
+		freeze(t, g, labA)() // the first start's note has lapsed
+		end := begin(t, g, labA)
+		defer end(true)
+		late(true)
+		cctx, cancel := context.WithTimeout(ctx, blockedFor)
+		defer cancel()
+		if _, err := g.Freeze(cctx, labA); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("freeze after a lapsed start's late end, while another starts: %v", err)
+		}
+	})
 	t.Run("labs are apart", func(t *testing.T) {
 		g := newGate(t, gateLapse*60)
 		end := begin(t, g, labA)
