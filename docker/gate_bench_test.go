@@ -16,7 +16,7 @@ import (
 type bareGate struct{}
 
 func (bareGate) BeginExec(context.Context, string) (func(bool), error) { return func(bool) {}, nil }
-func (bareGate) Freeze(context.Context, string) (func(), error)         { return func() {}, nil }
+func (bareGate) Freeze(context.Context, string) (func(), error)        { return func() {}, nil }
 
 // BenchmarkExecGate runs a short command (`true`, as a grading check or a
 // hangup does) in a node through the runtime with no gate (the baseline),
