@@ -21,6 +21,7 @@ import (
 
 	"github.com/examlab/examlab/config"
 	"github.com/examlab/examlab/platform"
+	"github.com/examlab/examlab/session"
 	"github.com/examlab/examlab/store"
 	"github.com/examlab/examlab/testlab"
 )
@@ -305,4 +306,8 @@ func TestExamPageInBrowser(t *testing.T) {
 		poll(`document.getElementById('done-title').textContent === 'Exam submitted'`, pageStepTimeout),
 		poll(`document.querySelectorAll('.pane[data-state="connected"]').length === 0`, pageStepTimeout),
 	)
+	// The archive runs on after the page says submitted; the lab is
+	// removed by its cleanup, not by this test's, which would race the
+	// capture's containers.
+	waitState(t, st, id, session.StateCompleted, labDestroyTimeout)
 }
