@@ -96,61 +96,60 @@ func (g *LocalGate) dropLocked(id string, l *gateLab) {
 	}
 }
 
-// BeginExec implements ExecGate.
-func (g *LocalGate) BeginExec(ctx context.Context, labID string) (func(bool), error) {
+// lockUnfrozen waits until lab id is not frozen and returns its entry
+// with g.mu held, or ctx's error without it.
+func (g *LocalGate) lockUnfrozen(ctx context.Context, id string) (*gateLab, error) {
 	for {
 		g.mu.Lock()
-		l := g.labLocked(labID)
+		l := g.labLocked(id)
 		if !l.frozen {
-			l.dropLapsedLocked(time.Now())
-			id := l.next
-			l.next++
-			l.starts[id] = time.Now().Add(g.ttl)
-			g.mu.Unlock()
-			var once sync.Once
-			return func(settled bool) {
-				if !settled {
-					return // the note lapses at its time
-				}
-				once.Do(func() {
-					g.mu.Lock()
-					defer g.mu.Unlock()
-					delete(l.starts, id)
-					g.dropLocked(labID, l)
-					g.changedLocked()
-				})
-			}, nil
+			return l, nil
 		}
 		ch := g.change
 		g.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("exec in lab %s: waiting for its capture to end: %w", labID, ctx.Err())
+			return nil, ctx.Err()
 		}
 	}
+}
+
+// BeginExec implements ExecGate.
+func (g *LocalGate) BeginExec(ctx context.Context, labID string) (func(bool), error) {
+	l, err := g.lockUnfrozen(ctx, labID)
+	if err != nil {
+		return nil, fmt.Errorf("exec in lab %s: waiting for its capture to end: %w", labID, err)
+	}
+	l.dropLapsedLocked(time.Now())
+	id := l.next
+	l.next++
+	l.starts[id] = time.Now().Add(g.ttl)
+	g.mu.Unlock()
+	var once sync.Once
+	return func(settled bool) {
+		if !settled {
+			return // the note lapses at its time
+		}
+		once.Do(func() {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			delete(l.starts, id)
+			g.dropLocked(labID, l)
+			g.changedLocked()
+		})
+	}, nil
 }
 
 // Freeze implements ExecGate. A second freeze of a frozen lab waits for
 // the first one's thaw.
 func (g *LocalGate) Freeze(ctx context.Context, labID string) (func(), error) {
-	var l *gateLab
-	for {
-		g.mu.Lock()
-		l = g.labLocked(labID)
-		if !l.frozen {
-			l.frozen = true
-			g.mu.Unlock()
-			break
-		}
-		ch := g.change
-		g.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("freeze lab %s: %w", labID, ctx.Err())
-		}
+	l, err := g.lockUnfrozen(ctx, labID)
+	if err != nil {
+		return nil, fmt.Errorf("freeze lab %s: %w", labID, err)
 	}
+	l.frozen = true
+	g.mu.Unlock()
 	var once sync.Once
 	thaw := func() {
 		once.Do(func() {

@@ -34,35 +34,33 @@ func (r *Runtime) Capture(ctx context.Context, sessionID string, nodes []string,
 	}
 	// No exec may be starting in a node while it is frozen (lab.ExecGate):
 	// the gate waits for those under way and holds off new ones until the
-	// lab is thawed.
+	// lab is thawed. Its thaw is deferred first, so it runs after any
+	// thaw of the nodes below (and is called sooner where it can be).
 	gateThaw, err := r.gate.Freeze(ctx, sessionID)
 	if err != nil {
 		return nil, fmt.Errorf("capture lab %s: %w", sessionID, err)
 	}
+	defer gateThaw()
 	ferr := r.Freeze(ctx, sessionID)
 	switch {
 	case errors.Is(ferr, ErrNoAgent), errors.Is(ferr, lab.ErrNotRunning):
-		// Nothing is frozen, and the exports exec into the nodes.
+		// Nothing is frozen: execs may go on during the exports.
 		gateThaw()
 		return lab.CaptureExports(ctx, sessionID, nodes, mode, "not frozen, whole filesystems: "+ferr.Error(), r.ExportFS, save)
 	case errors.Is(ferr, lab.ErrNotFound):
-		gateThaw()
 		for _, n := range nodes {
 			out = append(out, lab.NodeCapture{Node: n, Missing: true})
 		}
 		return out, nil
 	case ferr != nil:
 		// A freeze that failed halfway may have paused some nodes.
-		terr := r.thaw(ctx, sessionID)
-		gateThaw()
-		return nil, errors.Join(fmt.Errorf("capture lab %s: %w", sessionID, ferr), terr)
+		return nil, errors.Join(fmt.Errorf("capture lab %s: %w", sessionID, ferr), r.thaw(ctx, sessionID))
 	}
 	thawed := false
 	defer func() {
 		if !thawed {
 			err = errors.Join(err, r.thaw(ctx, sessionID))
 		}
-		gateThaw()
 	}()
 	out = make([]lab.NodeCapture, len(nodes))
 	var whole []int // nodes to export in full once thawed

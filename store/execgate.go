@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -17,15 +16,17 @@ import (
 // terminal and a worker pausing the lab for its capture are apart, and
 // only what they share, Redis, can keep an exec start out of a freeze.
 // Per lab, exec-starts is a sorted set of the starts under way, each
-// scored with when its note lapses, and frozen holds the token of the
-// freeze in progress, with a ttl its holder renews.
+// scored with when its note lapses, and the freeze in progress holds the
+// record lock "frozen" of the lab (lockFor), renewed while it holds it.
 
 // Named intervals of the gate.
 const (
-	freezeTTL      = 30 * time.Second // a frozen mark whose holder died lapses after it
-	freezeRenew    = freezeTTL / 3
+	// freezeHold bounds how long one capture keeps its lab marked
+	// frozen, past an archive task's own timeout; a mark whose holder
+	// died lapses within lockLease.
+	freezeHold     = time.Hour
 	gatePoll       = 50 * time.Millisecond // how often a waiter looks again
-	gateCallBudget = 5 * time.Second       // one Redis call of a note's end or a thaw
+	gateCallBudget = 5 * time.Second       // one Redis call of a note's end
 )
 
 var _ lab.ExecGate = (*Store)(nil)
@@ -57,11 +58,13 @@ func gateErr(ctx context.Context, err error) error {
 	return err
 }
 
+// gateKeys are lab labID's keys: frozen is the one Freeze's lockFor
+// takes, starts the notes of exec starts.
 func (s *Store) gateKeys(labID string) (frozen, starts string, err error) {
 	if !lab.ValidSessionID(labID) {
 		return "", "", fmt.Errorf("exec gate: invalid lab id %q", labID)
 	}
-	return s.key("frozen", labID), s.key("exec-starts", labID), nil
+	return s.key("lock", "frozen", labID), s.key("exec-starts", labID), nil
 }
 
 // BeginExec implements lab.ExecGate.
@@ -71,19 +74,12 @@ func (s *Store) BeginExec(ctx context.Context, labID string) (func(bool), error)
 		return nil, err
 	}
 	member, _ := auth.NewToken()
-	for {
+	err = pollEvery(ctx, gatePoll, func() (bool, error) {
 		ok, err := beginExecScript.Run(ctx, s.rdb, []string{frozen, starts}, member, s.execTTL.Milliseconds()).Int()
-		if err != nil {
-			return nil, fmt.Errorf("exec in lab %s: note the start: %w", labID, gateErr(ctx, err))
-		}
-		if ok == 1 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("exec in lab %s: waiting for its capture to end: %w", labID, ctx.Err())
-		case <-time.After(gatePoll):
-		}
+		return ok == 1, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("exec in lab %s: waiting for its capture to end: %w", labID, gateErr(ctx, err))
 	}
 	var once sync.Once
 	return func(settled bool) {
@@ -105,69 +101,37 @@ func (s *Store) BeginExec(ctx context.Context, labID string) (func(bool), error)
 // Freeze implements lab.ExecGate. A second freeze of a frozen lab waits
 // for the first one's thaw.
 func (s *Store) Freeze(ctx context.Context, labID string) (func(), error) {
-	frozen, starts, err := s.gateKeys(labID)
+	_, starts, err := s.gateKeys(labID)
 	if err != nil {
 		return nil, err
 	}
-	tok, _ := auth.NewToken()
-	for {
-		ok, err := s.rdb.SetNX(ctx, frozen, tok, freezeTTL).Result()
-		if err != nil {
-			return nil, fmt.Errorf("freeze lab %s: %w", labID, gateErr(ctx, err))
-		}
-		if ok {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("freeze lab %s: waiting for another freeze: %w", labID, ctx.Err())
-		case <-time.After(gatePoll):
-		}
+	thaw, err := s.lockFor(ctx, "frozen", labID, freezeHold)
+	if err != nil {
+		return nil, fmt.Errorf("freeze lab %s: %w", labID, gateErr(ctx, err))
 	}
-	rctx, stopRenew := context.WithCancel(context.WithoutCancel(ctx))
-	renewed := make(chan struct{})
-	go func() {
-		defer close(renewed)
-		t := time.NewTicker(freezeRenew)
-		defer t.Stop()
-		for {
-			select {
-			case <-rctx.Done():
-				return
-			case <-t.C:
-				err := renewLockScript.Run(rctx, s.rdb, []string{frozen}, tok, freezeTTL.Milliseconds()).Err()
-				if err != nil && !errors.Is(err, context.Canceled) {
-					s.log.Warn("renew the frozen mark of a lab", "lab", labID, "err", err)
-				}
-			}
-		}
-	}()
-	var once sync.Once
-	thaw := func() {
-		once.Do(func() {
-			stopRenew()
-			<-renewed
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gateCallBudget)
-			defer cancel()
-			if err := unlockScript.Run(ctx, s.rdb, []string{frozen}, tok).Err(); err != nil {
-				s.log.Warn("lift the frozen mark of a lab; it lapses on its own", "lab", labID, "err", err)
-			}
-		})
-	}
-	for {
+	err = pollEvery(ctx, gatePoll, func() (bool, error) {
 		n, err := pendingStartsScript.Run(ctx, s.rdb, []string{starts}).Int()
-		if err != nil {
-			thaw()
-			return nil, fmt.Errorf("freeze lab %s: count exec starts: %w", labID, gateErr(ctx, err))
-		}
-		if n == 0 {
-			return thaw, nil
+		return n == 0, err
+	})
+	if err != nil {
+		thaw()
+		return nil, fmt.Errorf("freeze lab %s: waiting for exec starts: %w", labID, gateErr(ctx, err))
+	}
+	return thaw, nil
+}
+
+// pollEvery calls done every interval until it reports true, fails, or
+// ctx ends.
+func pollEvery(ctx context.Context, every time.Duration, done func() (bool, error)) error {
+	for {
+		ok, err := done()
+		if err != nil || ok {
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			thaw()
-			return nil, fmt.Errorf("freeze lab %s: waiting for exec starts: %w", labID, ctx.Err())
-		case <-time.After(gatePoll):
+			return ctx.Err()
+		case <-time.After(every):
 		}
 	}
 }

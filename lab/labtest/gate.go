@@ -64,11 +64,7 @@ func ExecGateSuite(t *testing.T, newGate func(t *testing.T, lapse time.Duration)
 		g := newGate(t, gateLapse*60)
 		end := begin(t, g, labA)
 		defer end(true)
-		cctx, cancel := context.WithTimeout(ctx, blockedFor)
-		defer cancel()
-		if _, err := g.Freeze(cctx, labA); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("freeze past its deadline while an exec starts: %v", err)
-		}
+		freezeTimesOut(t, g, labA, "freeze while an exec starts")
 		begin(t, g, labA)(true)
 	})
 	t.Run("an unsettled start holds the freeze until it lapses", func(t *testing.T) {
@@ -89,11 +85,7 @@ func ExecGateSuite(t *testing.T, newGate func(t *testing.T, lapse time.Duration)
 		end := begin(t, g, labA)
 		defer end(true)
 		late(true)
-		cctx, cancel := context.WithTimeout(ctx, blockedFor)
-		defer cancel()
-		if _, err := g.Freeze(cctx, labA); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("freeze after a lapsed start's late end, while another starts: %v", err)
-		}
+		freezeTimesOut(t, g, labA, "freeze after a lapsed start's late end, while another starts")
 	})
 	t.Run("labs are apart", func(t *testing.T) {
 		g := newGate(t, gateLapse*60)
@@ -131,6 +123,17 @@ func begin(t *testing.T, g lab.ExecGate, id string) func(bool) {
 		t.Fatalf("begin exec in %s: %v", id, err)
 	}
 	return end
+}
+
+// freezeTimesOut fails the test unless a freeze of id given blockedFor
+// ends with its deadline.
+func freezeTimesOut(t *testing.T, g lab.ExecGate, id, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), blockedFor)
+	defer cancel()
+	if _, err := g.Freeze(ctx, id); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("%s past its deadline: %v", what, err)
+	}
 }
 
 func freeze(t *testing.T, g lab.ExecGate, id string) func() {
