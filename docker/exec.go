@@ -267,6 +267,11 @@ type demuxReader struct {
 	hdr    [8]byte
 }
 
+// Demux reads the engine's multiplexed stream of a container without a
+// TTY (its logs, an exec's output) as stdout and stderr merged in arrival
+// order; a frame of the engine's own error ends it with that error.
+func Demux(r io.Reader) io.Reader { return newDemuxReader(r) }
+
 func newDemuxReader(r io.Reader) *demuxReader {
 	br, ok := r.(*bufio.Reader)
 	if !ok {

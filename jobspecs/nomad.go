@@ -67,7 +67,21 @@ const (
 //     version 6's; the agent fills an older job's volume, named for
 //     busybox alone, as before, and the relay gives those nodes shells of
 //     its own.
-const NomadRenderVersion = 7
+//  8. Nomad collects no logs of a node (logs disabled): each node task
+//     started two plugin processes of the client's for that (logmon and
+//     the docker driver's logger), most of a lab's start beyond the
+//     one-host runtime's. The node's engine keeps them, in a json-file
+//     log the task bounds (NodeLogMaxSize × NodeLogMaxFiles), and the
+//     lab's agent reads them there (labnet logs). The runtime reads an
+//     older lab's logs with the alloc fs logs API, as before.
+const NomadRenderVersion = 8
+
+// A node's logs, kept by its client's engine: at most NodeLogMaxFiles
+// files of NodeLogMaxSize each, the oldest dropped first.
+const (
+	NodeLogMaxSize  = "5m"
+	NodeLogMaxFiles = "2"
+)
 
 // GraderToolsTarget is where every node sees the grader's tools;
 // grading.ToolsDir names the same path.
@@ -491,6 +505,13 @@ func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task 
 		"cap_add":         caps,
 		"security_opt":    []string{"no-new-privileges"},
 		"pids_limit":      n.PidsLimit,
+		// Nomad collects none of the node's logs (see LogConfig below):
+		// the engine keeps them, bounded here whatever the client's
+		// default logging is.
+		"logging": []map[string]any{{
+			"type":   "json-file",
+			"config": []map[string]string{{"max-size": NodeLogMaxSize, "max-file": NodeLogMaxFiles}},
+		}},
 		// A hard limit here would be the CPU the node reserves, a twentieth
 		// of a core, not its limit: the driver gives it a weight in
 		// proportion to its reserve, and the lab's agent sets its limit
@@ -537,7 +558,7 @@ func nodeTask(l lab.Spec, n lab.Node, network string, o NomadOptions) *api.Task 
 		Resources:   nodeResources(n, o),
 		Meta:        map[string]string{lab.LabelRole: n.Role},
 		KillTimeout: new(5 * time.Second),
-		LogConfig:   &api.LogConfig{MaxFiles: new(2), MaxFileSizeMB: new(5)},
+		LogConfig:   &api.LogConfig{Disabled: new(true)},
 	}
 }
 

@@ -126,7 +126,7 @@ func TestNomadJobShape(t *testing.T) {
 		t.Errorf("namespace %s datacenters %v", *job.Namespace, job.Datacenters)
 	}
 	for k, want := range map[string]string{MetaSession: goldenSession, MetaExam: "flat-lab", MetaCandidate: "candidate@example.com",
-		MetaManaged: "true", MetaRender: "7"} {
+		MetaManaged: "true", MetaRender: "8"} {
 		if job.Meta[k] != want {
 			t.Errorf("meta %s = %q, want %q", k, job.Meta[k], want)
 		}
@@ -199,7 +199,21 @@ func TestNomadJobShape(t *testing.T) {
 			if labels := c["labels"].([]map[string]string)[0]; labels[lab.LabelManaged] != "" || labels[lab.LabelSession] != goldenSession {
 				t.Errorf("labels %v: want the session and no %s", labels, lab.LabelManaged)
 			}
+			// Nomad collects none of a node's logs; the engine keeps them,
+			// bounded, for the lab's agent to read.
+			if lc := task.LogConfig; lc == nil || lc.Disabled == nil || !*lc.Disabled {
+				t.Errorf("log config %+v: Nomad would start two log plugins for the node", lc)
+			}
+			want := []map[string]any{{"type": "json-file", "config": []map[string]string{{"max-size": "5m", "max-file": "2"}}}}
+			if !reflect.DeepEqual(c["logging"], want) {
+				t.Errorf("logging %v, want %v", c["logging"], want)
+			}
 		})
+	}
+	for _, task := range []*api.Task{up, watch, down} {
+		if lc := task.LogConfig; lc == nil || (lc.Disabled != nil && *lc.Disabled) {
+			t.Errorf("%s log config %+v: the runtime reads what it wrote to stderr", task.Name, lc)
+		}
 	}
 }
 
@@ -391,7 +405,7 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantTools := "7"
+			wantTools := "8"
 			if job.Meta[MetaRender] != wantTools {
 				t.Errorf("render version %s, want %s", job.Meta[MetaRender], wantTools)
 			}
@@ -426,7 +440,7 @@ func TestNomadJobGraderTools(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := "7"
+			want := "8"
 			if plain.Meta[MetaRender] != want {
 				t.Errorf("without tools the job is render version %s, want %s", plain.Meta[MetaRender], want)
 			}

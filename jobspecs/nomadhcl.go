@@ -137,19 +137,18 @@ func (w *hclWriter) task(t *api.Task) error {
 			// A list of maps is how the driver reads labels and sysctl;
 			// in HCL each map is one block. Keys with dots cannot be block
 			// arguments, so the block's body is written as a map.
-			for _, m := range v {
-				w.open("%s =", k)
-				for _, mk := range sortedKeys(m) {
-					w.line("%s = %s", quote(mk), quote(m[mk]))
-				}
-				w.close()
-			}
+			w.mapAttrs(k, v)
 		case []map[string]any:
-			// A block the driver repeats, such as mount: its keys are
-			// identifiers, its values plain.
+			// A block the driver repeats, such as mount or logging: its
+			// keys are identifiers, its values plain or, as logging's
+			// config, a list of maps.
 			for _, m := range v {
 				w.open("%s", k)
 				for _, mk := range sortedKeys(m) {
+					if mm, ok := m[mk].([]map[string]string); ok {
+						w.mapAttrs(mk, mm)
+						continue
+					}
 					w.attr(mk, m[mk])
 				}
 				w.close()
@@ -188,13 +187,33 @@ func (w *hclWriter) task(t *api.Task) error {
 	}
 	if l := t.LogConfig; l != nil {
 		w.open("logs")
-		w.attr("max_files", deref(l.MaxFiles))
-		w.attr("max_file_size", deref(l.MaxFileSizeMB))
+		if l.Disabled != nil {
+			w.attr("disabled", *l.Disabled)
+		}
+		if l.MaxFiles != nil {
+			w.attr("max_files", *l.MaxFiles)
+		}
+		if l.MaxFileSizeMB != nil {
+			w.attr("max_file_size", *l.MaxFileSizeMB)
+		}
 		w.close()
 	}
 	w.mapBlock("meta", t.Meta)
 	w.close()
 	return nil
+}
+
+// mapAttrs writes a list of maps the way the driver reads labels, sysctl
+// and logging's config: each map one `k = { ... }`. Keys with dots or
+// dashes cannot be block arguments, so the body is written as a map.
+func (w *hclWriter) mapAttrs(k string, v []map[string]string) {
+	for _, m := range v {
+		w.open("%s =", k)
+		for _, mk := range sortedKeys(m) {
+			w.line("%s = %s", quote(mk), quote(m[mk]))
+		}
+		w.close()
+	}
 }
 
 // heredocEnd closes a template's data.

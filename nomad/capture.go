@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -87,14 +88,20 @@ type limitWriter struct {
 	n int
 }
 
-// Logs writes the node's stdout, then its stderr under a "--- stderr ---"
-// line, read with the alloc fs logs API. Nomad keeps the two streams in
-// separate files, so unlike the one-host runtime's logs they are not
-// interleaved by time.
+// Logs writes the node's output. A lab rendered from version 8 on has
+// Nomad collect no logs of its nodes (two plugin processes fewer per node
+// to start), so the lab's agent reads them from the client's engine: stdout
+// and stderr interleaved, each line after its time, as the one-host
+// runtime writes them. An older lab's logs are read with the alloc fs logs
+// API: stdout, then stderr under a "--- stderr ---" line, since Nomad
+// keeps the two streams in separate files.
 func (r *Runtime) Logs(ctx context.Context, sessionID, node string, w io.Writer) error {
 	alloc, _, err := r.nodeAlloc(ctx, sessionID, node)
 	if err != nil {
 		return fmt.Errorf("read logs: %w", err)
+	}
+	if !nomadLogs(alloc.Job, node) {
+		return r.engineLogs(ctx, sessionID, node, w)
 	}
 	if err := r.streamLog(ctx, alloc, node, "stdout", w); err != nil {
 		return err
@@ -113,6 +120,135 @@ func (r *Runtime) Logs(ctx context.Context, sessionID, node string, w io.Writer)
 	}
 	return nil
 }
+
+// nomadLogs reports whether Nomad collects the logs of the job's node
+// task: it does unless the task turns collection off.
+func nomadLogs(job *api.Job, node string) bool {
+	if job == nil {
+		return true
+	}
+	for _, g := range job.TaskGroups {
+		for _, t := range g.Tasks {
+			if t.Name == node {
+				return t.LogConfig == nil || t.LogConfig.Disabled == nil || !*t.LogConfig.Disabled
+			}
+		}
+	}
+	return true
+}
+
+// engineLogs streams the node's logs from `labnet logs` on its client.
+// The agent says on stderr how many bytes it wrote and then holds on
+// until its input closes, which happens once that many are here: the exec
+// stream cannot end before they are.
+func (r *Runtime) engineLogs(ctx context.Context, sessionID, node string, w io.Writer) error {
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	end := newOutputEnd(logsTrailer)
+	sink := &stopWriter{w: io.MultiWriter(w, end.counter()), stop: cancel}
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	go func() {
+		select {
+		case <-end.done:
+		case <-ectx.Done():
+		}
+		inW.Close()
+	}()
+	code, err := r.agentExec(ectx, sessionID, VerbLogs, node, inR, sink, end)
+	if werr := sink.failed(); werr != nil {
+		return fmt.Errorf("read logs of %s: %w", node, werr)
+	}
+	if err != nil {
+		return fmt.Errorf("read logs of %s: %w", node, err)
+	}
+	msg := lastLine(end.tail.buf.String())
+	switch code {
+	case 0:
+	case ExitMissing:
+		return fmt.Errorf("read logs of %s: %s: %w", node, msg, lab.ErrNotFound)
+	default:
+		return fmt.Errorf("read logs of %s: labnet logs exited %d: %s", node, code, msg)
+	}
+	return end.complete()
+}
+
+// outputEnd is the stderr of an agent verb that announces the length of
+// its stdout on a line starting with trailer; done closes once that many
+// bytes of stdout have been counted.
+type outputEnd struct {
+	trailer string
+	tail    tailWriter
+	done    chan struct{}
+
+	mu    sync.Mutex
+	line  []byte // the stderr line being written
+	want  int64  // -1 until the trailer is read
+	got   int64
+	ended bool
+}
+
+func newOutputEnd(trailer string) *outputEnd {
+	return &outputEnd{trailer: trailer, tail: tailWriter{max: 4 << 10}, done: make(chan struct{}), want: -1}
+}
+
+// Write takes the verb's stderr.
+func (e *outputEnd) Write(b []byte) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, _ = e.tail.Write(b)
+	for _, c := range b {
+		if c != '\n' {
+			if len(e.line) < 256 {
+				e.line = append(e.line, c)
+			}
+			continue
+		}
+		if n, ok := strings.CutPrefix(string(e.line), e.trailer); ok && e.want < 0 {
+			if v, err := strconv.ParseInt(n, 10, 64); err == nil && v >= 0 {
+				e.want = v
+			}
+		}
+		e.line = e.line[:0]
+	}
+	e.check()
+	return len(b), nil
+}
+
+// counter counts the verb's stdout.
+func (e *outputEnd) counter() io.Writer {
+	return writerFunc(func(b []byte) (int, error) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.got += int64(len(b))
+		e.check()
+		return len(b), nil
+	})
+}
+
+func (e *outputEnd) check() {
+	if !e.ended && e.want >= 0 && e.got >= e.want {
+		e.ended = true
+		close(e.done)
+	}
+}
+
+// complete reports an error unless the announced output came whole.
+func (e *outputEnd) complete() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case e.want < 0:
+		return errors.New("labnet logs did not say how much it wrote")
+	case e.got != e.want:
+		return fmt.Errorf("labnet logs wrote %d bytes, %d came through", e.want, e.got)
+	}
+	return nil
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 func (r *Runtime) streamLog(ctx context.Context, alloc *api.Allocation, node, kind string, w io.Writer) error {
 	cancel := make(chan struct{})

@@ -73,3 +73,50 @@ func TestLingeringKeepsTheCommandWhole(t *testing.T) {
 		}
 	}
 }
+
+// TestOutputEnd: the end of an agent verb's output is known from the
+// length it announces on stderr, however the two streams are cut into
+// writes, and output that came short or long is refused.
+func TestOutputEnd(t *testing.T) {
+	tests := []struct {
+		name   string
+		stdout []string
+		stderr []string
+		ended  bool
+		ok     bool
+	}{
+		{"announced after the output", []string{"abc", "de"}, []string{"examlab-logs 5\n"}, true, true},
+		{"announced before the output", nil, []string{"note\nexamlab-logs 5\n"}, false, false},
+		{"announcement split across writes", []string{"abcde"}, []string{"exam", "lab-logs ", "5", "\n"}, true, true},
+		{"no output", nil, []string{"examlab-logs 0\n"}, true, true},
+		{"output cut short", []string{"abc"}, []string{"examlab-logs 5\n"}, false, false},
+		{"more output than announced", []string{"abcdef"}, []string{"examlab-logs 5\n"}, true, false},
+		{"never announced", []string{"abc"}, []string{"examlab: engine unreachable\n"}, false, false},
+		{"not a number", []string{"abc"}, []string{"examlab-logs three\n"}, false, false},
+		{"a line without its end", []string{"abc"}, []string{"examlab-logs 3"}, false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newOutputEnd(logsTrailer)
+			out := e.counter()
+			for _, s := range tc.stderr {
+				e.Write([]byte(s))
+			}
+			for _, s := range tc.stdout {
+				out.Write([]byte(s))
+			}
+			ended := false
+			select {
+			case <-e.done:
+				ended = true
+			default:
+			}
+			if ended != tc.ended {
+				t.Errorf("ended = %v, want %v", ended, tc.ended)
+			}
+			if err := e.complete(); (err == nil) != tc.ok {
+				t.Errorf("complete() = %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+}

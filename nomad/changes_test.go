@@ -195,6 +195,8 @@ func checkAgentExecsChecked(t *testing.T, env *fakeEnv, spec lab.Spec) {
 		{bin, "labnet", "thaw", "-session", "nother000000", "-alloc", alloc.ID},
 		{bin, "labnet", "capture", "-session", spec.SessionID, "-alloc", alloc.ID, "-node", "nosuch"},
 		{bin, "labnet", "capture", "-session", spec.SessionID, "-alloc", alloc.ID},
+		{bin, "labnet", "logs", "-session", spec.SessionID, "-alloc", alloc.ID, "-node", "../tokyo"},
+		{bin, "labnet", "logs", "-session", spec.SessionID, "-alloc", alloc.ID},
 		append(append([]string(nil), good...), "-node", "tokyo"),
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), execTimeout)

@@ -105,6 +105,7 @@ type engineContainer struct {
 	Image  string
 	Config struct {
 		Labels map[string]string
+		Tty    bool
 	}
 	HostConfig struct {
 		NanoCpus  int64
@@ -143,24 +144,35 @@ func (a *LabAgent) send(ctx context.Context, method, path string, q url.Values, 
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := a.hc.Do(req)
+	resp, err := a.do(req)
 	if err != nil {
-		return fmt.Errorf("docker engine: %w", err)
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		var e struct{ Message string }
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		if json.Unmarshal(b, &e) != nil || e.Message == "" {
-			e.Message = strings.TrimSpace(string(b))
-		}
-		return &engineError{status: resp.StatusCode, msg: e.Message}
-	}
 	if out == nil {
 		_, err = io.Copy(io.Discard, resp.Body)
 		return err
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// do sends req to the engine; an answer other than 2xx is an
+// *engineError.
+func (a *LabAgent) do(req *http.Request) (*http.Response, error) {
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("docker engine: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var e struct{ Message string }
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		if json.Unmarshal(b, &e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(b))
+		}
+		return nil, &engineError{status: resp.StatusCode, msg: e.Message}
+	}
+	return resp, nil
 }
 
 type engineError struct {
@@ -381,6 +393,95 @@ func (a *LabAgent) Capture(ctx context.Context, session, alloc, node string, w i
 	return nc, nil
 }
 
+// Logs writes the output of the node's container — stdout and stderr
+// merged in the order the engine kept them, each line after its time — to
+// w and returns how many bytes it wrote. Nomad collects no logs of a node
+// (render version 8 on): the client's engine keeps them, in the bounded
+// json-file log the job asks for. A node whose container is not running
+// (it ended, or Nomad is restarting it) still has its last container's
+// logs as long as the engine keeps that container. A node with no
+// container at all is lab.ErrNotFound.
+func (a *LabAgent) Logs(ctx context.Context, session, alloc, node string, w io.Writer) (int64, error) {
+	c, err := a.lastContainer(ctx, session, alloc, node)
+	if err != nil {
+		return 0, fmt.Errorf("logs of node %s: %w", node, err)
+	}
+	q := url.Values{"stdout": {"1"}, "stderr": {"1"}, "timestamps": {"1"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/containers/"+c.ID+"/logs?"+q.Encode(), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := a.do(req)
+	if err != nil {
+		return 0, fmt.Errorf("logs of node %s of %s: %w", node, session, err)
+	}
+	defer resp.Body.Close()
+	var src io.Reader = resp.Body
+	if !c.Config.Tty {
+		src = docker.Demux(resp.Body)
+	}
+	n, err := io.Copy(w, src)
+	if err != nil {
+		return n, fmt.Errorf("logs of node %s of %s: %w", node, session, err)
+	}
+	return n, nil
+}
+
+// lastContainer returns the inspected container of the session's node in
+// allocation alloc, in any state: the running one, else the one created
+// last.
+func (a *LabAgent) lastContainer(ctx context.Context, session, alloc, node string) (engineContainer, error) {
+	var ic engineContainer
+	if !lab.ValidSessionID(session) {
+		return ic, fmt.Errorf("invalid session id %q", session)
+	}
+	if alloc == "" {
+		return ic, errors.New("no allocation id")
+	}
+	f, err := json.Marshal(map[string][]string{
+		"label": append([]string{lab.LabelSession + "=" + session, lab.LabelNode + "=" + node}, a.labels(alloc)...),
+	})
+	if err != nil {
+		return ic, err
+	}
+	var list []struct {
+		ID      string `json:"Id"`
+		State   string
+		Created int64
+		Labels  map[string]string
+	}
+	if err := a.call(ctx, http.MethodGet, "/containers/json", url.Values{"all": {"1"}, "filters": {string(f)}}, &list); err != nil {
+		return ic, fmt.Errorf("list containers of node %s of %s: %w", node, session, err)
+	}
+	best := -1
+	for i, c := range list {
+		switch {
+		case c.Labels[lab.LabelPart] != "":
+			// Not the node: a container made beside it that carries its
+			// labels (the one-host runtime's capture containers).
+		case best < 0:
+			best = i
+		case (c.State == "running") != (list[best].State == "running"):
+			if c.State == "running" {
+				best = i
+			}
+		case c.Created > list[best].Created:
+			best = i
+		}
+	}
+	if best < 0 {
+		return ic, fmt.Errorf("node %s of %s has no container: %w", node, session, lab.ErrNotFound)
+	}
+	err = a.call(ctx, http.MethodGet, "/containers/"+list[best].ID+"/json", nil, &ic)
+	if engineStatus(err) == http.StatusNotFound {
+		return ic, fmt.Errorf("node %s of %s has no container: %w", node, session, lab.ErrNotFound)
+	}
+	if err != nil {
+		return ic, fmt.Errorf("inspect node %s of %s: %w", node, session, err)
+	}
+	return ic, nil
+}
+
 // mountPoints reports whether a path of the node is one of its
 // container's mount points (Nomad's alloc/, local/ and secrets/, the
 // grader's tools) or under one: the engine made them in the writable
@@ -497,20 +598,31 @@ const (
 	VerbThaw    = "thaw"
 	VerbCapture = "capture"
 	VerbLimit   = "limit"
+	VerbLogs    = "logs"
 )
 
 // AgentVerb reports whether verb is one RunAgent serves.
 func AgentVerb(verb string) bool {
-	return verb == VerbFreeze || verb == VerbThaw || verb == VerbCapture || verb == VerbLimit
+	switch verb {
+	case VerbFreeze, VerbThaw, VerbCapture, VerbLimit, VerbLogs:
+		return true
+	}
+	return false
 }
+
+// logsTrailer starts the last line `labnet logs` writes to stderr: how
+// many bytes of logs it wrote to stdout, so that the runtime knows when it
+// has them all.
+const logsTrailer = "examlab-logs "
 
 // captureTrailer starts the last line `labnet capture` writes to stderr:
 // what the change set holds, as JSON, for the runtime to count.
 const captureTrailer = "examlab-capture "
 
-// captureHold bounds how long `labnet capture` waits, after its archive,
-// for the runtime to close its input (see RunAgent).
-const captureHold = 30 * time.Second
+// outputHold bounds how long `labnet capture` and `labnet logs` wait,
+// after their output, for the runtime to close their input (see
+// RunAgent).
+const outputHold = 30 * time.Second
 
 // Exit codes of the agent verbs beyond 0 and 1, which the runtime tells
 // apart.
@@ -537,21 +649,23 @@ func AgentExitCode(err error) int {
 }
 
 // RunAgent runs one agent verb; args are the verb and its flags. freeze,
-// thaw and limit print the nodes they froze, thawed or set a limit on. capture writes the
-// node's change set to stdout, then a line of counts to stderr, and waits
-// until stdin is closed (or 30s) before it returns: the runtime closes it
-// once it has read the whole archive, so the exec stream cannot end
-// before the output is through (see hashicorp/nomad#27146).
+// thaw and limit print the nodes they froze, thawed or set a limit on.
+// capture writes the node's change set to stdout, then a line of counts
+// to stderr; logs writes the node's logs to stdout, then a line with
+// their length to stderr. Both then wait until stdin is closed (or 30s)
+// before they return: the runtime closes it once it has read the whole
+// output, so the exec stream cannot end before the output is through (see
+// hashicorp/nomad#27146).
 func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 || !AgentVerb(args[0]) {
-		return errors.New("labnet: want freeze, thaw, capture or limit")
+		return errors.New("labnet: want freeze, thaw, capture, limit or logs")
 	}
 	verb := args[0]
 	fs := flag.NewFlagSet("labnet "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	session := fs.String("session", "", "session id (required)")
 	alloc := fs.String("alloc", "", "the lab's allocation id (required)")
-	node := fs.String("node", "", "the node to capture (capture)")
+	node := fs.String("node", "", "the node to capture or read the logs of (capture, logs)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -560,8 +674,8 @@ func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, 
 		return fmt.Errorf("labnet %s: -session is required", verb)
 	case *alloc == "":
 		return fmt.Errorf("labnet %s: -alloc is required", verb)
-	case verb == VerbCapture && *node == "":
-		return errors.New("labnet capture: -node is required")
+	case (verb == VerbCapture || verb == VerbLogs) && *node == "":
+		return fmt.Errorf("labnet %s: -node is required", verb)
 	case fs.NArg() > 0:
 		return fmt.Errorf("labnet %s: unexpected arguments %q", verb, fs.Args())
 	}
@@ -581,6 +695,14 @@ func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, 
 		nodes, err := a.HoldLimits(ctx, *session, *alloc)
 		fmt.Fprintf(stdout, "limits set: %s\n", strings.Join(nodes, " "))
 		return err
+	case VerbLogs:
+		n, err := a.Logs(ctx, *session, *alloc, *node, stdout)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "%s%d\n", logsTrailer, n)
+		holdOutput(ctx, stdin)
+		return nil
 	}
 	nc, err := a.Capture(ctx, *session, *alloc, *node, stdout)
 	if err != nil {
@@ -591,19 +713,24 @@ func RunAgent(ctx context.Context, a *LabAgent, args []string, stdin io.Reader, 
 		return err
 	}
 	fmt.Fprintf(stderr, "%s%s\n", captureTrailer, b)
+	holdOutput(ctx, stdin)
+	return nil
+}
+
+// holdOutput returns once stdin ends, after outputHold, or when ctx ends.
+func holdOutput(ctx context.Context, stdin io.Reader) {
 	hold := make(chan struct{})
 	go func() {
 		_, _ = io.Copy(io.Discard, stdin)
 		close(hold)
 	}()
-	t := time.NewTimer(captureHold)
+	t := time.NewTimer(outputHold)
 	defer t.Stop()
 	select {
 	case <-hold:
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	return nil
 }
 
 // DefaultThawAfter is how long a lab's agent lets a node stay frozen

@@ -42,7 +42,7 @@ type labnetState struct {
 //	examlab labnet watch -session ID [-exam ID] -plan FILE -state FILE [-alloc ID] [-wait 2m] [-grader-tools NAME [-grader-busybox PATH] [-grader-holder PATH]]
 //	examlab labnet down -session ID [-wait 2m]
 //	examlab labnet freeze|thaw|limit -session ID -alloc ID
-//	examlab labnet capture -session ID -alloc ID -node NAME
+//	examlab labnet capture|logs -session ID -alloc ID -node NAME
 //
 // Without -plan, up creates a flat lab's session network before the nodes
 // start. With -plan (a segmented lab's spec, lab.Spec as JSON), it runs once
@@ -65,10 +65,11 @@ type labnetState struct {
 // with a one-line reason on stderr: it is what `nomad alloc logs` shows,
 // and what the runtime quotes.
 //
-// Freeze, thaw and capture are what the Nomad runtime runs with alloc exec
-// in the lab's labnet-watch task (see nomad.RunAgent): they pause and
-// resume the lab's node containers and stream a node's changes, read from
-// its writable layer on this client, to stdout. Watch without -state (a
+// Freeze, thaw, capture and logs are what the Nomad runtime runs with
+// alloc exec in the lab's labnet-watch task (see nomad.RunAgent): they
+// pause and resume the lab's node containers, stream a node's changes,
+// read from its writable layer on this client, to stdout, and stream a
+// node's logs, which this client's engine keeps (Nomad collects none). Watch without -state (a
 // flat lab's) has nothing to rewire and keeps the task running for them.
 // Every watch also thaws a node it has seen frozen for longer than
 // -thaw-after: the worker that froze it for a capture is gone; and holds
@@ -87,7 +88,7 @@ func labnet(ctx context.Context, args []string) error {
 		return nil
 	}
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "watch") {
-		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|watch|down|freeze|thaw|capture -session ID [flags]")
+		fmt.Fprintln(os.Stderr, "usage: examlab labnet up|watch|down|freeze|thaw|limit|capture|logs -session ID [flags]")
 		return flag.ErrHelp
 	}
 	verb := args[0]

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "7"
+    "examlab.render" = "8"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "19564a801700c1e6"
+    "examlab.spec" = "f1648104ef3f7f81"
   }
   group "lab" {
     count = 1
@@ -67,6 +67,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         mount {
           readonly = true
           source = "examlab-grader-0123456789ab"
@@ -85,8 +92,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "branch"
@@ -109,6 +115,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         mount {
           readonly = true
           source = "examlab-grader-0123456789ab"
@@ -130,8 +143,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "gateway"

@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "flat-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "7"
+    "examlab.render" = "8"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "b9c44535797c5dd9"
+    "examlab.spec" = "7dcd17c540fc403a"
   }
   group "lab" {
     count = 1
@@ -67,6 +67,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         network_aliases = ["tokyo"]
         network_mode = "exam-golden00-net"
         pids_limit = 256
@@ -79,8 +86,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "branch"
@@ -103,6 +109,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         network_aliases = ["g1"]
         network_mode = "exam-golden00-net"
         pids_limit = 256
@@ -118,8 +131,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "gateway"

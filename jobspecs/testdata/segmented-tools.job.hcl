@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "7"
+    "examlab.render" = "8"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "18711e8b8dae3bd0"
+    "examlab.spec" = "610458f4e19ba133"
   }
   group "lab" {
     count = 1
@@ -47,6 +47,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         mount {
           readonly = true
           source = "examlab-grader-0123456789ab"
@@ -68,8 +75,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "branch"
@@ -91,6 +97,13 @@ job "exam-golden00" {
           "examlab.role" = "gateway"
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
+        }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
         }
         mount {
           readonly = true
@@ -114,8 +127,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "gateway"
@@ -137,6 +149,13 @@ job "exam-golden00" {
           "examlab.role" = "gateway"
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
+        }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
         }
         mount {
           readonly = true
@@ -160,8 +179,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "gateway"
@@ -184,6 +202,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         mount {
           readonly = true
           source = "examlab-grader-0123456789ab"
@@ -205,8 +230,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "branch"

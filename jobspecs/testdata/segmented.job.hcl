@@ -6,9 +6,9 @@ job "exam-golden00" {
     "examlab.candidate" = "candidate@example.com"
     "examlab.exam" = "segmented-lab"
     "examlab.managed" = "true"
-    "examlab.render" = "7"
+    "examlab.render" = "8"
     "examlab.session" = "golden0000s1"
-    "examlab.spec" = "83c8e993d3caf10d"
+    "examlab.spec" = "d0f6a6b1a7a96d41"
   }
   group "lab" {
     count = 1
@@ -47,6 +47,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         network_mode = "none"
         pids_limit = 256
         security_opt = ["no-new-privileges"]
@@ -62,8 +69,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "branch"
@@ -86,6 +92,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         network_mode = "none"
         pids_limit = 256
         security_opt = ["no-new-privileges"]
@@ -102,8 +115,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "gateway"
@@ -126,6 +138,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         network_mode = "none"
         pids_limit = 256
         security_opt = ["no-new-privileges"]
@@ -142,8 +161,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "gateway"
@@ -166,6 +184,13 @@ job "exam-golden00" {
           "examlab.runtime" = "nomad"
           "examlab.session" = "golden0000s1"
         }
+        logging {
+          config = {
+            "max-file" = "2"
+            "max-size" = "5m"
+          }
+          type = "json-file"
+        }
         network_mode = "none"
         pids_limit = 256
         security_opt = ["no-new-privileges"]
@@ -181,8 +206,7 @@ job "exam-golden00" {
       }
       kill_timeout = "5s"
       logs {
-        max_files = 2
-        max_file_size = 5
+        disabled = true
       }
       meta = {
         "examlab.role" = "branch"

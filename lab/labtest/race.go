@@ -28,9 +28,17 @@ type CaptureRace struct {
 	Rescue func()
 }
 
+// captureGap is the moment CaptureBesideExecStarts leaves between two
+// captures.
+const captureGap = 300 * time.Millisecond
+
 // CaptureBesideExecStarts captures lab id's nodes again and again while
 // execs (`true`, as a hangup or a grading check runs) start into them
-// without a pause between them. A runtime that freezes the lab for its
+// without a pause between them. Between two captures it leaves a moment
+// (captureGap), as there is between any two captures of a lab, in which the
+// execs held off by the last one run, so that each capture meets new
+// starts: back to back, the next freeze can win every time and hold them
+// off to the end. A runtime that freezes the lab for its
 // capture must keep the two apart (lab.ExecGate): an exec whose start
 // meets the freezer stops mid-start, and the engine then answers neither
 // unpause nor inspect for that node. Every capture must end and every
@@ -75,6 +83,9 @@ func CaptureBesideExecStarts(t *testing.T, rt lab.Runtime, id string, nodes []st
 	go func() { wg.Wait(); close(stopped) }()
 
 	for round := range o.Rounds {
+		if round > 0 {
+			time.Sleep(captureGap)
+		}
 		done := make(chan error, 1)
 		go func() {
 			cctx, cancel := context.WithTimeout(context.Background(), o.CaptureBudget)

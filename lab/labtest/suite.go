@@ -280,15 +280,49 @@ func (s *suite) testExport(t *testing.T) {
 	}
 }
 
+// logBlockLines and logLineLen shape the block testLogs has a node write:
+// more than a few frames of any exec or log stream.
+const (
+	logBlockLines = 600
+	logLineLen    = 1000
+)
+
+// testLogs: a node's logs hold what its main process wrote to stdout and
+// to stderr, whole.
 func (s *suite) testLogs(t *testing.T) {
+	script := fmt.Sprintf("echo examlab-log-out >/proc/1/fd/1; echo examlab-log-err >/proc/1/fd/2; "+
+		"{ head -c %d /dev/zero | tr '\\0' x | fold -w %d; echo; } >/proc/1/fd/1", logBlockLines*logLineLen, logLineLen)
+	if out, code := s.run(t, s.main.SessionID, "tokyo", "sh", "-c", script); code != 0 {
+		t.Fatalf("writing to tokyo's output: exit %d: %s", code, out)
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, execTimeout)
 	defer cancel()
-	var buf strings.Builder
-	if err := s.rt.Logs(ctx, s.main.SessionID, "tokyo", &buf); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), "examlab node tokyo ready") {
-		t.Errorf("logs of tokyo lack its ready line: %q", buf.String())
+	// The engine writes a container's output to its log on its own time:
+	// what the exec wrote may take a moment to be there.
+	var missing []string
+	for {
+		var buf strings.Builder
+		if err := s.rt.Logs(ctx, s.main.SessionID, "tokyo", &buf); err != nil {
+			t.Fatal(err)
+		}
+		logs := buf.String()
+		missing = missing[:0]
+		for _, want := range []string{"examlab node tokyo ready", "examlab-log-out\n", "examlab-log-err\n"} {
+			if !strings.Contains(logs, want) {
+				missing = append(missing, fmt.Sprintf("%q", want))
+			}
+		}
+		if n := strings.Count(logs, strings.Repeat("x", logLineLen)+"\n"); n != logBlockLines {
+			missing = append(missing, fmt.Sprintf("%d of the %d lines written (%d bytes of logs)", logBlockLines-n, logBlockLines, len(logs)))
+		}
+		if len(missing) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("logs of tokyo lack %s", strings.Join(missing, ", "))
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
 

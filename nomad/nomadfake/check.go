@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/nomad/api"
@@ -346,6 +347,26 @@ func checkNode(t *api.Task, network string, segmented bool, bad func(string, ...
 	}
 	if number(c["pids_limit"]) <= 0 {
 		bad("node %s has no pids_limit", t.Name)
+	}
+	checkNodeLogs(t, bad)
+}
+
+// checkNodeLogs: Nomad collects none of a node's logs (two plugin
+// processes fewer per node), and the node's engine keeps them in a
+// json-file log the task bounds, which the lab's agent reads.
+func checkNodeLogs(t *api.Task, bad func(string, ...any)) {
+	if lc := t.LogConfig; lc == nil || lc.Disabled == nil || !*lc.Disabled {
+		bad("node %s has Nomad collect its logs: its engine keeps them (logs { disabled = true })", t.Name)
+	}
+	list := mounts(t.Config["logging"])
+	if len(list) != 1 || list[0]["type"] != "json-file" {
+		bad("node %s logging %v, want one json-file logging block", t.Name, t.Config["logging"])
+		return
+	}
+	cfg := strMap(list[0]["config"])
+	size, files := cfg["max-size"], cfg["max-file"]
+	if n, err := strconv.Atoi(files); size == "" || err != nil || n < 1 {
+		bad("node %s keeps unbounded logs: logging config %v lacks max-size and max-file", t.Name, list[0]["config"])
 	}
 }
 

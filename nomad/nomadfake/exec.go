@@ -42,7 +42,7 @@ func (s *Server) runningTask(allocID, task string) (*allocation, int, string) {
 // agentVerbs are the verbs of `examlab labnet` the runtime runs in a
 // lab's labnet-watch task, and the flags each takes besides -session and
 // -alloc.
-var agentVerbs = map[string][]string{"freeze": nil, "thaw": nil, "capture": {"-node"}}
+var agentVerbs = map[string][]string{"freeze": nil, "thaw": nil, "capture": {"-node"}, "logs": {"-node"}}
 
 // agentTask checks an exec into a lab's labnet-watch task, which runs on
 // the client itself as root: only the job's own examlab binary running an
@@ -255,7 +255,8 @@ func copyInput(in api.ExecStreamingInput) api.ExecStreamingInput {
 const logFrame = 64 << 10
 
 // logs serves the fs logs API from docker logs: the container's merged
-// output as the task's stdout, and an empty stderr.
+// output as the task's stdout, and an empty stderr. A node task whose
+// log collection is off has no log to serve, as on a real client.
 func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	task, kind := q.Get("task"), q.Get("type")
@@ -280,6 +281,12 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, node := a.lab.Node(task)
+	if node && !collects(a.Job, task) {
+		// The client wrote the task's output nowhere: there is no log
+		// file to serve.
+		fail(w, http.StatusNotFound, "log entry for task %q and log type %q not found", task, kind)
+		return
+	}
 	if !node && !wrote {
 		fail(w, http.StatusNotFound, "log entry for task %q and log type %q not found", task, kind)
 		return
@@ -306,6 +313,22 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// collects reports whether the client keeps the task's logs: unless its
+// log config turns collection off.
+func collects(job *api.Job, task string) bool {
+	if job == nil {
+		return true
+	}
+	for _, g := range job.TaskGroups {
+		for _, t := range g.Tasks {
+			if t.Name == task && t.LogConfig != nil && t.LogConfig.Disabled != nil && *t.LogConfig.Disabled {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // restart restarts a node task in place: a fresh container from its image.
