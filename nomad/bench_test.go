@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,13 +43,13 @@ func BenchmarkColdStart(b *testing.B) {
 			b.Skip(skipWithoutNomad)
 		}
 		rt, client := realRuntime(b)
-		coldStart(b, rt, func(sessionID string, start time.Time) {
-			logTimeline(b, client, sessionID, start)
+		coldStart(b, rt, func(sessionID string, start, ready time.Time) {
+			logTimeline(b, client, sessionID, start, ready)
 		})
 	})
 }
 
-func coldStart(b *testing.B, rt provisioner, after ...func(sessionID string, start time.Time)) {
+func coldStart(b *testing.B, rt provisioner, after ...func(sessionID string, start, ready time.Time)) {
 	ctx := context.Background()
 	var total time.Duration
 	b.ResetTimer()
@@ -63,14 +64,15 @@ func coldStart(b *testing.B, rt provisioner, after ...func(sessionID string, sta
 		b.StartTimer()
 		err = rt.Provision(pctx, spec)
 		b.StopTimer()
-		total += time.Since(start)
+		ready := time.Now()
+		total += ready.Sub(start)
 		if err == nil {
 			var nodes []lab.NodeStatus
 			if nodes, err = rt.Status(pctx, spec); err == nil && !lab.AllRunning(nodes) {
 				b.Errorf("provision returned with nodes not running: %+v", nodes)
 			}
 			for _, f := range after {
-				f(spec.SessionID, start)
+				f(spec.SessionID, start, ready)
 			}
 		}
 		cancel()
@@ -94,8 +96,9 @@ func coldStart(b *testing.B, rt provisioner, after ...func(sessionID string, sta
 // (the scheduler's part), the client's first task event (the client
 // picked the allocation up), and per task when it was received, set up
 // started and, for the lifecycle tasks that run once, ended, in the
-// order they started.
-func logTimeline(b *testing.B, client *api.Client, sessionID string, start time.Time) {
+// order they started; then when the lab's agent left its state (the lab
+// wired and prepared) and when Provision returned.
+func logTimeline(b *testing.B, client *api.Client, sessionID string, start, ready time.Time) {
 	stubs, _, err := client.Jobs().Allocations(jobspecs.JobName(sessionID), true, nil)
 	if err != nil || len(stubs) == 0 {
 		b.Logf("timeline: allocations of %s: %v (%d)", sessionID, err, len(stubs))
@@ -136,6 +139,35 @@ func logTimeline(b *testing.B, client *api.Client, sessionID string, start time.
 	for _, st := range steps {
 		b.Logf("  %-12s received %s  set up %s  started %s  ended %s", st.task,
 			at(st.times["Received"]), at(st.times["Task Setup"]), at(st.times["Started"]), at(st.times["Terminated"]))
+	}
+	left := "no state (a flat lab)"
+	if fi, _, err := client.AllocFS().Stat(alloc, jobspecs.NomadLabnetStateFile, nil); err == nil && fi != nil {
+		left = at(fi.ModTime.UnixNano())
+	}
+	b.Logf("  the lab's agent left its state %s; Provision returned %s", left, at(ready.UnixNano()))
+	// What the agent says of each batch of nodes it wired and prepared.
+	cancel := make(chan struct{})
+	defer close(cancel)
+	frames, errc := client.AllocFS().Logs(alloc, false, jobspecs.NomadLabnetWatch, "stdout", api.OriginStart, 0, cancel, nil)
+	var out strings.Builder
+	for done := false; !done; {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				done = true
+				break
+			}
+			out.Write(f.Data)
+		case <-errc:
+			done = true
+		case <-time.After(5 * time.Second):
+			done = true
+		}
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Contains(line, "wired and prepared") {
+			b.Logf("  agent: %s", line)
+		}
 	}
 }
 

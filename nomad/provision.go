@@ -274,7 +274,7 @@ const (
 
 // statePoll is how often Provision looks for the lab's agent's state once
 // only the wiring is left.
-const statePoll = 200 * time.Millisecond
+const statePoll = 100 * time.Millisecond
 
 // stateLeft reports whether the lab's agent has left its state in the
 // allocation: the lab is wired and prepared. labnet-up exits on the same

@@ -19,7 +19,7 @@ const failedSuffix = ".failed"
 
 // wirePoll is how often watch -plan looks for node containers while the
 // lab comes up: each node is wired as soon as it runs.
-const wirePoll = 200 * time.Millisecond
+const wirePoll = 50 * time.Millisecond
 
 // toolsFill is the grader's tools volume a job's nodes mount ("" for
 // none), and what this client fills it from (see graderTools).
