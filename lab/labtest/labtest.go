@@ -157,7 +157,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("tty takes its initial size and follows resizes", s.testTTY)
 	t.Run("unknown labs and nodes are not found", s.testNotFound)
 	t.Run("export holds the filesystem and work written by exec", s.testExport)
-	t.Run("logs carry the node's start", s.testLogs)
+	t.Run("logs hold the node's start and its output, whole", s.testLogs)
 	t.Run("labs lists both sessions", s.testLabs)
 	t.Run("network", s.testNetwork)
 	t.Run("capabilities are limited to the spec", s.testCapabilities)

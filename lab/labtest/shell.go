@@ -462,10 +462,24 @@ func (sh *shell) read(p string) ([]byte, error) {
 
 // write stores data at p, appending or replacing; the directory it is in
 // must exist.
+// mainOutput are the paths through which a command in a node writes to
+// its main process's stdout and stderr: what the node's logs hold.
+var mainOutput = map[string]bool{"proc/1/fd/1": true, "proc/1/fd/2": true}
+
 func (sh *shell) write(p string, data []byte, appendTo bool) error {
 	sh.m.mu.Lock()
 	defer sh.m.mu.Unlock()
 	k := sh.key(p)
+	if mainOutput[k] {
+		// The engine's log: each line after the time it came.
+		stamp := sh.m.o.Now().UTC().Format(time.RFC3339Nano) + " "
+		for len(data) > 0 {
+			line, rest, _ := bytes.Cut(data, []byte("\n"))
+			sh.node.logs = append(append(append(sh.node.logs, stamp...), line...), '\n')
+			data = rest
+		}
+		return nil
+	}
 	if d := path.Dir("/" + k); d != "/" && !sh.node.dirs[strings.TrimPrefix(d, "/")] {
 		return errNoEntry
 	}
@@ -488,7 +502,7 @@ func (sh *shell) isDir(p string) bool {
 	sh.m.mu.Lock()
 	defer sh.m.mu.Unlock()
 	k := sh.key(p)
-	return k == "" || sh.node.dirs[k]
+	return k == "" || sh.node.dirs[k] || k == "proc/1/fd"
 }
 
 func (sh *shell) exists(p string) bool {

@@ -290,13 +290,29 @@ const (
 // testLogs: a node's logs hold what its main process wrote to stdout and
 // to stderr, whole.
 func (s *suite) testLogs(t *testing.T) {
-	script := fmt.Sprintf("echo examlab-log-out >/proc/1/fd/1; echo examlab-log-err >/proc/1/fd/2; "+
-		"{ head -c %d /dev/zero | tr '\\0' x | fold -w %d; echo; } >/proc/1/fd/1", logBlockLines*logLineLen, logLineLen)
-	if out, code := s.run(t, s.main.SessionID, "tokyo", "sh", "-c", script); code != 0 {
+	if out, code := s.run(t, s.main.SessionID, "tokyo", "sh", "-c", "echo examlab-log-out >/proc/1/fd/1; echo examlab-log-err >/proc/1/fd/2"); code != 0 {
 		t.Fatalf("writing to tokyo's output: exit %d: %s", code, out)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, execTimeout)
 	defer cancel()
+	p, err := s.rt.Exec(ctx, s.main.SessionID, "tokyo", lab.ExecRequest{Cmd: []string{"sh", "-c", "cat >/proc/1/fd/1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	line := strings.Repeat("x", logLineLen) + "\n"
+	if _, err := io.WriteString(p, strings.Repeat(line, logBlockLines)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := io.ReadAll(p); len(out) > 0 {
+		t.Errorf("cat into tokyo's output said %q", out)
+	}
+	if code, err := p.Wait(ctx); err != nil || code != 0 {
+		t.Fatalf("writing a block to tokyo's output: exit %d %v", code, err)
+	}
 	// The engine writes a container's output to its log on its own time:
 	// what the exec wrote may take a moment to be there.
 	var missing []string
