@@ -448,20 +448,28 @@ func checkArchive(t *testing.T, admin *testlab.Client, statePath, id, task, node
 	if logs, _ := filepath.Glob(filepath.Join(dir, store.TerminalDir, node+"*")); len(logs) == 0 {
 		t.Errorf("no terminal log of %s in %s", node, filepath.Join(dir, store.TerminalDir))
 	}
-	var tarName string
+	var tarName, logName string
 	for _, f := range det.Snapshots {
-		if strings.HasSuffix(f.Name, "-"+node+".tar") {
+		switch {
+		case strings.HasSuffix(f.Name, "-"+node+".tar"):
 			tarName = f.Name
+		case strings.HasSuffix(f.Name, "-"+node+".log"):
+			logName = f.Name
 		}
 	}
-	if tarName == "" {
-		t.Fatalf("no snapshot of %s in %+v", node, det.Snapshots)
+	if tarName == "" || logName == "" {
+		t.Fatalf("no snapshot or no log of %s in %+v", node, det.Snapshots)
+	}
+	// The node's log, which its client's engine kept and the lab's agent
+	// read.
+	if b, err := os.ReadFile(filepath.Join(dir, store.SnapshotDir, logName)); err != nil || !strings.Contains(string(b), "examlab node "+node+" ready") {
+		t.Errorf("%s = %q, %v; want the node's ready line", logName, b, err)
 	}
 	got, err := fileInTar(filepath.Join(dir, store.SnapshotDir, tarName), "root/work.txt")
 	if err != nil || got != "candidate-work\n" {
 		t.Errorf("%s holds root/work.txt = %q, %v; want the candidate's work", tarName, got, err)
 	}
-	t.Logf("archive of %s in %s: %d snapshot files, %s holds the candidate's work", id, dir, len(det.Snapshots), tarName)
+	t.Logf("archive of %s in %s: %d snapshot files, %s holds the candidate's work, %s its ready line", id, dir, len(det.Snapshots), tarName, logName)
 }
 
 // fileInTar answers one file's content from a tar on disk.
