@@ -146,16 +146,7 @@ func (r *Runtime) engineLogs(ctx context.Context, sessionID, node string, w io.W
 	defer cancel()
 	end := newOutputEnd(logsTrailer)
 	sink := &stopWriter{w: io.MultiWriter(w, end.counter()), stop: cancel}
-	inR, inW := io.Pipe()
-	defer inW.Close()
-	go func() {
-		select {
-		case <-end.done:
-		case <-ectx.Done():
-		}
-		inW.Close()
-	}()
-	code, err := r.agentExec(ectx, sessionID, VerbLogs, node, inR, sink, end)
+	code, err := r.agentExec(ectx, sessionID, VerbLogs, node, inputUntil(ectx, end.done), sink, end)
 	if werr := sink.failed(); werr != nil {
 		return fmt.Errorf("read logs of %s: %w", node, werr)
 	}
@@ -171,6 +162,20 @@ func (r *Runtime) engineLogs(ctx context.Context, sessionID, node string, w io.W
 		return fmt.Errorf("read logs of %s: labnet logs exited %d: %s", node, code, msg)
 	}
 	return end.complete()
+}
+
+// inputUntil is the input of an agent verb that holds on until its input
+// closes (capture, logs): it ends once done is closed, or ctx ends.
+func inputUntil(ctx context.Context, done <-chan struct{}) io.Reader {
+	r, w := io.Pipe()
+	go func() {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+		w.Close()
+	}()
+	return r
 }
 
 // outputEnd is the stderr of an agent verb that announces the length of

@@ -127,17 +127,8 @@ func (r *Runtime) captureChanges(ctx context.Context, sessionID, node string, sa
 		sink := &stopWriter{w: io.MultiWriter(cw, check), stop: cancel}
 		// labnet capture holds on until its input closes, which happens
 		// once the whole archive is here: the stream cannot end first.
-		inR, inW := io.Pipe()
-		defer inW.Close()
-		go func() {
-			select {
-			case <-check.ended:
-			case <-ectx.Done():
-			}
-			inW.Close()
-		}()
 		stderr := &tailWriter{max: 16 << 10}
-		code, err := r.agentExec(ectx, sessionID, VerbCapture, node, inR, sink, stderr)
+		code, err := r.agentExec(ectx, sessionID, VerbCapture, node, inputUntil(ectx, check.ended), sink, stderr)
 		if werr := sink.failed(); werr != nil {
 			return werr
 		}
