@@ -204,8 +204,8 @@ func (w *hclWriter) task(t *api.Task) error {
 }
 
 // mapAttrs writes a list of maps the way the driver reads labels, sysctl
-// and logging's config: each map one `k = { ... }`. Keys with dots or
-// dashes cannot be block arguments, so the body is written as a map.
+// and logging's config: each map one `k = { ... }`, its keys quoted, since
+// a key may hold dots (net.ipv4.ip_forward, labels).
 func (w *hclWriter) mapAttrs(k string, v []map[string]string) {
 	for _, m := range v {
 		w.open("%s =", k)

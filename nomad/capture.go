@@ -144,7 +144,7 @@ func nomadLogs(job *api.Job, node string) bool {
 func (r *Runtime) engineLogs(ctx context.Context, sessionID, node string, w io.Writer) error {
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	end := newOutputEnd(logsTrailer)
+	end := newOutputEnd(VerbLogs, logsTrailer)
 	sink := &stopWriter{w: io.MultiWriter(w, end.counter()), stop: cancel}
 	code, err := r.agentExec(ectx, sessionID, VerbLogs, node, inputUntil(ectx, end.done), sink, end)
 	if werr := sink.failed(); werr != nil {
@@ -182,6 +182,7 @@ func inputUntil(ctx context.Context, done <-chan struct{}) io.Reader {
 // its stdout on a line starting with trailer; done closes once that many
 // bytes of stdout have been counted.
 type outputEnd struct {
+	verb    string
 	trailer string
 	tail    tailWriter
 	done    chan struct{}
@@ -193,8 +194,8 @@ type outputEnd struct {
 	ended bool
 }
 
-func newOutputEnd(trailer string) *outputEnd {
-	return &outputEnd{trailer: trailer, tail: tailWriter{max: 4 << 10}, done: make(chan struct{}), want: -1}
+func newOutputEnd(verb, trailer string) *outputEnd {
+	return &outputEnd{verb: verb, trailer: trailer, tail: tailWriter{max: 4 << 10}, done: make(chan struct{}), want: -1}
 }
 
 // Write takes the verb's stderr.
@@ -244,9 +245,9 @@ func (e *outputEnd) complete() error {
 	defer e.mu.Unlock()
 	switch {
 	case e.want < 0:
-		return errors.New("labnet logs did not say how much it wrote")
+		return fmt.Errorf("labnet %s did not say how much it wrote", e.verb)
 	case e.got != e.want:
-		return fmt.Errorf("labnet logs wrote %d bytes, %d came through", e.want, e.got)
+		return fmt.Errorf("labnet %s wrote %d bytes, %d came through", e.verb, e.want, e.got)
 	}
 	return nil
 }

@@ -97,7 +97,7 @@ func TestOutputEnd(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newOutputEnd(logsTrailer)
+			e := newOutputEnd(VerbLogs, logsTrailer)
 			out := e.counter()
 			for _, s := range tc.stderr {
 				e.Write([]byte(s))

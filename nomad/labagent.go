@@ -412,6 +412,10 @@ func (a *LabAgent) Logs(ctx context.Context, session, alloc, node string, w io.W
 		return 0, err
 	}
 	resp, err := a.do(req)
+	if engineStatus(err) == http.StatusNotFound {
+		// Gone since it was found: Nomad replaced it.
+		return 0, fmt.Errorf("logs of node %s of %s: %w: %w", node, session, err, lab.ErrNotFound)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("logs of node %s of %s: %w", node, session, err)
 	}
@@ -428,8 +432,8 @@ func (a *LabAgent) Logs(ctx context.Context, session, alloc, node string, w io.W
 }
 
 // lastContainer returns the inspected container of the session's node in
-// allocation alloc, in any state: the running one, else the one created
-// last.
+// allocation alloc, in any state: the running (or paused) one, else the
+// one created last.
 func (a *LabAgent) lastContainer(ctx context.Context, session, alloc, node string) (engineContainer, error) {
 	var ic engineContainer
 	if !lab.ValidSessionID(session) {
@@ -453,6 +457,7 @@ func (a *LabAgent) lastContainer(ctx context.Context, session, alloc, node strin
 	if err := a.call(ctx, http.MethodGet, "/containers/json", url.Values{"all": {"1"}, "filters": {string(f)}}, &list); err != nil {
 		return ic, fmt.Errorf("list containers of node %s of %s: %w", node, session, err)
 	}
+	live := func(state string) bool { return state == "running" || state == "paused" }
 	best := -1
 	for i, c := range list {
 		switch {
@@ -461,8 +466,8 @@ func (a *LabAgent) lastContainer(ctx context.Context, session, alloc, node strin
 			// labels (the one-host runtime's capture containers).
 		case best < 0:
 			best = i
-		case (c.State == "running") != (list[best].State == "running"):
-			if c.State == "running" {
+		case live(c.State) != live(list[best].State):
+			if live(c.State) {
 				best = i
 			}
 		case c.Created > list[best].Created:

@@ -69,8 +69,9 @@ type labnetState struct {
 // alloc exec in the lab's labnet-watch task (see nomad.RunAgent): they
 // pause and resume the lab's node containers, stream a node's changes,
 // read from its writable layer on this client, to stdout, and stream a
-// node's logs, which this client's engine keeps (Nomad collects none). Watch without -state (a
-// flat lab's) has nothing to rewire and keeps the task running for them.
+// node's logs, which this client's engine keeps (Nomad collects none).
+// Watch without -state (a flat lab's) has nothing to rewire and keeps the
+// task running for them.
 // Every watch also thaws a node it has seen frozen for longer than
 // -thaw-after: the worker that froze it for a capture is gone; and holds
 // every node container, the first and each that replaces one, to the cpus

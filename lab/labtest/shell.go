@@ -460,12 +460,12 @@ func (sh *shell) read(p string) ([]byte, error) {
 	return append([]byte(nil), f.data...), nil
 }
 
-// write stores data at p, appending or replacing; the directory it is in
-// must exist.
 // mainOutput are the paths through which a command in a node writes to
 // its main process's stdout and stderr: what the node's logs hold.
 var mainOutput = map[string]bool{"proc/1/fd/1": true, "proc/1/fd/2": true}
 
+// write stores data at p, appending or replacing; the directory it is in
+// must exist. Data written to mainOutput goes to the node's logs.
 func (sh *shell) write(p string, data []byte, appendTo bool) error {
 	sh.m.mu.Lock()
 	defer sh.m.mu.Unlock()

@@ -56,6 +56,8 @@ func checkJob(job *api.Job, nodes, mhzPerCPU int) []string {
 			bad("meta %s is missing", k)
 		}
 	}
+	// What an older examlab rendered is checked as that examlab made it.
+	render, _ := strconv.Atoi(job.Meta[jobspecs.MetaRender])
 	if job.Meta[jobspecs.MetaManaged] != "true" {
 		bad("meta %s is not true", jobspecs.MetaManaged)
 	}
@@ -111,6 +113,9 @@ func checkJob(job *api.Job, nodes, mhzPerCPU int) []string {
 		default:
 			docker++
 			checkNode(t, network, segmented, bad)
+			if render >= 8 {
+				checkNodeLogs(t, bad)
+			}
 			checkResources(t, mhzPerCPU, bad)
 			nodeTasks = append(nodeTasks, t)
 		}
@@ -348,10 +353,9 @@ func checkNode(t *api.Task, network string, segmented bool, bad func(string, ...
 	if number(c["pids_limit"]) <= 0 {
 		bad("node %s has no pids_limit", t.Name)
 	}
-	checkNodeLogs(t, bad)
 }
 
-// checkNodeLogs: Nomad collects none of a node's logs (two plugin
+// checkNodeLogs: from render version 8 on, Nomad collects none of a node's logs (two plugin
 // processes fewer per node), and the node's engine keeps them in a
 // json-file log the task bounds, which the lab's agent reads.
 func checkNodeLogs(t *api.Task, bad func(string, ...any)) {

@@ -144,3 +144,53 @@ func TestCheckJobToolsFiller(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckJobNodeLogs: from render version 8 on, no node has Nomad
+// collect its logs and each bounds the engine's json-file log, as built
+// in Go and as decoded from JSON; a job an older examlab rendered is
+// checked as it made it.
+func TestCheckJobNodeLogs(t *testing.T) {
+	spec, err := lab.NewSpec(exam.Default(), lab.Session{ID: "checkjob0003", Candidate: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(j *api.Job, node *api.Task)
+		want string // in the problems; "" for none
+	}{
+		{"as rendered", func(*api.Job, *api.Task) {}, ""},
+		{"collected by Nomad", func(_ *api.Job, n *api.Task) { n.LogConfig = &api.LogConfig{MaxFiles: new(2)} }, "has Nomad collect its logs"},
+		{"no logging block", func(_ *api.Job, n *api.Task) { delete(n.Config, "logging") }, "want one json-file logging block"},
+		{"another driver", func(_ *api.Job, n *api.Task) {
+			n.Config["logging"] = []map[string]any{{"type": "syslog"}}
+		}, "want one json-file logging block"},
+		{"unbounded", func(_ *api.Job, n *api.Task) {
+			n.Config["logging"] = []map[string]any{{"type": "json-file", "config": []map[string]string{{"max-size": "5m"}}}}
+		}, "keeps unbounded logs"},
+		{"as decoded from JSON", func(_ *api.Job, n *api.Task) {
+			n.Config["logging"] = []any{map[string]any{"type": "json-file", "config": []any{map[string]any{"max-size": "5m", "max-file": "2"}}}}
+		}, ""},
+		{"render 7, collected by Nomad", func(j *api.Job, n *api.Task) {
+			j.Meta[jobspecs.MetaRender] = "7"
+			n.LogConfig = &api.LogConfig{MaxFiles: new(2), MaxFileSizeMB: new(5)}
+			delete(n.Config, "logging")
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			job, err := jobspecs.NomadJob(spec, jobspecs.NomadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, task := range job.TaskGroups[0].Tasks {
+				if task.Name == "tokyo" {
+					tc.edit(job, task)
+				}
+			}
+			got := strings.Join(CheckJob(job, len(spec.Nodes)), "\n")
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("problems:\n%s\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
