@@ -101,7 +101,7 @@ func (r *Runtime) Logs(ctx context.Context, sessionID, node string, w io.Writer)
 		return fmt.Errorf("read logs: %w", err)
 	}
 	if !nomadLogs(alloc.Job, node) {
-		return r.engineLogs(ctx, sessionID, node, w)
+		return r.engineLogs(ctx, alloc, sessionID, node, w)
 	}
 	if err := r.streamLog(ctx, alloc, node, "stdout", w); err != nil {
 		return err
@@ -124,29 +124,27 @@ func (r *Runtime) Logs(ctx context.Context, sessionID, node string, w io.Writer)
 // nomadLogs reports whether Nomad collects the logs of the job's node
 // task: it does unless the task turns collection off.
 func nomadLogs(job *api.Job, node string) bool {
-	if job == nil {
-		return true
-	}
-	for _, g := range job.TaskGroups {
-		for _, t := range g.Tasks {
-			if t.Name == node {
-				return t.LogConfig == nil || t.LogConfig.Disabled == nil || !*t.LogConfig.Disabled
-			}
-		}
-	}
-	return true
+	t := findNodeTask(job, node)
+	return t == nil || t.LogConfig == nil || t.LogConfig.Disabled == nil || !*t.LogConfig.Disabled
 }
 
-// engineLogs streams the node's logs from `labnet logs` on its client.
-// The agent says on stderr how many bytes it wrote and then holds on
-// until its input closes, which happens once that many are here: the exec
-// stream cannot end before they are.
-func (r *Runtime) engineLogs(ctx context.Context, sessionID, node string, w io.Writer) error {
+// engineLogs streams the node's logs from `labnet logs` on its client,
+// run in the lab's allocation alloc. The agent says on stderr how many
+// bytes it wrote and then holds on until its input closes, which happens
+// once that many are here: the exec stream cannot end before they are.
+func (r *Runtime) engineLogs(ctx context.Context, alloc *api.Allocation, sessionID, node string, w io.Writer) error {
+	bin := agentBinary(alloc.Job)
+	if bin == "" {
+		return fmt.Errorf("read logs of %s: job %s: %w", node, alloc.JobID, ErrNoAgent)
+	}
+	if err := agentRunning(sessionID, alloc); err != nil {
+		return fmt.Errorf("read logs of %s: %w", node, err)
+	}
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	end := newOutputEnd(VerbLogs, logsTrailer)
 	sink := &stopWriter{w: io.MultiWriter(w, end.counter()), stop: cancel}
-	code, err := r.agentExec(ectx, sessionID, VerbLogs, node, inputUntil(ectx, end.done), sink, end)
+	code, err := r.agentExecIn(ectx, alloc, bin, sessionID, VerbLogs, node, inputUntil(ectx, end.done), sink, end)
 	if werr := sink.failed(); werr != nil {
 		return fmt.Errorf("read logs of %s: %w", node, werr)
 	}

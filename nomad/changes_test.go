@@ -248,15 +248,9 @@ func checkAgentExecsChecked(t *testing.T, env *fakeEnv, spec lab.Spec) {
 func checkCaptureChanges(t *testing.T, rt *nomad.Runtime, spec lab.Spec, thaws func(id string) int) {
 	eng := testlab.NewEngine(t)
 	id := spec.SessionID
+	nodes := provisionLab(t, rt, spec)
 	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
 	defer cancel()
-	if err := rt.Provision(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	nodes := make([]string, len(spec.Nodes))
-	for i, n := range spec.Nodes {
-		nodes[i] = n.Name
-	}
 
 	before, _, err := captureAll(t, rt, id, []string{"tokyo"}, nil)
 	if err != nil {

@@ -154,6 +154,22 @@ func newLab(t testing.TB, rt *nomad.Runtime) lab.Spec {
 	return spec
 }
 
+// provisionLab provisions spec through rt, failing the test if it does
+// not come up, and returns its nodes' names.
+func provisionLab(t testing.TB, rt lab.Runtime, spec lab.Spec) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
+	defer cancel()
+	if err := rt.Provision(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	nodes := make([]string, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		nodes[i] = n.Name
+	}
+	return nodes
+}
+
 // engineInventory lists what the engine holds of a session: a node
 // instance per node container, a segmented lab's switch, and its networks.
 func engineInventory(t testing.TB, eng *testlab.Engine, sessionID string) labtest.Inventory {

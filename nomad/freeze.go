@@ -26,14 +26,7 @@ func (r *Runtime) agent(ctx context.Context, sessionID string) (*api.Allocation,
 	if err != nil {
 		return nil, "", err
 	}
-	var bin string
-	for _, g := range job.TaskGroups {
-		for _, t := range g.Tasks {
-			if t.Name == jobspecs.NomadLabnetWatch && t.Driver == "raw_exec" {
-				bin, _ = t.Config["command"].(string)
-			}
-		}
-	}
+	bin := agentBinary(job)
 	if bin == "" {
 		return nil, "", fmt.Errorf("job %s: %w", *job.ID, ErrNoAgent)
 	}
@@ -52,14 +45,40 @@ func (r *Runtime) agent(ctx context.Context, sessionID string) (*api.Allocation,
 	if err != nil {
 		return nil, "", fmt.Errorf("look up allocation %s: %w", cur.ID, err)
 	}
+	if err := agentRunning(sessionID, alloc); err != nil {
+		return nil, "", err
+	}
+	return alloc, bin, nil
+}
+
+// agentBinary is the examlab binary the job's labnet-watch task runs, ""
+// if the job has no lab's agent.
+func agentBinary(job *api.Job) string {
+	if job == nil {
+		return ""
+	}
+	for _, g := range job.TaskGroups {
+		for _, t := range g.Tasks {
+			if t.Name == jobspecs.NomadLabnetWatch && t.Driver == "raw_exec" {
+				bin, _ := t.Config["command"].(string)
+				return bin
+			}
+		}
+	}
+	return ""
+}
+
+// agentRunning reports lab.ErrNotRunning unless the allocation's
+// labnet-watch task runs.
+func agentRunning(sessionID string, alloc *api.Allocation) error {
 	if ts := alloc.TaskStates[jobspecs.NomadLabnetWatch]; ts == nil || ts.State != taskRunning {
 		state := "not started"
 		if ts != nil {
 			state = ts.State
 		}
-		return nil, "", fmt.Errorf("%s of session %s is %s: %w", jobspecs.NomadLabnetWatch, sessionID, state, lab.ErrNotRunning)
+		return fmt.Errorf("%s of session %s is %s: %w", jobspecs.NomadLabnetWatch, sessionID, state, lab.ErrNotRunning)
 	}
-	return alloc, bin, nil
+	return nil
 }
 
 // agentExec runs `examlab labnet VERB -session ID -alloc ID [-node N]` in
@@ -70,6 +89,12 @@ func (r *Runtime) agentExec(ctx context.Context, sessionID, verb, node string, s
 	if err != nil {
 		return -1, err
 	}
+	return r.agentExecIn(ctx, alloc, bin, sessionID, verb, node, stdin, stdout, stderr)
+}
+
+// agentExecIn is agentExec in an allocation already looked up, whose
+// labnet-watch task runs bin.
+func (r *Runtime) agentExecIn(ctx context.Context, alloc *api.Allocation, bin, sessionID, verb, node string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	cmd := []string{bin, "labnet", verb, "-session", sessionID, "-alloc", alloc.ID}
 	if node != "" {
 		cmd = append(cmd, "-node", node)

@@ -1,7 +1,6 @@
 package nomad_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -18,15 +17,7 @@ func TestRealNomadCaptureBesideExecStarts(t *testing.T) {
 	rt, _ := realRuntime(t)
 	eng := testlab.NewEngine(t)
 	spec := segmentedLab(t, rt, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), provisionTimeout)
-	defer cancel()
-	if err := rt.Provision(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	nodes := make([]string, len(spec.Nodes))
-	for i, n := range spec.Nodes {
-		nodes[i] = n.Name
-	}
+	nodes := provisionLab(t, rt, spec)
 	var ids []string
 	for _, c := range eng.Containers(t, spec.SessionID) {
 		ids = append(ids, c.ID)

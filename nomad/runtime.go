@@ -215,15 +215,21 @@ func currentAlloc(allocs []*api.AllocationListStub) *api.AllocationListStub {
 // nodeTask finds the docker task of a node in the job. Only the lab's
 // nodes are reachable through this runtime: the lifecycle tasks run on the
 // client host itself (raw_exec) and are never exec targets.
-func nodeTask(job *api.Job, node string) bool {
+func nodeTask(job *api.Job, node string) bool { return findNodeTask(job, node) != nil }
+
+// findNodeTask is the job's task of the node, nil if it has none.
+func findNodeTask(job *api.Job, node string) *api.Task {
+	if job == nil {
+		return nil
+	}
 	for _, g := range job.TaskGroups {
 		for _, t := range g.Tasks {
 			if t.Name == node && t.Driver == "docker" && t.Lifecycle == nil {
-				return true
+				return t
 			}
 		}
 	}
-	return false
+	return nil
 }
 
 // nodeAlloc returns the allocation running the session's node and the
