@@ -66,6 +66,10 @@ func warmStack(t testing.TB, redisAddr, dir, instance, version string) *testlab.
 	return testlab.Start(t, testlab.Options{Redis: redisAddr, StateDir: dir, Config: func(c *config.Config) {
 		c.ExamFile = examFile
 		c.Instance = instance
+		// The tests run the reaper's passes themselves: TestWarmPool
+		// provisions an orphan lab for one to remove, and a periodic pass
+		// landing while it comes up would remove it half made.
+		c.ReapEvery = time.Hour
 	}})
 }
 
